@@ -1,0 +1,176 @@
+"""The ``dispatcher`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from dispatcher import __version__
+from dispatcher.errors import DispatcherError
+from dispatcher.settings import Settings
+from dispatcher.stack import ServiceStatus, Stack
+from dispatcher.topics import DEFAULT_TOPICS_FILE, TopicReport, apply_topics, load_topics
+from dispatcher.watch import watch_topics
+
+__all__ = ["cli", "main"]
+
+_topics_file = click.option(
+    "--file",
+    "topics_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=DEFAULT_TOPICS_FILE,
+    show_default=True,
+    help="The topics declaration.",
+)
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+@click.group()
+@click.version_option(__version__, prog_name="dispatcher")
+def cli() -> None:
+    """dispatcher: match loads to agents over Kafka, and write down why."""
+
+
+# -- stack -----------------------------------------------------------------------
+
+
+@cli.group()
+def stack() -> None:
+    """Start, stop and inspect the Kafka broker and Redis the project runs."""
+
+
+@stack.command("up")
+@click.option("--kafka/--no-kafka", default=True, help="Start the broker.")
+@click.option("--redis/--no-redis", default=True, help="Start Redis.")
+def stack_up(kafka: bool, redis: bool) -> None:
+    """Start what is not running yet (idempotent) and wait until it serves."""
+    s = Stack(_settings())
+    t0 = time.monotonic()
+    endpoints = s.up(kafka=kafka, redis=redis)
+    started = ", ".join(endpoints.started) or "nothing (already running or external)"
+    click.echo(f"started: {started} in {time.monotonic() - t0:.1f}s")
+    _print_status(s)
+
+
+@stack.command("down")
+@click.option("--purge", is_flag=True, help="Also delete the servers' data (jars stay cached).")
+def stack_down(purge: bool) -> None:
+    """Stop the servers the project started (idempotent)."""
+    s = Stack(_settings())
+    stopped = s.down()
+    click.echo("stopped: " + (", ".join(stopped) or "nothing was running"))
+    if purge:
+        s.kafka.purge()
+        s.redis.purge()
+        click.echo(f"purged: {s.kafka.home}, {s.redis.home}")
+
+
+@stack.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def stack_status(as_json: bool) -> None:
+    """Say what runs where. Exits 1 when something is not running."""
+    s = Stack(_settings())
+    statuses = s.status()
+    if as_json:
+        click.echo(json.dumps([asdict(st) for st in statuses], indent=2))
+    else:
+        _print_status(s, statuses)
+    if not all(st.running for st in statuses):
+        sys.exit(1)
+
+
+def _print_status(s: Stack, statuses: list[ServiceStatus] | None = None) -> None:
+    for st in statuses or s.status():
+        click.echo(st.line())
+
+
+# -- topics ----------------------------------------------------------------------
+
+
+@cli.group()
+def topics() -> None:
+    """Check and apply the topics declared in topics.yaml."""
+
+
+@topics.command("check")
+@_topics_file
+def topics_check(topics_file: Path) -> None:
+    """Validate the topics file without a broker."""
+    spec = load_topics(topics_file)
+    click.echo(f"{topics_file}: {len(spec.topics)} topics, {len(spec.co_partitioned)} "
+               "co-partition group(s), valid")  # fmt: skip
+
+
+@topics.command("apply")
+@_topics_file
+@click.option(
+    "--alter-configs", is_flag=True, help="Set drifted topic configs to the declared ones."
+)
+def topics_apply(topics_file: Path, alter_configs: bool) -> None:
+    """Create missing topics and report drift. Exits 1 when drift remains."""
+    spec = load_topics(topics_file)
+    bootstrap = _settings().kafka_bootstrap or _settings().local_bootstrap
+    reports = asyncio.run(apply_topics(spec, bootstrap, alter_configs=alter_configs))
+    _print_reports(reports)
+    if any(r.action == "drift" for r in reports):
+        sys.exit(1)
+
+
+def _print_reports(reports: list[TopicReport]) -> None:
+    for r in reports:
+        click.echo(r.line())
+
+
+# -- run -------------------------------------------------------------------------
+
+
+@cli.command("run")
+@_topics_file
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+def run(topics_file: Path, duration: float | None) -> None:
+    """Start the whole system and watch it; Ctrl-C stops what this started.
+
+    Brings up the broker and Redis, applies topics.yaml, prints what runs
+    where, then shows records arriving on every declared topic.
+    """
+    spec = load_topics(topics_file)
+    s = Stack(_settings())
+    endpoints = s.up()
+
+    # SIGTERM (from a supervisor or `kill`) ends the run like Ctrl-C does.
+    def _interrupt(_sig: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        _print_reports(asyncio.run(apply_topics(spec, endpoints.kafka_bootstrap)))
+        _print_status(s)
+        click.echo(f"kafka: {endpoints.kafka_bootstrap}   redis: {endpoints.redis_url}")
+        click.echo("Ctrl-C stops everything this command started.")
+        asyncio.run(watch_topics(endpoints.kafka_bootstrap, list(spec.topics),
+                                 duration=duration, echo=click.echo))  # fmt: skip
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted")
+    finally:
+        if endpoints.started:
+            click.echo("stopping: " + ", ".join(s.down(only=endpoints.started)))
+
+
+def main() -> None:
+    """Entry point: our own errors become one clear line and exit status 1."""
+    try:
+        cli(standalone_mode=True)
+    except DispatcherError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)

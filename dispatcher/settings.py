@@ -1,0 +1,96 @@
+"""Settings read from the environment, validated once at start-up.
+
+Every variable is optional:
+
+- ``KAFKA_BOOTSTRAP_SERVERS``: use this cluster; the project starts no broker.
+- ``REDIS_URL``: use this Redis; the project starts no redis-server.
+- ``DISPATCHER_KAFKA_PORT`` / ``DISPATCHER_KAFKA_CONTROLLER_PORT`` /
+  ``DISPATCHER_REDIS_PORT``: loopback ports of the servers the project starts.
+- ``DISPATCHER_STATE_DIR``: data, logs and pid files of those servers.
+- ``DISPATCHER_CACHE_DIR``: downloaded broker jars (kept across runs).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from dispatcher.errors import ConfigError
+
+__all__ = ["KAFKA_VERSION", "PROJECT_ROOT", "Settings"]
+
+KAFKA_VERSION = "3.9.1"
+LOOPBACK = "127.0.0.1"
+# The source checkout: ops/ and topics.yaml live beside the package.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{name}={port} is outside 1..65535")
+    return port
+
+
+def _dir(env: Mapping[str, str], name: str, xdg: str, fallback: str) -> Path:
+    explicit = env.get(name, "").strip()
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    base = env.get(xdg, "").strip() or str(Path.home() / fallback)
+    return Path(base).expanduser().resolve() / "dispatcher"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Where the servers are, or where the project runs its own."""
+
+    kafka_bootstrap: str | None
+    redis_url: str | None
+    kafka_port: int
+    kafka_controller_port: int
+    redis_port: int
+    state_dir: Path
+    cache_dir: Path
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Reads the settings from ``env`` (default: ``os.environ``).
+
+        Raises:
+            ConfigError: a variable is set to something unusable.
+        """
+        env = os.environ if env is None else env
+        kafka_port = _port(env, "DISPATCHER_KAFKA_PORT", 9092)
+        controller_port = _port(env, "DISPATCHER_KAFKA_CONTROLLER_PORT", 9093)
+        redis_port = _port(env, "DISPATCHER_REDIS_PORT", 6379)
+        if kafka_port == controller_port:
+            raise ConfigError(
+                f"DISPATCHER_KAFKA_PORT and DISPATCHER_KAFKA_CONTROLLER_PORT are both {kafka_port}"
+            )
+        return cls(
+            kafka_bootstrap=env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip() or None,
+            redis_url=env.get("REDIS_URL", "").strip() or None,
+            kafka_port=kafka_port,
+            kafka_controller_port=controller_port,
+            redis_port=redis_port,
+            state_dir=_dir(env, "DISPATCHER_STATE_DIR", "XDG_STATE_HOME", ".local/state"),
+            cache_dir=_dir(env, "DISPATCHER_CACHE_DIR", "XDG_CACHE_HOME", ".cache"),
+        )
+
+    @property
+    def local_bootstrap(self) -> str:
+        """The bootstrap address of the broker the project runs itself."""
+        return f"{LOOPBACK}:{self.kafka_port}"
+
+    @property
+    def local_redis_url(self) -> str:
+        """The URL of the redis-server the project runs itself."""
+        return f"redis://{LOOPBACK}:{self.redis_port}/0"

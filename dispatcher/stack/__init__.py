@@ -1,0 +1,129 @@
+"""The servers the dispatcher needs: a Kafka broker and Redis.
+
+Each is either *external* (``KAFKA_BOOTSTRAP_SERVERS`` / ``REDIS_URL`` set, or
+for Redis a server already answering on the port) and then only checked, or
+*local*: started, found again and stopped by the project itself.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from dispatcher.settings import LOOPBACK, Settings
+from dispatcher.stack.kafka import LocalKafka
+from dispatcher.stack.process import port_open
+from dispatcher.stack.redis import LocalRedis, redis_ping
+
+__all__ = ["Endpoints", "ServiceStatus", "Stack"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceStatus:
+    """What runs where, for ``dispatcher stack status``."""
+
+    name: str
+    endpoint: str
+    mode: str  # "local" (the project runs it) or "external"
+    running: bool
+    pid: int | None
+    detail: str
+
+    def line(self) -> str:
+        state = "running" if self.running else "stopped"
+        pid = f" pid {self.pid}" if self.pid else ""
+        return f"{self.name:<6} {state:<8} {self.endpoint:<28} {self.mode}{pid}  {self.detail}"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """Where clients connect, and which servers ``up`` started just now."""
+
+    kafka_bootstrap: str
+    redis_url: str
+    started: tuple[str, ...]
+
+
+def _first_host_port(bootstrap: str) -> tuple[str, int]:
+    first = bootstrap.split(",", maxsplit=1)[0].strip()
+    parts = urlsplit(first if "//" in first else f"//{first}")
+    return parts.hostname or LOOPBACK, parts.port or 9092
+
+
+class Stack:
+    """Brings the servers up and down, idempotently and safely from two shells at once."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.kafka = LocalKafka(settings)
+        self.redis = LocalRedis(settings)
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        with (self.settings.state_dir / "stack.lock").open("w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _redis_is_external(self) -> bool:
+        if self.settings.redis_url:
+            return True
+        # Some Redis already answers on our port and is not ours: use it.
+        return self.redis.pid() is None and redis_ping(self.settings.local_redis_url)
+
+    def up(self, *, kafka: bool = True, redis: bool = True) -> Endpoints:
+        """Starts what is not running yet and returns where everything is.
+
+        Raises:
+            StackError: a server could not be fetched or started.
+        """
+        started: list[str] = []
+        with self._lock():
+            if kafka and not self.settings.kafka_bootstrap and self.kafka.up():
+                started.append("kafka")
+            if redis and not self._redis_is_external() and self.redis.up():
+                started.append("redis")
+        return Endpoints(
+            kafka_bootstrap=self.settings.kafka_bootstrap or self.settings.local_bootstrap,
+            redis_url=self.settings.redis_url or self.settings.local_redis_url,
+            started=tuple(started),
+        )
+
+    def down(self, *, only: tuple[str, ...] = ("kafka", "redis")) -> list[str]:
+        """Stops the local servers named in ``only``; returns those it stopped."""
+        stopped = []
+        with self._lock():
+            # Redis first: the broker takes longer and nothing depends on Redis's order.
+            if "redis" in only and self.redis.down():
+                stopped.append("redis")
+            if "kafka" in only and self.kafka.down():
+                stopped.append("kafka")
+        return stopped
+
+    def status(self) -> list[ServiceStatus]:
+        """What runs where."""
+        s = self.settings
+        if s.kafka_bootstrap:
+            host, port = _first_host_port(s.kafka_bootstrap)
+            kafka = ServiceStatus("kafka", s.kafka_bootstrap, "external", port_open(host, port),
+                                  None, "from KAFKA_BOOTSTRAP_SERVERS")  # fmt: skip
+        else:
+            pid = self.kafka.pid()
+            jars = "jars cached" if self.kafka.fetched else "jars not fetched yet"
+            kafka = ServiceStatus("kafka", s.local_bootstrap, "local", pid is not None, pid,
+                                  f"log {self.kafka.process.log_file} ({jars})")  # fmt: skip
+        if self._redis_is_external():
+            url = s.redis_url or s.local_redis_url
+            why = "from REDIS_URL" if s.redis_url else "already running, not started by dispatcher"
+            redis_status = ServiceStatus("redis", url, "external", redis_ping(url), None, why)
+        else:
+            pid = self.redis.pid()
+            redis_status = ServiceStatus("redis", s.local_redis_url, "local", pid is not None,
+                                         pid, f"log {self.redis.process.log_file}")  # fmt: skip
+        return [kafka, redis_status]

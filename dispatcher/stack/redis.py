@@ -1,0 +1,98 @@
+"""The project's own redis-server (Debian's package) on loopback.
+
+Redis holds only derived data (claim ledger, live read model) that a replay of
+Kafka rebuilds, so it runs without persistence.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import redis
+
+from dispatcher.errors import StackError
+from dispatcher.settings import LOOPBACK, Settings
+from dispatcher.stack.process import ManagedProcess, port_open, tail
+
+__all__ = ["LocalRedis", "redis_ping"]
+
+
+def redis_ping(url: str, timeout: float = 1.0) -> bool:
+    """True when a Redis server answers PING at ``url``."""
+    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+class LocalRedis:
+    """Start, stop and report the project's own redis-server."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.home = settings.state_dir / "redis"
+        self.url = settings.local_redis_url
+        self.process = ManagedProcess(
+            name="redis",
+            pid_file=self.home / "redis.pid",
+            log_file=self.home / "redis.log",
+            marker="redis-server",
+        )
+
+    def pid(self) -> int | None:
+        return self.process.pid()
+
+    def up(self, timeout: float = 30.0) -> bool:
+        """Starts redis-server and waits for PING. True if it started it now.
+
+        Raises:
+            StackError: redis-server is not installed, the port is taken by
+                something that is not Redis, or it did not answer in time.
+        """
+        if self.pid() is not None:
+            return False
+        port = self.settings.redis_port
+        if port_open(LOOPBACK, port):
+            raise StackError(
+                f"port {LOOPBACK}:{port} is in use by a program the project did not start; "
+                "set REDIS_URL to use that Redis, or DISPATCHER_REDIS_PORT to pick another port"
+            )
+        server = shutil.which("redis-server")
+        if server is None:
+            raise StackError(
+                "redis-server not found: run `make` (ops/bootstrap-system.sh installs "
+                "Debian's redis-server) or set REDIS_URL to a Redis you run"
+            )
+        self.home.mkdir(parents=True, exist_ok=True)
+        pid = self.process.start(
+            [server, "--bind", LOOPBACK, "--port", str(port), "--dir", str(self.home),
+             "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes"],
+            cwd=self.home,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while not redis_ping(self.url, timeout=0.5):
+            if self.process.exited(pid):
+                self.process.pid_file.unlink(missing_ok=True)
+                raise StackError(
+                    f"redis-server exited during start-up; log {self.process.log_file}:\n"
+                    + tail(self.process.log_file)
+                )
+            if time.monotonic() > deadline:
+                self.process.stop()
+                raise StackError(f"redis-server did not answer PING after {timeout:.0f}s")
+            time.sleep(0.05)
+        return True
+
+    def down(self) -> bool:
+        """Stops redis-server. False if it was not running."""
+        return self.process.stop(timeout=15.0)
+
+    def purge(self) -> None:
+        """Removes redis-server's working directory."""
+        if self.pid() is not None:
+            raise StackError("stop redis-server before purging its data")
+        shutil.rmtree(self.home, ignore_errors=True)

@@ -1,0 +1,303 @@
+"""topics.yaml: the declared topics, their validation, and ``topics apply``.
+
+The file is the contract for every topic the system uses: name, partitions,
+key, value schema, cleanup policy, retention, and the groups of topics that
+must be co-partitioned (same partition count, same key) so one worker owns a
+pool across all its inputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from dispatcher.errors import KafkaAdminError, TopicsFileError
+from dispatcher.settings import PROJECT_ROOT
+
+__all__ = [
+    "DEFAULT_TOPICS_FILE",
+    "CoPartitionGroup",
+    "TopicReport",
+    "TopicSpec",
+    "TopicsFile",
+    "apply_topics",
+    "load_topics",
+]
+
+DEFAULT_TOPICS_FILE = PROJECT_ROOT / "topics.yaml"
+_TOPIC_EXISTS = 36  # Kafka error code TOPIC_ALREADY_EXISTS: someone created it meanwhile
+
+TopicName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,249}$")]
+SchemaName = Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Za-z0-9]*$")]
+ConfigKey = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9.]*$")]
+_MANAGED_KEYS = frozenset({"cleanup.policy", "retention.ms"})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class TopicSpec(_Strict):
+    """One declared topic."""
+
+    description: str = Field(min_length=1)
+    partitions: int = Field(ge=1, le=10_000)
+    key: str = Field(min_length=1)
+    value_schema: SchemaName
+    cleanup_policy: Literal["delete", "compact", "compact,delete"]
+    retention_ms: int = Field(ge=-1)
+    config: dict[ConfigKey, str] = Field(default_factory=dict)
+
+    def kafka_configs(self) -> dict[str, str]:
+        """The topic-level broker configs this spec declares."""
+        return {
+            "cleanup.policy": self.cleanup_policy,
+            "retention.ms": str(self.retention_ms),
+            **self.config,
+        }
+
+
+class CoPartitionGroup(_Strict):
+    """Topics that must have the same partition count and the same key."""
+
+    key: str = Field(min_length=1)
+    topics: list[TopicName] = Field(min_length=2)
+
+
+class TopicsFile(_Strict):
+    """The whole of topics.yaml."""
+
+    version: Literal[1]
+    replication_factor: int = Field(ge=1, le=16)
+    topics: dict[TopicName, TopicSpec] = Field(min_length=1)
+    co_partitioned: dict[str, CoPartitionGroup] = Field(default_factory=dict)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses duplicate mapping keys instead of keeping the last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _describe(loc: tuple[int | str, ...]) -> str:
+    """Turns a pydantic error location into 'topic X, field Y' words."""
+    if len(loc) >= 2 and loc[0] == "topics":
+        where = f"topic '{loc[1]}'"
+        return f"{where}, field '{'.'.join(map(str, loc[2:]))}'" if len(loc) > 2 else where
+    if len(loc) >= 2 and loc[0] == "co_partitioned":
+        where = f"co-partition group '{loc[1]}'"
+        return f"{where}, field '{'.'.join(map(str, loc[2:]))}'" if len(loc) > 2 else where
+    return f"field '{'.'.join(map(str, loc))}'" if loc else "top level"
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors(include_url=False):
+        loc, kind = tuple(err["loc"]), err["type"]
+        if kind == "missing":
+            out.append(f"{_describe(loc)}: required field is missing")
+        elif kind == "extra_forbidden":
+            out.append(f"{_describe(loc)}: unknown field")
+        else:
+            out.append(f"{_describe(loc)}: {err['msg']} (got {err['input']!r})")
+    return out
+
+
+def _cross_checks(spec: TopicsFile) -> list[str]:
+    out = []
+    for group_name, group in spec.co_partitioned.items():
+        where = f"co-partition group '{group_name}'"
+        unknown = [t for t in group.topics if t not in spec.topics]
+        if unknown:
+            out.append(f"{where}, field 'topics': unknown topic(s) {', '.join(unknown)}")
+            continue
+        counts = {t: spec.topics[t].partitions for t in group.topics}
+        if len(set(counts.values())) > 1:
+            listed = ", ".join(f"{t}={n}" for t, n in counts.items())
+            out.append(f"{where}: topics must have equal 'partitions' ({listed})")
+        for t in group.topics:
+            if spec.topics[t].key != group.key:
+                out.append(
+                    f"topic '{t}', field 'key': is '{spec.topics[t].key}' but {where} "
+                    f"is keyed by '{group.key}'"
+                )
+    for name, topic in spec.topics.items():
+        clash = sorted(_MANAGED_KEYS & topic.config.keys())
+        if clash:
+            out.append(
+                f"topic '{name}', field 'config': {', '.join(clash)} belong in "
+                "'cleanup_policy' / 'retention_ms'"
+            )
+    return out
+
+
+def load_topics(path: Path | str = DEFAULT_TOPICS_FILE) -> TopicsFile:
+    """Reads and validates a topics file.
+
+    Raises:
+        TopicsFileError: the file is missing, not YAML, or breaks the schema;
+            every problem names the file, the topic and the field.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
+    except OSError as exc:
+        raise TopicsFileError(str(path), [f"cannot read: {exc.strerror}"]) from exc
+    except yaml.YAMLError as exc:
+        raise TopicsFileError(str(path), [f"not valid YAML: {exc}"]) from exc
+    if not isinstance(raw, dict):
+        raise TopicsFileError(str(path), ["top level: must be a mapping"])
+    try:
+        spec = TopicsFile.model_validate(raw)
+    except ValidationError as exc:
+        raise TopicsFileError(str(path), _problems(exc)) from exc
+    problems = _cross_checks(spec)
+    if problems:
+        raise TopicsFileError(str(path), problems)
+    return spec
+
+
+@dataclass(frozen=True, slots=True)
+class TopicReport:
+    """What ``apply_topics`` found or did for one topic."""
+
+    name: str
+    action: Literal["created", "ok", "drift", "altered"]
+    drift: tuple[str, ...] = ()
+
+    def line(self) -> str:
+        detail = "; ".join(self.drift)
+        return f"{self.action:<8} {self.name}" + (f"  ({detail})" if detail else "")
+
+
+def _norm(key: str, value: str) -> str:
+    # The broker may list a cleanup policy's parts in either order.
+    return ",".join(sorted(value.split(","))) if key == "cleanup.policy" else value
+
+
+async def _admin_call(what: str, coro: Any, seconds: float) -> Any:
+    try:
+        async with asyncio.timeout(seconds):
+            return await coro
+    except (KafkaError, OSError, TimeoutError) as exc:
+        raise KafkaAdminError(f"{what} failed: {exc!r}") from exc
+
+
+async def apply_topics(
+    spec: TopicsFile,
+    bootstrap_servers: str,
+    *,
+    alter_configs: bool = False,
+    request_timeout_s: float = 30.0,
+) -> list[TopicReport]:
+    """Creates the missing topics and compares the others with the declaration.
+
+    Partition counts are never changed (that would move keys between
+    partitions and break co-partitioning); differing configs are reported,
+    or set to the declared values with ``alter_configs`` (a full AlterConfigs:
+    other topic-level overrides fall back to the broker's defaults).
+
+    Raises:
+        KafkaAdminError: the broker could not be reached or refused a request.
+    """
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, request_timeout_ms=int(request_timeout_s * 1000)
+    )
+    await _admin_call(
+        f"connecting to Kafka at {bootstrap_servers}", admin.start(), request_timeout_s
+    )
+    try:
+        return await _apply(admin, spec, alter_configs=alter_configs, seconds=request_timeout_s)
+    finally:
+        await admin.close()
+
+
+async def _apply(
+    admin: AIOKafkaAdminClient, spec: TopicsFile, *, alter_configs: bool, seconds: float
+) -> list[TopicReport]:
+    existing = set(await _admin_call("listing topics", admin.list_topics(), seconds))
+    missing = [name for name in spec.topics if name not in existing]
+    if missing:
+        new = [
+            NewTopic(name, spec.topics[name].partitions, spec.replication_factor,
+                     topic_configs=spec.topics[name].kafka_configs())
+            for name in missing
+        ]  # fmt: skip
+        response = await _admin_call("creating topics", admin.create_topics(new), seconds)
+        for err in response.to_object()["topic_errors"]:
+            if err["error_code"] not in (0, _TOPIC_EXISTS):
+                message = err.get("error_message") or f"error code {err['error_code']}"
+                raise KafkaAdminError(f"creating topic '{err['topic']}' failed: {message}")
+
+    present = [name for name in spec.topics if name in existing]
+    partitions: dict[str, int] = {}
+    broker_configs: dict[str, dict[str, str]] = {}
+    if present:
+        described = await _admin_call("describing topics", admin.describe_topics(present), seconds)
+        partitions = {t["topic"]: len(t["partitions"]) for t in described}
+        resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in present]
+        responses = await _admin_call(
+            "describing topic configs", admin.describe_configs(resources), seconds
+        )
+        for response in responses:
+            for res in response.to_object()["resources"]:
+                broker_configs[res["resource_name"]] = {
+                    e["config_names"]: e["config_value"] for e in res["config_entries"]
+                }
+
+    reports = []
+    for name, topic in spec.topics.items():
+        if name in missing:
+            reports.append(TopicReport(name, "created"))
+            continue
+        drift = []
+        if partitions.get(name) != topic.partitions:
+            drift.append(
+                f"partitions: {partitions.get(name)} on the broker, {topic.partitions} declared"
+                " (not changed: it would move keys between partitions)"
+            )
+        actual = broker_configs.get(name, {})
+        wrong = {
+            k: v for k, v in topic.kafka_configs().items()
+            if _norm(k, actual.get(k, "")) != _norm(k, v)
+        }  # fmt: skip
+        if wrong and alter_configs:
+            await _alter(admin, name, topic.kafka_configs(), seconds)
+            altered = [f"{k}: set to {v!r} (was {actual.get(k)!r})" for k, v in wrong.items()]
+            action: Literal["drift", "altered"] = "drift" if drift else "altered"
+            reports.append(TopicReport(name, action, tuple(drift + altered)))
+            continue
+        drift += [f"{k}: {actual.get(k)!r} on the broker, {v!r} declared" for k, v in wrong.items()]
+        reports.append(TopicReport(name, "drift" if drift else "ok", tuple(drift)))
+    return reports
+
+
+async def _alter(
+    admin: AIOKafkaAdminClient, name: str, configs: dict[str, str], seconds: float
+) -> None:
+    resource = ConfigResource(ConfigResourceType.TOPIC, name, configs)
+    responses = await _admin_call(
+        f"altering configs of '{name}'", admin.alter_configs([resource]), seconds
+    )
+    for response in responses:
+        for res in response.to_object()["resources"]:
+            if res["error_code"] != 0:
+                message = res.get("error_message") or f"error code {res['error_code']}"
+                raise KafkaAdminError(f"altering configs of '{name}' failed: {message}")

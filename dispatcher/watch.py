@@ -1,0 +1,72 @@
+"""A live view of the declared topics: records in each, and the rate.
+
+This is what ``dispatcher run`` shows while it runs; it reads end offsets
+only and joins no consumer group, so it never disturbs other consumers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from dispatcher.errors import KafkaAdminError
+
+__all__ = ["topic_totals", "watch_topics"]
+
+
+async def topic_totals(consumer: AIOKafkaConsumer, topics: list[str]) -> dict[str, int]:
+    """Records ever written to each topic (the sum of its partitions' end offsets)."""
+    tps = [
+        TopicPartition(topic, p)
+        for topic in topics
+        for p in sorted(consumer.partitions_for_topic(topic) or ())
+    ]
+    ends = await consumer.end_offsets(tps)
+    totals = dict.fromkeys(topics, 0)
+    for tp, end in ends.items():
+        totals[tp.topic] += end
+    return totals
+
+
+async def watch_topics(
+    bootstrap_servers: str,
+    topics: list[str],
+    *,
+    interval: float = 2.0,
+    duration: float | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, int]:
+    """Prints a line whenever a topic grows, until cancelled or ``duration`` ends.
+
+    Returns:
+        The last totals per topic.
+
+    Raises:
+        KafkaAdminError: the broker cannot be reached.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    try:
+        await consumer.start()
+        await consumer.topics()  # loads metadata for partitions_for_topic
+        last = await topic_totals(consumer, topics)
+        echo("watching: " + ", ".join(f"{t}={n}" for t, n in last.items()))
+        started = last_time = time.monotonic()
+        while duration is None or time.monotonic() - started < duration:
+            await asyncio.sleep(interval)
+            now_totals, now = await topic_totals(consumer, topics), time.monotonic()
+            grown = {t: n - last[t] for t, n in now_totals.items() if n != last[t]}
+            if grown:
+                rates = ", ".join(
+                    f"{t} +{d} ({d / (now - last_time):.0f}/s)" for t, d in grown.items()
+                )
+                echo(f"{time.strftime('%H:%M:%S')} {rates}")
+            last, last_time = now_totals, now
+        return last
+    except KafkaError as exc:
+        raise KafkaAdminError(f"watching topics at {bootstrap_servers} failed: {exc!r}") from exc
+    finally:
+        await consumer.stop()

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs the system packages the project needs, only where they are missing:
+# Python >= 3.11 with venv, Java 17 and Maven (to fetch and run the Kafka broker) and Debian's
+# redis-server. Idempotent: a second run installs nothing and prints nothing.
+# Skips Redis when REDIS_URL points at a server the user already runs, and
+# Java/Maven when KAFKA_BOOTSTRAP_SERVERS points at an existing cluster.
+set -euo pipefail
+
+need=()
+py="${PYTHON:-python3}"
+if ! command -v "$py" >/dev/null 2>&1 || ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  need+=(python3 python3-venv)
+elif ! "$py" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  need+=(python3-venv)   # Debian splits venv/ensurepip out of python3
+fi
+if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
+  command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+  command -v mvn >/dev/null 2>&1 || need+=(maven)
+fi
+if [ -z "${REDIS_URL:-}" ]; then
+  command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+fi
+[ ${#need[@]} -eq 0 ] && exit 0
+
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "bootstrap: missing ${need[*]} and no apt-get here; install them by hand," >&2
+  echo "bootstrap: or set KAFKA_BOOTSTRAP_SERVERS / REDIS_URL to servers you run." >&2
+  exit 1
+fi
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null 2>&1 || { echo "bootstrap: need root or sudo to install ${need[*]}" >&2; exit 1; }
+  sudo="sudo"
+fi
+echo "bootstrap: installing ${need[*]} with apt-get"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# Debian's package may start a redis-server service where an init system runs;
+# the project starts its own on loopback, so a running system one is fine too.
+echo "bootstrap: done"
