@@ -1,0 +1,130 @@
+"""`dispatcher stack` and `dispatcher run` from a shell, on a private broker and Redis.
+
+These start a second broker and redis-server on free ports with their own
+state directory (the jar cache is shared), so they can stop what they start
+without disturbing the session's servers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dispatcher.settings import Settings
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def private_env(tmp_path: Path, settings: Settings) -> Iterator[dict[str, str]]:
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")}
+    env |= {
+        "DISPATCHER_STATE_DIR": str(tmp_path / "state"),
+        "DISPATCHER_CACHE_DIR": str(settings.cache_dir),
+        "DISPATCHER_KAFKA_PORT": str(_free_port()),
+        "DISPATCHER_KAFKA_CONTROLLER_PORT": str(_free_port()),
+        "DISPATCHER_REDIS_PORT": str(_free_port()),
+    }
+    yield env
+    subprocess.run([sys.executable, "-m", "dispatcher", "stack", "down"], env=env, check=False,
+                   capture_output=True, timeout=120)  # fmt: skip
+
+
+def dispatcher(
+    env: dict[str, str], *args: str, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dispatcher", *args], env=env, text=True,
+                          capture_output=True, check=False, timeout=timeout)  # fmt: skip
+
+
+def _status(env: dict[str, str]) -> dict[str, dict[str, object]]:
+    result = dispatcher(env, "stack", "status", "--json")
+    return {s["name"]: s for s in json.loads(result.stdout)}
+
+
+def test_stack_up_status_topics_down_from_a_shell(private_env: dict[str, str]) -> None:
+    env = private_env
+    kafka_at = f"127.0.0.1:{env['DISPATCHER_KAFKA_PORT']}"
+    before = dispatcher(env, "stack", "status")
+    assert before.returncode == 1  # nothing runs yet, and status says so
+    assert "stopped" in before.stdout
+
+    up = dispatcher(env, "stack", "up")
+    assert up.returncode == 0, up.stderr
+    assert "started: kafka, redis" in up.stdout
+    status = _status(env)
+    assert status["kafka"]["running"]
+    assert status["redis"]["running"]
+    assert status["kafka"]["endpoint"] == kafka_at
+    assert status["redis"]["endpoint"] == f"redis://127.0.0.1:{env['DISPATCHER_REDIS_PORT']}/0"
+    assert status["kafka"]["mode"] == status["redis"]["mode"] == "local"
+
+    again = dispatcher(env, "stack", "up")  # idempotent: nothing new starts
+    assert again.returncode == 0, again.stderr
+    assert "started: nothing" in again.stdout
+    assert _status(env)["kafka"]["pid"] == status["kafka"]["pid"]
+
+    applied = dispatcher(env, "topics", "apply")
+    assert applied.returncode == 0, applied.stderr + applied.stdout
+    assert applied.stdout.count("created ") == 8
+    reapplied = dispatcher(env, "topics", "apply")
+    assert reapplied.stdout.count("ok ") == 8
+
+    down = dispatcher(env, "stack", "down")
+    assert down.returncode == 0, down.stderr
+    assert "stopped: redis, kafka" in down.stdout
+    assert not any(s["running"] for s in _status(env).values())
+    assert "nothing was running" in dispatcher(env, "stack", "down").stdout
+
+
+def test_up_refuses_a_port_held_by_another_program(private_env: dict[str, str]) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", int(private_env["DISPATCHER_KAFKA_PORT"])))
+        squatter.listen()
+        result = dispatcher(private_env, "stack", "up", "--no-redis")
+    assert result.returncode == 1
+    assert (
+        f"error: port 127.0.0.1:{private_env['DISPATCHER_KAFKA_PORT']} is in use" in result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_run_starts_everything_and_ctrl_c_stops_it(private_env: dict[str, str]) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "dispatcher", "run"],
+        env=private_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 180
+        assert proc.stdout is not None
+        while not any(line.startswith("watching:") for line in lines):
+            assert time.monotonic() < deadline, "".join(lines)
+            line = proc.stdout.readline()
+            assert line, "dispatcher run ended early:\n" + "".join(lines)
+            lines.append(line)
+        assert _status(private_env)["kafka"]["running"]
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = "".join(lines) + rest
+    assert proc.returncode == 0, output
+    assert output.count("created ") == 8
+    assert "Ctrl-C stops everything" in output
+    assert "stopping: redis, kafka" in output
+    assert not any(s["running"] for s in _status(private_env).values())

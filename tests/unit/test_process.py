@@ -1,0 +1,73 @@
+"""ManagedProcess against real processes: start, find again, stale pid files, stop."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dispatcher.stack.process import ManagedProcess, port_open, tail
+
+SLEEPER = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"]
+
+
+@pytest.fixture
+def proc(tmp_path: Path):
+    p = ManagedProcess("sleeper", tmp_path / "s.pid", tmp_path / "s.log", marker="time.sleep(60)")
+    yield p
+    p.stop(timeout=5)
+
+
+def test_start_find_and_stop(proc: ManagedProcess) -> None:
+    assert proc.pid() is None
+    pid = proc.start(SLEEPER)
+    assert proc.pid() == pid
+    assert proc.stop(timeout=5) is True
+    assert proc.pid() is None
+    assert not proc.pid_file.exists()
+    assert proc.stop(timeout=5) is False  # idempotent
+
+
+def test_pid_file_of_another_program_is_stale(proc: ManagedProcess) -> None:
+    proc.pid_file.write_text(f"{os.getpid()}\n")  # pytest is alive but not ours
+    assert proc.pid() is None
+    assert not proc.pid_file.exists()
+    proc.pid_file.write_text("garbage\n")
+    assert proc.pid() is None
+
+
+def test_log_is_kept_and_previous_run_rotated(proc: ManagedProcess) -> None:
+    proc.start(SLEEPER)
+    proc.stop(timeout=5)
+    first = proc.log_file.read_text()
+    proc.start(SLEEPER)
+    assert proc.log_file.with_suffix(".log.1").read_text() == first
+    proc.stop(timeout=5)
+    assert tail(proc.log_file).strip() in ("", "up")
+
+
+def test_a_process_ignoring_sigterm_is_killed(tmp_path: Path) -> None:
+    stubborn = [sys.executable, "-c",
+                "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "print('ready', flush=True); time.sleep(60)"]  # fmt: skip
+    p = ManagedProcess("stubborn", tmp_path / "p.pid", tmp_path / "p.log", marker="SIG_IGN")
+    p.start(stubborn)
+    deadline = time.monotonic() + 10
+    while "ready" not in tail(p.log_file):
+        assert time.monotonic() < deadline, "the stubborn process never started"
+        time.sleep(0.02)
+    assert p.stop(timeout=0.5) is True
+    assert p.pid() is None
+
+
+def test_port_open() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert port_open("127.0.0.1", port)
+    assert not port_open("127.0.0.1", port)
