@@ -6,7 +6,9 @@
      ├── ConfigError        a setting or configuration file is invalid
      │    └── TopicsFileError   topics.yaml is invalid (names file, topic, field)
      ├── StackError         a local server could not be fetched, started or stopped
-     └── KafkaAdminError    the broker refused or failed an admin request
+     ├── KafkaAdminError    the broker refused or failed an admin request
+     └── CodecError         bytes from a topic cannot be decoded or validated
+                            (dispatcher.codecs.codec; carries topic, offset, reason, raw bytes)
 
 Third-party errors are wrapped once, where they enter (``raise X(...) from exc``).
 """

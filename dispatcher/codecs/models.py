@@ -1,0 +1,363 @@
+"""Pydantic models of the records on our topics: where untrusted data is validated.
+
+Each model mirrors one Avro record of schemas/ field by field (a test holds
+them equal). Beyond what Avro can say they check meaning: lengths are capped,
+floats are finite, counts are not negative, a deadline is not before its
+load was created, and the payload that a kind of event needs is there.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import StrEnum
+from typing import Annotated, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+__all__ = [
+    "MAX_EMBEDDING_DIM",
+    "MAX_LIST_ITEMS",
+    "AgentEvent",
+    "AgentEventKind",
+    "AgentProfile",
+    "Assignment",
+    "Backpressure",
+    "DeadLetter",
+    "DeadLetterReason",
+    "DecisionOutcome",
+    "DecisionRecord",
+    "InputPosition",
+    "LoadEvent",
+    "LoadEventKind",
+    "LoadSource",
+    "LoadSpec",
+    "MatchingMode",
+    "PolicyDocument",
+    "PolicyUpdate",
+    "Priority",
+    "Record",
+    "RetryPolicy",
+    "Sensitivity",
+    "TaskOutcome",
+    "TaskResult",
+    "Tick",
+]
+
+MAX_EMBEDDING_DIM = 4096
+MAX_LIST_ITEMS = 1024
+MAX_MAP_ITEMS = 1024
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+Code = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+EpochMs = Annotated[int, Field(ge=0, le=2**53)]
+DurationMs = Annotated[int, Field(ge=0, le=2**53)]
+Count = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Names = Annotated[list[Name], Field(max_length=MAX_LIST_ITEMS)]
+
+
+def _float32(values: list[float]) -> list[float]:
+    # Avro "float" is 32-bit: round here, so a record equals itself after a round trip
+    # and replay sees exactly the values the live run saw.
+    n = len(values)
+    try:
+        return list(struct.unpack(f"<{n}f", struct.pack(f"<{n}f", *values)))
+    except OverflowError:
+        raise ValueError("embedding value out of 32-bit float range") from None
+
+
+Embedding = Annotated[list[float], Field(max_length=MAX_EMBEDDING_DIM), AfterValidator(_float32)]
+Version = Annotated[int, Field(ge=1, le=2**31 - 1)]
+
+
+class Record(BaseModel):
+    """Base of every edge model: immutable, no unknown fields, no NaN or infinity."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class Sensitivity(StrEnum):
+    PUBLIC = "PUBLIC"
+    INTERNAL = "INTERNAL"
+    CONFIDENTIAL = "CONFIDENTIAL"
+    RESTRICTED = "RESTRICTED"
+
+
+class Priority(StrEnum):
+    CRITICAL = "CRITICAL"
+    HIGH = "HIGH"
+    NORMAL = "NORMAL"
+    LOW = "LOW"
+
+
+# -- agent-availability ------------------------------------------------------------
+
+
+class AgentEventKind(StrEnum):
+    REGISTERED = "REGISTERED"
+    PROFILE_UPDATED = "PROFILE_UPDATED"
+    AVAILABLE = "AVAILABLE"
+    HEARTBEAT = "HEARTBEAT"
+    DRAINING = "DRAINING"
+    OFFLINE = "OFFLINE"
+
+
+class AgentProfile(Record):
+    tools: Names
+    credentials: Names
+    model_types: Names
+    capacity: Annotated[int, Field(ge=0, le=100_000)]
+    cpu_millicores: Count
+    memory_mb: Count
+    personality: Embedding
+    risk_budget: Annotated[float, Field(ge=0)]
+    abstention_threshold: Annotated[float, Field(ge=0, le=1)]
+    clearance: Sensitivity
+    regions: Names
+    zone: Name | None = None
+    speed: Annotated[float, Field(gt=0, le=1000)] = 1.0
+
+
+class AgentEvent(Record):
+    event_id: Id
+    kind: AgentEventKind
+    agent_id: Id
+    pool: Name
+    seq: Annotated[int, Field(ge=0)]
+    event_time_ms: EpochMs
+    profile: AgentProfile | None = None
+
+    @model_validator(mode="after")
+    def _profile_where_needed(self) -> Self:
+        needs = self.kind in (AgentEventKind.REGISTERED, AgentEventKind.PROFILE_UPDATED)
+        if needs and self.profile is None:
+            raise ValueError(f"a {self.kind} event needs a profile")
+        return self
+
+
+# -- load-arrival ----------------------------------------------------------------
+
+
+class LoadEventKind(StrEnum):
+    ARRIVAL = "ARRIVAL"
+    CANCEL = "CANCEL"
+
+
+class LoadSource(StrEnum):
+    USER = "USER"
+    CRON = "CRON"
+    WEBHOOK = "WEBHOOK"
+    SUB_AGENT_RESULT = "SUB_AGENT_RESULT"
+    HUMAN_APPROVAL = "HUMAN_APPROVAL"
+
+
+class LoadSpec(Record):
+    source: LoadSource
+    priority: Priority
+    required_capabilities: Names
+    intent: Embedding
+    sensitivity: Sensitivity
+    region: Name
+    created_at_ms: EpochMs
+    deadline_ms: EpochMs | None = None
+    estimated_duration_ms: DurationMs
+    risk_score: Annotated[float, Field(ge=0)]
+    session_id: Id | None = None
+    zone: Name | None = None
+
+    @model_validator(mode="after")
+    def _deadline_after_creation(self) -> Self:
+        if self.deadline_ms is not None and self.deadline_ms < self.created_at_ms:
+            raise ValueError(
+                f"deadline_ms {self.deadline_ms} is before created_at_ms {self.created_at_ms}"
+            )
+        return self
+
+
+class LoadEvent(Record):
+    idempotency_key: Id
+    kind: LoadEventKind
+    load_id: Id
+    pool: Name
+    tenant: Name
+    event_time_ms: EpochMs
+    load: LoadSpec | None = None
+
+    @model_validator(mode="after")
+    def _load_on_arrival(self) -> Self:
+        if self.kind is LoadEventKind.ARRIVAL and self.load is None:
+            raise ValueError("an ARRIVAL event needs a load")
+        return self
+
+
+# -- task-results ----------------------------------------------------------------
+
+
+class TaskOutcome(StrEnum):
+    ACCEPTED = "ACCEPTED"
+    DECLINED = "DECLINED"
+    SUCCESS = "SUCCESS"
+    BLOCKED = "BLOCKED"
+    NEED_INPUT = "NEED_INPUT"
+    FAILED = "FAILED"
+
+
+class TaskResult(Record):
+    event_id: Id
+    decision_id: Id
+    load_id: Id
+    agent_id: Id
+    pool: Name
+    outcome: TaskOutcome
+    retryable: bool = False
+    reason_code: Code | None = None
+    event_time_ms: EpochMs
+
+
+# -- ticks -----------------------------------------------------------------------
+
+
+class Tick(Record):
+    pool: Name
+    event_time_ms: EpochMs
+
+
+# -- policy-update ---------------------------------------------------------------
+
+
+class MatchingMode(StrEnum):
+    GREEDY = "GREEDY"
+    BATCHED = "BATCHED"
+
+
+class RetryPolicy(Record):
+    max_attempts: Annotated[int, Field(ge=1, le=1000)]
+    backoff_base_ms: DurationMs
+    backoff_max_ms: DurationMs
+
+
+class Backpressure(Record):
+    max_pending: Annotated[int, Field(ge=1)]
+    high_watermark: Annotated[int, Field(ge=1)]
+    low_watermark: Annotated[int, Field(ge=0)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if not self.low_watermark <= self.high_watermark <= self.max_pending:
+            raise ValueError("need low_watermark <= high_watermark <= max_pending")
+        return self
+
+
+class PolicyDocument(Record):
+    matching_mode: MatchingMode
+    batch_window_ms: DurationMs
+    weights: Annotated[dict[Name, float], Field(max_length=MAX_MAP_ITEMS)]
+    constraints: Annotated[dict[Name, bool], Field(max_length=MAX_MAP_ITEMS)]
+    tenant_weights: Annotated[
+        dict[Name, Annotated[float, Field(gt=0)]], Field(max_length=MAX_MAP_ITEMS)
+    ]
+    tenant_quotas: Annotated[dict[Name, Count], Field(max_length=MAX_MAP_ITEMS)]
+    tenant_deny: Annotated[dict[Name, Names], Field(max_length=MAX_MAP_ITEMS)]
+    timeouts_ms: Annotated[dict[Name, DurationMs], Field(max_length=MAX_MAP_ITEMS)]
+    retry: RetryPolicy
+    backpressure: Backpressure
+
+
+class PolicyUpdate(Record):
+    policy_id: Name
+    version: Version
+    author: Name
+    effective_from_ms: EpochMs
+    document: PolicyDocument
+    content_hash: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    signature: Annotated[bytes, Field(max_length=1024)] | None = None
+    signature_key_id: Name | None = None
+
+
+# -- assignments and decision-log -------------------------------------------------
+
+
+class Assignment(Record):
+    decision_id: Id
+    load_id: Id
+    agent_id: Id
+    pool: Name
+    tenant: Name
+    attempt: Annotated[int, Field(ge=1)]
+    policy_version: Version
+    priority: Priority
+    event_time_ms: EpochMs
+    deadline_ms: EpochMs | None = None
+    ack_by_ms: EpochMs
+
+
+class DecisionOutcome(StrEnum):
+    ASSIGNED = "ASSIGNED"
+    QUEUED = "QUEUED"
+    DEFERRED = "DEFERRED"
+    SHED = "SHED"
+    REJECTED = "REJECTED"
+    REQUEUED = "REQUEUED"
+    DEAD_LETTERED = "DEAD_LETTERED"
+    CANCELLED = "CANCELLED"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+
+class InputPosition(Record):
+    topic: Name
+    partition: Count
+    offset: Annotated[int, Field(ge=0)]
+
+
+class DecisionRecord(Record):
+    decision_id: Id
+    pool: Name
+    load_id: Id
+    attempt: Annotated[int, Field(ge=1)]
+    outcome: DecisionOutcome
+    reason_code: Code
+    agent_id: Id | None = None
+    policy_version: Version
+    event_time_ms: EpochMs
+    input: InputPosition
+    score: float | None = None
+    score_parts: Annotated[dict[Name, float], Field(max_length=MAX_MAP_ITEMS)]
+    candidates: Count
+    excluded: Annotated[dict[Name, Count], Field(max_length=MAX_MAP_ITEMS)]
+    runner_up: Id | None = None
+    margin: float | None = None
+
+
+# -- dead-letter -------------------------------------------------------------------
+
+
+class DeadLetterReason(StrEnum):
+    TOO_LARGE = "TOO_LARGE"
+    BAD_FRAME = "BAD_FRAME"
+    UNKNOWN_SCHEMA = "UNKNOWN_SCHEMA"
+    WRONG_SCHEMA = "WRONG_SCHEMA"
+    MALFORMED = "MALFORMED"
+    TRAILING_BYTES = "TRAILING_BYTES"
+    INVALID = "INVALID"
+
+
+class DeadLetter(Record):
+    source_topic: Name
+    source_partition: Annotated[int, Field(ge=-1)]
+    source_offset: Annotated[int, Field(ge=-1)]
+    source_timestamp_ms: EpochMs | None = None
+    source_key: Annotated[bytes, Field(max_length=4096)] | None = None
+    reason: DeadLetterReason
+    error: Annotated[str, StringConstraints(max_length=2000)]
+    payload: bytes | None = None
+    payload_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    payload_size: Count
+    failed_at_ms: EpochMs

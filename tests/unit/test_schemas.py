@@ -1,0 +1,203 @@
+"""The contracts: registry, topics, schema/model agreement, evolution, bounded decoding."""
+
+from __future__ import annotations
+
+import io
+import json
+import types
+import typing
+from enum import StrEnum
+from typing import Any
+
+import pytest
+from fastavro import schemaless_writer
+from pydantic import BaseModel
+
+from dispatcher.codecs import Codec
+from dispatcher.codecs import models as m
+from dispatcher.codecs.codec import MODELS
+from dispatcher.codecs.schemas import SCHEMA_DIR, SchemaRegistry
+from dispatcher.topics import load_topics
+from tests.samples import SAMPLES
+
+REGISTRY = SchemaRegistry()
+
+
+def _schema(name: str) -> dict[str, Any]:
+    return json.loads((SCHEMA_DIR / f"{name}.avsc").read_text())  # type: ignore[no-any-return]
+
+
+def test_every_schema_file_is_registered_and_ids_are_contiguous() -> None:
+    assert REGISTRY.pending() == [], "run `dispatcher schemas register` and commit registry.json"
+    assert sorted(REGISTRY.by_id) == list(range(1, len(REGISTRY.by_id) + 1))
+    assert set(REGISTRY.names()) == set(MODELS)
+
+
+def test_every_topic_names_a_schema_that_exists() -> None:
+    for name, topic in load_topics().topics.items():
+        assert topic.value_schema in REGISTRY.latest, f"{name}: {topic.value_schema}"
+        assert (SCHEMA_DIR / f"{topic.value_schema}.avsc").exists()
+
+
+def test_namespace_carries_a_version() -> None:
+    for name in MODELS:
+        assert _schema(name)["namespace"] == "dispatcher.v1"
+
+
+def _named_types(schema: Any, out: dict[str, Any]) -> None:
+    if isinstance(schema, list):
+        for s in schema:
+            _named_types(s, out)
+    elif isinstance(schema, dict):
+        if schema.get("type") in ("record", "enum", "fixed"):
+            out.setdefault(schema["name"], []).append(schema)
+        for key in ("fields", "items", "values", "type"):
+            if key in schema:
+                _named_types(
+                    schema[key] if key != "fields" else [f["type"] for f in schema[key]], out
+                )
+
+
+def test_types_repeated_across_files_are_identical() -> None:
+    seen: dict[str, Any] = {}
+    for name in MODELS:
+        _named_types(_schema(name), seen)
+    for type_name, definitions in seen.items():
+        assert all(d == definitions[0] for d in definitions), type_name
+
+
+def _min_size(schema: Any) -> int:
+    """The fewest bytes a value of this schema can encode to."""
+    if isinstance(schema, list):
+        return 1 + min(_min_size(s) for s in schema)  # the branch index, then the value
+    if isinstance(schema, str):
+        return {"null": 0, "boolean": 1, "int": 1, "long": 1, "float": 4, "double": 8,
+                "bytes": 1, "string": 1}[schema]  # fmt: skip
+    kind = schema["type"]
+    if kind == "record":
+        return sum(_min_size(f["type"]) for f in schema["fields"])
+    if kind in ("array", "map", "enum"):
+        return 1
+    if kind == "fixed":
+        return int(schema["size"])
+    return _min_size(kind)
+
+
+def _repeated(schema: Any) -> list[Any]:
+    found: list[Any] = []
+    if isinstance(schema, list):
+        for s in schema:
+            found += _repeated(s)
+    elif isinstance(schema, dict):
+        if schema["type"] == "array":
+            found += [schema["items"], *_repeated(schema["items"])]
+        elif schema["type"] == "map":
+            found += [schema["values"], *_repeated(schema["values"])]
+        elif schema["type"] == "record":
+            for f in schema["fields"]:
+                found += _repeated(f["type"])
+        elif isinstance(schema["type"], (dict, list)):
+            found += _repeated(schema["type"])
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_no_schema_repeats_an_item_that_can_encode_to_zero_bytes(name: str) -> None:
+    # What bounds decoding: a declared count of N items then needs N bytes, so a
+    # hostile 20-byte record cannot make fastavro build a 2^40-item list.
+    for item in _repeated(_schema(name)):
+        assert _min_size(item) >= 1, f"{name}: {item}"
+
+
+# -- schema and model agree, field by field --------------------------------------------
+
+
+def _models() -> dict[str, type[BaseModel]]:
+    return {cls.__name__: cls for cls in vars(m).values()
+            if isinstance(cls, type) and issubclass(cls, m.Record)}  # fmt: skip
+
+
+def _strip_optional(annotation: Any) -> tuple[Any, bool]:
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return annotation, False
+
+
+def _base(annotation: Any) -> Any:
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation
+
+
+PRIMITIVES = {"string": str, "long": int, "int": int, "double": float, "float": float,
+              "boolean": bool, "bytes": bytes}  # fmt: skip
+
+
+def _agree(avro: Any, annotation: Any, where: str) -> None:
+    annotation = _base(annotation)
+    if isinstance(avro, list):
+        inner, optional = _strip_optional(annotation)
+        assert "null" in avro, where
+        assert optional, f"{where}: nullable in the schema, not in the model"
+        (branch,) = [b for b in avro if b != "null"]
+        _agree(branch, _base(inner), where)
+        return
+    if isinstance(avro, str):
+        assert annotation is PRIMITIVES[avro], f"{where}: {avro} vs {annotation}"
+        return
+    kind = avro["type"]
+    if kind == "record":
+        model = _models()[avro["name"]]
+        names = [f["name"] for f in avro["fields"]]
+        assert names == list(model.model_fields), f"{where}: fields differ"
+        for f in avro["fields"]:
+            _agree(f["type"], model.model_fields[f["name"]].annotation, f"{where}.{f['name']}")
+            has_default = "default" in f
+            assert has_default == (not model.model_fields[f["name"]].is_required()), (
+                f"{where}.{f['name']}: default in one, not the other"
+            )
+    elif kind == "enum":
+        assert issubclass(annotation, StrEnum), where
+        assert [e.value for e in annotation] == avro["symbols"], f"{where}: symbols differ"
+        assert annotation.__name__ == avro["name"], where
+    elif kind == "array":
+        assert typing.get_origin(annotation) is list, where
+        _agree(avro["items"], typing.get_args(annotation)[0], f"{where}[]")
+    elif kind == "map":
+        assert typing.get_origin(annotation) is dict, where
+        _agree(avro["values"], typing.get_args(annotation)[1], f"{where}{{}}")
+    else:
+        _agree(kind, annotation, where)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_schema_and_model_agree_field_by_field(name: str) -> None:
+    schema = _schema(name)
+    _agree({**schema, "name": name}, MODELS[name], name)
+
+
+# -- evolution ---------------------------------------------------------------------------
+
+
+def test_old_agent_events_read_with_the_current_schema() -> None:
+    """A real step in the registry: AgentProfile gained `speed` (default 1.0) after v1."""
+    codec = Codec()
+    old = REGISTRY.by_id[1]
+    assert old.name == "AgentEvent"
+    assert codec.writer_schema("AgentEvent").id > old.id
+    assert '"speed"' not in old.canonical
+    record = SAMPLES["AgentEvent"][0].model_dump()
+    del record["profile"]["speed"]
+    body = io.BytesIO()
+    schemaless_writer(body, old.parsed, {**record, "profile": ("dispatcher.v1.AgentProfile",
+                                                               record["profile"])})  # fmt: skip
+    decoded = codec.decode(b"\x00" + old.id.to_bytes(4, "big") + body.getvalue(), "AgentEvent")
+    assert isinstance(decoded, m.AgentEvent)
+    assert decoded.profile is not None
+    assert decoded.profile.speed == 1.0
+    assert (
+        decoded.model_copy(update={"profile": decoded.profile.model_copy(update={"speed": 1.5})})
+        == SAMPLES["AgentEvent"][0]
+    )
