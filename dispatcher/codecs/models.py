@@ -80,7 +80,14 @@ Version = Annotated[int, Field(ge=1, le=2**31 - 1)]
 class Record(BaseModel):
     """Base of every edge model: immutable, no unknown fields, no NaN or infinity."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        allow_inf_nan=False,
+        # In JSON (the codec CLI, logs) bytes travel as base64, both ways.
+        ser_json_bytes="base64",
+        val_json_bytes="base64",
+    )
 
 
 class Sensitivity(StrEnum):

@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from dispatcher.topics import DEFAULT_TOPICS_FILE
+from tests.samples import SAMPLES
 
 
 def dispatcher(*args: str) -> subprocess.CompletedProcess[str]:
@@ -41,3 +44,39 @@ def test_topics_apply_without_a_broker_fails_clearly(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "error: connecting to Kafka at 127.0.0.1:1 failed" in result.stderr
+
+
+def _pipe(args: list[str], text: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dispatcher", *args], input=text,
+                          capture_output=True, text=True, check=False)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+@pytest.mark.parametrize("fmt", ["base64", "hex"])
+def test_codec_cli_round_trips_json_lines(name: str, fmt: str) -> None:
+    lines = "".join(r.model_dump_json() + "\n" for r in SAMPLES[name])
+    encoded = _pipe(["codec", "encode", "--schema", name, "--format", fmt], lines)
+    assert encoded.returncode == 0, encoded.stderr
+    assert len(encoded.stdout.splitlines()) == len(SAMPLES[name])
+    decoded = _pipe(["codec", "decode", "--schema", name, "--format", fmt], encoded.stdout)
+    assert decoded.returncode == 0, decoded.stderr
+    assert decoded.stdout == lines
+
+
+def test_codec_cli_reports_each_bad_line_and_keeps_going() -> None:
+    good = _pipe(["codec", "encode", "--schema", "Tick"], SAMPLES["Tick"][0].model_dump_json())
+    text = f"AAAAAAU=\nnot base64!\n{good.stdout}"
+    result = _pipe(["codec", "decode"], text)
+    assert result.returncode == 1
+    assert result.stdout == SAMPLES["Tick"][0].model_dump_json() + "\n"
+    errors = result.stderr.splitlines()
+    assert errors[0].startswith("line 1: ?[-1]@1: MALFORMED")
+    assert errors[1].startswith("line 2: ")
+    bad_json = _pipe(["codec", "encode", "--schema", "Tick"], '{"pool": ""}\n')
+    assert bad_json.returncode == 1
+    assert "line 1: not a valid Tick" in bad_json.stderr
+
+
+def test_schemas_check_says_every_schema_is_registered() -> None:
+    result = dispatcher("schemas", "check")
+    assert result.returncode == 0, result.stderr
