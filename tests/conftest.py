@@ -22,6 +22,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,28 @@ def _keep() -> bool:
     return os.environ.get("DISPATCHER_KEEP_STACK", "") == "1"
 
 
+_INSTALL_HINT = {
+    "kafka": "it installs Java and Maven), or set KAFKA_BOOTSTRAP_SERVERS",
+    "redis": "it installs redis-server), or set REDIS_URL",
+}
+
+
+@contextmanager
+def _local_server(settings: Settings, name: str) -> Iterator[None]:
+    """Runs the project's own server ``name`` for the session; fails (never skips) if it cannot."""
+    stack = Stack(settings)
+    try:
+        started = stack.up(kafka=name == "kafka", redis=name == "redis").started
+    except DispatcherError as exc:
+        pytest.fail(
+            f"no {name} for the integration tests: {exc}\nRun `make test` ({_INSTALL_HINT[name]}.",
+            pytrace=False,
+        )
+    yield
+    if started and not _keep():
+        stack.down(only=started)
+
+
 @pytest.fixture(scope="session")
 def settings() -> Settings:
     return Settings.from_env()
@@ -88,18 +111,8 @@ def kafka_bootstrap(settings: Settings) -> Iterator[str]:
         with KafkaContainer("confluentinc/cp-kafka:7.9.1").with_kraft() as container:
             yield container.get_bootstrap_server()
         return
-    stack = Stack(settings)
-    try:
-        started = stack.up(kafka=True, redis=False).started
-    except DispatcherError as exc:
-        pytest.fail(
-            f"no Kafka broker for the integration tests: {exc}\n"
-            "Run `make test` (it installs Java and Maven), or set KAFKA_BOOTSTRAP_SERVERS.",
-            pytrace=False,
-        )
-    yield settings.local_bootstrap
-    if started and not _keep():
-        stack.down(only=started)
+    with _local_server(settings, "kafka"):
+        yield settings.local_bootstrap
 
 
 @pytest.fixture(scope="session")
@@ -115,18 +128,8 @@ def redis_url(settings: Settings) -> Iterator[str]:
             host, port = container.get_container_host_ip(), container.get_exposed_port(6379)
             yield f"redis://{host}:{port}/0"
         return
-    stack = Stack(settings)
-    try:
-        started = stack.up(kafka=False, redis=True).started
-    except DispatcherError as exc:
-        pytest.fail(
-            f"no Redis for the integration tests: {exc}\n"
-            "Run `make test` (it installs redis-server), or set REDIS_URL.",
-            pytrace=False,
-        )
-    yield settings.redis_url or settings.local_redis_url
-    if started and not _keep():
-        stack.down(only=started)
+    with _local_server(settings, "redis"):
+        yield settings.local_redis_url
 
 
 @pytest.fixture
