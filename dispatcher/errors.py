@@ -6,7 +6,7 @@
      ├── ConfigError        a setting or configuration file is invalid
      │    └── TopicsFileError   topics.yaml is invalid (names file, topic, field)
      ├── StackError         a local server could not be fetched, started or stopped
-     ├── KafkaAdminError    the broker refused or failed an admin request
+     ├── BrokerError        the Kafka broker cannot be reached or refuses a request
      └── CodecError         bytes from a topic cannot be decoded or validated
                             (dispatcher.codecs.codec; carries topic, offset, reason, raw bytes)
 
@@ -16,9 +16,9 @@ Third-party errors are wrapped once, where they enter (``raise X(...) from exc``
 from __future__ import annotations
 
 __all__ = [
+    "BrokerError",
     "ConfigError",
     "DispatcherError",
-    "KafkaAdminError",
     "StackError",
     "TopicsFileError",
 ]
@@ -50,5 +50,5 @@ class StackError(DispatcherError):
     """Raised when the local Kafka broker or Redis cannot be fetched, started or stopped."""
 
 
-class KafkaAdminError(DispatcherError):
-    """Raised when the broker cannot be reached for, refuses or fails an admin request."""
+class BrokerError(DispatcherError):
+    """Raised when the Kafka broker cannot be reached, or refuses or fails a request."""

@@ -19,12 +19,13 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from dispatcher.errors import KafkaAdminError, TopicsFileError
+from dispatcher.errors import BrokerError, TopicsFileError
 from dispatcher.settings import PROJECT_ROOT
 
 __all__ = [
     "DEFAULT_TOPICS_FILE",
     "CoPartitionGroup",
+    "TopicNames",
     "TopicReport",
     "TopicSpec",
     "TopicsFile",
@@ -79,6 +80,24 @@ class TopicsFile(_Strict):
     replication_factor: int = Field(ge=1, le=16)
     topics: dict[TopicName, TopicSpec] = Field(min_length=1)
     co_partitioned: dict[str, CoPartitionGroup] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicNames:
+    """The topic names clients use, so they need no topics.yaml at run time.
+
+    The defaults are topics.yaml's names (a test holds them equal); tests and
+    multi-tenant deployments pass their own.
+    """
+
+    agent_availability: str = "agent-availability"
+    load_arrival: str = "load-arrival"
+    task_results: str = "task-results"
+    ticks: str = "ticks"
+    policy_update: str = "policy-update"
+    assignments: str = "assignments"
+    decision_log: str = "decision-log"
+    dead_letter: str = "dead-letter"
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -197,7 +216,7 @@ async def _admin_call(what: str, coro: Any, seconds: float) -> Any:
         async with asyncio.timeout(seconds):
             return await coro
     except (KafkaError, OSError, TimeoutError) as exc:
-        raise KafkaAdminError(f"{what} failed: {exc!r}") from exc
+        raise BrokerError(f"{what} failed: {exc!r}") from exc
 
 
 async def apply_topics(
@@ -215,7 +234,7 @@ async def apply_topics(
     other topic-level overrides fall back to the broker's defaults).
 
     Raises:
-        KafkaAdminError: the broker could not be reached or refused a request.
+        BrokerError: the broker could not be reached or refused a request.
     """
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap_servers, request_timeout_ms=int(request_timeout_s * 1000)
@@ -244,7 +263,7 @@ async def _apply(
         for err in response.to_object()["topic_errors"]:
             if err["error_code"] not in (0, _TOPIC_EXISTS):
                 message = err.get("error_message") or f"error code {err['error_code']}"
-                raise KafkaAdminError(f"creating topic '{err['topic']}' failed: {message}")
+                raise BrokerError(f"creating topic '{err['topic']}' failed: {message}")
 
     present = [name for name in spec.topics if name in existing]
     partitions: dict[str, int] = {}
@@ -300,4 +319,4 @@ async def _alter(
         for res in response.to_object()["resources"]:
             if res["error_code"] != 0:
                 message = res.get("error_message") or f"error code {res['error_code']}"
-                raise KafkaAdminError(f"altering configs of '{name}' failed: {message}")
+                raise BrokerError(f"altering configs of '{name}' failed: {message}")

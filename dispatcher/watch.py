@@ -11,20 +11,18 @@ import time
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from dispatcher.errors import KafkaAdminError
+from dispatcher.errors import BrokerError
 
 __all__ = ["topic_totals", "watch_topics"]
 
 
-async def topic_totals(consumer: AIOKafkaConsumer, topics: list[str]) -> dict[str, int]:
+async def topic_totals(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition], topics: list[str]
+) -> dict[str, int]:
     """Records ever written to each topic (the sum of its partitions' end offsets)."""
-    tps = [
-        TopicPartition(topic, p)
-        for topic in topics
-        for p in sorted(consumer.partitions_for_topic(topic) or ())
-    ]
     ends = await consumer.end_offsets(tps)
     totals = dict.fromkeys(topics, 0)
     for tp, end in ends.items():
@@ -46,18 +44,23 @@ async def watch_topics(
         The last totals per topic.
 
     Raises:
-        KafkaAdminError: the broker cannot be reached.
+        BrokerError: the broker cannot be reached.
     """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     try:
+        await admin.start()
+        described = await admin.describe_topics(topics)
+        tps = [
+            TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]
+        ]
         await consumer.start()
-        await consumer.topics()  # loads metadata for partitions_for_topic
-        last = await topic_totals(consumer, topics)
+        last = await topic_totals(consumer, tps, topics)
         echo("watching: " + ", ".join(f"{t}={n}" for t, n in last.items()))
         started = last_time = time.monotonic()
         while duration is None or time.monotonic() - started < duration:
             await asyncio.sleep(interval)
-            now_totals, now = await topic_totals(consumer, topics), time.monotonic()
+            now_totals, now = await topic_totals(consumer, tps, topics), time.monotonic()
             grown = {t: n - last[t] for t, n in now_totals.items() if n != last[t]}
             if grown:
                 rates = ", ".join(
@@ -67,6 +70,7 @@ async def watch_topics(
             last, last_time = now_totals, now
         return last
     except KafkaError as exc:
-        raise KafkaAdminError(f"watching topics at {bootstrap_servers} failed: {exc!r}") from exc
+        raise BrokerError(f"watching topics at {bootstrap_servers} failed: {exc!r}") from exc
     finally:
         await consumer.stop()
+        await admin.close()

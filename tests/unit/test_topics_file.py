@@ -143,3 +143,13 @@ def test_unreadable_file_is_refused(tmp_path: Path, text: str, words: list[str])
 def test_missing_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(TopicsFileError, match="cannot read"):
         load_topics(tmp_path / "nope.yaml")
+
+
+def test_client_topic_names_are_the_declared_ones() -> None:
+    from dispatcher.topics import TopicNames  # noqa: PLC0415
+
+    spec = load_topics(DEFAULT_TOPICS_FILE)
+    names = TopicNames()
+    assert {getattr(names, f) for f in TopicNames.__dataclass_fields__} == set(spec.topics)
+    for field in TopicNames.__dataclass_fields__:
+        assert field.replace("_", "-") == getattr(names, field)

@@ -1,0 +1,193 @@
+"""Consume one topic as decoded, validated records; dead-letter the rest and go on."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from dispatcher.codecs import Codec, CodecError, dead_letter
+from dispatcher.codecs.models import Record
+from dispatcher.errors import BrokerError
+
+__all__ = ["DecodingConsumer", "Delivered"]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """A decoded record and where it was read."""
+
+    record: Record
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    timestamp_ms: int
+
+
+class DecodingConsumer:
+    """Reads ``topic``, yields every valid record, sends every invalid one to dead-letter.
+
+    Offsets are committed once per partition batch, after every record of it
+    was handled, and on a clean ``stop()`` (or leaving ``async with`` without
+    an exception) up to the last record yielded. A bad record counts as
+    handled once its dead letter is acknowledged by the broker. So a crash
+    loses nothing; records may come again, and consumers deduplicate by id.
+
+    Args:
+        bootstrap_servers: the Kafka cluster.
+        topic: the topic to read.
+        schema: the record name it carries (topics.yaml's value_schema).
+        group_id: the consumer group whose committed offsets it resumes from.
+        dead_letter_topic: where undecodable records go.
+        partitions: read only these partitions (no group rebalancing), or all
+            of them through the group (None).
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        schema: str,
+        *,
+        group_id: str,
+        dead_letter_topic: str = "dead-letter",
+        partitions: list[int] | None = None,
+        codec: Codec | None = None,
+        producer: AIOKafkaProducer | None = None,
+        max_records: int = 500,
+    ) -> None:
+        self.topic = topic
+        self.schema = schema
+        self.dead_letter_topic = dead_letter_topic
+        self.codec = codec or Codec()
+        self.delivered = 0
+        self.dead_lettered = 0
+        self._partitions = partitions
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._buffer: deque[Any] = deque()
+        self._pending_dead: list[Any] = []
+        self._max_records = max_records
+        self._consumer = AIOKafkaConsumer(
+            *([] if partitions is not None else [topic]),
+            bootstrap_servers=bootstrap_servers,
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        self._own_producer = producer is None
+        self._producer = producer or AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True
+        )
+        self._bootstrap = bootstrap_servers
+
+    async def start(self) -> None:
+        """Connects; raises BrokerError when the broker cannot be reached."""
+        try:
+            if self._own_producer:
+                await self._producer.start()
+            await self._consumer.start()
+            if self._partitions is not None:
+                self._consumer.assign([TopicPartition(self.topic, p) for p in self._partitions])
+        except KafkaError as exc:
+            await self.stop()
+            raise BrokerError(f"consuming {self.topic} at {self._bootstrap}: {exc!r}") from exc
+
+    async def stop(self, *, commit: bool = True) -> None:
+        """Commits what was yielded (unless ``commit`` is False) and disconnects."""
+        try:
+            if commit:
+                # Handled: everything returned, and what the buffer never reached is not.
+                for r in self._buffer:
+                    tp = TopicPartition(r.topic, r.partition)
+                    self._uncommitted[tp] = min(self._uncommitted.get(tp, r.offset), r.offset)
+                await self._commit_handled()
+        finally:
+            await self._consumer.stop()
+            if self._own_producer:
+                await self._producer.stop()
+
+    async def __aenter__(self) -> DecodingConsumer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop(commit=et is None)
+
+    def __aiter__(self) -> DecodingConsumer:
+        return self
+
+    async def __anext__(self) -> Delivered:
+        """The next valid record, waiting for it as long as it takes (cancel to stop).
+
+        Records fetched but not yet returned stay buffered, so leaving one
+        ``async for`` and starting another loses nothing.
+        """
+        while True:
+            if not self._buffer:
+                await self._commit_handled()  # every record returned so far was handled
+                try:
+                    batch = await self._consumer.getmany(
+                        timeout_ms=200, max_records=self._max_records
+                    )
+                except KafkaError as exc:
+                    raise BrokerError(f"reading {self.topic}: {exc!r}") from exc
+                for records in batch.values():
+                    self._buffer.extend(records)
+                continue
+            r = self._buffer.popleft()
+            tp = TopicPartition(r.topic, r.partition)
+            self._uncommitted[tp] = r.offset + 1
+            try:
+                record = self.codec.decode(
+                    r.value or b"",
+                    self.schema,
+                    topic=r.topic,
+                    partition=r.partition,
+                    offset=r.offset,
+                )
+            except CodecError as exc:
+                self._pending_dead.append(await self._send_dead_letter(exc, r.key, r.timestamp))
+                continue
+            self.delivered += 1
+            return Delivered(record, r.topic, r.partition, r.offset, r.key, r.timestamp)
+
+    async def _send_dead_letter(self, exc: CodecError, key: bytes | None, ts: int) -> Any:
+        letter = dead_letter(exc, failed_at_ms=int(time.time() * 1000), source_key=key,
+                             source_timestamp_ms=ts if ts >= 0 else None)  # fmt: skip
+        self.dead_lettered += 1
+        try:
+            return await self._producer.send(
+                self.dead_letter_topic, self.codec.encode(letter), key=exc.topic.encode()
+            )
+        except KafkaError as err:
+            raise BrokerError(
+                f"writing a dead letter to {self.dead_letter_topic}: {err!r}"
+            ) from err
+
+    async def _commit_handled(self) -> None:
+        # Dead letters are on the broker before any offset past them is committed.
+        try:
+            for fut in self._pending_dead:
+                await fut
+        except KafkaError as err:
+            raise BrokerError(
+                f"writing a dead letter to {self.dead_letter_topic}: {err!r}"
+            ) from err
+        self._pending_dead.clear()
+        if not self._uncommitted:
+            return
+        offsets = {tp: OffsetAndMetadata(offset, "") for tp, offset in self._uncommitted.items()}
+        try:
+            await self._consumer.commit(offsets)
+        except KafkaError as exc:
+            raise BrokerError(f"committing offsets of {self.topic}: {exc!r}") from exc
+        self._uncommitted.clear()

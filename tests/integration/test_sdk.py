@@ -1,0 +1,277 @@
+"""The SDK on the real broker: poison goes to dead-letter, agents see their own work once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+from collections.abc import AsyncIterable, Callable
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from fastavro import parse_schema, schemaless_writer
+
+from dispatcher.codecs import Codec
+from dispatcher.codecs import models as m
+from dispatcher.codecs.schemas import SCHEMA_DIR
+from dispatcher.errors import BrokerError
+from dispatcher.sdk import AgentClient, DecodingConsumer, DispatcherProducer, partition_for
+from dispatcher.topics import TopicNames
+from tests.samples import LOAD, SAMPLES
+
+CODEC = Codec()
+
+
+@pytest.fixture
+def topics(new_topics: Callable[..., list[str]], unique: Callable[[str], str]) -> TopicNames:
+    fields = TopicNames.__dataclass_fields__
+    names = TopicNames(**{f: unique(f.replace("_", "-")) for f in fields})
+    for field in fields:
+        single = field in ("dead_letter", "policy_update")
+        new_topics(getattr(names, field), partitions=1 if single else 4)
+    return names
+
+
+async def _more_within(source: AsyncIterable[object], seconds: float) -> list[object]:
+    """What arrives from ``source`` within ``seconds`` (expected: nothing)."""
+    got: list[object] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            async for item in source:
+                got.append(item)
+    return got
+
+
+def _load(i: int, pool: str) -> m.LoadEvent:
+    return m.LoadEvent(
+        idempotency_key=f"k{i}",
+        kind=m.LoadEventKind.ARRIVAL,
+        load_id=f"load-{i}",
+        pool=pool,
+        tenant="acme",
+        event_time_ms=1_700_000_000_000 + i,
+        load=LOAD,
+    )
+
+
+def _raw_load(**changes: object) -> bytes:
+    datum = _load(0, "pool-a").model_dump()
+    datum["load"] |= changes
+    schema = parse_schema(json.loads((SCHEMA_DIR / "LoadEvent.avsc").read_text()), named_schemas={})
+    out = io.BytesIO(b"\x00" + CODEC.writer_schema("LoadEvent").id.to_bytes(4, "big"))
+    out.seek(5)
+    schemaless_writer(out, schema, datum)
+    return out.getvalue()
+
+
+GOOD = CODEC.encode(_load(0, "pool-a"))
+POISON = [
+    (b"not avro at all", m.DeadLetterReason.BAD_FRAME),
+    (None, m.DeadLetterReason.BAD_FRAME),  # a tombstone
+    (GOOD[:-3], m.DeadLetterReason.MALFORMED),
+    (GOOD + b"\x00\x01", m.DeadLetterReason.TRAILING_BYTES),
+    (b"\x00\x00\x00\x7f\xff" + GOOD[5:], m.DeadLetterReason.UNKNOWN_SCHEMA),
+    (CODEC.encode(SAMPLES["AgentEvent"][0]), m.DeadLetterReason.WRONG_SCHEMA),
+    (_raw_load(deadline_ms=5), m.DeadLetterReason.INVALID),
+    (_raw_load(risk_score=float("nan")), m.DeadLetterReason.INVALID),
+    (GOOD[:8] + b"\x01" + GOOD[9:], m.DeadLetterReason.MALFORMED),  # enum index -1
+    (b"\x00" + bytes(8000), m.DeadLetterReason.TOO_LARGE),  # over this test's 4 KiB cap
+]
+
+
+async def _read_all(bootstrap: str, topic: str, want: int) -> list[tuple[bytes | None, bytes, int]]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    got: list[tuple[bytes | None, bytes, int]] = []
+    try:
+        async with asyncio.timeout(60):
+            while len(got) < want:
+                for records in (await consumer.getmany(timeout_ms=300)).values():
+                    got += [(r.key, r.value, r.partition) for r in records]
+        extra = await consumer.getmany(timeout_ms=500)  # and nothing more arrives
+        got += [(r.key, r.value, r.partition) for rs in extra.values() for r in rs]
+    finally:
+        await consumer.stop()
+    return got
+
+
+def test_poison_goes_to_dead_letter_and_every_valid_record_is_delivered(
+    kafka_bootstrap: str, topics: TopicNames, unique: Callable[[str], str]
+) -> None:
+    async def scenario() -> None:
+        expected_reason: dict[tuple[int, int], m.DeadLetterReason] = {}
+        valid: set[str] = set()
+        raw = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        async with DispatcherProducer(kafka_bootstrap, topics=topics) as producer:
+            await raw.start()
+            try:
+                for i in range(60):  # valid and poison interleaved, over several pools
+                    pool = f"pool-{i % 3}"
+                    await producer.publish_load(_load(i, pool))
+                    valid.add(f"load-{i}")
+                    if i % 6 == 0:
+                        value, reason = POISON[(i // 6) % len(POISON)]
+                        meta = await (await raw.send(topics.load_arrival, value, key=pool.encode()))
+                        expected_reason[(meta.partition, meta.offset)] = reason
+            finally:
+                await raw.stop()
+        assert len(expected_reason) == len(POISON)
+
+        group = unique("dispatch")
+        seen: list[str] = []
+        consumer = DecodingConsumer(
+            kafka_bootstrap,
+            topics.load_arrival,
+            "LoadEvent",
+            group_id=group,
+            dead_letter_topic=topics.dead_letter,
+            codec=Codec(max_bytes=4096),
+        )
+        async with consumer:
+            async with asyncio.timeout(60):
+                async for delivered in consumer:
+                    assert isinstance(delivered.record, m.LoadEvent)
+                    seen.append(delivered.record.load_id)
+                    if len(seen) == len(valid):
+                        break
+            assert consumer.dead_lettered == len(POISON)
+        assert sorted(seen) == sorted(valid)  # every valid one, each once
+
+        letters = await _read_all(kafka_bootstrap, topics.dead_letter, len(POISON))
+        assert len(letters) == len(POISON)
+        for key, value, _ in letters:
+            letter = CODEC.decode(value, "DeadLetter")
+            assert isinstance(letter, m.DeadLetter)
+            assert key == topics.load_arrival.encode()
+            assert letter.source_topic == topics.load_arrival
+            where = (letter.source_partition, letter.source_offset)
+            assert letter.reason is expected_reason.pop(where), letter.error
+            assert letter.error
+        assert expected_reason == {}
+
+        # Everything was committed: the group starts again with nothing left to read.
+        again = DecodingConsumer(
+            kafka_bootstrap,
+            topics.load_arrival,
+            "LoadEvent",
+            group_id=group,
+            dead_letter_topic=topics.dead_letter,
+        )
+        async with again:
+            assert await _more_within(again, 3) == []
+
+    asyncio.run(scenario())
+
+
+def _assignment(decision: str, agent: str) -> m.Assignment:
+    return m.Assignment(
+        decision_id=decision,
+        load_id=f"load-{decision}",
+        agent_id=agent,
+        pool="pool-a",
+        tenant="acme",
+        attempt=1,
+        policy_version=1,
+        priority=m.Priority.NORMAL,
+        event_time_ms=1_700_000_000_000,
+        ack_by_ms=1_700_000_005_000,
+    )
+
+
+def test_agent_client_yields_its_own_assignments_once_and_answers(
+    kafka_bootstrap: str, topics: TopicNames
+) -> None:
+    agents = [f"agent-{i}" for i in range(8)]
+    mine = "agent-3"
+
+    async def scenario() -> None:
+        async with DispatcherProducer(kafka_bootstrap, topics=topics) as producer:
+            for n in range(5):
+                for agent in agents:
+                    await producer.publish(
+                        topics.assignments, agent, _assignment(f"d{n}-{agent}", agent)
+                    )
+            # The dispatcher republishes one decision (say, after a crash) ...
+            await producer.publish(topics.assignments, mine, _assignment(f"d1-{mine}", mine))
+            # ... and a broken record lands in this agent's partition.
+            raw = await producer.kafka.send_and_wait(
+                topics.assignments, b"\x00garbage", key=mine.encode()
+            )
+            assert raw.partition == partition_for(mine, 4)
+
+        got: list[m.Assignment] = []
+        async with AgentClient(kafka_bootstrap, mine, "pool-a", topics=topics) as client:
+            async with asyncio.timeout(60):
+                async for assignment in client:
+                    got.append(assignment)
+                    if assignment.decision_id == f"d0-{mine}":
+                        await client.accept(assignment)
+                    if len(got) == 5:
+                        break
+            assert await _more_within(client, 2) == []  # the repeat never comes through
+            assert client.duplicates == 1
+        assert [a.decision_id for a in got] == [f"d{n}-{mine}" for n in range(5)]
+
+        (result,) = await _read_all(kafka_bootstrap, topics.task_results, 1)
+        answer = CODEC.decode(result[1], "TaskResult")
+        assert isinstance(answer, m.TaskResult)
+        assert (answer.decision_id, answer.outcome, answer.agent_id) == (
+            f"d0-{mine}",
+            m.TaskOutcome.ACCEPTED,
+            mine,
+        )
+        assert answer.event_id == f"d0-{mine}:ACCEPTED"
+        (letter,) = await _read_all(kafka_bootstrap, topics.dead_letter, 1)
+        assert CODEC.decode(letter[1], "DeadLetter").source_topic == topics.assignments  # type: ignore[attr-defined]
+
+    asyncio.run(scenario())
+
+
+def test_producer_publishes_every_input_kind_keyed_as_declared(
+    kafka_bootstrap: str, topics: TopicNames
+) -> None:
+    async def scenario() -> None:
+        async with DispatcherProducer(kafka_bootstrap, topics=topics) as p:
+            load, agent = SAMPLES["LoadEvent"][0], SAMPLES["AgentEvent"][0]
+            result, policy = SAMPLES["TaskResult"][0], SAMPLES["PolicyUpdate"][0]
+            assert isinstance(load, m.LoadEvent)
+            assert isinstance(agent, m.AgentEvent)
+            assert isinstance(result, m.TaskResult)
+            assert isinstance(policy, m.PolicyUpdate)
+            await p.publish_load(load)
+            await p.cancel_load("load-1", "pool-a", "acme", event_time_ms=5)
+            await p.publish_agent_event(agent)
+            await p.heartbeat("agent-1", "pool-a", 7, event_time_ms=9)
+            await p.publish_result(result)
+            await p.publish_policy(policy)
+        loads = await _read_all(kafka_bootstrap, topics.load_arrival, 2)
+        events = await _read_all(kafka_bootstrap, topics.agent_availability, 2)
+        results = await _read_all(kafka_bootstrap, topics.task_results, 1)
+        policies = await _read_all(kafka_bootstrap, topics.policy_update, 1)
+        for key, value, partition in loads + events + results:
+            assert key == b"pool-a"
+            assert partition == partition_for("pool-a", 4)
+            CODEC.decode(value)
+        cancel = CODEC.decode(loads[1][1], "LoadEvent")
+        assert isinstance(cancel, m.LoadEvent)
+        assert (cancel.kind, cancel.idempotency_key, cancel.event_time_ms) == (
+            m.LoadEventKind.CANCEL,
+            "cancel:load-1",
+            5,
+        )
+        beat = CODEC.decode(events[1][1], "AgentEvent")
+        assert isinstance(beat, m.AgentEvent)
+        assert (beat.kind, beat.seq, beat.event_id) == (m.AgentEventKind.HEARTBEAT, 7, "agent-1:7")
+        assert policies[0][0] == b"default"
+        assert CODEC.decode(policies[0][1], "PolicyUpdate") == SAMPLES["PolicyUpdate"][0]
+
+    asyncio.run(scenario())
+
+
+def test_clients_fail_with_broker_error_when_no_broker_answers() -> None:
+    async def scenario() -> None:
+        with pytest.raises(BrokerError, match=r"127\.0\.0\.1:1"):
+            await DispatcherProducer("127.0.0.1:1").start()
+
+    asyncio.run(scenario())
