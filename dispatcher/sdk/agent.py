@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from types import TracebackType
 
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
@@ -11,6 +10,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from dispatcher.codecs import Codec
 from dispatcher.codecs.models import Assignment, TaskOutcome, TaskResult
 from dispatcher.errors import BrokerError
+from dispatcher.sdk._lifecycle import CommittingIterator
 from dispatcher.sdk.consumer import DecodingConsumer
 from dispatcher.sdk.producer import DispatcherProducer, now_ms
 from dispatcher.topics import TopicNames
@@ -26,7 +26,7 @@ def partition_for(key: str, partitions: int) -> int:
     return int(_partitioner(key.encode(), all_partitions, all_partitions))
 
 
-class AgentClient:
+class AgentClient(CommittingIterator):
     """One agent's client: iterate over its assignments, answer each one.
 
     Assignments are keyed by agent id, so the client reads only the one
@@ -88,18 +88,6 @@ class AgentClient:
                 await self._consumer.stop(commit=commit)
         finally:
             await self._producer.stop()
-
-    async def __aenter__(self) -> AgentClient:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop(commit=et is None)
-
-    def __aiter__(self) -> AgentClient:
-        return self
 
     async def __anext__(self) -> Assignment:
         """This agent's next assignment, each decision once, in the order they were made."""

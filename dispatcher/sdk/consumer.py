@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -15,6 +14,7 @@ from aiokafka.structs import OffsetAndMetadata
 from dispatcher.codecs import Codec, CodecError, dead_letter
 from dispatcher.codecs.models import Record
 from dispatcher.errors import BrokerError
+from dispatcher.sdk._lifecycle import CommittingIterator
 
 __all__ = ["DecodingConsumer", "Delivered"]
 
@@ -31,7 +31,7 @@ class Delivered:
     timestamp_ms: int
 
 
-class DecodingConsumer:
+class DecodingConsumer(CommittingIterator):
     """Reads ``topic``, yields every valid record, sends every invalid one to dead-letter.
 
     Offsets are committed once per partition batch, after every record of it
@@ -112,18 +112,6 @@ class DecodingConsumer:
             await self._consumer.stop()
             if self._own_producer:
                 await self._producer.stop()
-
-    async def __aenter__(self) -> DecodingConsumer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop(commit=et is None)
-
-    def __aiter__(self) -> DecodingConsumer:
-        return self
 
     async def __anext__(self) -> Delivered:
         """The next valid record, waiting for it as long as it takes (cancel to stop).
