@@ -38,6 +38,7 @@ typecheck: setup
 	$(BIN)/mypy
 
 test: lint typecheck
+	$(BIN)/dispatcher stack fetch
 	$(BIN)/pytest
 
 unit: setup

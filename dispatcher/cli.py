@@ -64,6 +64,19 @@ def stack_up(kafka: bool, redis: bool) -> None:
     _print_status(s)
 
 
+@stack.command("fetch")
+def stack_fetch() -> None:
+    """Download the broker's jars with Maven unless cached (`stack up` does it too)."""
+    s = Stack(_settings())
+    if s.settings.kafka_bootstrap:
+        click.echo("KAFKA_BOOTSTRAP_SERVERS is set: no local broker, nothing to fetch")
+        return
+    t0 = time.monotonic()
+    downloaded = s.kafka.fetch()
+    state = f"downloaded in {time.monotonic() - t0:.1f}s" if downloaded else "already cached"
+    click.echo(f"kafka jars: {state} ({s.kafka.libs})")
+
+
 @stack.command("down")
 @click.option("--purge", is_flag=True, help="Also delete the servers' data (jars stay cached).")
 def stack_down(purge: bool) -> None:
@@ -239,25 +252,30 @@ def run(topics_file: Path, duration: float | None) -> None:
     """
     spec = load_topics(topics_file)
     s = Stack(_settings())
-    endpoints = s.up()
 
     # SIGTERM (from a supervisor or `kill`) ends the run like Ctrl-C does.
     def _interrupt(_sig: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _interrupt)
+    started: tuple[str, ...] = ()
     try:
+        endpoints = s.up()  # if interrupted, it stops what it had started itself
+        started = endpoints.started
         _print_reports(asyncio.run(apply_topics(spec, endpoints.kafka_bootstrap)))
         _print_status(s)
         click.echo(f"kafka: {endpoints.kafka_bootstrap}   redis: {endpoints.redis_url}")
         click.echo("Ctrl-C stops everything this command started.")
-        asyncio.run(watch_topics(endpoints.kafka_bootstrap, list(spec.topics),
-                                 duration=duration, echo=click.echo))  # fmt: skip
+        asyncio.run(
+            watch_topics(
+                endpoints.kafka_bootstrap, list(spec.topics), duration=duration, echo=click.echo
+            )
+        )
     except KeyboardInterrupt:
         click.echo("\ninterrupted")
     finally:
-        if endpoints.started:
-            click.echo("stopping: " + ", ".join(s.down(only=endpoints.started)))
+        if started:
+            click.echo("stopping: " + ", ".join(s.down(only=started)))
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dispatcher.errors import ConfigError
 
@@ -38,6 +39,33 @@ def _port(env: Mapping[str, str], name: str, default: int) -> int:
     if not 1 <= port <= 65535:
         raise ConfigError(f"{name}={port} is outside 1..65535")
     return port
+
+
+def _bootstrap(raw: str) -> str:
+    for entry in filter(None, (e.strip() for e in raw.split(","))):
+        host, sep, port = entry.rpartition(":")
+        if not (sep and host and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ConfigError(f"KAFKA_BOOTSTRAP_SERVERS: {entry!r} is not host:port")
+    return raw
+
+
+def _redis_url(raw: str) -> str:
+    if not raw:
+        return raw
+    parts = urlsplit(raw)
+    try:
+        _ = parts.port  # raises ValueError when the port is not a number
+    except ValueError:
+        valid = False
+    else:
+        valid = (parts.scheme in ("redis", "rediss") and bool(parts.hostname)) or (
+            parts.scheme == "unix" and bool(parts.path)
+        )
+    if not valid:
+        raise ConfigError(
+            f"REDIS_URL={raw!r} is not a redis://host[:port][/db], rediss:// or unix:// URL"
+        )
+    return raw
 
 
 def _dir(env: Mapping[str, str], name: str, xdg: str, fallback: str) -> Path:
@@ -76,8 +104,8 @@ class Settings:
                 f"DISPATCHER_KAFKA_PORT and DISPATCHER_KAFKA_CONTROLLER_PORT are both {kafka_port}"
             )
         return cls(
-            kafka_bootstrap=env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip() or None,
-            redis_url=env.get("REDIS_URL", "").strip() or None,
+            kafka_bootstrap=_bootstrap(env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()) or None,
+            redis_url=_redis_url(env.get("REDIS_URL", "").strip()) or None,
             kafka_port=kafka_port,
             kafka_controller_port=controller_port,
             redis_port=redis_port,

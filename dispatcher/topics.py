@@ -239,10 +239,10 @@ async def apply_topics(
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap_servers, request_timeout_ms=int(request_timeout_s * 1000)
     )
-    await _admin_call(
-        f"connecting to Kafka at {bootstrap_servers}", admin.start(), request_timeout_s
-    )
     try:
+        await _admin_call(
+            f"connecting to Kafka at {bootstrap_servers}", admin.start(), request_timeout_s
+        )
         return await _apply(admin, spec, alter_configs=alter_configs, seconds=request_timeout_s)
     finally:
         await admin.close()

@@ -205,7 +205,11 @@ class Codec:
             raise fail(DeadLetterReason.MALFORMED, detail)
         if writer is not latest:  # an older version: resolve it to the current schema
             buf.seek(start)
-            raw = schemaless_reader(buf, writer.parsed, self._current[writer.name])
+            try:
+                raw = schemaless_reader(buf, writer.parsed, self._current[writer.name])
+            except Exception as exc:  # e.g. SchemaResolutionError: versions not compatible
+                detail = f"schema id {writer.id} does not resolve to the current {writer.name}"
+                raise fail(DeadLetterReason.INVALID, f"{detail}: {exc}"[:500]) from exc
         try:
             return MODELS[writer.name].model_validate(raw)
         except ValidationError as exc:

@@ -57,6 +57,7 @@ MAX_MAP_ITEMS = 1024
 Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 Code = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Topic = Annotated[str, StringConstraints(min_length=1, max_length=249)]  # Kafka's limit
 EpochMs = Annotated[int, Field(ge=0, le=2**53)]
 DurationMs = Annotated[int, Field(ge=0, le=2**53)]
 Count = Annotated[int, Field(ge=0, le=2**31 - 1)]
@@ -319,7 +320,7 @@ class DecisionOutcome(StrEnum):
 
 
 class InputPosition(Record):
-    topic: Name
+    topic: Topic
     partition: Count
     offset: Annotated[int, Field(ge=0)]
 
@@ -357,7 +358,7 @@ class DeadLetterReason(StrEnum):
 
 
 class DeadLetter(Record):
-    source_topic: Name
+    source_topic: Topic
     source_partition: Annotated[int, Field(ge=-1)]
     source_offset: Annotated[int, Field(ge=-1)]
     source_timestamp_ms: EpochMs | None = None

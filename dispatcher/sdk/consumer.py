@@ -7,7 +7,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
@@ -75,7 +75,6 @@ class DecodingConsumer(CommittingIterator):
         self._pending_dead: list[Any] = []
         self._max_records = max_records
         self._consumer = AIOKafkaConsumer(
-            *([] if partitions is not None else [topic]),
             bootstrap_servers=bootstrap_servers,
             group_id=group_id,
             enable_auto_commit=False,
@@ -95,6 +94,8 @@ class DecodingConsumer(CommittingIterator):
             await self._consumer.start()
             if self._partitions is not None:
                 self._consumer.assign([TopicPartition(self.topic, p) for p in self._partitions])
+            else:
+                self._consumer.subscribe([self.topic], listener=_ForgetRevoked(self))
         except KafkaError as exc:
             await self.stop()
             raise BrokerError(f"consuming {self.topic} at {self._bootstrap}: {exc!r}") from exc
@@ -133,7 +134,6 @@ class DecodingConsumer(CommittingIterator):
                 continue
             r = self._buffer.popleft()
             tp = TopicPartition(r.topic, r.partition)
-            self._uncommitted[tp] = r.offset + 1
             try:
                 record = self.codec.decode(
                     r.value or b"",
@@ -143,23 +143,42 @@ class DecodingConsumer(CommittingIterator):
                     offset=r.offset,
                 )
             except CodecError as exc:
-                self._pending_dead.append(await self._send_dead_letter(exc, r.key, r.timestamp))
+                try:
+                    self._pending_dead.append(await self._send_dead_letter(exc, r.key, r.timestamp))
+                except BaseException:
+                    # Not handled: neither delivered nor dead-lettered. It stays first in line.
+                    self._buffer.appendleft(r)
+                    raise
+                self._uncommitted[tp] = r.offset + 1
                 continue
+            self._uncommitted[tp] = r.offset + 1
             self.delivered += 1
             return Delivered(record, r.topic, r.partition, r.offset, r.key, r.timestamp)
 
     async def _send_dead_letter(self, exc: CodecError, key: bytes | None, ts: int) -> Any:
-        letter = dead_letter(exc, failed_at_ms=int(time.time() * 1000), source_key=key,
-                             source_timestamp_ms=ts if ts >= 0 else None)  # fmt: skip
-        self.dead_lettered += 1
+        letter = dead_letter(
+            exc,
+            failed_at_ms=int(time.time() * 1000),
+            source_key=key,
+            source_timestamp_ms=ts if ts >= 0 else None,
+        )
         try:
-            return await self._producer.send(
+            future = await self._producer.send(
                 self.dead_letter_topic, self.codec.encode(letter), key=exc.topic.encode()
             )
         except KafkaError as err:
             raise BrokerError(
                 f"writing a dead letter to {self.dead_letter_topic}: {err!r}"
             ) from err
+        self.dead_lettered += 1
+        return future
+
+    def _forget(self, revoked: set[TopicPartition]) -> None:
+        self._buffer = deque(
+            r for r in self._buffer if TopicPartition(r.topic, r.partition) not in revoked
+        )
+        for tp in revoked:
+            self._uncommitted.pop(tp, None)
 
     async def _commit_handled(self) -> None:
         # Dead letters are on the broker before any offset past them is committed.
@@ -173,9 +192,32 @@ class DecodingConsumer(CommittingIterator):
         self._pending_dead.clear()
         if not self._uncommitted:
             return
-        offsets = {tp: OffsetAndMetadata(offset, "") for tp, offset in self._uncommitted.items()}
+        assigned = self._consumer.assignment()
+        offsets = {
+            tp: OffsetAndMetadata(offset, "")
+            for tp, offset in self._uncommitted.items()
+            if tp in assigned
+        }
         try:
-            await self._consumer.commit(offsets)
+            if offsets:
+                await self._consumer.commit(offsets)
         except KafkaError as exc:
             raise BrokerError(f"committing offsets of {self.topic}: {exc!r}") from exc
         self._uncommitted.clear()
+
+
+class _ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    """On a rebalance, drop what we hold of partitions that went to another member.
+
+    Their records not yet handled are not committed, so the new owner reads
+    them again (at least once; consumers deduplicate by id).
+    """
+
+    def __init__(self, owner: DecodingConsumer) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.owner._forget(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        pass

@@ -85,10 +85,16 @@ class Stack:
         """
         started: list[str] = []
         with self._lock():
-            if kafka and not self.settings.kafka_bootstrap and self.kafka.up():
-                started.append("kafka")
-            if redis and not self._redis_is_external() and self.redis.up():
-                started.append("redis")
+            try:
+                if kafka and not self.settings.kafka_bootstrap and self.kafka.up():
+                    started.append("kafka")
+                if redis and not self._redis_is_external() and self.redis.up():
+                    started.append("redis")
+            except BaseException:
+                # All or nothing: what this call started goes down with it.
+                for name in started:
+                    (self.kafka if name == "kafka" else self.redis).down()
+                raise
         return Endpoints(
             kafka_bootstrap=self.settings.kafka_bootstrap or self.settings.local_bootstrap,
             redis_url=self.settings.redis_url or self.settings.local_redis_url,

@@ -26,6 +26,7 @@ POM = PROJECT_ROOT / "ops" / "kafka" / "pom.xml"
 MAIN_CLASS = "kafka.Kafka"
 FORMAT_CLASS = "kafka.tools.StorageTool"
 HEAP = ("-Xms256m", "-Xmx1g")
+FETCH_TIMEOUT_S = 900
 
 _LOG4J = """\
 log4j.rootLogger=INFO, stdout
@@ -110,11 +111,16 @@ class LocalKafka:
         # Download next to the cache and rename, so a half download is never used.
         with tempfile.TemporaryDirectory(dir=self.libs.parent) as tmp:
             staging = Path(tmp) / "libs"
-            result = subprocess.run(
-                [mvn, "-B", "-q", "-f", str(POM), "dependency:copy-dependencies",
-                 f"-DoutputDirectory={staging}", "-DincludeScope=runtime"],
-                capture_output=True, text=True, check=False,
-            )  # fmt: skip
+            try:
+                result = subprocess.run(
+                    [mvn, "-B", "-q", "-f", str(POM), "dependency:copy-dependencies",
+                     f"-DoutputDirectory={staging}", "-DincludeScope=runtime"],
+                    capture_output=True, text=True, check=False, timeout=FETCH_TIMEOUT_S,
+                )  # fmt: skip
+            except subprocess.TimeoutExpired as exc:
+                raise StackError(
+                    f"fetching Kafka {KAFKA_VERSION} with Maven took over {FETCH_TIMEOUT_S}s"
+                ) from exc
             if result.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
                 raise StackError(
                     f"fetching Kafka {KAFKA_VERSION} with Maven failed "
@@ -189,10 +195,16 @@ class LocalKafka:
         self._write_config()
         self._format()
         pid = self.process.start(self._jvm(MAIN_CLASS, str(self.config_file)), cwd=self.home)
+        try:
+            self._wait_ready(pid, timeout)
+        except BaseException:  # Ctrl-C included: never leave a half-started broker behind
+            self.process.stop()
+            raise
+        return True
+
+    def _wait_ready(self, pid: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while True:
-            if READY_MARKER in tail(self.process.log_file, 400):
-                return True
+        while READY_MARKER not in tail(self.process.log_file, 400):
             if self.process.exited(pid):
                 self.process.pid_file.unlink(missing_ok=True)
                 raise StackError(
@@ -200,7 +212,6 @@ class LocalKafka:
                     + tail(self.process.log_file)
                 )
             if time.monotonic() > deadline:
-                self.process.stop()
                 raise StackError(
                     f"the Kafka broker was not ready after {timeout:.0f}s; "
                     f"log {self.process.log_file}:\n" + tail(self.process.log_file)

@@ -7,7 +7,6 @@ that Ctrl-C in a terminal does not reach it before we stop it in order.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -16,6 +15,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from dispatcher.errors import StackError
 
 __all__ = ["ManagedProcess", "port_open", "tail"]
 
@@ -45,21 +46,29 @@ def tail(path: Path, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _alive(pid: int) -> bool:
+def _stat(pid: int) -> tuple[bytes, int] | None:
+    """The state letter and start time (clock ticks since boot) of a process, or None."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            # The state letter follows the ')' that closes the command name.
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError, ProcessLookupError):
-        return False
-    return state not in (b"Z", b"X")  # a zombie has exited
+            # Fields after the ')' that closes the command name: state is the first,
+            # starttime (field 22 of the whole line) the 20th.
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return fields[0], int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[0] not in (b"Z", b"X")  # a zombie has exited
 
 
 def _cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +89,24 @@ class ManagedProcess:
     marker: str
 
     def pid(self) -> int | None:
-        """The pid of our running process, or None (a stale pid file is removed)."""
+        """The pid of our running process, or None (a stale pid file is removed).
+
+        The pid file holds the pid and the process's start time, so a pid that
+        the system has since given to another program is not taken for ours.
+        """
         try:
-            pid = int(self.pid_file.read_text().strip())
+            pid_text, started_text = self.pid_file.read_text().split()
+            pid, started = int(pid_text), int(started_text)
         except (FileNotFoundError, ValueError):
+            self.pid_file.unlink(missing_ok=True)
             return None
-        if _alive(pid) and self.marker in _cmdline(pid):
+        stat = _stat(pid)
+        if (
+            stat is not None
+            and stat[0] not in (b"Z", b"X")
+            and stat[1] == started
+            and self.marker in _cmdline(pid)
+        ):
             return pid
         self.pid_file.unlink(missing_ok=True)
         return None
@@ -109,7 +130,8 @@ class ManagedProcess:
                 close_fds=True,
             )
         _CHILDREN[proc.pid] = proc
-        self.pid_file.write_text(f"{proc.pid}\n")
+        stat = _stat(proc.pid)
+        self.pid_file.write_text(f"{proc.pid} {stat[1] if stat else -1}\n")
         return proc.pid
 
     def exited(self, pid: int) -> bool:
@@ -121,18 +143,34 @@ class ManagedProcess:
         return not _alive(pid)
 
     def stop(self, timeout: float = 30.0) -> bool:
-        """SIGTERM, then SIGKILL after ``timeout`` seconds. False if it was not running."""
+        """SIGTERM, then SIGKILL after ``timeout`` seconds. False if it was not running.
+
+        Raises:
+            StackError: the process cannot be signalled, or outlives SIGKILL.
+        """
         pid = self.pid()
         if pid is None:
             return False
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
+        self._signal(pid, signal.SIGTERM)
+        if not self._wait(pid, timeout):
+            self._signal(pid, signal.SIGKILL)
+            if not self._wait(pid, 10.0):
+                raise StackError(f"{self.name} (pid {pid}) is still running after SIGKILL")
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def _signal(self, pid: int, sig: signal.Signals) -> None:
+        try:
+            os.killpg(pid, sig)  # the server and anything it started
+        except ProcessLookupError:
+            pass  # already gone
+        except OSError as exc:
+            raise StackError(f"cannot signal {self.name} (pid {pid}): {exc}") from exc
+
+    def _wait(self, pid: int, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
         while not self.exited(pid):
             if time.monotonic() > deadline:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGKILL)
-                deadline = time.monotonic() + 10
+                return False
             time.sleep(0.1)
-        self.pid_file.unlink(missing_ok=True)
         return True

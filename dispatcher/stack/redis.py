@@ -73,6 +73,14 @@ class LocalRedis:
              "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes"],
             cwd=self.home,
         )  # fmt: skip
+        try:
+            self._wait_ready(pid, timeout)
+        except BaseException:  # Ctrl-C included: never leave a half-started server behind
+            self.process.stop()
+            raise
+        return True
+
+    def _wait_ready(self, pid: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not redis_ping(self.url, timeout=0.5):
             if self.process.exited(pid):
@@ -82,10 +90,8 @@ class LocalRedis:
                     + tail(self.process.log_file)
                 )
             if time.monotonic() > deadline:
-                self.process.stop()
                 raise StackError(f"redis-server did not answer PING after {timeout:.0f}s")
             time.sleep(0.05)
-        return True
 
     def down(self) -> bool:
         """Stops redis-server. False if it was not running."""

@@ -275,3 +275,122 @@ def test_clients_fail_with_broker_error_when_no_broker_answers() -> None:
             await DispatcherProducer("127.0.0.1:1").start()
 
     asyncio.run(scenario())
+
+
+def test_a_dead_letter_that_cannot_be_written_is_not_committed_past(
+    kafka_bootstrap: str, topics: TopicNames, unique: Callable[[str], str]
+) -> None:
+    group = unique("dl-fails")
+
+    async def scenario() -> None:
+        async with DispatcherProducer(kafka_bootstrap, topics=topics) as producer:
+            await producer.publish(topics.load_arrival, "pool-a", _load(1, "pool-a"))
+            await producer.kafka.send_and_wait(topics.load_arrival, b"poison", key=b"pool-a")
+            await producer.publish(topics.load_arrival, "pool-a", _load(2, "pool-a"))
+        # The dead-letter topic does not exist and auto-creation is off: the send fails.
+        impatient = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, request_timeout_ms=1500)
+        await impatient.start()
+        try:
+            consumer = DecodingConsumer(
+                kafka_bootstrap,
+                topics.load_arrival,
+                "LoadEvent",
+                group_id=group,
+                dead_letter_topic=unique("missing"),
+                producer=impatient,
+            )
+            async with consumer:
+                first = await anext(consumer)
+                assert first.record.load_id == "load-1"  # type: ignore[attr-defined]
+                with pytest.raises(BrokerError, match="dead letter"):
+                    await anext(consumer)
+                assert consumer.dead_lettered == 0
+        finally:
+            await impatient.stop()
+        # Nothing was skipped: the same group dead-letters the poison and delivers the rest.
+        retry = DecodingConsumer(
+            kafka_bootstrap,
+            topics.load_arrival,
+            "LoadEvent",
+            group_id=group,
+            dead_letter_topic=topics.dead_letter,
+        )
+        async with retry:
+            again = await anext(retry)
+            assert again.record.load_id == "load-2"  # type: ignore[attr-defined]
+            assert retry.dead_lettered == 1
+        (letter,) = await _read_all(kafka_bootstrap, topics.dead_letter, 1)
+        assert CODEC.decode(letter[1], "DeadLetter").source_offset == 1  # type: ignore[attr-defined]
+
+    asyncio.run(scenario())
+
+
+def test_two_members_of_a_group_rebalance_and_lose_nothing(
+    kafka_bootstrap: str, topics: TopicNames, unique: Callable[[str], str]
+) -> None:
+    group, total = unique("rebalance"), 200
+
+    async def member(consumer: DecodingConsumer, seen: list[str], warmed: asyncio.Event) -> None:
+        async for delivered in consumer:
+            seen.append(delivered.record.load_id)  # type: ignore[attr-defined]
+            if len(seen) == 20:
+                warmed.set()
+            await asyncio.sleep(0.03)  # handling takes time, so the rebalance lands mid-stream
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        async with DispatcherProducer(kafka_bootstrap, topics=topics) as producer:
+            for i in range(total):
+                await producer.send_load(_load(i, f"pool-{i % 8}"))
+            await producer.flush()
+        seen_a: list[str] = []
+        seen_b: list[str] = []
+        a = DecodingConsumer(
+            kafka_bootstrap,
+            topics.load_arrival,
+            "LoadEvent",
+            group_id=group,
+            dead_letter_topic=topics.dead_letter,
+            max_records=50,
+        )
+        b = DecodingConsumer(
+            kafka_bootstrap,
+            topics.load_arrival,
+            "LoadEvent",
+            group_id=group,
+            dead_letter_topic=topics.dead_letter,
+            max_records=50,
+        )
+        await a.start()
+        a_warmed, b_warmed = asyncio.Event(), asyncio.Event()
+        task_a = asyncio.create_task(member(a, seen_a, a_warmed))
+        async with asyncio.timeout(60):
+            await a_warmed.wait()  # a is mid-way through its partitions ...
+        await b.start()  # ... when b joins and takes some of them away
+        task_b = asyncio.create_task(member(b, seen_b, b_warmed))
+        try:
+            async with asyncio.timeout(90):
+                while len(set(seen_a) | set(seen_b)) < total:
+                    assert not task_a.done(), task_a.exception()
+                    assert not task_b.done(), task_b.exception()
+                    await asyncio.sleep(0.05)
+        finally:
+            for task in (task_a, task_b):
+                task.cancel()
+            await asyncio.gather(task_a, task_b, return_exceptions=True)
+            await a.stop()
+            await b.stop()
+        # Committed: the group has nothing left to read.
+        c = DecodingConsumer(
+            kafka_bootstrap,
+            topics.load_arrival,
+            "LoadEvent",
+            group_id=group,
+            dead_letter_topic=topics.dead_letter,
+        )
+        async with c:
+            assert await _more_within(c, 3) == []
+        return seen_a, seen_b
+
+    seen_a, seen_b = asyncio.run(scenario())
+    assert set(seen_a) | set(seen_b) == {f"load-{i}" for i in range(total)}
+    assert seen_b, "the second member never got a partition"

@@ -128,3 +128,21 @@ def test_run_starts_everything_and_ctrl_c_stops_it(private_env: dict[str, str]) 
     assert "Ctrl-C stops everything" in output
     assert "stopping: redis, kafka" in output
     assert not any(s["running"] for s in _status(private_env).values())
+
+
+def test_a_start_that_fails_half_way_leaves_nothing_running(private_env: dict[str, str]) -> None:
+    from dispatcher.errors import StackError  # noqa: PLC0415
+    from dispatcher.stack.kafka import LocalKafka  # noqa: PLC0415
+    from dispatcher.stack.process import port_open  # noqa: PLC0415
+
+    kafka = LocalKafka(Settings.from_env(private_env))
+    with pytest.raises(StackError, match="not ready after"):
+        kafka.up(timeout=0.5)  # the JVM is started, but cannot be ready this soon
+    assert kafka.pid() is None
+    assert not kafka.process.pid_file.exists()
+    deadline = time.monotonic() + 10
+    while port_open("127.0.0.1", int(private_env["DISPATCHER_KAFKA_PORT"])):
+        assert time.monotonic() < deadline, "the half-started broker still listens"
+        time.sleep(0.1)
+    assert kafka.up() is True  # and a real start works afterwards
+    assert kafka.down() is True

@@ -33,11 +33,22 @@ def test_start_find_and_stop(proc: ManagedProcess) -> None:
 
 
 def test_pid_file_of_another_program_is_stale(proc: ManagedProcess) -> None:
-    proc.pid_file.write_text(f"{os.getpid()}\n")  # pytest is alive but not ours
+    proc.pid_file.write_text(f"{os.getpid()} 1\n")  # pytest is alive but not ours
     assert proc.pid() is None
     assert not proc.pid_file.exists()
     proc.pid_file.write_text("garbage\n")
     assert proc.pid() is None
+
+
+def test_a_recycled_pid_is_not_taken_for_ours(proc: ManagedProcess) -> None:
+    pid = proc.start(SLEEPER)
+    real = proc.pid_file.read_text()
+    _, started = real.split()
+    # Same pid, same command line, but another start time: the pid was given anew.
+    proc.pid_file.write_text(f"{pid} {int(started) + 1}\n")
+    assert proc.pid() is None
+    proc.pid_file.write_text(real)
+    assert proc.pid() == pid
 
 
 def test_log_is_kept_and_previous_run_rotated(proc: ManagedProcess) -> None:

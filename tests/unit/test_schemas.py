@@ -201,3 +201,26 @@ def test_old_agent_events_read_with_the_current_schema() -> None:
         decoded.model_copy(update={"profile": decoded.profile.model_copy(update={"speed": 1.5})})
         == SAMPLES["AgentEvent"][0]
     )
+
+
+def test_a_registered_version_that_does_not_resolve_is_a_codec_error(tmp_path) -> None:
+    """register() cannot know compatibility; decode must still never crash on it."""
+    import shutil  # noqa: PLC0415
+
+    from dispatcher.codecs import CodecError  # noqa: PLC0415
+
+    for f in SCHEMA_DIR.iterdir():
+        if f.suffix in (".avsc", ".json"):
+            shutil.copy(f, tmp_path / f.name)
+    old_tick = Codec().encode(m.Tick(pool="pool-a", event_time_ms=5))
+    tick = _schema("Tick")
+    tick["fields"].append({"name": "seq", "type": "long"})  # no default: an incompatible change
+    (tmp_path / "Tick.avsc").write_text(json.dumps(tick))
+    registry = SchemaRegistry(tmp_path)
+    (added,) = registry.register()
+    assert added.name == "Tick"
+    codec = Codec(SchemaRegistry(tmp_path))
+    with pytest.raises(CodecError) as info:
+        codec.decode(old_tick, "Tick")
+    assert info.value.reason is m.DeadLetterReason.INVALID
+    assert "does not resolve" in info.value.detail

@@ -43,6 +43,10 @@ def test_external_servers_and_ports_come_from_env(tmp_path: Path) -> None:
         ({"DISPATCHER_KAFKA_PORT": "kafka"}, "DISPATCHER_KAFKA_PORT='kafka' is not a port"),
         ({"DISPATCHER_REDIS_PORT": "70000"}, "DISPATCHER_REDIS_PORT=70000 is outside"),
         ({"DISPATCHER_KAFKA_PORT": "9093"}, "are both 9093"),
+        ({"REDIS_URL": "localhost:6379"}, "REDIS_URL='localhost:6379' is not a redis://"),
+        ({"REDIS_URL": "redis://cache:port/0"}, "is not a redis://"),
+        ({"KAFKA_BOOTSTRAP_SERVERS": "broker-1:9092,broker-2"}, "'broker-2' is not host:port"),
+        ({"KAFKA_BOOTSTRAP_SERVERS": "broker-1:x"}, "'broker-1:x' is not host:port"),
     ],
 )
 def test_bad_values_are_refused_by_name(env: dict[str, str], words: str) -> None:
