@@ -1,0 +1,300 @@
+"""The agents of one pool as numpy columns, and vectorised matching against them.
+
+One row per agent, in registration order (rows are never reused, so row
+order, and with it every tie-break, depends only on the input order).
+Capabilities and regions are bitmasks over vocabularies that also grow in
+input order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from dispatcher.core.policy import CONSTRAINTS, SCORE_TERMS, Policy
+from dispatcher.core.types import AgentProfile, LoadSpec
+
+__all__ = ["AgentStatus", "AgentTable", "Match"]
+
+Bool = npt.NDArray[np.bool_]
+Floats = npt.NDArray[np.float64]
+
+
+class AgentStatus(IntEnum):
+    REGISTERED = 0  # known, not yet available
+    AVAILABLE = 1
+    DRAINING = 2  # keeps its loads, takes no new ones
+    OFFLINE = 3
+    LOST = 4  # missed its heartbeats
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """The result of matching one load against every agent."""
+
+    row: int | None  # the chosen agent's row, None when no agent qualifies
+    score: float | None
+    parts: tuple[tuple[str, float], ...]
+    candidates: int
+    excluded: tuple[tuple[str, int], ...]
+    runner_up: int | None
+    margin: float | None
+
+
+class _Vocab:
+    """Names to bit positions, in order of first sight."""
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}
+
+    def bits(self, names: frozenset[str] | set[str]) -> list[int]:
+        for name in sorted(names):  # sorted: the same set always grows the vocabulary alike
+            self.index.setdefault(name, len(self.index))
+        return [self.index[n] for n in names]
+
+    def known(self, names: frozenset[str]) -> list[int] | None:
+        """Bit positions of names already seen; None if one was never seen."""
+        out = []
+        for n in names:
+            bit = self.index.get(n)
+            if bit is None:
+                return None
+            out.append(bit)
+        return out
+
+
+def _mask(bits: list[int], words: int) -> npt.NDArray[np.uint64]:
+    out = np.zeros(words, np.uint64)
+    for b in bits:
+        out[b // 64] |= np.uint64(1 << (b % 64))
+    return out
+
+
+class AgentTable:
+    """Columns of agent state for the hot path."""
+
+    caps: npt.NDArray[np.uint64]  # capability bitmask words
+    cap_count: npt.NDArray[np.int32]
+    regions: npt.NDArray[np.uint64]  # permitted-region bitmask words
+    embedding: npt.NDArray[np.float32]  # unit-length personality vectors
+    capacity: npt.NDArray[np.int32]
+    active: npt.NDArray[np.int32]  # loads assigned or running
+    status: npt.NDArray[np.int8]  # AgentStatus
+    clearance: npt.NDArray[np.int8]  # Sensitivity
+    risk_budget: npt.NDArray[np.float64]
+    risk_used: npt.NDArray[np.float64]
+    max_risk: npt.NDArray[np.float64]  # abstention: the most risk one load may carry
+    speed: npt.NDArray[np.float64]
+    zone: npt.NDArray[np.int32]  # -1: none
+    seq: npt.NDArray[np.int64]  # the newest agent event applied
+    last_seen: npt.NDArray[np.int64]  # event time of the last sign of life
+
+    def __init__(self, capacity_hint: int = 64) -> None:
+        self.ids: list[str] = []
+        self.row: dict[str, int] = {}
+        self._caps_vocab, self._region_vocab, self._zone_vocab = _Vocab(), _Vocab(), _Vocab()
+        self._alloc(max(8, capacity_hint), cap_words=1, region_words=1, dims=0)
+
+    def _alloc(self, rows: int, *, cap_words: int, region_words: int, dims: int) -> None:
+        def grow(old: Any, shape: tuple[int, ...], dtype: type, fill: float = 0) -> Any:
+            new: Any = np.full(shape, fill, dtype=dtype)
+            if old is not None:
+                new[tuple(slice(0, s) for s in old.shape)] = old
+            return new
+
+        get = self.__dict__.get
+        self.caps = grow(get("caps"), (rows, cap_words), np.uint64)
+        self.cap_count = grow(get("cap_count"), (rows,), np.int32)
+        self.regions = grow(get("regions"), (rows, region_words), np.uint64)
+        self.embedding = grow(get("embedding"), (rows, dims), np.float32)
+        self.capacity = grow(get("capacity"), (rows,), np.int32)
+        self.active = grow(get("active"), (rows,), np.int32)
+        self.status = grow(get("status"), (rows,), np.int8)
+        self.clearance = grow(get("clearance"), (rows,), np.int8)
+        self.risk_budget = grow(get("risk_budget"), (rows,), np.float64)
+        self.risk_used = grow(get("risk_used"), (rows,), np.float64)
+        self.max_risk = grow(get("max_risk"), (rows,), np.float64)
+        self.speed = grow(get("speed"), (rows,), np.float64, 1.0)
+        self.zone = grow(get("zone"), (rows,), np.int32, -1)
+        self.seq = grow(get("seq"), (rows,), np.int64, -1)
+        self.last_seen = grow(get("last_seen"), (rows,), np.int64)
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    def _fit(self, *, rows: int, cap_words: int, region_words: int, dims: int) -> None:
+        have = self.caps.shape[0]
+        if (rows > have or cap_words > self.caps.shape[1] or region_words > self.regions.shape[1]
+                or dims > self.embedding.shape[1]):  # fmt: skip
+            self._alloc(
+                max(rows, have * 2 if rows > have else have),
+                cap_words=max(cap_words, self.caps.shape[1]),
+                region_words=max(region_words, self.regions.shape[1]),
+                dims=max(dims, self.embedding.shape[1]),
+            )
+
+    def upsert(self, agent_id: str, seq: int, time_ms: int, profile: AgentProfile) -> int:
+        """Registers an agent or updates its profile; returns its row."""
+        row = self.row.get(agent_id)
+        if row is None:
+            row = self.n
+            self.ids.append(agent_id)
+            self.row[agent_id] = row
+        cap_bits = self._caps_vocab.bits(profile.capabilities)
+        region_bits = self._region_vocab.bits(profile.regions)
+        self._fit(rows=row + 1, cap_words=len(self._caps_vocab.index) // 64 + 1,
+                  region_words=len(self._region_vocab.index) // 64 + 1,
+                  dims=len(profile.personality))  # fmt: skip
+        self.caps[row] = _mask(cap_bits, self.caps.shape[1])
+        self.cap_count[row] = len(cap_bits)
+        self.regions[row] = _mask(region_bits, self.regions.shape[1])
+        vec = np.zeros(self.embedding.shape[1], np.float32)
+        vec[: len(profile.personality)] = profile.personality
+        norm = float(np.linalg.norm(vec))
+        self.embedding[row] = vec / norm if norm > 0 else vec
+        self.capacity[row] = profile.capacity
+        self.clearance[row] = int(profile.clearance)
+        self.risk_budget[row] = profile.risk_budget
+        self.max_risk[row] = profile.abstention_threshold * profile.risk_budget
+        self.speed[row] = profile.speed
+        self.zone[row] = self._zone_vocab.bits({profile.zone})[0] if profile.zone else -1
+        self.seq[row] = seq
+        self.last_seen[row] = time_ms
+        return row
+
+    # -- matching -------------------------------------------------------------------
+
+    def feasible(
+        self, load: LoadSpec, policy: Policy, denied: frozenset[str] = frozenset()
+    ) -> tuple[Bool, tuple[tuple[str, int], ...]]:
+        """Which agents pass every enforced hard constraint, and how many each excluded.
+
+        Constraints apply in CONSTRAINTS order; each counts the agents it
+        removed from those the earlier ones left, so the counts add up.
+        """
+        n = self.n
+        masks: dict[str, Bool | None] = {
+            "status": self.status[:n] == AgentStatus.AVAILABLE,
+            "capacity": self.active[:n] < self.capacity[:n],
+            "capability": self._has_all(load.required),
+            "clearance": self.clearance[:n] >= int(load.sensitivity),
+            "region": self._in_region(load.region),
+            "risk": (self.risk_budget[:n] - self.risk_used[:n] >= load.risk)
+            & (self.max_risk[:n] >= load.risk),
+            "tenant_deny": self._allowed(denied) if denied else None,
+        }
+        remaining = np.ones(n, np.bool_)
+        excluded = []
+        for name in CONSTRAINTS:
+            mask = masks[name]
+            if mask is None or not policy.enforced(name):
+                excluded.append((name, 0))
+                continue
+            before = int(remaining.sum())
+            remaining &= mask
+            excluded.append((name, before - int(remaining.sum())))
+        return remaining, tuple(excluded)
+
+    def _has_all(self, required: frozenset[str]) -> Bool:
+        n = self.n
+        if not required:
+            return np.ones(n, np.bool_)
+        bits = self._caps_vocab.known(required)
+        if bits is None:  # a capability no agent ever declared
+            return np.zeros(n, np.bool_)
+        need = _mask(bits, self.caps.shape[1])
+        has: Bool = np.all((self.caps[:n] & need) == need, axis=1)
+        return has
+
+    def _in_region(self, region: str) -> Bool:
+        bit = self._region_vocab.index.get(region)
+        if bit is None:
+            return np.zeros(self.n, np.bool_)
+        word, shift = divmod(bit, 64)
+        return ((self.regions[: self.n, word] >> np.uint64(shift)) & np.uint64(1)).astype(np.bool_)
+
+    def _allowed(self, denied: frozenset[str]) -> Bool:
+        allowed = np.ones(self.n, np.bool_)
+        for agent_id in denied:
+            row = self.row.get(agent_id)
+            if row is not None:
+                allowed[row] = False
+        return allowed
+
+    def score(
+        self, rows: npt.NDArray[np.intp], load: LoadSpec, policy: Policy, now_ms: int,
+        affinity_row: int | None,
+    ) -> tuple[Floats, dict[str, Floats]]:  # fmt: skip
+        """Weighted score of each row for ``load``, and each term's weighted part."""
+        terms: dict[str, Floats] = {}
+        if load.intent and self.embedding.shape[1]:
+            intent = np.zeros(self.embedding.shape[1], np.float32)
+            k = min(len(load.intent), intent.shape[0])
+            intent[:k] = load.intent[:k]
+            norm = float(np.linalg.norm(intent))
+            if norm:
+                cos = (self.embedding[rows] @ (intent / norm)).astype(np.float64)
+                terms["embedding"] = (cos + 1.0) / 2.0
+            else:
+                terms["embedding"] = np.zeros(len(rows))
+        else:
+            terms["embedding"] = np.zeros(len(rows))
+        terms["capability_fit"] = (1.0 + len(load.required)) / (
+            1.0 + self.cap_count[rows].astype(np.float64)
+        )
+        cap = np.maximum(self.capacity[rows], 1).astype(np.float64)
+        terms["balance"] = 1.0 - self.active[rows] / cap
+        zone = self._zone_vocab.index.get(load.zone) if load.zone else None
+        terms["locality"] = (
+            (self.zone[rows] == zone).astype(np.float64)
+            if zone is not None
+            else np.zeros(len(rows))
+        )
+        terms["affinity"] = (
+            (rows == affinity_row).astype(np.float64)
+            if affinity_row is not None
+            else np.zeros(len(rows))
+        )
+        if load.deadline_ms is not None:
+            slack = load.deadline_ms - now_ms - load.duration_ms
+            tight = 1.0 if slack <= 0 else min(1.0, load.duration_ms / slack)
+            terms["speed"] = tight * self.speed[rows] / (1.0 + self.speed[rows])
+        else:
+            terms["speed"] = np.zeros(len(rows))
+        parts = {t: policy.weight(t) * terms[t] for t in SCORE_TERMS}
+        total = np.zeros(len(rows))
+        for t in SCORE_TERMS:  # a fixed order: float sums are not associative
+            total = total + parts[t]
+        return total, parts
+
+    def match(
+        self, load: LoadSpec, policy: Policy, now_ms: int, *,
+        denied: frozenset[str] = frozenset(), affinity_row: int | None = None,
+    ) -> Match:  # fmt: skip
+        """The best agent for ``load`` under ``policy``: ties go to the earliest registered."""
+        ok, excluded = self.feasible(load, policy, denied)
+        rows = np.flatnonzero(ok)
+        if len(rows) == 0:
+            return Match(None, None, (), 0, excluded, None, None)
+        total, parts = self.score(rows, load, policy, now_ms, affinity_row)
+        best = int(np.argmax(total))  # the first maximum: the lowest row
+        runner_up = margin = None
+        if len(rows) > 1:
+            second = total.copy()
+            second[best] = -np.inf
+            r = int(np.argmax(second))
+            runner_up, margin = int(rows[r]), float(total[best] - total[r])
+        return Match(
+            row=int(rows[best]),
+            score=float(total[best]),
+            parts=tuple((t, float(parts[t][best])) for t in SCORE_TERMS),
+            candidates=len(rows),
+            excluded=excluded,
+            runner_up=runner_up,
+            margin=margin,
+        )

@@ -1,0 +1,462 @@
+"""One pool's dispatch state and the fold over its events.
+
+``decide(state, event) -> (state, decisions)``: the state is owned by the
+caller and updated in place (like h11's Connection); the same events in the
+same order give the same decisions, byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+
+from dispatcher.core.agents import AgentStatus, AgentTable, Match
+from dispatcher.core.policy import DEFAULT_POLICY, Policy
+from dispatcher.core.types import (
+    AgentRegistered,
+    AgentStatusChanged,
+    AgentStatusKind,
+    Decision,
+    Event,
+    LoadArrived,
+    LoadCancelled,
+    LoadSpec,
+    Outcome,
+    PolicyChanged,
+    Priority,
+    Source,
+    TaskOutcome,
+    TaskReported,
+    Tick,
+)
+
+__all__ = ["LoadState", "LoadStatus", "PoolState", "decide", "decision_id"]
+
+
+class LoadStatus(StrEnum):
+    PENDING = "PENDING"
+    DEFERRED = "DEFERRED"  # admitted under pressure, waits until the queue drains
+    ASSIGNED = "ASSIGNED"  # offered to an agent, not yet accepted
+    RUNNING = "RUNNING"  # accepted
+    FINAL = "FINAL"
+
+
+@dataclass(slots=True)
+class LoadState:
+    spec: LoadSpec
+    seq: int  # arrival order in the pool
+    status: LoadStatus = LoadStatus.PENDING
+    attempt: int = 1
+    agent: str | None = None
+    decision_id: str | None = None  # the current assignment's
+    decisions: int = 0
+    not_before_ms: int = 0  # retry backoff
+    assigned_ms: int = 0
+    failed_epoch: int = -1  # the agent epoch at which it last found no agent
+    final: Outcome | None = None
+    finished_ms: int = 0
+    last_match: Match | None = None
+
+
+def decision_id(pool: str, load_id: str, attempt: int, policy_version: int, n: int) -> str:
+    """A hash of pool, load, attempt, policy version and the load's decision count."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in (pool, load_id, str(attempt), str(policy_version), str(n)):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+# What a task result does to a load, by (load status, reported outcome).
+# A pair missing here is an illegal transition: the result is rejected, not applied.
+_RESULTS: dict[tuple[LoadStatus, TaskOutcome], str] = {
+    (LoadStatus.ASSIGNED, TaskOutcome.ACCEPTED): "run",
+    (LoadStatus.ASSIGNED, TaskOutcome.DECLINED): "decline",
+    **{(s, TaskOutcome.SUCCESS): "complete" for s in (LoadStatus.ASSIGNED, LoadStatus.RUNNING)},
+    **{(s, TaskOutcome.FAILED): "fail" for s in (LoadStatus.ASSIGNED, LoadStatus.RUNNING)},
+    **{(s, TaskOutcome.BLOCKED): "blocked" for s in (LoadStatus.ASSIGNED, LoadStatus.RUNNING)},
+    **{
+        (s, TaskOutcome.NEED_INPUT): "need_input" for s in (LoadStatus.ASSIGNED, LoadStatus.RUNNING)
+    },
+}
+
+
+class PoolState:
+    """Everything one pool's decisions depend on."""
+
+    def __init__(self, pool: str, policy: Policy = DEFAULT_POLICY) -> None:
+        self.pool = pool
+        self.policy = policy
+        self.agents = AgentTable()
+        self.now_ms = 0  # event time: the newest time seen, never going back
+        self.loads: dict[str, LoadState] = {}
+        self.pending: dict[str, LoadState] = {}  # PENDING and DEFERRED, in arrival order
+        self.in_flight: dict[str, LoadState] = {}  # ASSIGNED and RUNNING, in assignment order
+        self.held: dict[str, dict[str, None]] = {}  # agent -> its loads in flight
+        self.sessions: dict[str, str] = {}  # session -> the agent that served it last
+        self.served: dict[str, float] = {}  # tenant -> assignments / weight (fair share)
+        self.backlog: dict[str, int] = {}  # tenant -> pending loads
+        self.seen: dict[str, int] = {}  # event key -> event time (duplicates change nothing)
+        self.orphans: dict[str, int] = {}  # decisions about unknown load ids, per id
+        self.deferred = 0
+        self.epoch = 0  # grows whenever agents' ability to take loads may have grown
+        self.arrivals = 0
+
+    # -- the fold ----------------------------------------------------------------------
+
+    def apply(self, event: Event) -> list[Decision]:
+        """Applies one event; returns the decisions it caused, in order."""
+        key = getattr(event, "key", None)
+        if key is not None:
+            if key in self.seen:
+                return []
+            self.seen[key] = event.time_ms
+        self.now_ms = max(self.now_ms, event.time_ms)
+        out: list[Decision] = []
+        match event:
+            case AgentRegistered():
+                self._on_agent_registered(event, out)
+            case AgentStatusChanged():
+                self._on_agent_status(event, out)
+            case LoadArrived():
+                self._on_load_arrived(event, out)
+            case LoadCancelled():
+                self._on_load_cancelled(event, out)
+            case TaskReported():
+                self._on_task_reported(event, out)
+            case Tick():
+                self._on_tick(event, out)
+            case PolicyChanged():
+                self._on_policy_changed(event, out)
+        return out
+
+    # -- agents -------------------------------------------------------------------------
+
+    def _stale(self, agent_id: str, seq: int) -> bool:
+        row = self.agents.row.get(agent_id)
+        return row is not None and seq <= int(self.agents.seq[row])
+
+    def _on_agent_registered(self, e: AgentRegistered, out: list[Decision]) -> None:
+        if self._stale(e.agent_id, e.seq):
+            return
+        self.agents.upsert(e.agent_id, e.seq, e.time_ms, e.profile)
+        self.epoch += 1
+        self._drain(e.source, out)
+
+    def _on_agent_status(self, e: AgentStatusChanged, out: list[Decision]) -> None:
+        row = self.agents.row.get(e.agent_id)
+        if row is None or self._stale(e.agent_id, e.seq):
+            return  # unknown agents must register first; stale events are ignored
+        t = self.agents
+        t.seq[row] = e.seq
+        t.last_seen[row] = max(int(t.last_seen[row]), e.time_ms)
+        if e.kind is AgentStatusKind.AVAILABLE:
+            t.status[row] = AgentStatus.AVAILABLE
+        elif e.kind is AgentStatusKind.DRAINING:
+            t.status[row] = AgentStatus.DRAINING
+        elif e.kind is AgentStatusKind.OFFLINE:
+            t.status[row] = AgentStatus.OFFLINE
+            self._requeue_agent(e.agent_id, "AGENT_OFFLINE", e.source, out)
+        if e.kind is not AgentStatusKind.HEARTBEAT:
+            self.epoch += 1
+            self._drain(e.source, out)
+
+    def _requeue_agent(
+        self, agent_id: str, reason: str, source: Source, out: list[Decision]
+    ) -> None:
+        for load_id in list(self.held.get(agent_id, {})):
+            self._requeue(self.loads[load_id], reason, source, out)
+
+    # -- loads ---------------------------------------------------------------------------
+
+    def _on_load_arrived(self, e: LoadArrived, out: list[Decision]) -> None:
+        spec = e.load
+        if spec.load_id in self.loads:
+            out.append(self._orphan(spec.load_id, Outcome.REJECTED, "DUPLICATE_LOAD_ID", e.source))
+            return
+        ls = LoadState(spec, seq=self.arrivals)
+        self.arrivals += 1
+        self.loads[spec.load_id] = ls
+        p = self.policy
+        if len(self.pending) >= p.max_pending and spec.priority is not Priority.CRITICAL:
+            self._finish(ls, Outcome.SHED, "QUEUE_FULL", e.source, out)
+            return
+        if len(self.pending) >= p.high_watermark and spec.priority is Priority.LOW:
+            ls.status = LoadStatus.DEFERRED
+            self.deferred += 1
+            self._enqueue(ls)
+            out.append(self._decision(ls, Outcome.DEFERRED, "HIGH_WATERMARK", e.source))
+            return
+        self._enqueue(ls)
+        self._drain(e.source, out)
+        if ls.status is LoadStatus.PENDING:
+            out.append(self._decision(ls, Outcome.QUEUED, "NO_FREE_AGENT", e.source, ls.last_match))
+
+    def _on_load_cancelled(self, e: LoadCancelled, out: list[Decision]) -> None:
+        ls = self.loads.get(e.load_id)
+        if ls is None:
+            out.append(self._orphan(e.load_id, Outcome.REJECTED, "UNKNOWN_LOAD", e.source))
+        elif ls.final is not None:
+            out.append(self._decision(ls, Outcome.REJECTED, "ALREADY_FINAL", e.source))
+        else:
+            freed = ls.agent is not None
+            self._finish(ls, Outcome.CANCELLED, "CANCELLED", e.source, out)
+            if freed:
+                self._drain(e.source, out)
+
+    def _on_task_reported(self, e: TaskReported, out: list[Decision]) -> None:
+        ls = self.loads.get(e.load_id)
+        if ls is None:
+            out.append(self._orphan(e.load_id, Outcome.REJECTED, "UNKNOWN_LOAD", e.source))
+            return
+        if ls.decision_id != e.decision_id or ls.agent != e.agent_id:
+            # A zombie: the load is no longer this agent's (requeued, reassigned or final).
+            out.append(
+                self._decision(ls, Outcome.REJECTED, "ZOMBIE_RESULT", e.source, agent=e.agent_id)
+            )
+            return
+        action = _RESULTS.get((ls.status, e.outcome))
+        if action is None:
+            reason = f"ILLEGAL_{ls.status.value}_{e.outcome.value}"[:64]
+            out.append(self._decision(ls, Outcome.REJECTED, reason, e.source, agent=e.agent_id))
+            return
+        if action == "run":
+            ls.status = LoadStatus.RUNNING
+            return
+        if action == "decline":
+            self._requeue(ls, "DECLINED", e.source, out)
+        elif action == "complete":
+            self._finish(ls, Outcome.COMPLETED, "SUCCESS", e.source, out)
+        elif action == "fail" and e.retryable:
+            self._requeue(ls, "FAILED_RETRYABLE", e.source, out)
+        else:  # fail, blocked, need_input: handed back to the producer
+            self._finish(ls, Outcome.FAILED, action.upper(), e.source, out)
+        self._drain(e.source, out)
+
+    # -- time and policy ---------------------------------------------------------------------
+
+    def _on_tick(self, e: Tick, out: list[Decision]) -> None:
+        now, p, t = self.now_ms, self.policy, self.agents
+        n = t.n
+        alive = (t.status[:n] == AgentStatus.AVAILABLE) | (t.status[:n] == AgentStatus.DRAINING)
+        lost = np.flatnonzero(alive & (t.last_seen[:n] + p.heartbeat_timeout_ms < now))
+        for row in lost:
+            t.status[row] = AgentStatus.LOST
+            self._requeue_agent(t.ids[row], "AGENT_LOST", e.source, out)
+        for ls in [x for x in self.in_flight.values() if x.status is LoadStatus.ASSIGNED]:
+            if ls.assigned_ms + p.ack_timeout_ms < now:
+                self._requeue(ls, "ACK_TIMEOUT", e.source, out)
+        if p.expire_after_deadline_ms is not None:
+            for ls in list(self.pending.values()):
+                deadline = ls.spec.deadline_ms
+                if deadline is not None and deadline + p.expire_after_deadline_ms < now:
+                    self._finish(ls, Outcome.SHED, "EXPIRED", e.source, out)
+        self._prune(now - p.dedupe_window_ms)
+        self.epoch += 1  # waits, backoffs and deadlines move with time
+        self._drain(e.source, out)
+
+    def _on_policy_changed(self, e: PolicyChanged, out: list[Decision]) -> None:
+        policy = e.policy
+        if not isinstance(policy, Policy) or policy.version <= self.policy.version:
+            return  # policies only move forward; a replayed older one changes nothing
+        self.policy = policy
+        self.epoch += 1
+        self._drain(e.source, out)
+
+    def _prune(self, before_ms: int) -> None:
+        for key in [k for k, t in self.seen.items() if t < before_ms]:
+            del self.seen[key]
+        for load_id in [
+            i for i, ls in self.loads.items() if ls.final and ls.finished_ms < before_ms
+        ]:
+            del self.loads[load_id]
+
+    # -- the queue and matching ------------------------------------------------------------
+
+    def _enqueue(self, ls: LoadState) -> None:
+        tenant = ls.spec.tenant
+        if not self.backlog.get(tenant):
+            # A tenant coming back from idle starts level with the busiest-served
+            # backlogged tenant's least, not with credit saved while it was away.
+            floor = min(
+                (self.served.get(u, 0.0) for u, c in self.backlog.items() if c), default=0.0
+            )
+            self.served[tenant] = max(self.served.get(tenant, 0.0), floor)
+        self.backlog[tenant] = self.backlog.get(tenant, 0) + 1
+        self.pending[ls.spec.load_id] = ls
+
+    def _dequeue(self, ls: LoadState) -> None:
+        if self.pending.pop(ls.spec.load_id, None) is not None:
+            self.backlog[ls.spec.tenant] -= 1
+            if ls.status is LoadStatus.DEFERRED:
+                self.deferred -= 1
+
+    def _class(self, spec: LoadSpec) -> int:
+        # A load whose slack has run out moves up one class (critical is the top).
+        if spec.deadline_ms is not None and spec.deadline_ms - spec.duration_ms <= self.now_ms:
+            return max(0, int(spec.priority) - 1)
+        return int(spec.priority)
+
+    def _service_order(self) -> Iterator[LoadState]:
+        """Pending loads in the order they are served: class, fair share, urgency, arrival."""
+        by_class: dict[int, dict[str, list[LoadState]]] = {}
+        for ls in self.pending.values():
+            if ls.status is LoadStatus.PENDING:
+                by_class.setdefault(self._class(ls.spec), {}).setdefault(ls.spec.tenant, []).append(
+                    ls
+                )
+        for cls in sorted(by_class):
+            queues = by_class[cls]
+            for q in queues.values():
+                q.sort(key=self._urgency)
+            heads = dict.fromkeys(queues, 0)
+            while heads:
+                # The tenant with the least weighted service so far (then by name).
+                tenant = min(heads, key=lambda t: (self.served.get(t, 0.0), t))
+                q, i = queues[tenant], heads[tenant]
+                if i + 1 >= len(q):
+                    del heads[tenant]
+                else:
+                    heads[tenant] = i + 1
+                yield q[i]
+
+    def _urgency(self, ls: LoadState) -> tuple[float, int]:
+        spec = ls.spec
+        slack = (
+            math.inf
+            if spec.deadline_ms is None
+            else spec.deadline_ms - self.now_ms - spec.duration_ms
+        )
+        return (slack, ls.seq)
+
+    def _free_capacity(self) -> bool:
+        t, n = self.agents, self.agents.n
+        return bool(
+            np.any((t.status[:n] == AgentStatus.AVAILABLE) & (t.active[:n] < t.capacity[:n]))
+        )
+
+    def _drain(self, source: Source, out: list[Decision]) -> None:
+        if self.deferred and len(self.pending) < self.policy.low_watermark:
+            for ls in [x for x in self.pending.values() if x.status is LoadStatus.DEFERRED]:
+                ls.status = LoadStatus.PENDING
+                self.deferred -= 1
+                out.append(self._decision(ls, Outcome.QUEUED, "READMITTED", source))
+        tries = 0
+        for ls in self._service_order():
+            if tries >= self.policy.drain_limit or not self._free_capacity():
+                return
+            if ls.not_before_ms > self.now_ms or ls.failed_epoch == self.epoch:
+                continue  # backing off, or nothing has changed since it last found no agent
+            tries += 1
+            self._try_assign(ls, source, out)
+
+    def _try_assign(self, ls: LoadState, source: Source, out: list[Decision]) -> None:
+        spec, p, t = ls.spec, self.policy, self.agents
+        session_agent = self.sessions.get(spec.session_id) if spec.session_id else None
+        affinity_row = t.row.get(session_agent) if session_agent else None
+        denied = p.tenant_deny.get(spec.tenant, frozenset())
+        m = t.match(spec, p, self.now_ms, denied=denied, affinity_row=affinity_row)
+        waiting = (
+            p.hard_affinity
+            and affinity_row is not None
+            and t.status[affinity_row] in (AgentStatus.AVAILABLE, AgentStatus.DRAINING)
+            and self.now_ms < spec.created_ms + p.affinity_wait_ms
+        )
+        ls.last_match = m
+        if m.row is None or (waiting and m.row != affinity_row):
+            ls.failed_epoch = self.epoch
+            return
+        agent_id = t.ids[m.row]
+        t.active[m.row] += 1
+        t.risk_used[m.row] += spec.risk
+        self._dequeue(ls)
+        ls.status, ls.agent, ls.assigned_ms = LoadStatus.ASSIGNED, agent_id, self.now_ms
+        self.in_flight[spec.load_id] = ls
+        self.held.setdefault(agent_id, {})[spec.load_id] = None
+        self.served[spec.tenant] = self.served.get(spec.tenant, 0.0) + 1.0 / p.tenant_weight(
+            spec.tenant
+        )
+        if spec.session_id:
+            self.sessions[spec.session_id] = agent_id
+        reason = "AFFINITY" if waiting else "BEST_SCORE"
+        d = self._decision(ls, Outcome.ASSIGNED, reason, source, m, agent=agent_id)
+        ls.decision_id = d.decision_id
+        out.append(d)
+
+    # -- endings and requeues --------------------------------------------------------------
+
+    def _release(self, ls: LoadState) -> None:
+        if ls.agent is None:
+            return
+        row = self.agents.row[ls.agent]
+        self.agents.active[row] -= 1
+        self.agents.risk_used[row] = max(0.0, float(self.agents.risk_used[row]) - ls.spec.risk)
+        self.held[ls.agent].pop(ls.spec.load_id, None)
+        self.in_flight.pop(ls.spec.load_id, None)
+        ls.agent, ls.decision_id = None, None
+        self.epoch += 1
+
+    def _requeue(self, ls: LoadState, reason: str, source: Source, out: list[Decision]) -> None:
+        agent = ls.agent
+        self._release(ls)
+        if ls.attempt >= self.policy.max_attempts:
+            self._finish(ls, Outcome.DEAD_LETTERED, f"MAX_ATTEMPTS_{reason}"[:64], source, out)
+            return
+        ls.attempt += 1
+        ls.status = LoadStatus.PENDING
+        ls.not_before_ms = self.now_ms + self.policy.backoff_ms(ls.attempt)
+        ls.failed_epoch = -1
+        self._enqueue(ls)
+        out.append(self._decision(ls, Outcome.REQUEUED, reason, source, agent=agent))
+
+    def _finish(self, ls: LoadState, outcome: Outcome, reason: str, source: Source,
+                out: list[Decision]) -> None:  # fmt: skip
+        agent = ls.agent
+        self._release(ls)
+        self._dequeue(ls)
+        ls.status, ls.final, ls.finished_ms = LoadStatus.FINAL, outcome, self.now_ms
+        out.append(self._decision(ls, outcome, reason, source, agent=agent))
+
+    # -- decisions ----------------------------------------------------------------------------
+
+    def _decision(
+        self, ls: LoadState, outcome: Outcome, reason: str, source: Source,
+        m: Match | None = None, *, agent: str | None = None,
+    ) -> Decision:  # fmt: skip
+        spec, p, t = ls.spec, self.policy, self.agents
+        n = ls.decisions
+        ls.decisions += 1
+        assigned = outcome is Outcome.ASSIGNED
+        return Decision(
+            decision_id=decision_id(self.pool, spec.load_id, ls.attempt, p.version, n),
+            pool=self.pool, load_id=spec.load_id, attempt=ls.attempt, outcome=outcome,
+            reason=reason, agent_id=agent, policy_version=p.version, time_ms=self.now_ms,
+            source=source,
+            score=m.score if m and assigned else None,
+            score_parts=m.parts if m and assigned else (),
+            candidates=m.candidates if m else 0,
+            excluded=m.excluded if m else (),
+            runner_up=t.ids[m.runner_up] if m and assigned and m.runner_up is not None else None,
+            margin=m.margin if m and assigned else None,
+            tenant=spec.tenant, priority=spec.priority, deadline_ms=spec.deadline_ms,
+            ack_by_ms=self.now_ms + p.ack_timeout_ms if assigned else None,
+        )  # fmt: skip
+
+    def _orphan(self, load_id: str, outcome: Outcome, reason: str, source: Source) -> Decision:
+        n = self.orphans.get(load_id, 0)
+        self.orphans[load_id] = n + 1
+        return Decision(
+            decision_id=decision_id(self.pool, load_id, 1, self.policy.version, -1 - n),
+            pool=self.pool, load_id=load_id, attempt=1, outcome=outcome, reason=reason,
+            agent_id=None, policy_version=self.policy.version, time_ms=self.now_ms, source=source,
+        )  # fmt: skip
+
+
+def decide(state: PoolState, event: Event) -> tuple[PoolState, list[Decision]]:
+    """The core as a fold: the state after ``event``, and the decisions it caused."""
+    return state, state.apply(event)

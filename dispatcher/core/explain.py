@@ -1,0 +1,87 @@
+"""Why this agent, and why not that one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from dispatcher.core.dispatch import PoolState
+from dispatcher.core.policy import CONSTRAINTS, SCORE_TERMS
+from dispatcher.core.types import LoadSpec
+
+__all__ = ["AgentVerdict", "Explanation", "explain"]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentVerdict:
+    """How one agent stands against one load, now."""
+
+    agent_id: str
+    failed: tuple[str, ...]  # hard constraints it fails, in CONSTRAINTS order
+    score: float | None  # its score, when it passes them all
+    parts: tuple[tuple[str, float], ...]
+    gap: float | None  # how far below the chosen agent's score (when both are known)
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    load_id: str
+    status: str
+    attempt: int
+    agent_id: str | None  # where it is, or None
+    candidates: int
+    excluded: tuple[tuple[str, int], ...]
+    chosen_score: float | None
+    verdicts: tuple[AgentVerdict, ...]
+
+
+def explain(state: PoolState, load_id: str, agent_ids: tuple[str, ...] = ()) -> Explanation:
+    """Explains ``load_id``'s last match, and how each of ``agent_ids`` stands against it now.
+
+    Raises:
+        KeyError: the pool does not know the load (never seen, or pruned).
+    """
+    ls = state.loads[load_id]
+    m = ls.last_match
+    t, spec, policy = state.agents, ls.spec, state.policy
+    denied = policy.tenant_deny.get(spec.tenant, frozenset())
+    verdicts = []
+    for agent_id in agent_ids:
+        row = t.row.get(agent_id)
+        if row is None:
+            verdicts.append(AgentVerdict(agent_id, ("unknown_agent",), None, (), None))
+            continue
+        failed = _failed(state, row, spec, denied)
+        score: float | None = None
+        parts: tuple[tuple[str, float], ...] = ()
+        gap: float | None = None
+        if not failed:
+            total, by_term = t.score(np.array([row]), spec, policy, state.now_ms, None)
+            score = float(total[0])
+            parts = tuple((term, float(by_term[term][0])) for term in SCORE_TERMS)
+            gap = (m.score - score) if m is not None and m.score is not None else None
+        verdicts.append(AgentVerdict(agent_id, failed, score, parts, gap))
+    return Explanation(
+        load_id=load_id,
+        status=ls.final.value if ls.final else ls.status.value,
+        attempt=ls.attempt,
+        agent_id=ls.agent,
+        candidates=m.candidates if m else 0,
+        excluded=m.excluded if m else (),
+        chosen_score=m.score if m else None,
+        verdicts=tuple(verdicts),
+    )
+
+
+def _failed(state: PoolState, row: int, spec: LoadSpec, denied: frozenset[str]) -> tuple[str, ...]:
+    """The enforced hard constraints agent ``row`` fails for ``spec``, each judged alone."""
+    failed = []
+    for constraint in CONSTRAINTS:
+        if not state.policy.enforced(constraint):
+            continue
+        alone = replace(state.policy, disabled_constraints=frozenset(CONSTRAINTS) - {constraint})
+        ok, _ = state.agents.feasible(spec, alone, denied)
+        if not ok[row]:
+            failed.append(constraint)
+    return tuple(failed)

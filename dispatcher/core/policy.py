@@ -1,0 +1,75 @@
+"""The policy: every weight, constraint, quota and limit the core obeys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+__all__ = ["CONSTRAINTS", "DEFAULT_POLICY", "SCORE_TERMS", "Policy"]
+
+# Hard constraints, in the order they are applied (and their exclusions counted).
+CONSTRAINTS = (
+    "status",
+    "capacity",
+    "capability",
+    "clearance",
+    "region",
+    "risk",
+    "tenant_deny",
+)
+# Soft score terms, each in [0, 1], summed with the policy's weights.
+SCORE_TERMS = ("embedding", "capability_fit", "balance", "locality", "affinity", "speed")
+
+
+def _frozen(d: dict[str, float] | None = None) -> MappingProxyType[str, float]:
+    return MappingProxyType(dict(d or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """One policy version. ``Policy()`` is the built-in version 0."""
+
+    version: int = 0
+    mode: Literal["greedy", "batched"] = "greedy"
+    batch_window_ms: int = 50
+    weights: MappingProxyType[str, float] = field(
+        default_factory=lambda: _frozen(
+            {"embedding": 1.0, "capability_fit": 0.5, "balance": 0.5, "locality": 0.2,
+             "affinity": 0.5, "speed": 0.3}
+        )
+    )  # fmt: skip
+    disabled_constraints: frozenset[str] = frozenset()
+    hard_affinity: bool = False
+    tenant_weights: MappingProxyType[str, float] = field(default_factory=_frozen)
+    tenant_deny: MappingProxyType[str, frozenset[str]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    ack_timeout_ms: int = 30_000
+    heartbeat_timeout_ms: int = 60_000
+    affinity_wait_ms: int = 5_000
+    expire_after_deadline_ms: int | None = None
+    max_attempts: int = 3
+    backoff_base_ms: int = 1_000
+    backoff_max_ms: int = 60_000
+    dedupe_window_ms: int = 24 * 3_600_000  # how long event keys and finished loads are kept
+    drain_limit: int = 256  # loads tried per event, so one event's cost stays bounded
+    max_pending: int = 100_000
+    high_watermark: int = 80_000
+    low_watermark: int = 60_000
+
+    def weight(self, term: str) -> float:
+        return float(self.weights.get(term, 0.0))
+
+    def tenant_weight(self, tenant: str) -> float:
+        return float(self.tenant_weights.get(tenant, 1.0))
+
+    def enforced(self, constraint: str) -> bool:
+        return constraint not in self.disabled_constraints
+
+    def backoff_ms(self, attempt: int) -> int:
+        """Exponential backoff before attempt ``attempt`` (2, 3, ...), capped."""
+        return int(min(self.backoff_max_ms, self.backoff_base_ms * 2 ** max(0, attempt - 2)))
+
+
+DEFAULT_POLICY = Policy()
