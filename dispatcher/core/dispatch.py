@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import numpy as np
@@ -195,7 +195,11 @@ class PoolState:
         self._enqueue(ls)
         self._drain(e.source, out)
         if ls.status is LoadStatus.PENDING:
-            out.append(self._decision(ls, Outcome.QUEUED, "NO_FREE_AGENT", e.source, ls.last_match))
+            # Say why it waits: no agent qualifies, or one does but others come first.
+            m = ls.last_match if ls.failed_epoch == self.epoch else None
+            m = m or self._match(ls)[0]
+            reason = "NO_CANDIDATE" if m.row is None else "WAITING_TURN"
+            out.append(self._decision(ls, Outcome.QUEUED, reason, e.source, m))
 
     def _on_load_cancelled(self, e: LoadCancelled, out: list[Decision]) -> None:
         ls = self.loads.get(e.load_id)
@@ -355,7 +359,8 @@ class PoolState:
             tries += 1
             self._try_assign(ls, source, out)
 
-    def _try_assign(self, ls: LoadState, source: Source, out: list[Decision]) -> None:
+    def _match(self, ls: LoadState) -> tuple[Match, bool]:
+        """The best agent for ``ls`` now, and whether hard affinity holds it for another."""
         spec, p, t = ls.spec, self.policy, self.agents
         session_agent = self.sessions.get(spec.session_id) if spec.session_id else None
         affinity_row = t.row.get(session_agent) if session_agent else None
@@ -367,8 +372,15 @@ class PoolState:
             and t.status[affinity_row] in (AgentStatus.AVAILABLE, AgentStatus.DRAINING)
             and self.now_ms < spec.created_ms + p.affinity_wait_ms
         )
+        if waiting and m.row != affinity_row:
+            m = replace(m, row=None)  # the session's agent is busy: wait for it
+        return m, waiting
+
+    def _try_assign(self, ls: LoadState, source: Source, out: list[Decision]) -> None:
+        spec, p, t = ls.spec, self.policy, self.agents
+        m, waiting = self._match(ls)
         ls.last_match = m
-        if m.row is None or (waiting and m.row != affinity_row):
+        if m.row is None:
             ls.failed_epoch = self.epoch
             return
         agent_id = t.ids[m.row]

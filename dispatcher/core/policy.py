@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Literal
 
@@ -33,7 +34,7 @@ class Policy:
     version: int = 0
     mode: Literal["greedy", "batched"] = "greedy"
     batch_window_ms: int = 50
-    weights: MappingProxyType[str, float] = field(
+    weights: Mapping[str, float] = field(
         default_factory=lambda: _frozen(
             {"embedding": 1.0, "capability_fit": 0.5, "balance": 0.5, "locality": 0.2,
              "affinity": 0.5, "speed": 0.3}
@@ -41,10 +42,8 @@ class Policy:
     )  # fmt: skip
     disabled_constraints: frozenset[str] = frozenset()
     hard_affinity: bool = False
-    tenant_weights: MappingProxyType[str, float] = field(default_factory=_frozen)
-    tenant_deny: MappingProxyType[str, frozenset[str]] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    tenant_weights: Mapping[str, float] = field(default_factory=_frozen)
+    tenant_deny: Mapping[str, frozenset[str]] = field(default_factory=lambda: MappingProxyType({}))
     ack_timeout_ms: int = 30_000
     heartbeat_timeout_ms: int = 60_000
     affinity_wait_ms: int = 5_000
@@ -57,6 +56,11 @@ class Policy:
     max_pending: int = 100_000
     high_watermark: int = 80_000
     low_watermark: int = 60_000
+
+    def __post_init__(self) -> None:
+        # Read-only views of private copies: a policy cannot change under a decision.
+        for name in ("weights", "tenant_weights", "tenant_deny"):
+            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
 
     def weight(self, term: str) -> float:
         return float(self.weights.get(term, 0.0))

@@ -1,0 +1,190 @@
+"""Load lifecycle, timeouts, order of service, fair share and backpressure."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from dispatcher.core import (
+    AgentStatusKind,
+    Decision,
+    LoadCancelled,
+    Outcome,
+    Policy,
+    PoolState,
+    Priority,
+    TaskOutcome,
+)
+from tests.unit.core.builders import arrive, available, key, register, report, status, tick
+
+
+def one_agent(policy: Policy | None = None, capacity: int = 1) -> PoolState:
+    state = PoolState("pool-a", policy or Policy())
+    state.apply(register("a1", capacity=capacity))
+    state.apply(available("a1"))
+    return state
+
+
+def assigned(state: PoolState, load_id: str, time_ms: int = 0, **kw: object) -> Decision:
+    decisions = state.apply(arrive(load_id, time_ms, **kw))
+    (d,) = [x for x in decisions if x.load_id == load_id]
+    assert d.outcome is Outcome.ASSIGNED, d
+    return d
+
+
+def test_accept_then_success_completes_and_frees_the_agent() -> None:
+    state = one_agent()
+    d = assigned(state, "L1")
+    assert d.ack_by_ms == Policy().ack_timeout_ms
+    assert state.apply(report(d.decision_id, "L1", "a1", TaskOutcome.ACCEPTED)) == []
+    (done,) = state.apply(report(d.decision_id, "L1", "a1", TaskOutcome.SUCCESS))
+    assert (done.outcome, done.reason, done.agent_id) == (Outcome.COMPLETED, "SUCCESS", "a1")
+    assert assigned(state, "L2").agent_id == "a1"
+
+
+@pytest.mark.parametrize(
+    ("outcome", "retryable", "expected", "reason"),
+    [
+        (TaskOutcome.DECLINED, False, Outcome.REQUEUED, "DECLINED"),
+        (TaskOutcome.FAILED, True, Outcome.REQUEUED, "FAILED_RETRYABLE"),
+        (TaskOutcome.FAILED, False, Outcome.FAILED, "FAIL"),
+        (TaskOutcome.BLOCKED, False, Outcome.FAILED, "BLOCKED"),
+        (TaskOutcome.NEED_INPUT, False, Outcome.FAILED, "NEED_INPUT"),
+    ],
+)
+def test_results_move_the_load_as_the_table_says(
+    outcome: TaskOutcome, retryable: bool, expected: Outcome, reason: str
+) -> None:
+    state = one_agent()
+    d = assigned(state, "L1")
+    first = state.apply(report(d.decision_id, "L1", "a1", outcome, retryable=retryable))[0]
+    assert (first.outcome, first.reason) == (expected, reason)
+    if expected is Outcome.REQUEUED:
+        assert first.attempt == 2
+        assert state.loads["L1"].not_before_ms == Policy().backoff_ms(2)
+
+
+def test_illegal_transitions_and_zombies_are_rejected_not_applied() -> None:
+    state = one_agent()
+    d = assigned(state, "L1")
+    state.apply(report(d.decision_id, "L1", "a1", TaskOutcome.ACCEPTED))
+    (bad,) = state.apply(report(d.decision_id, "L1", "a1", TaskOutcome.DECLINED))
+    assert (bad.outcome, bad.reason) == (Outcome.REJECTED, "ILLEGAL_RUNNING_DECLINED")
+    (zombie,) = state.apply(report("not-the-decision", "L1", "a1", TaskOutcome.SUCCESS))
+    assert (zombie.outcome, zombie.reason) == (Outcome.REJECTED, "ZOMBIE_RESULT")
+    (other,) = state.apply(report(d.decision_id, "L1", "a9", TaskOutcome.SUCCESS))
+    assert other.reason == "ZOMBIE_RESULT"
+    assert state.loads["L1"].status.value == "RUNNING"  # nothing of that was applied
+
+
+def test_retries_end_in_dead_letter_after_max_attempts() -> None:
+    state = one_agent(Policy(max_attempts=2, backoff_base_ms=0))
+    d = assigned(state, "L1")
+    state.apply(report(d.decision_id, "L1", "a1", TaskOutcome.DECLINED))
+    again = state.loads["L1"].decision_id
+    assert again is not None
+    (dead,) = [
+        x for x in state.apply(report(again, "L1", "a1", TaskOutcome.DECLINED))
+        if x.load_id == "L1"
+    ]  # fmt: skip
+    assert (dead.outcome, dead.attempt) == (Outcome.DEAD_LETTERED, 2)
+
+
+def test_ack_timeout_requeues_and_the_late_accept_is_a_zombie() -> None:
+    state = one_agent(Policy(ack_timeout_ms=1000, heartbeat_timeout_ms=10**9))
+    d = assigned(state, "L1")
+    requeued = [x for x in state.apply(tick(1001)) if x.outcome is Outcome.REQUEUED]
+    assert [(x.load_id, x.reason) for x in requeued] == [("L1", "ACK_TIMEOUT")]
+    (late,) = state.apply(report(d.decision_id, "L1", "a1", TaskOutcome.ACCEPTED, time_ms=1002))
+    assert late.reason == "ZOMBIE_RESULT"
+
+
+def test_heartbeat_loss_and_offline_requeue_the_agents_loads() -> None:
+    state = one_agent(Policy(heartbeat_timeout_ms=1000), capacity=2)
+    state.apply(register("a2", capacity=2))
+    state.apply(available("a2"))
+    assert assigned(state, "L1").agent_id == "a1"
+    assert assigned(state, "L2").agent_id == "a2"
+    state.apply(status("a2", AgentStatusKind.HEARTBEAT, 3, time_ms=900))
+    lost = state.apply(tick(1500))  # a1 last seen at 0, a2 at 900
+    assert [(x.load_id, x.reason) for x in lost if x.outcome is Outcome.REQUEUED] == [
+        ("L1", "AGENT_LOST")
+    ]
+    offline = state.apply(status("a2", AgentStatusKind.OFFLINE, 4, time_ms=1600))
+    assert ("L2", "AGENT_OFFLINE") in [(x.load_id, x.reason) for x in offline]
+
+
+def test_stale_and_duplicate_events_change_nothing() -> None:
+    state = one_agent()
+    assert state.apply(status("a1", AgentStatusKind.OFFLINE, seq=1)) == []  # seq 1 <= 2
+    assert state.agents.status[0] == 1  # still available
+    event = arrive("L1")
+    assert state.apply(event)[0].outcome is Outcome.ASSIGNED
+    assert state.apply(event) == []  # the same key again
+    (dup,) = state.apply(arrive("L1"))  # a new key, an existing load id
+    assert (dup.outcome, dup.reason) == (Outcome.REJECTED, "DUPLICATE_LOAD_ID")
+
+
+def test_cancel_pending_assigned_final_and_unknown() -> None:
+    state = one_agent()
+    d = assigned(state, "L1")
+    state.apply(arrive("L2"))
+    (c2,) = state.apply(LoadCancelled(key(), 1, "L2"))
+    assert c2.outcome is Outcome.CANCELLED
+    cancel1 = state.apply(LoadCancelled(key(), 2, "L1"))
+    assert cancel1[0].outcome is Outcome.CANCELLED
+    assert cancel1[0].agent_id == "a1"
+    (again,) = state.apply(LoadCancelled(key(), 3, "L1"))
+    assert (again.outcome, again.reason) == (Outcome.REJECTED, "ALREADY_FINAL")
+    (unknown,) = state.apply(LoadCancelled(key(), 4, "nope"))
+    assert unknown.reason == "UNKNOWN_LOAD"
+    (z,) = state.apply(report(d.decision_id, "L1", "a1", TaskOutcome.SUCCESS))
+    assert z.reason == "ZOMBIE_RESULT"
+
+
+def test_critical_is_served_before_low_when_a_slot_frees() -> None:
+    state = one_agent()
+    d = assigned(state, "L0")
+    state.apply(arrive("low", 1, priority=Priority.LOW))
+    state.apply(arrive("crit", 2, priority=Priority.CRITICAL))
+    freed = state.apply(report(d.decision_id, "L0", "a1", TaskOutcome.SUCCESS, time_ms=3))
+    assert [(x.load_id, x.outcome) for x in freed][-1] == ("crit", Outcome.ASSIGNED)
+
+
+def test_a_load_whose_slack_ran_out_moves_up_a_class() -> None:
+    state = one_agent()
+    d = assigned(state, "L0")
+    state.apply(arrive("normal-early", 1, priority=Priority.HIGH))
+    state.apply(arrive("late", 2, priority=Priority.NORMAL, deadline_ms=3000, duration_ms=2000))
+    freed = state.apply(report(d.decision_id, "L0", "a1", TaskOutcome.SUCCESS, time_ms=1500))
+    # Its slack ran out at 1000: NORMAL -> HIGH, and in HIGH the least slack goes first.
+    assert freed[-1].load_id == "late"
+
+
+def test_weighted_fair_share_between_tenants() -> None:
+    state = PoolState("p", Policy(tenant_weights={"big": 2.0, "small": 1.0}))
+    state.apply(register("a1", capacity=1))
+    state.apply(available("a1"))
+    for i in range(60):
+        state.apply(arrive(f"b{i}", i, tenant="big"))
+        state.apply(arrive(f"s{i}", i, tenant="small"))
+    served: Counter[str] = Counter()
+    for t in range(1, 61):
+        (running,) = state.in_flight.values()
+        served[running.spec.tenant] += 1
+        state.apply(report(running.decision_id or "", running.spec.load_id, "a1",
+                           TaskOutcome.SUCCESS, time_ms=100 + t))  # fmt: skip
+    assert served["big"] == pytest.approx(2 * served["small"], abs=2)
+
+
+def test_backpressure_defers_low_sheds_at_the_limit_and_admits_critical() -> None:
+    policy = Policy(max_pending=4, high_watermark=2, low_watermark=1)
+    state = PoolState("p", policy)  # no agents: everything waits
+    outcomes = [state.apply(arrive(f"L{i}", i))[0].outcome for i in range(2)]
+    assert outcomes == [Outcome.QUEUED, Outcome.QUEUED]
+    assert state.apply(arrive("low", 3, priority=Priority.LOW))[0].outcome is Outcome.DEFERRED
+    state.apply(arrive("L3", 4))
+    (shed,) = state.apply(arrive("L4", 5))
+    assert (shed.outcome, shed.reason) == (Outcome.SHED, "QUEUE_FULL")
+    assert state.apply(arrive("crit", 6, priority=Priority.CRITICAL))[0].outcome is Outcome.QUEUED

@@ -1,0 +1,112 @@
+"""Hard constraints, scoring and tie-breaks of one match."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from dispatcher.core import Outcome, Policy, PoolState, Sensitivity
+from tests.unit.core.builders import arrive, available, register
+
+
+def pool(*agents: tuple[str, dict[str, Any]], policy: Policy | None = None) -> PoolState:
+    state = PoolState("pool-a", policy or Policy())
+    for agent_id, kw in agents:
+        state.apply(register(agent_id, **kw))
+        state.apply(available(agent_id))
+    return state
+
+
+EXCLUSIONS = [
+    # (constraint, the agent's profile, the load's spec)
+    ("capability", {"capabilities": frozenset({"sql"})}, {}),
+    ("clearance", {"clearance": Sensitivity.INTERNAL}, {"sensitivity": Sensitivity.RESTRICTED}),
+    ("region", {"regions": frozenset({"us"})}, {}),
+    ("risk", {"risk_budget": 0.5}, {}),
+    ("risk", {"abstention_threshold": 0.05}, {}),  # one load may take 5% of the budget
+    ("capacity", {"capacity": 0}, {}),
+]
+
+
+@pytest.mark.parametrize(("constraint", "agent", "load"), EXCLUSIONS)
+def test_a_hard_constraint_excludes_and_says_so(
+    constraint: str, agent: dict[str, Any], load: dict[str, Any]
+) -> None:
+    state = pool(("a1", agent))
+    (d,) = state.apply(arrive("L1", **load))
+    assert d.outcome is Outcome.QUEUED
+    assert dict(d.excluded)[constraint] == 1
+    assert sum(n for _, n in d.excluded) == 1  # counted once, by the first that removed it
+    good = pool(("a1", {}))
+    (ok,) = good.apply(arrive("L1", **load if constraint != "capability" else {}))
+    if constraint in ("capability", "region", "risk", "capacity"):
+        assert ok.outcome is Outcome.ASSIGNED
+
+
+def test_status_and_tenant_deny_exclude() -> None:
+    state = PoolState("p", Policy(tenant_deny={"acme": frozenset({"a2"})}))
+    state.apply(register("a1"))  # registered, never available
+    state.apply(register("a2"))
+    state.apply(available("a2"))
+    (d,) = state.apply(arrive("L1"))
+    assert d.outcome is Outcome.QUEUED
+    assert dict(d.excluded) == {"status": 1, "capacity": 0, "capability": 0, "clearance": 0,
+                                "region": 0, "risk": 0, "tenant_deny": 1}  # fmt: skip
+
+
+def test_a_disabled_constraint_is_not_applied() -> None:
+    state = pool(("a1", {"regions": frozenset({"us"})}),
+                 policy=Policy(disabled_constraints=frozenset({"region"})))  # fmt: skip
+    (d,) = state.apply(arrive("L1"))
+    assert d.outcome is Outcome.ASSIGNED
+
+
+SCORING = [
+    # (why, two agents' profiles, the load, the agent that must win)
+    ("embedding", {"personality": (0.0, 1.0)}, {"personality": (1.0, 0.1)}, {}, "a2"),
+    ("capability fit", {"capabilities": frozenset({"python", "sql", "go", "rust"})},
+     {"capabilities": frozenset({"python"})}, {"intent": ()}, "a2"),
+    ("locality", {"zone": "z1"}, {"zone": "z2"}, {"zone": "z2", "intent": ()}, "a2"),
+    ("speed when tight", {"speed": 1.0}, {"speed": 4.0},
+     {"deadline_ms": 1500, "duration_ms": 1000, "intent": ()}, "a2"),
+    ("tie: earliest registered", {}, {}, {}, "a1"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("why", "p1", "p2", "load", "winner"), SCORING, ids=[s[0] for s in SCORING]
+)
+def test_the_best_scored_agent_wins(
+    why: str, p1: dict[str, Any], p2: dict[str, Any], load: dict[str, Any], winner: str
+) -> None:
+    state = pool(("a1", p1), ("a2", p2))
+    (d,) = state.apply(arrive("L1", **load))
+    assert d.outcome is Outcome.ASSIGNED
+    assert d.agent_id == winner, why
+    assert d.candidates == 2
+    assert d.runner_up == ({"a1", "a2"} - {winner}).pop()
+    assert d.margin is not None
+    assert d.margin >= 0
+    assert d.score == pytest.approx(sum(v for _, v in d.score_parts))
+
+
+def test_balance_prefers_the_least_utilised_agent() -> None:
+    state = pool(("a1", {"capacity": 4}), ("a2", {"capacity": 4}))
+    first = state.apply(arrive("L1", intent=()))[0]
+    second = state.apply(arrive("L2", intent=()))[0]
+    assert {first.agent_id, second.agent_id} == {"a1", "a2"}
+
+
+def test_session_affinity_prefers_the_agent_that_served_the_session() -> None:
+    state = pool(("a1", {"capacity": 2}), ("a2", {"capacity": 2, "personality": (0.9, 0.1)}))
+    first = state.apply(arrive("L1", session_id="s1", intent=(0.0, 1.0)))[0]
+    again = state.apply(arrive("L2", session_id="s1", intent=(0.0, 1.0)))[0]
+    assert again.agent_id == first.agent_id
+    assert dict(again.score_parts)["affinity"] > 0
+
+
+def test_unknown_capability_or_region_matches_no_one() -> None:
+    state = pool(("a1", {}))
+    assert state.apply(arrive("L1", required=frozenset({"cobol"})))[0].outcome is Outcome.QUEUED
+    assert state.apply(arrive("L2", region="mars"))[0].outcome is Outcome.QUEUED
