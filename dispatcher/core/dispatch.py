@@ -8,8 +8,6 @@ same order give the same decisions, byte for byte.
 from __future__ import annotations
 
 import hashlib
-import math
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -17,6 +15,7 @@ import numpy as np
 
 from dispatcher.core.agents import AgentStatus, AgentTable, Match
 from dispatcher.core.policy import DEFAULT_POLICY, Policy
+from dispatcher.core.queue import ServiceQueue, latest_start
 from dispatcher.core.types import (
     AgentRegistered,
     AgentStatusChanged,
@@ -96,6 +95,7 @@ class PoolState:
         self.now_ms = 0  # event time: the newest time seen, never going back
         self.loads: dict[str, LoadState] = {}
         self.pending: dict[str, LoadState] = {}  # PENDING and DEFERRED, in arrival order
+        self.queue = ServiceQueue()  # the PENDING ones, in order of service
         self.in_flight: dict[str, LoadState] = {}  # ASSIGNED and RUNNING, in assignment order
         self.held: dict[str, dict[str, None]] = {}  # agent -> its loads in flight
         self.sessions: dict[str, str] = {}  # session -> the agent that served it last
@@ -293,50 +293,20 @@ class PoolState:
             self.served[tenant] = max(self.served.get(tenant, 0.0), floor)
         self.backlog[tenant] = self.backlog.get(tenant, 0) + 1
         self.pending[ls.spec.load_id] = ls
+        if ls.status is LoadStatus.PENDING:
+            self._push(ls)
+
+    def _push(self, ls: LoadState) -> None:
+        spec = ls.spec
+        self.queue.push(spec.load_id, spec.tenant, int(spec.priority), ls.seq,
+                        latest_start(spec.deadline_ms, spec.duration_ms))  # fmt: skip
 
     def _dequeue(self, ls: LoadState) -> None:
+        self.queue.discard(ls.spec.load_id)
         if self.pending.pop(ls.spec.load_id, None) is not None:
             self.backlog[ls.spec.tenant] -= 1
             if ls.status is LoadStatus.DEFERRED:
                 self.deferred -= 1
-
-    def _class(self, spec: LoadSpec) -> int:
-        # A load whose slack has run out moves up one class (critical is the top).
-        if spec.deadline_ms is not None and spec.deadline_ms - spec.duration_ms <= self.now_ms:
-            return max(0, int(spec.priority) - 1)
-        return int(spec.priority)
-
-    def _service_order(self) -> Iterator[LoadState]:
-        """Pending loads in the order they are served: class, fair share, urgency, arrival."""
-        by_class: dict[int, dict[str, list[LoadState]]] = {}
-        for ls in self.pending.values():
-            if ls.status is LoadStatus.PENDING:
-                by_class.setdefault(self._class(ls.spec), {}).setdefault(ls.spec.tenant, []).append(
-                    ls
-                )
-        for cls in sorted(by_class):
-            queues = by_class[cls]
-            for q in queues.values():
-                q.sort(key=self._urgency)
-            heads = dict.fromkeys(queues, 0)
-            while heads:
-                # The tenant with the least weighted service so far (then by name).
-                tenant = min(heads, key=lambda t: (self.served.get(t, 0.0), t))
-                q, i = queues[tenant], heads[tenant]
-                if i + 1 >= len(q):
-                    del heads[tenant]
-                else:
-                    heads[tenant] = i + 1
-                yield q[i]
-
-    def _urgency(self, ls: LoadState) -> tuple[float, int]:
-        spec = ls.spec
-        slack = (
-            math.inf
-            if spec.deadline_ms is None
-            else spec.deadline_ms - self.now_ms - spec.duration_ms
-        )
-        return (slack, ls.seq)
 
     def _free_capacity(self) -> bool:
         t, n = self.agents, self.agents.n
@@ -345,19 +315,31 @@ class PoolState:
         )
 
     def _drain(self, source: Source, out: list[Decision]) -> None:
+        """Serves waiting loads, in order of service, while agents have room."""
         if self.deferred and len(self.pending) < self.policy.low_watermark:
             for ls in [x for x in self.pending.values() if x.status is LoadStatus.DEFERRED]:
                 ls.status = LoadStatus.PENDING
                 self.deferred -= 1
+                self._push(ls)
                 out.append(self._decision(ls, Outcome.QUEUED, "READMITTED", source))
-        tries = 0
-        for ls in self._service_order():
-            if tries >= self.policy.drain_limit or not self._free_capacity():
-                return
+        self.queue.escalate(self.now_ms)
+        limit, tries, looked = self.policy.drain_limit, 0, 0
+        put_back: list[LoadState] = []
+        while tries < limit and looked < 4 * limit and self._free_capacity():
+            load_id = self.queue.pop(self.served)
+            if load_id is None:
+                break
+            looked += 1
+            ls = self.pending[load_id]
             if ls.not_before_ms > self.now_ms or ls.failed_epoch == self.epoch:
-                continue  # backing off, or nothing has changed since it last found no agent
+                put_back.append(ls)  # backing off, or nothing changed since it found no agent
+                continue
             tries += 1
             self._try_assign(ls, source, out)
+            if ls.status is LoadStatus.PENDING:
+                put_back.append(ls)
+        for ls in put_back:
+            self._push(ls)
 
     def _match(self, ls: LoadState) -> tuple[Match, bool]:
         """The best agent for ``ls`` now, and whether hard affinity holds it for another."""

@@ -1,0 +1,94 @@
+"""The order of service: strict classes, weighted fair share, urgency, arrival.
+
+Per class and tenant, loads wait in a heap keyed by their latest start
+(deadline minus duration, which does not move with time; no deadline sorts
+last) and then arrival order. A load whose latest start has come moves up
+one class, once (critical is the top); moved loads wait in a second heap of
+their new class, so each load is looked at once when it moves. Between the
+tenants of a class, the one with the least weighted service so far goes
+first (ties by name). Entries of loads that left the queue are skipped when
+they surface (lazy deletion).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Mapping
+
+__all__ = ["ServiceQueue", "latest_start"]
+
+_Entry = tuple[float, int, str]  # (latest start, arrival seq, load id)
+_Place = tuple[int, str, bool]  # (class, tenant, moved up)
+
+
+def latest_start(deadline_ms: int | None, duration_ms: int) -> float:
+    """When a load must start to meet its deadline (infinity without one)."""
+    return math.inf if deadline_ms is None else float(deadline_ms - duration_ms)
+
+
+class ServiceQueue:
+    """Pending loads in the order they are served."""
+
+    def __init__(self) -> None:
+        # [moved up?][class] -> tenant -> heap
+        self._heaps: tuple[list[dict[str, list[_Entry]]], ...] = (
+            [{} for _ in range(4)],
+            [{} for _ in range(4)],
+        )
+        self._where: dict[str, _Place] = {}
+        self._moved: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __contains__(self, load_id: str) -> bool:
+        return load_id in self._where
+
+    def push(self, load_id: str, tenant: str, priority: int, seq: int, start: float) -> None:
+        moved = load_id in self._moved
+        cls = priority - 1 if moved else priority
+        heapq.heappush(self._heaps[moved][cls].setdefault(tenant, []), (start, seq, load_id))
+        self._where[load_id] = (cls, tenant, moved)
+
+    def discard(self, load_id: str) -> None:
+        """Forgets a load for good; its heap entry is skipped when it surfaces."""
+        self._where.pop(load_id, None)
+        self._moved.discard(load_id)
+
+    def escalate(self, now_ms: int) -> None:
+        """Moves up one class every load whose latest start has come."""
+        for cls in (1, 2, 3):
+            for tenant, heap in self._heaps[False][cls].items():
+                while heap and heap[0][0] <= now_ms:
+                    entry = heapq.heappop(heap)
+                    load_id = entry[2]
+                    if self._where.get(load_id) != (cls, tenant, False):
+                        continue  # a stale entry
+                    self._moved.add(load_id)
+                    heapq.heappush(self._heaps[True][cls - 1].setdefault(tenant, []), entry)
+                    self._where[load_id] = (cls - 1, tenant, True)
+
+    def pop(self, served: Mapping[str, float]) -> str | None:
+        """Removes and returns the next load to serve, or None when none waits."""
+        for cls in range(4):
+            native, moved = self._heaps[False][cls], self._heaps[True][cls]
+            live = sorted(
+                {t for t, h in native.items() if self._head(h, (cls, t, False))}
+                | {t for t, h in moved.items() if self._head(h, (cls, t, True))}
+            )
+            if not live:
+                continue
+            tenant = min(live, key=lambda t: (served.get(t, 0.0), t))
+            a = self._head(native.get(tenant, []), (cls, tenant, False))
+            b = self._head(moved.get(tenant, []), (cls, tenant, True))
+            heap = moved[tenant] if a is None or (b is not None and b < a) else native[tenant]
+            load_id = heapq.heappop(heap)[2]
+            del self._where[load_id]
+            return load_id
+        return None
+
+    def _head(self, heap: list[_Entry], place: _Place) -> _Entry | None:
+        while heap and self._where.get(heap[0][2]) != place:
+            heapq.heappop(heap)
+        return heap[0] if heap else None

@@ -1,0 +1,58 @@
+"""The service queue on its own: classes, escalation once, fair share, lazy deletion."""
+
+from __future__ import annotations
+
+import math
+
+from dispatcher.core.queue import ServiceQueue
+
+
+def drain(q: ServiceQueue, served: dict[str, float] | None = None) -> list[str]:
+    out = []
+    while (load_id := q.pop(served or {})) is not None:
+        out.append(load_id)
+    return out
+
+
+def test_classes_first_then_latest_start_then_arrival() -> None:
+    q = ServiceQueue()
+    q.push("low", "t", 3, 0, math.inf)
+    q.push("normal-late", "t", 2, 1, math.inf)
+    q.push("normal-urgent", "t", 2, 2, 500.0)
+    q.push("crit", "t", 0, 3, math.inf)
+    assert drain(q) == ["crit", "normal-urgent", "normal-late", "low"]
+
+
+def test_a_load_past_its_latest_start_moves_up_one_class_once() -> None:
+    q = ServiceQueue()
+    q.push("high", "t", 1, 0, math.inf)
+    q.push("low-urgent", "t", 3, 1, 100.0)
+    q.escalate(50)
+    assert drain(q) == ["high", "low-urgent"]  # not yet
+    q.push("high", "t", 1, 0, math.inf)
+    q.push("low-urgent", "t", 3, 1, 100.0)
+    q.escalate(100)
+    q.escalate(10_000)  # a second call does not move it again
+    assert drain(q) == ["high", "low-urgent"]  # LOW -> NORMAL only, still after HIGH
+    q.push("normal", "t", 2, 2, math.inf)
+    q.push("low-urgent", "t", 3, 1, 100.0)  # pushed back after a failed match: stays moved up
+    assert drain(q) == ["low-urgent", "normal"]  # same class now; the earlier latest start first
+
+
+def test_least_served_tenant_first_and_names_break_ties() -> None:
+    q = ServiceQueue()
+    for i in range(2):
+        q.push(f"a{i}", "a", 2, i, math.inf)
+        q.push(f"b{i}", "b", 2, 10 + i, math.inf)
+    assert q.pop({"a": 3.0, "b": 1.0}) == "b0"
+    assert q.pop({"a": 1.0, "b": 1.0}) == "a0"
+
+
+def test_discarded_loads_are_skipped() -> None:
+    q = ServiceQueue()
+    q.push("x", "t", 2, 0, math.inf)
+    q.push("y", "t", 2, 1, math.inf)
+    q.discard("x")
+    assert "x" not in q
+    assert len(q) == 1
+    assert drain(q) == ["y"]
