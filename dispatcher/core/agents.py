@@ -32,6 +32,9 @@ class AgentStatus(IntEnum):
     LOST = 4  # missed its heartbeats
 
 
+_AVAILABLE = int(AgentStatus.AVAILABLE)
+
+
 @dataclass(frozen=True, slots=True)
 class Match:
     """The result of matching one load against every agent."""
@@ -179,7 +182,7 @@ class AgentTable:
         """
         n = self.n
         masks: dict[str, Bool | None] = {
-            "status": self.status[:n] == AgentStatus.AVAILABLE,
+            "status": self.status[:n] == _AVAILABLE,
             "capacity": self.active[:n] < self.capacity[:n],
             "capability": self._has_all(load.required),
             "clearance": self.clearance[:n] >= int(load.sensitivity),

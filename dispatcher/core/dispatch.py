@@ -8,6 +8,7 @@ same order give the same decisions, byte for byte.
 from __future__ import annotations
 
 import hashlib
+import heapq
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -35,6 +36,9 @@ from dispatcher.core.types import (
 )
 
 __all__ = ["LoadState", "LoadStatus", "PoolState", "decide", "decision_id"]
+
+
+_AVAILABLE = int(AgentStatus.AVAILABLE)
 
 
 class LoadStatus(StrEnum):
@@ -96,6 +100,11 @@ class PoolState:
         self.loads: dict[str, LoadState] = {}
         self.pending: dict[str, LoadState] = {}  # PENDING and DEFERRED, in arrival order
         self.queue = ServiceQueue()  # the PENDING ones, in order of service
+        # Out of the queue until something changes: loads that found no agent at
+        # ``parked_epoch``, and loads backing off until a time (heap by time).
+        self.parked: list[LoadState] = []
+        self.parked_epoch = -1
+        self.backing_off: list[tuple[int, int, str]] = []
         self.in_flight: dict[str, LoadState] = {}  # ASSIGNED and RUNNING, in assignment order
         self.held: dict[str, dict[str, None]] = {}  # agent -> its loads in flight
         self.sessions: dict[str, str] = {}  # session -> the agent that served it last
@@ -297,6 +306,9 @@ class PoolState:
             self._push(ls)
 
     def _push(self, ls: LoadState) -> None:
+        if ls.not_before_ms > self.now_ms:
+            heapq.heappush(self.backing_off, (ls.not_before_ms, ls.seq, ls.spec.load_id))
+            return
         spec = ls.spec
         self.queue.push(spec.load_id, spec.tenant, int(spec.priority), ls.seq,
                         latest_start(spec.deadline_ms, spec.duration_ms))  # fmt: skip
@@ -322,24 +334,35 @@ class PoolState:
                 self.deferred -= 1
                 self._push(ls)
                 out.append(self._decision(ls, Outcome.QUEUED, "READMITTED", source))
+        self._unpark()
         self.queue.escalate(self.now_ms)
-        limit, tries, looked = self.policy.drain_limit, 0, 0
-        put_back: list[LoadState] = []
-        while tries < limit and looked < 4 * limit and self._free_capacity():
-            load_id = self.queue.pop(self.served)
+        limit, tries = self.policy.drain_limit, 0
+        free = self._free_capacity()  # changes only when this loop assigns
+        while free and tries < limit:
+            load_id = self.queue.pop(self.served, tenant_first=self.policy.tenant_first)
             if load_id is None:
                 break
-            looked += 1
             ls = self.pending[load_id]
-            if ls.not_before_ms > self.now_ms or ls.failed_epoch == self.epoch:
-                put_back.append(ls)  # backing off, or nothing changed since it found no agent
-                continue
             tries += 1
             self._try_assign(ls, source, out)
             if ls.status is LoadStatus.PENDING:
-                put_back.append(ls)
-        for ls in put_back:
-            self._push(ls)
+                self.parked.append(ls)  # until agents change
+                self.parked_epoch = self.epoch
+            else:
+                free = self._free_capacity()
+
+    def _unpark(self) -> None:
+        """Returns to the queue the loads that may match now."""
+        if self.parked and self.parked_epoch != self.epoch:
+            parked, self.parked = self.parked, []
+            for ls in parked:
+                if self.pending.get(ls.spec.load_id) is ls and ls.status is LoadStatus.PENDING:
+                    self._push(ls)
+        while self.backing_off and self.backing_off[0][0] <= self.now_ms:
+            load_id = heapq.heappop(self.backing_off)[2]
+            due = self.pending.get(load_id)
+            if due is not None and due.status is LoadStatus.PENDING and load_id not in self.queue:
+                self._push(due)
 
     def _match(self, ls: LoadState) -> tuple[Match, bool]:
         """The best agent for ``ls`` now, and whether hard affinity holds it for another."""

@@ -42,6 +42,9 @@ class Policy:
     )  # fmt: skip
     disabled_constraints: frozenset[str] = frozenset()
     hard_affinity: bool = False
+    # Below critical, pick the least-served tenant before the class (a flood of one
+    # tenant's high-priority work cannot starve another); False: classes strict.
+    tenant_first: bool = True
     tenant_weights: Mapping[str, float] = field(default_factory=_frozen)
     tenant_deny: Mapping[str, frozenset[str]] = field(default_factory=lambda: MappingProxyType({}))
     ack_timeout_ms: int = 30_000

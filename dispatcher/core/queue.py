@@ -2,11 +2,13 @@
 
 Per class and tenant, loads wait in a heap keyed by their latest start
 (deadline minus duration, which does not move with time; no deadline sorts
-last) and then arrival order. A load whose latest start has come moves up
+last) and then arrival order. Critical loads are served first, across
+tenants; below critical, the tenant with the least weighted service goes
+first and then its most important load (policy ``tenant_first``, the
+default), or classes stay strict across tenants. A load whose latest start has come moves up
 one class, once (critical is the top); moved loads wait in a second heap of
-their new class, so each load is looked at once when it moves. Between the
-tenants of a class, the one with the least weighted service so far goes
-first (ties by name). Entries of loads that left the queue are skipped when
+their new class, so each load is looked at once when it moves. Tenant ties
+go by name. Entries of loads that left the queue are skipped when
 they surface (lazy deletion).
 """
 
@@ -38,6 +40,16 @@ class ServiceQueue:
         )
         self._where: dict[str, _Place] = {}
         self._moved: set[str] = set()
+        # Live loads per class and tenant, so choosing a tenant scans no heap.
+        self._count: list[dict[str, int]] = [{} for _ in range(4)]
+
+    def _add(self, cls: int, tenant: str, delta: int) -> None:
+        counts = self._count[cls]
+        left = counts.get(tenant, 0) + delta
+        if left:
+            counts[tenant] = left
+        else:
+            counts.pop(tenant, None)
 
     def __len__(self) -> int:
         return len(self._where)
@@ -50,10 +62,13 @@ class ServiceQueue:
         cls = priority - 1 if moved else priority
         heapq.heappush(self._heaps[moved][cls].setdefault(tenant, []), (start, seq, load_id))
         self._where[load_id] = (cls, tenant, moved)
+        self._add(cls, tenant, 1)
 
     def discard(self, load_id: str) -> None:
         """Forgets a load for good; its heap entry is skipped when it surfaces."""
-        self._where.pop(load_id, None)
+        place = self._where.pop(load_id, None)
+        if place is not None:
+            self._add(place[0], place[1], -1)
         self._moved.discard(load_id)
 
     def escalate(self, now_ms: int) -> None:
@@ -68,24 +83,35 @@ class ServiceQueue:
                     self._moved.add(load_id)
                     heapq.heappush(self._heaps[True][cls - 1].setdefault(tenant, []), entry)
                     self._where[load_id] = (cls - 1, tenant, True)
+                    self._add(cls, tenant, -1)
+                    self._add(cls - 1, tenant, 1)
 
-    def pop(self, served: Mapping[str, float]) -> str | None:
-        """Removes and returns the next load to serve, or None when none waits."""
-        for cls in range(4):
-            native, moved = self._heaps[False][cls], self._heaps[True][cls]
-            live = sorted(
-                {t for t, h in native.items() if self._head(h, (cls, t, False))}
-                | {t for t, h in moved.items() if self._head(h, (cls, t, True))}
-            )
+    def pop(self, served: Mapping[str, float], *, tenant_first: bool = True) -> str | None:
+        """Removes and returns the next load to serve, or None when none waits.
+
+        Critical loads always go first, across tenants. Below that, with
+        ``tenant_first`` the least-served tenant is chosen first and then its
+        most important load (one tenant's flood cannot starve another's lower
+        classes); without it, classes are strict across tenants too.
+        """
+        groups = [(0,), (1, 2, 3)] if tenant_first else [(0,), (1,), (2,), (3,)]
+        for classes in groups:
+            live = {t for cls in classes for t in self._count[cls]}
             if not live:
                 continue
             tenant = min(live, key=lambda t: (served.get(t, 0.0), t))
-            a = self._head(native.get(tenant, []), (cls, tenant, False))
-            b = self._head(moved.get(tenant, []), (cls, tenant, True))
-            heap = moved[tenant] if a is None or (b is not None and b < a) else native[tenant]
-            load_id = heapq.heappop(heap)[2]
-            del self._where[load_id]
-            return load_id
+            for cls in classes:
+                native = self._heaps[False][cls].get(tenant, [])
+                moved = self._heaps[True][cls].get(tenant, [])
+                a = self._head(native, (cls, tenant, False))
+                b = self._head(moved, (cls, tenant, True))
+                if a is None and b is None:
+                    continue
+                heap = moved if a is None or (b is not None and b < a) else native
+                load_id = heapq.heappop(heap)[2]
+                del self._where[load_id]
+                self._add(cls, tenant, -1)
+                return load_id
         return None
 
     def _head(self, heap: list[_Entry], place: _Place) -> _Entry | None:

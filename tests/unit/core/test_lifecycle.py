@@ -144,7 +144,7 @@ def test_cancel_pending_assigned_final_and_unknown() -> None:
 
 
 def test_critical_is_served_before_low_when_a_slot_frees() -> None:
-    state = one_agent()
+    state = one_agent()  # same tenant: strict priority within it
     d = assigned(state, "L0")
     state.apply(arrive("low", 1, priority=Priority.LOW))
     state.apply(arrive("crit", 2, priority=Priority.CRITICAL))

@@ -7,9 +7,9 @@ import math
 from dispatcher.core.queue import ServiceQueue
 
 
-def drain(q: ServiceQueue, served: dict[str, float] | None = None) -> list[str]:
+def drain(q: ServiceQueue, served: dict[str, float] | None = None, **kw: bool) -> list[str]:
     out = []
-    while (load_id := q.pop(served or {})) is not None:
+    while (load_id := q.pop(served or {}, **kw)) is not None:
         out.append(load_id)
     return out
 
@@ -56,3 +56,16 @@ def test_discarded_loads_are_skipped() -> None:
     assert "x" not in q
     assert len(q) == 1
     assert drain(q) == ["y"]
+
+
+def test_below_critical_the_least_served_tenant_goes_first_unless_classes_are_strict() -> None:
+    def fill() -> ServiceQueue:
+        q = ServiceQueue()
+        q.push("flood-crit", "flood", 0, 0, math.inf)
+        q.push("flood-high", "flood", 1, 1, math.inf)
+        q.push("small-low", "small", 3, 2, math.inf)
+        return q
+
+    served = {"flood": 50.0, "small": 1.0}
+    assert drain(fill(), served) == ["flood-crit", "small-low", "flood-high"]
+    assert drain(fill(), served, tenant_first=False) == ["flood-crit", "flood-high", "small-low"]

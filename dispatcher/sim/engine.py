@@ -1,0 +1,320 @@
+"""Run a scenario through the core on a virtual clock and measure what it decided.
+
+Randomness lives here, seeded, never in the core: the same scenario, seed and
+policy give the same events, so the same decisions, byte for byte (the
+digest says so).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dispatcher.core import (
+    FINAL_OUTCOMES,
+    AgentProfile,
+    AgentRegistered,
+    AgentStatusChanged,
+    AgentStatusKind,
+    Decision,
+    Event,
+    LoadArrived,
+    LoadSpec,
+    Outcome,
+    Policy,
+    PoolState,
+    Priority,
+    Sensitivity,
+    TaskOutcome,
+    TaskReported,
+    Tick,
+)
+from dispatcher.sim.scenarios import Scenario
+
+__all__ = ["SIM_POLICY", "SimReport", "simulate"]
+
+POOL = "sim"
+TICK_MS = 200
+HEARTBEAT_MS = 5_000
+ACCEPT_DELAY_MS = 20
+# Timeouts sized to the simulated minutes (the built-in policy is sized for hours).
+SIM_POLICY = Policy(ack_timeout_ms=2_000, heartbeat_timeout_ms=15_000, backoff_base_ms=200,
+                    backoff_max_ms=5_000, max_pending=50_000, high_watermark=40_000,
+                    low_watermark=30_000)  # fmt: skip
+
+
+@dataclass
+class SimReport:
+    scenario: str
+    seed: int
+    policy_version: int
+    digest: str
+    decisions: int
+    core_seconds: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _World:
+    """What the simulator knows about loads, to measure outcomes."""
+
+    arrived: dict[str, tuple[int, Priority, str, int | None]] = field(default_factory=dict)
+    first_assigned: dict[str, int] = field(default_factory=dict)
+    finals: dict[str, tuple[Outcome, int]] = field(default_factory=dict)
+    assigned_by_tenant: dict[str, int] = field(default_factory=dict)
+    busy_ms: float = 0.0
+    score: float = 0.0
+
+
+def _agents(sc: Scenario, rng: np.random.Generator) -> list[tuple[str, AgentProfile]]:
+    vocab = [f"cap{i}" for i in range(sc.capabilities)]
+    out = []
+    for i in range(sc.agents):
+        caps = frozenset(rng.choice(vocab, size=int(rng.integers(3, 7)), replace=False).tolist())
+        out.append((f"agent-{i:05d}", AgentProfile(
+            capabilities=caps,
+            capacity=int(rng.integers(1, 5)),
+            personality=tuple(float(x) for x in rng.normal(size=sc.embedding_dim)),
+            risk_budget=100.0,
+            abstention_threshold=1.0,
+            clearance=Sensitivity(int(rng.choice(4, p=[0.1, 0.2, 0.4, 0.3]))),
+            regions=frozenset({"eu", "us"}) if rng.random() < 0.9 else frozenset({"eu"}),
+            zone=f"z{int(rng.integers(4))}",
+            speed=float(np.exp(rng.normal(0, 0.25))),
+        )))  # fmt: skip
+    return out
+
+
+def simulate(
+    sc: Scenario,
+    seed: int,
+    policy: Policy = SIM_POLICY,
+    *,
+    progress: Callable[[float], None] | None = None,
+) -> SimReport:
+    """Runs ``sc`` with ``seed`` under ``policy``; returns the metrics and the decision digest."""
+    rng = np.random.default_rng(seed)
+    state = PoolState(POOL, policy)
+    world = _World()
+    digest = hashlib.sha256()
+    queue: list[tuple[int, int, Event | tuple[str, Any]]] = []
+    order = 0
+
+    def at(t: int, item: Event | tuple[str, Any]) -> None:
+        nonlocal order
+        heapq.heappush(queue, (t, order, item))
+        order += 1
+
+    agents = _agents(sc, rng)
+    profiles = dict(agents)
+    total_slots = sum(p.capacity for _, p in agents)
+    for i, (agent_id, profile) in enumerate(agents):
+        at(0, AgentRegistered(f"{agent_id}:reg", agent_id, 1, 0, profile))
+        at(0, AgentStatusChanged(f"{agent_id}:up", agent_id, 2, 0, AgentStatusKind.AVAILABLE))
+        at(int(rng.integers(HEARTBEAT_MS)), ("heartbeat", (agent_id, 3)))
+    end_ms = int(sc.duration_s * 1000)
+    crashed: dict[str, int] = {}
+    for agent_id, _ in agents:
+        if rng.random() < sc.crash_share:
+            crashed[agent_id] = int(rng.uniform(0.2, 0.6) * end_ms)
+    for t in range(0, end_ms + 1, TICK_MS):
+        at(t, Tick(t))
+
+    base_rate = sc.utilisation * total_slots / (sc.mean_duration_ms / 1000)  # loads/s
+    shares = np.array(sc.tenant_traffic) / len(sc.tenant_traffic)
+    tenants = [name for name, _ in sc.tenants]
+    vocab_caps = [p.capabilities for _, p in agents]
+    t_ms, n_loads = 0.0, 0
+    while True:
+        factor = (
+            sc.surge[2] if sc.surge and sc.surge[0] * 1000 <= t_ms < sc.surge[1] * 1000 else 1.0
+        )
+        rate = base_rate * float(shares.sum()) * factor
+        t_ms += float(rng.exponential(1000.0 / rate))
+        if t_ms >= end_ms:
+            break
+        tenant = tenants[int(rng.choice(len(tenants), p=shares / shares.sum()))]
+        prio = Priority(int(rng.choice(4, p=sc.priority_mix)))
+        duration = int(max(50.0, rng.lognormal(math.log(sc.mean_duration_ms) - 0.125, 0.5)))
+        # Required capabilities come from some agent's set, so each load is servable by someone.
+        pick = sorted(vocab_caps[int(rng.integers(len(vocab_caps)))])
+        k = int(rng.integers(0, 3))
+        required = frozenset(rng.choice(pick, size=k, replace=False).tolist()) if k else frozenset()
+        deadline = None
+        created = int(t_ms)
+        if rng.random() < sc.deadline_share:
+            deadline = created + int(duration * rng.uniform(*sc.deadline_slack))
+        spec = LoadSpec(
+            load_id=f"load-{n_loads:07d}", tenant=tenant, priority=prio, required=required,
+            intent=tuple(float(x) for x in rng.normal(size=sc.embedding_dim)),
+            sensitivity=Sensitivity(int(rng.choice(4, p=[0.4, 0.3, 0.2, 0.1]))),
+            region="eu" if rng.random() < 0.7 else "us", created_ms=created, deadline_ms=deadline,
+            duration_ms=duration, risk=float(rng.uniform(0.1, 2.0)),
+            session_id=f"s{int(rng.integers(sc.agents * 2))}" if rng.random() < 0.2 else None,
+            zone=f"z{int(rng.integers(4))}",
+        )  # fmt: skip
+        at(created, LoadArrived(spec.load_id, created, spec))
+        n_loads += 1
+
+    core_s, decisions, next_progress = 0.0, 0, 0.0
+    while queue:
+        t, _, item = heapq.heappop(queue)
+        if t > end_ms:
+            break
+        if progress is not None and t >= next_progress:
+            progress(t / end_ms)
+            next_progress = t + end_ms / 100
+        if isinstance(item, tuple):
+            kind, payload = item
+            if kind == "heartbeat":
+                agent_id, seq = payload
+                if crashed.get(agent_id, math.inf) <= t:
+                    continue  # crashed: silence
+                event: Event = AgentStatusChanged(f"{agent_id}:{seq}", agent_id, seq, t,
+                                                  AgentStatusKind.HEARTBEAT)  # fmt: skip
+                at(t + HEARTBEAT_MS, ("heartbeat", (agent_id, seq + 1)))
+            else:  # ("report", (TaskReported, agent_id))
+                report, agent_id = payload
+                if crashed.get(agent_id, math.inf) <= t:
+                    continue  # vanished mid-task
+                event = report
+        else:
+            event = item
+        if isinstance(event, LoadArrived):
+            spec = event.load
+            world.arrived[spec.load_id] = (t, spec.priority, spec.tenant, spec.deadline_ms)
+        started = time.perf_counter()
+        out = state.apply(event)
+        core_s += time.perf_counter() - started
+        for d in out:
+            decisions += 1
+            digest.update(repr(d).encode())
+            _observe(d, t, world, rng, sc, profiles, at, state)
+    report = SimReport(sc.name, seed, policy.version, digest.hexdigest(), decisions, core_s)
+    report.metrics = _metrics(sc, world, state, end_ms, total_slots, decisions, core_s)
+    return report
+
+
+def _observe(d: Decision, t: int, world: _World, rng: np.random.Generator, sc: Scenario,
+             profiles: dict[str, AgentProfile],
+             at: Callable[[int, Event | tuple[str, Any]], None], state: PoolState) -> None:  # fmt: skip
+    if d.outcome in FINAL_OUTCOMES:
+        world.finals.setdefault(d.load_id, (d.outcome, t))
+    if d.outcome is not Outcome.ASSIGNED or d.agent_id is None:
+        return
+    world.first_assigned.setdefault(d.load_id, t)
+    world.assigned_by_tenant[d.tenant] = world.assigned_by_tenant.get(d.tenant, 0) + 1
+    world.score += d.score or 0.0
+    agent = d.agent_id
+    accept_at = t + ACCEPT_DELAY_MS
+    if rng.random() >= sc.accept_share:
+        at(
+            accept_at,
+            (
+                "report",
+                (
+                    TaskReported(
+                        f"{d.decision_id}:no",
+                        accept_at,
+                        d.decision_id,
+                        d.load_id,
+                        agent,
+                        TaskOutcome.DECLINED,
+                    ),
+                    agent,
+                ),
+            ),
+        )
+        return  # fmt: skip
+    at(accept_at, ("report", (TaskReported(f"{d.decision_id}:ok", accept_at, d.decision_id,
+                                           d.load_id, agent, TaskOutcome.ACCEPTED), agent)))  # fmt: skip
+    spec = state.loads[d.load_id].spec
+    run_ms = int(spec.duration_ms / profiles[agent].speed * rng.lognormal(0, 0.1))
+    done_at = accept_at + run_ms
+    world.busy_ms += run_ms
+    ok = rng.random() < sc.success_share
+    outcome = TaskOutcome.SUCCESS if ok else TaskOutcome.FAILED
+    at(done_at, ("report", (TaskReported(f"{d.decision_id}:end", done_at, d.decision_id,
+                                         d.load_id, agent, outcome, retryable=True), agent)))  # fmt: skip
+
+
+def _pct(values: list[int], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def _max_min_fair(
+    demand: dict[str, float], weight: dict[str, float], capacity: float
+) -> dict[str, float]:
+    """Weighted max-min fair allocation of ``capacity`` (water-filling)."""
+    alloc = dict.fromkeys(demand, 0.0)
+    active = {t for t, d in demand.items() if d > 0}
+    left = capacity
+    while active and left > 1e-9:
+        total_w = sum(weight[t] for t in active)
+        share = {t: left * weight[t] / total_w for t in active}
+        done = {t for t in active if demand[t] - alloc[t] <= share[t]}
+        if not done:
+            for t in active:
+                alloc[t] += share[t]
+            break
+        for t in done:
+            left -= demand[t] - alloc[t]
+            alloc[t] = demand[t]
+        active -= done
+    return alloc
+
+
+def _metrics(sc: Scenario, w: _World, state: PoolState, end_ms: int, slots: int,
+             decisions: int, core_s: float) -> dict[str, Any]:  # fmt: skip
+    outcomes: dict[str, int] = {}
+    for outcome, _ in w.finals.values():
+        outcomes[outcome.value] = outcomes.get(outcome.value, 0) + 1
+    expired = sum(1 for o, _ in w.finals.values() if o is Outcome.SHED)
+    waits: dict[str, dict[str, float | None]] = {}
+    for prio in Priority:
+        ws = [w.first_assigned[i] - a[0] for i, a in w.arrived.items()
+              if a[1] is prio and i in w.first_assigned]  # fmt: skip
+        waits[prio.name.lower()] = {"n": len(ws), "p50": _pct(ws, 50), "p95": _pct(ws, 95),
+                                    "p99": _pct(ws, 99)}  # fmt: skip
+    sla: dict[str, float | None] = {}
+    for prio in Priority:
+        met = due = 0
+        for load_id, (_, p, _, deadline) in w.arrived.items():
+            if p is not prio or deadline is None or deadline > end_ms:
+                continue
+            due += 1
+            final = w.finals.get(load_id)
+            met += final is not None and final[0] is Outcome.COMPLETED and final[1] <= deadline
+        sla[prio.name.lower()] = 100.0 * met / due if due else None
+    weights = dict(sc.tenants)
+    demand = {t: float(sum(1 for a in w.arrived.values() if a[2] == t)) for t in weights}
+    served = {t: float(w.assigned_by_tenant.get(t, 0)) for t in weights}
+    fair = _max_min_fair(demand, weights, sum(served.values()))
+    x = [served[t] / fair[t] for t in weights if fair[t] > 0]
+    jain = (sum(x) ** 2) / (len(x) * sum(v * v for v in x)) if x else None
+    tenant_waits = {}
+    for t in weights:
+        ws = [w.first_assigned[i] - a[0] for i, a in w.arrived.items()
+              if a[2] == t and i in w.first_assigned]  # fmt: skip
+        tenant_waits[t] = {"p50": _pct(ws, 50), "p99": _pct(ws, 99)}
+    return {
+        "loads": {"arrived": len(w.arrived), "assigned": len(w.first_assigned),
+                  "outcomes": dict(sorted(outcomes.items())), "shed_or_expired": expired,
+                  "pending_at_end": len(state.pending), "in_flight_at_end": len(state.in_flight)},
+        "sla_compliance_pct": sla,
+        "wait_ms": waits,
+        "tenant_wait_ms": tenant_waits,
+        "utilisation_pct": 100.0 * min(w.busy_ms, slots * end_ms) / (slots * end_ms),
+        "tenant_share": {t: served[t] / max(1.0, sum(served.values())) for t in weights},
+        "jain_weighted": jain,
+        "total_match_score": w.score,
+        "decisions": decisions,
+        "decisions_per_s": decisions / core_s if core_s else None,
+    }  # fmt: skip
