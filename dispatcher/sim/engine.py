@@ -71,6 +71,8 @@ class _World:
     assigned_by_tenant: dict[str, int] = field(default_factory=dict)
     busy_ms: float = 0.0
     score: float = 0.0
+    decisions: int = 0
+    requeues: dict[str, int] = field(default_factory=dict)
 
 
 def _agents(sc: Scenario, rng: np.random.Generator) -> list[tuple[str, AgentProfile]]:
@@ -100,149 +102,154 @@ def simulate(
     progress: Callable[[float], None] | None = None,
 ) -> SimReport:
     """Runs ``sc`` with ``seed`` under ``policy``; returns the metrics and the decision digest."""
-    rng = np.random.default_rng(seed)
-    state = PoolState(POOL, policy)
-    world = _World()
-    digest = hashlib.sha256()
-    queue: list[tuple[int, int, Event | tuple[str, Any]]] = []
-    order = 0
+    return _Simulation(sc, seed, policy).run(progress)
 
-    def at(t: int, item: Event | tuple[str, Any]) -> None:
-        nonlocal order
-        heapq.heappush(queue, (t, order, item))
-        order += 1
 
-    agents = _agents(sc, rng)
-    profiles = dict(agents)
-    total_slots = sum(p.capacity for _, p in agents)
-    for i, (agent_id, profile) in enumerate(agents):
-        at(0, AgentRegistered(f"{agent_id}:reg", agent_id, 1, 0, profile))
-        at(0, AgentStatusChanged(f"{agent_id}:up", agent_id, 2, 0, AgentStatusKind.AVAILABLE))
-        at(int(rng.integers(HEARTBEAT_MS)), ("heartbeat", (agent_id, 3)))
-    end_ms = int(sc.duration_s * 1000)
-    crashed: dict[str, int] = {}
-    for agent_id, _ in agents:
-        if rng.random() < sc.crash_share:
-            crashed[agent_id] = int(rng.uniform(0.2, 0.6) * end_ms)
-    for t in range(0, end_ms + 1, TICK_MS):
-        at(t, Tick(t))
+_Item = Event | tuple[str, Any]
 
-    base_rate = sc.utilisation * total_slots / (sc.mean_duration_ms / 1000)  # loads/s
-    shares = np.array(sc.tenant_traffic) / len(sc.tenant_traffic)
-    tenants = [name for name, _ in sc.tenants]
-    vocab_caps = [p.capabilities for _, p in agents]
-    t_ms, n_loads = 0.0, 0
-    while True:
-        factor = (
-            sc.surge[2] if sc.surge and sc.surge[0] * 1000 <= t_ms < sc.surge[1] * 1000 else 1.0
-        )
-        rate = base_rate * float(shares.sum()) * factor
-        t_ms += float(rng.exponential(1000.0 / rate))
-        if t_ms >= end_ms:
-            break
-        tenant = tenants[int(rng.choice(len(tenants), p=shares / shares.sum()))]
-        prio = Priority(int(rng.choice(4, p=sc.priority_mix)))
+
+class _Simulation:
+    def __init__(self, sc: Scenario, seed: int, policy: Policy) -> None:
+        self.sc, self.seed, self.policy = sc, seed, policy
+        self.rng = np.random.default_rng(seed)
+        self.state = PoolState(POOL, policy)
+        self.world = _World()
+        self.queue: list[tuple[int, int, _Item]] = []
+        self.order = 0
+        self.end_ms = int(sc.duration_s * 1000)
+        self.agents = _agents(sc, self.rng)
+        self.profiles = dict(self.agents)
+        self.slots = sum(p.capacity for _, p in self.agents)
+        self.crashed: dict[str, int] = {}
+
+    def at(self, t: int, item: _Item) -> None:
+        heapq.heappush(self.queue, (t, self.order, item))
+        self.order += 1
+
+    def run(self, progress: Callable[[float], None] | None) -> SimReport:
+        self._schedule_agents()
+        for t in range(0, self.end_ms + 1, TICK_MS):
+            self.at(t, Tick(t))
+        self._schedule_arrivals()
+        digest = hashlib.sha256()
+        core_s, next_progress = 0.0, 0.0
+        while self.queue:
+            t, _, item = heapq.heappop(self.queue)
+            if t > self.end_ms:
+                break
+            if progress is not None and t >= next_progress:
+                progress(t / self.end_ms)
+                next_progress = t + self.end_ms / 100
+            event = self._event(t, item)
+            if event is None:
+                continue
+            started = time.perf_counter()
+            out = self.state.apply(event)
+            core_s += time.perf_counter() - started
+            for d in out:
+                self.world.decisions += 1
+                digest.update(repr(d).encode())
+                self._observe(d, t)
+        report = SimReport(self.sc.name, self.seed, self.policy.version, digest.hexdigest(),
+                           self.world.decisions, core_s)  # fmt: skip
+        report.metrics = _metrics(self.sc, self.world, self.state, self.end_ms, self.slots, core_s)
+        return report
+
+    def _schedule_agents(self) -> None:
+        for agent_id, profile in self.agents:
+            self.at(0, AgentRegistered(f"{agent_id}:reg", agent_id, 1, 0, profile))
+            self.at(0, AgentStatusChanged(f"{agent_id}:up", agent_id, 2, 0,
+                                          AgentStatusKind.AVAILABLE))  # fmt: skip
+            self.at(int(self.rng.integers(HEARTBEAT_MS)), ("heartbeat", (agent_id, 3)))
+        for agent_id, _ in self.agents:
+            if self.rng.random() < self.sc.crash_share:
+                self.crashed[agent_id] = int(self.rng.uniform(0.2, 0.6) * self.end_ms)
+
+    def _schedule_arrivals(self) -> None:
+        sc, rng = self.sc, self.rng
+        base_rate = sc.utilisation * self.slots / (sc.mean_duration_ms / 1000)  # loads/s
+        shares = np.array(sc.tenant_traffic) / len(sc.tenant_traffic)
+        tenants = [name for name, _ in sc.tenants]
+        t_ms, n = 0.0, 0
+        while True:
+            factor = 1.0
+            if sc.surge and sc.surge[0] * 1000 <= t_ms < sc.surge[1] * 1000:
+                factor = sc.surge[2]
+            t_ms += float(rng.exponential(1000.0 / (base_rate * float(shares.sum()) * factor)))
+            if t_ms >= self.end_ms:
+                return
+            tenant = tenants[int(rng.choice(len(tenants), p=shares / shares.sum()))]
+            spec = self._load(f"load-{n:07d}", tenant, int(t_ms))
+            self.at(spec.created_ms, LoadArrived(spec.load_id, spec.created_ms, spec))
+            n += 1
+
+    def _load(self, load_id: str, tenant: str, created: int) -> LoadSpec:
+        sc, rng = self.sc, self.rng
         duration = int(max(50.0, rng.lognormal(math.log(sc.mean_duration_ms) - 0.125, 0.5)))
         # Required capabilities come from some agent's set, so each load is servable by someone.
-        pick = sorted(vocab_caps[int(rng.integers(len(vocab_caps)))])
+        pick = sorted(self.agents[int(rng.integers(len(self.agents)))][1].capabilities)
         k = int(rng.integers(0, 3))
         required = frozenset(rng.choice(pick, size=k, replace=False).tolist()) if k else frozenset()
         deadline = None
-        created = int(t_ms)
         if rng.random() < sc.deadline_share:
             deadline = created + int(duration * rng.uniform(*sc.deadline_slack))
-        spec = LoadSpec(
-            load_id=f"load-{n_loads:07d}", tenant=tenant, priority=prio, required=required,
-            intent=tuple(float(x) for x in rng.normal(size=sc.embedding_dim)),
+        priority = Priority(int(rng.choice(4, p=sc.priority_mix)))
+        return LoadSpec(
+            load_id=load_id, tenant=tenant, priority=priority,
+            required=required, intent=tuple(float(x) for x in rng.normal(size=sc.embedding_dim)),
             sensitivity=Sensitivity(int(rng.choice(4, p=[0.4, 0.3, 0.2, 0.1]))),
             region="eu" if rng.random() < 0.7 else "us", created_ms=created, deadline_ms=deadline,
             duration_ms=duration, risk=float(rng.uniform(0.1, 2.0)),
             session_id=f"s{int(rng.integers(sc.agents * 2))}" if rng.random() < 0.2 else None,
             zone=f"z{int(rng.integers(4))}",
         )  # fmt: skip
-        at(created, LoadArrived(spec.load_id, created, spec))
-        n_loads += 1
 
-    core_s, decisions, next_progress = 0.0, 0, 0.0
-    while queue:
-        t, _, item = heapq.heappop(queue)
-        if t > end_ms:
-            break
-        if progress is not None and t >= next_progress:
-            progress(t / end_ms)
-            next_progress = t + end_ms / 100
-        if isinstance(item, tuple):
-            kind, payload = item
-            if kind == "heartbeat":
-                agent_id, seq = payload
-                if crashed.get(agent_id, math.inf) <= t:
-                    continue  # crashed: silence
-                event: Event = AgentStatusChanged(f"{agent_id}:{seq}", agent_id, seq, t,
-                                                  AgentStatusKind.HEARTBEAT)  # fmt: skip
-                at(t + HEARTBEAT_MS, ("heartbeat", (agent_id, seq + 1)))
-            else:  # ("report", (TaskReported, agent_id))
-                report, agent_id = payload
-                if crashed.get(agent_id, math.inf) <= t:
-                    continue  # vanished mid-task
-                event = report
-        else:
-            event = item
-        if isinstance(event, LoadArrived):
-            spec = event.load
-            world.arrived[spec.load_id] = (t, spec.priority, spec.tenant, spec.deadline_ms)
-        started = time.perf_counter()
-        out = state.apply(event)
-        core_s += time.perf_counter() - started
-        for d in out:
-            decisions += 1
-            digest.update(repr(d).encode())
-            _observe(d, t, world, rng, sc, profiles, at, state)
-    report = SimReport(sc.name, seed, policy.version, digest.hexdigest(), decisions, core_s)
-    report.metrics = _metrics(sc, world, state, end_ms, total_slots, decisions, core_s)
-    return report
+    def _event(self, t: int, item: _Item) -> Event | None:
+        if not isinstance(item, tuple):
+            if isinstance(item, LoadArrived):
+                spec = item.load
+                self.world.arrived[spec.load_id] = (t, spec.priority, spec.tenant, spec.deadline_ms)
+            return item
+        kind, payload = item
+        if kind == "heartbeat":
+            agent_id, seq = payload
+            if self.crashed.get(agent_id, math.inf) <= t:
+                return None  # crashed: silence
+            self.at(t + HEARTBEAT_MS, ("heartbeat", (agent_id, seq + 1)))
+            return AgentStatusChanged(f"{agent_id}:{seq}", agent_id, seq, t,
+                                      AgentStatusKind.HEARTBEAT)  # fmt: skip
+        report, agent_id = payload
+        return None if self.crashed.get(agent_id, math.inf) <= t else report  # vanished mid-task
 
+    def _report(self, t: int, d: Decision, suffix: str, outcome: TaskOutcome) -> None:
+        agent = d.agent_id or ""
+        report = TaskReported(f"{d.decision_id}:{suffix}", t, d.decision_id, d.load_id, agent,
+                              outcome, retryable=True)  # fmt: skip
+        self.at(t, ("report", (report, agent)))
 
-def _observe(d: Decision, t: int, world: _World, rng: np.random.Generator, sc: Scenario,
-             profiles: dict[str, AgentProfile],
-             at: Callable[[int, Event | tuple[str, Any]], None], state: PoolState) -> None:  # fmt: skip
-    if d.outcome in FINAL_OUTCOMES:
-        world.finals.setdefault(d.load_id, (d.outcome, t))
-    if d.outcome is not Outcome.ASSIGNED or d.agent_id is None:
-        return
-    world.first_assigned.setdefault(d.load_id, t)
-    world.assigned_by_tenant[d.tenant] = world.assigned_by_tenant.get(d.tenant, 0) + 1
-    world.score += d.score or 0.0
-    agent = d.agent_id
-    accept_at = t + ACCEPT_DELAY_MS
-    if rng.random() >= sc.accept_share:
-        at(
-            accept_at,
-            (
-                "report",
-                (
-                    TaskReported(
-                        f"{d.decision_id}:no",
-                        accept_at,
-                        d.decision_id,
-                        d.load_id,
-                        agent,
-                        TaskOutcome.DECLINED,
-                    ),
-                    agent,
-                ),
-            ),
+    def _observe(self, d: Decision, t: int) -> None:
+        w, sc, rng = self.world, self.sc, self.rng
+        if d.outcome in FINAL_OUTCOMES:
+            w.finals.setdefault(d.load_id, (d.outcome, t))
+        if d.outcome is Outcome.REQUEUED:
+            w.requeues[d.reason] = w.requeues.get(d.reason, 0) + 1
+        if d.outcome is not Outcome.ASSIGNED or d.agent_id is None:
+            return
+        w.first_assigned.setdefault(d.load_id, t)
+        w.assigned_by_tenant[d.tenant] = w.assigned_by_tenant.get(d.tenant, 0) + 1
+        w.score += d.score or 0.0
+        accept_at = t + ACCEPT_DELAY_MS
+        if rng.random() >= sc.accept_share:
+            self._report(accept_at, d, "no", TaskOutcome.DECLINED)
+            return
+        self._report(accept_at, d, "ok", TaskOutcome.ACCEPTED)
+        spec = self.state.loads[d.load_id].spec
+        run_ms = int(spec.duration_ms / self.profiles[d.agent_id].speed * rng.lognormal(0, 0.1))
+        w.busy_ms += run_ms
+        ok = rng.random() < sc.success_share
+        self._report(
+            accept_at + run_ms, d, "end", TaskOutcome.SUCCESS if ok else TaskOutcome.FAILED
         )
-        return  # fmt: skip
-    at(accept_at, ("report", (TaskReported(f"{d.decision_id}:ok", accept_at, d.decision_id,
-                                           d.load_id, agent, TaskOutcome.ACCEPTED), agent)))  # fmt: skip
-    spec = state.loads[d.load_id].spec
-    run_ms = int(spec.duration_ms / profiles[agent].speed * rng.lognormal(0, 0.1))
-    done_at = accept_at + run_ms
-    world.busy_ms += run_ms
-    ok = rng.random() < sc.success_share
-    outcome = TaskOutcome.SUCCESS if ok else TaskOutcome.FAILED
-    at(done_at, ("report", (TaskReported(f"{d.decision_id}:end", done_at, d.decision_id,
-                                         d.load_id, agent, outcome, retryable=True), agent)))  # fmt: skip
 
 
 def _pct(values: list[int], q: float) -> float | None:
@@ -271,8 +278,10 @@ def _max_min_fair(
     return alloc
 
 
-def _metrics(sc: Scenario, w: _World, state: PoolState, end_ms: int, slots: int,
-             decisions: int, core_s: float) -> dict[str, Any]:  # fmt: skip
+def _metrics(  # noqa: PLR0917 - one caller, and it has all of them
+    sc: Scenario, w: _World, state: PoolState, end_ms: int, slots: int, core_s: float
+) -> dict[str, Any]:
+    decisions = w.decisions
     outcomes: dict[str, int] = {}
     for outcome, _ in w.finals.values():
         outcomes[outcome.value] = outcomes.get(outcome.value, 0) + 1
@@ -308,6 +317,7 @@ def _metrics(sc: Scenario, w: _World, state: PoolState, end_ms: int, slots: int,
         "loads": {"arrived": len(w.arrived), "assigned": len(w.first_assigned),
                   "outcomes": dict(sorted(outcomes.items())), "shed_or_expired": expired,
                   "pending_at_end": len(state.pending), "in_flight_at_end": len(state.in_flight)},
+        "requeued": dict(sorted(w.requeues.items())),
         "sla_compliance_pct": sla,
         "wait_ms": waits,
         "tenant_wait_ms": tenant_waits,

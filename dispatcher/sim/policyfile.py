@@ -1,0 +1,42 @@
+"""A policy from a YAML file: any field of ``dispatcher.core.Policy`` by name."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dispatcher.core import Policy
+from dispatcher.errors import ConfigError
+
+__all__ = ["load_policy"]
+
+
+def load_policy(path: Path, base: Policy) -> Policy:
+    """``base`` with the fields the file sets.
+
+    Raises:
+        ConfigError: unreadable file, unknown field, or a value of the wrong kind.
+    """
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the policy: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: a policy file is a mapping of Policy fields")
+    fields = {f.name: f for f in dataclasses.fields(Policy)}
+    unknown = sorted(set(doc) - set(fields))
+    if unknown:
+        raise ConfigError(f"{path}: unknown policy field(s): {', '.join(unknown)}")
+    values: dict[str, Any] = dict(doc)
+    for name in ("disabled_constraints",):
+        if name in values:
+            values[name] = frozenset(values[name])
+    if "tenant_deny" in values:
+        values["tenant_deny"] = {t: frozenset(a) for t, a in values["tenant_deny"].items()}
+    try:
+        return dataclasses.replace(base, **values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
