@@ -8,6 +8,7 @@ input order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from dispatcher.core.policy import CONSTRAINTS, SCORE_TERMS, Policy
+from dispatcher.core.policy import SCORE_TERMS, Policy
 from dispatcher.core.types import AgentProfile, LoadSpec
 
 __all__ = ["AgentStatus", "AgentTable", "Match"]
@@ -95,10 +96,18 @@ class AgentTable:
     zone: npt.NDArray[np.int32]  # -1: none
     seq: npt.NDArray[np.int64]  # the newest agent event applied
     last_seen: npt.NDArray[np.int64]  # event time of the last sign of life
+    # Kept up to date by upsert/set_status/add_load, so matching recomputes nothing
+    # that only depends on the agent:
+    open: npt.NDArray[np.bool_]  # available and below capacity
+    inv_caps: npt.NDArray[np.float64]  # 1 / (1 + capabilities): the fit term's agent part
+    balance: npt.NDArray[np.float64]  # 1 - active / capacity
+    speed_term: npt.NDArray[np.float64]  # speed / (1 + speed)
 
     def __init__(self, capacity_hint: int = 64) -> None:
         self.ids: list[str] = []
         self.row: dict[str, int] = {}
+        self.open_count = 0  # agents that can take a load now
+        self.available_count = 0
         self._caps_vocab, self._region_vocab, self._zone_vocab = _Vocab(), _Vocab(), _Vocab()
         self._alloc(max(8, capacity_hint), cap_words=1, region_words=1, dims=0)
 
@@ -125,6 +134,10 @@ class AgentTable:
         self.zone = grow(get("zone"), (rows,), np.int32, -1)
         self.seq = grow(get("seq"), (rows,), np.int64, -1)
         self.last_seen = grow(get("last_seen"), (rows,), np.int64)
+        self.open = grow(get("open"), (rows,), np.bool_)
+        self.inv_caps = grow(get("inv_caps"), (rows,), np.float64, 1.0)
+        self.balance = grow(get("balance"), (rows,), np.float64)
+        self.speed_term = grow(get("speed_term"), (rows,), np.float64, 0.5)
 
     @property
     def n(self) -> int:
@@ -168,7 +181,29 @@ class AgentTable:
         self.zone[row] = self._zone_vocab.bits({profile.zone})[0] if profile.zone else -1
         self.seq[row] = seq
         self.last_seen[row] = time_ms
+        self.inv_caps[row] = 1.0 / (1.0 + len(cap_bits))
+        self.speed_term[row] = profile.speed / (1.0 + profile.speed)
+        self._refresh(row)
         return row
+
+    def set_status(self, row: int, status: AgentStatus) -> None:
+        self.available_count += int(status == _AVAILABLE) - int(self.status[row] == _AVAILABLE)
+        self.status[row] = status
+        self._refresh(row)
+
+    def add_load(self, row: int, risk: float, sign: int) -> None:
+        """Counts a load in (sign 1) or out (sign -1) of the agent's active set."""
+        self.active[row] += sign
+        used = float(self.risk_used[row]) + sign * risk
+        self.risk_used[row] = used if used > 1e-12 else 0.0
+        self._refresh(row)
+
+    def _refresh(self, row: int) -> None:
+        cap = int(self.capacity[row])
+        self.balance[row] = 1.0 - int(self.active[row]) / max(cap, 1)
+        now_open = bool(self.status[row] == _AVAILABLE and self.active[row] < cap)
+        self.open_count += int(now_open) - int(self.open[row])
+        self.open[row] = now_open
 
     # -- matching -------------------------------------------------------------------
 
@@ -181,26 +216,37 @@ class AgentTable:
         removed from those the earlier ones left, so the counts add up.
         """
         n = self.n
-        masks: dict[str, Bool | None] = {
-            "status": self.status[:n] == _AVAILABLE,
-            "capacity": self.active[:n] < self.capacity[:n],
-            "capability": self._has_all(load.required),
-            "clearance": self.clearance[:n] >= int(load.sensitivity),
-            "region": self._in_region(load.region),
-            "risk": (self.risk_budget[:n] - self.risk_used[:n] >= load.risk)
-            & (self.max_risk[:n] >= load.risk),
-            "tenant_deny": self._allowed(denied) if denied else None,
-        }
-        remaining = np.ones(n, np.bool_)
-        excluded = []
-        for name in CONSTRAINTS:
-            mask = masks[name]
-            if mask is None or not policy.enforced(name):
+        status_on, capacity_on = policy.enforced("status"), policy.enforced("capacity")
+        if status_on and capacity_on:  # the common case, from counts kept up to date
+            remaining = self.open[:n].copy()
+            excluded = [("status", n - self.available_count),
+                        ("capacity", self.available_count - self.open_count)]  # fmt: skip
+            left = self.open_count
+        else:
+            remaining = np.ones(n, np.bool_)
+            if status_on:
+                remaining &= self.status[:n] == _AVAILABLE
+            if capacity_on:
+                remaining &= self.active[:n] < self.capacity[:n]
+            left = int(np.count_nonzero(remaining))
+            excluded = [("status", n - left if status_on else 0), ("capacity", 0)]
+        checks: tuple[tuple[str, Callable[[], Bool | None]], ...] = (
+            ("capability", lambda: self._has_all(load.required)),
+            ("clearance", lambda: self.clearance[:n] >= int(load.sensitivity)),
+            ("region", lambda: self._in_region(load.region)),
+            ("risk", lambda: (self.risk_budget[:n] - self.risk_used[:n] >= load.risk)
+             & (self.max_risk[:n] >= load.risk)),
+            ("tenant_deny", lambda: self._allowed(denied) if denied else None),
+        )  # fmt: skip
+        for name, check in checks:
+            mask = check() if left and policy.enforced(name) else None
+            if mask is None:
                 excluded.append((name, 0))
                 continue
-            before = int(remaining.sum())
             remaining &= mask
-            excluded.append((name, before - int(remaining.sum())))
+            now = int(np.count_nonzero(remaining))
+            excluded.append((name, left - now))
+            left = now
         return remaining, tuple(excluded)
 
     def _has_all(self, required: frozenset[str]) -> Bool:
@@ -211,6 +257,10 @@ class AgentTable:
         if bits is None:  # a capability no agent ever declared
             return np.zeros(n, np.bool_)
         need = _mask(bits, self.caps.shape[1])
+        if need.shape[0] == 1:  # one word: a 1-D test, much cheaper than all(axis=1)
+            word = need[0]
+            one: Bool = (self.caps[:n, 0] & word) == word
+            return one
         has: Bool = np.all((self.caps[:n] & need) == need, axis=1)
         return has
 
@@ -229,46 +279,43 @@ class AgentTable:
                 allowed[row] = False
         return allowed
 
+    def terms(
+        self, rows: npt.NDArray[np.intp], load: LoadSpec, now_ms: int, affinity_row: int | None
+    ) -> dict[str, Floats]:
+        """Each score term (unweighted, in [0, 1]) of each row for ``load``."""
+        k = len(rows)
+        none = np.zeros(k)
+        emb = none
+        dims = self.embedding.shape[1]
+        if load.intent and dims:
+            intent = np.zeros(dims, np.float32)
+            m = min(len(load.intent), dims)
+            intent[:m] = load.intent[:m]
+            norm = float(np.linalg.norm(intent))
+            if norm:
+                emb = ((self.embedding[rows] @ (intent / norm)).astype(np.float64) + 1.0) / 2.0
+        zone = self._zone_vocab.index.get(load.zone) if load.zone else None
+        tight = 0.0
+        if load.deadline_ms is not None:
+            slack = load.deadline_ms - now_ms - load.duration_ms
+            tight = 1.0 if slack <= 0 else min(1.0, load.duration_ms / slack)
+        return {
+            "embedding": emb,
+            "capability_fit": (1.0 + len(load.required)) * self.inv_caps[rows],
+            "balance": self.balance[rows],
+            "locality": (self.zone[rows] == zone).astype(np.float64) if zone is not None else none,
+            "affinity": (rows == affinity_row).astype(np.float64)
+            if affinity_row is not None
+            else none,
+            "speed": tight * self.speed_term[rows] if tight else none,
+        }
+
     def score(
         self, rows: npt.NDArray[np.intp], load: LoadSpec, policy: Policy, now_ms: int,
         affinity_row: int | None,
     ) -> tuple[Floats, dict[str, Floats]]:  # fmt: skip
         """Weighted score of each row for ``load``, and each term's weighted part."""
-        terms: dict[str, Floats] = {}
-        if load.intent and self.embedding.shape[1]:
-            intent = np.zeros(self.embedding.shape[1], np.float32)
-            k = min(len(load.intent), intent.shape[0])
-            intent[:k] = load.intent[:k]
-            norm = float(np.linalg.norm(intent))
-            if norm:
-                cos = (self.embedding[rows] @ (intent / norm)).astype(np.float64)
-                terms["embedding"] = (cos + 1.0) / 2.0
-            else:
-                terms["embedding"] = np.zeros(len(rows))
-        else:
-            terms["embedding"] = np.zeros(len(rows))
-        terms["capability_fit"] = (1.0 + len(load.required)) / (
-            1.0 + self.cap_count[rows].astype(np.float64)
-        )
-        cap = np.maximum(self.capacity[rows], 1).astype(np.float64)
-        terms["balance"] = 1.0 - self.active[rows] / cap
-        zone = self._zone_vocab.index.get(load.zone) if load.zone else None
-        terms["locality"] = (
-            (self.zone[rows] == zone).astype(np.float64)
-            if zone is not None
-            else np.zeros(len(rows))
-        )
-        terms["affinity"] = (
-            (rows == affinity_row).astype(np.float64)
-            if affinity_row is not None
-            else np.zeros(len(rows))
-        )
-        if load.deadline_ms is not None:
-            slack = load.deadline_ms - now_ms - load.duration_ms
-            tight = 1.0 if slack <= 0 else min(1.0, load.duration_ms / slack)
-            terms["speed"] = tight * self.speed[rows] / (1.0 + self.speed[rows])
-        else:
-            terms["speed"] = np.zeros(len(rows))
+        terms = self.terms(rows, load, now_ms, affinity_row)
         parts = {t: policy.weight(t) * terms[t] for t in SCORE_TERMS}
         total = np.zeros(len(rows))
         for t in SCORE_TERMS:  # a fixed order: float sums are not associative
@@ -284,7 +331,12 @@ class AgentTable:
         rows = np.flatnonzero(ok)
         if len(rows) == 0:
             return Match(None, None, (), 0, excluded, None, None)
-        total, parts = self.score(rows, load, policy, now_ms, affinity_row)
+        terms = self.terms(rows, load, now_ms, affinity_row)
+        total = np.zeros(len(rows))
+        for t in SCORE_TERMS:  # a fixed order: float sums are not associative
+            w = policy.weight(t)
+            if w:
+                total += w * terms[t]
         best = int(np.argmax(total))  # the first maximum: the lowest row
         runner_up = margin = None
         if len(rows) > 1:
@@ -295,7 +347,7 @@ class AgentTable:
         return Match(
             row=int(rows[best]),
             score=float(total[best]),
-            parts=tuple((t, float(parts[t][best])) for t in SCORE_TERMS),
+            parts=tuple((t, policy.weight(t) * float(terms[t][best])) for t in SCORE_TERMS),
             candidates=len(rows),
             excluded=excluded,
             runner_up=runner_up,

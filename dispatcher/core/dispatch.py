@@ -165,11 +165,11 @@ class PoolState:
         t.seq[row] = e.seq
         t.last_seen[row] = max(int(t.last_seen[row]), e.time_ms)
         if e.kind is AgentStatusKind.AVAILABLE:
-            t.status[row] = AgentStatus.AVAILABLE
+            t.set_status(row, AgentStatus.AVAILABLE)
         elif e.kind is AgentStatusKind.DRAINING:
-            t.status[row] = AgentStatus.DRAINING
+            t.set_status(row, AgentStatus.DRAINING)
         elif e.kind is AgentStatusKind.OFFLINE:
-            t.status[row] = AgentStatus.OFFLINE
+            t.set_status(row, AgentStatus.OFFLINE)
             self._requeue_agent(e.agent_id, "AGENT_OFFLINE", e.source, out)
         if e.kind is not AgentStatusKind.HEARTBEAT:
             self.epoch += 1
@@ -259,7 +259,7 @@ class PoolState:
         alive = (t.status[:n] == AgentStatus.AVAILABLE) | (t.status[:n] == AgentStatus.DRAINING)
         lost = np.flatnonzero(alive & (t.last_seen[:n] + p.heartbeat_timeout_ms < now))
         for row in lost:
-            t.status[row] = AgentStatus.LOST
+            t.set_status(int(row), AgentStatus.LOST)
             self._requeue_agent(t.ids[row], "AGENT_LOST", e.source, out)
         for ls in [x for x in self.in_flight.values() if x.status is LoadStatus.ASSIGNED]:
             if ls.assigned_ms + p.ack_timeout_ms < now:
@@ -321,10 +321,7 @@ class PoolState:
                 self.deferred -= 1
 
     def _free_capacity(self) -> bool:
-        t, n = self.agents, self.agents.n
-        return bool(
-            np.any((t.status[:n] == AgentStatus.AVAILABLE) & (t.active[:n] < t.capacity[:n]))
-        )
+        return self.agents.open_count > 0
 
     def _drain(self, source: Source, out: list[Decision]) -> None:
         """Serves waiting loads, in order of service, while agents have room."""
@@ -389,8 +386,7 @@ class PoolState:
             ls.failed_epoch = self.epoch
             return
         agent_id = t.ids[m.row]
-        t.active[m.row] += 1
-        t.risk_used[m.row] += spec.risk
+        t.add_load(m.row, spec.risk, 1)
         self._dequeue(ls)
         ls.status, ls.agent, ls.assigned_ms = LoadStatus.ASSIGNED, agent_id, self.now_ms
         self.in_flight[spec.load_id] = ls
@@ -411,8 +407,7 @@ class PoolState:
         if ls.agent is None:
             return
         row = self.agents.row[ls.agent]
-        self.agents.active[row] -= 1
-        self.agents.risk_used[row] = max(0.0, float(self.agents.risk_used[row]) - ls.spec.risk)
+        self.agents.add_load(row, ls.spec.risk, -1)
         self.held[ls.agent].pop(ls.spec.load_id, None)
         self.in_flight.pop(ls.spec.load_id, None)
         ls.agent, ls.decision_id = None, None
