@@ -322,34 +322,55 @@ class AgentTable:
             total = total + parts[t]
         return total, parts
 
-    def match(
+    def evaluate(
         self, load: LoadSpec, policy: Policy, now_ms: int, *,
         denied: frozenset[str] = frozenset(), affinity_row: int | None = None,
-    ) -> Match:  # fmt: skip
-        """The best agent for ``load`` under ``policy``: ties go to the earliest registered."""
+    ) -> Scored:  # fmt: skip
+        """Every agent that qualifies for ``load``, with its weighted score."""
         ok, excluded = self.feasible(load, policy, denied)
         rows = np.flatnonzero(ok)
-        if len(rows) == 0:
-            return Match(None, None, (), 0, excluded, None, None)
         terms = self.terms(rows, load, now_ms, affinity_row)
         total = np.zeros(len(rows))
         for t in SCORE_TERMS:  # a fixed order: float sums are not associative
             w = policy.weight(t)
             if w:
                 total += w * terms[t]
-        best = int(np.argmax(total))  # the first maximum: the lowest row
+        return Scored(rows, total, terms, excluded)
+
+    def match(
+        self, load: LoadSpec, policy: Policy, now_ms: int, *,
+        denied: frozenset[str] = frozenset(), affinity_row: int | None = None,
+    ) -> Match:  # fmt: skip
+        """The best agent for ``load`` under ``policy``: ties go to the earliest registered."""
+        scored = self.evaluate(load, policy, now_ms, denied=denied, affinity_row=affinity_row)
+        if len(scored.rows) == 0:
+            return Match(None, None, (), 0, scored.excluded, None, None)
+        return scored.pick(int(np.argmax(scored.total)), policy)  # the first maximum: lowest row
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """The agents that qualify for one load, and their scores."""
+
+    rows: npt.NDArray[np.intp]
+    total: Floats
+    terms: dict[str, Floats]
+    excluded: tuple[tuple[str, int], ...]
+
+    def pick(self, i: int, policy: Policy) -> Match:
+        """The match that chooses candidate ``i``; the runner-up is the best of the others."""
         runner_up = margin = None
-        if len(rows) > 1:
-            second = total.copy()
-            second[best] = -np.inf
-            r = int(np.argmax(second))
-            runner_up, margin = int(rows[r]), float(total[best] - total[r])
+        if len(self.rows) > 1:
+            others = self.total.copy()
+            others[i] = -np.inf
+            r = int(np.argmax(others))
+            runner_up, margin = int(self.rows[r]), float(self.total[i] - self.total[r])
         return Match(
-            row=int(rows[best]),
-            score=float(total[best]),
-            parts=tuple((t, policy.weight(t) * float(terms[t][best])) for t in SCORE_TERMS),
-            candidates=len(rows),
-            excluded=excluded,
+            row=int(self.rows[i]),
+            score=float(self.total[i]),
+            parts=tuple((t, policy.weight(t) * float(self.terms[t][i])) for t in SCORE_TERMS),
+            candidates=len(self.rows),
+            excluded=self.excluded,
             runner_up=runner_up,
             margin=margin,
         )

@@ -15,6 +15,7 @@ from enum import StrEnum
 import numpy as np
 
 from dispatcher.core.agents import AgentStatus, AgentTable, Match
+from dispatcher.core.batch import solve
 from dispatcher.core.policy import DEFAULT_POLICY, Policy
 from dispatcher.core.queue import ServiceQueue, latest_start
 from dispatcher.core.types import (
@@ -113,6 +114,7 @@ class PoolState:
         self.seen: dict[str, int] = {}  # event key -> event time (duplicates change nothing)
         self.orphans: dict[str, int] = {}  # decisions about unknown load ids, per id
         self.deferred = 0
+        self.last_batch_ms = -(10**18)
         self.epoch = 0  # grows whenever agents' ability to take loads may have grown
         self.arrivals = 0
 
@@ -208,6 +210,8 @@ class PoolState:
             m = ls.last_match if ls.failed_epoch == self.epoch else None
             m = m or self._match(ls)[0]
             reason = "NO_CANDIDATE" if m.row is None else "WAITING_TURN"
+            if m.row is not None and self.policy.mode == "batched":
+                reason = "BATCH_WINDOW"
             out.append(self._decision(ls, Outcome.QUEUED, reason, e.source, m))
 
     def _on_load_cancelled(self, e: LoadCancelled, out: list[Decision]) -> None:
@@ -271,6 +275,9 @@ class PoolState:
                     self._finish(ls, Outcome.SHED, "EXPIRED", e.source, out)
         self._prune(now - p.dedupe_window_ms)
         self.epoch += 1  # waits, backoffs and deadlines move with time
+        if p.mode == "batched" and now - self.last_batch_ms >= p.batch_window_ms:
+            self.last_batch_ms = now
+            self._batch(e.source, out)
         self._drain(e.source, out)
 
     def _on_policy_changed(self, e: PolicyChanged, out: list[Decision]) -> None:
@@ -335,8 +342,11 @@ class PoolState:
         self.queue.escalate(self.now_ms)
         limit, tries = self.policy.drain_limit, 0
         free = self._free_capacity()  # changes only when this loop assigns
+        critical_only = self.policy.mode == "batched"  # the rest waits for the batch
         while free and tries < limit:
-            load_id = self.queue.pop(self.served, tenant_first=self.policy.tenant_first)
+            load_id = self.queue.pop(
+                self.served, tenant_first=self.policy.tenant_first, critical_only=critical_only
+            )
             if load_id is None:
                 break
             ls = self.pending[load_id]
@@ -379,27 +389,76 @@ class PoolState:
         return m, waiting
 
     def _try_assign(self, ls: LoadState, source: Source, out: list[Decision]) -> None:
-        spec, p, t = ls.spec, self.policy, self.agents
         m, waiting = self._match(ls)
         ls.last_match = m
         if m.row is None:
             ls.failed_epoch = self.epoch
             return
+        self._assign(ls, m, "AFFINITY" if waiting else "BEST_SCORE", source, out)
+
+    def _assign(self, ls: LoadState, m: Match, reason: str, source: Source,
+                out: list[Decision]) -> None:  # fmt: skip
+        spec, t = ls.spec, self.agents
+        assert m.row is not None  # noqa: S101 - callers pass a match that chose an agent
         agent_id = t.ids[m.row]
         t.add_load(m.row, spec.risk, 1)
         self._dequeue(ls)
         ls.status, ls.agent, ls.assigned_ms = LoadStatus.ASSIGNED, agent_id, self.now_ms
+        ls.last_match = m
         self.in_flight[spec.load_id] = ls
         self.held.setdefault(agent_id, {})[spec.load_id] = None
-        self.served[spec.tenant] = self.served.get(spec.tenant, 0.0) + 1.0 / p.tenant_weight(
-            spec.tenant
-        )
+        weight = self.policy.tenant_weight(spec.tenant)
+        self.served[spec.tenant] = self.served.get(spec.tenant, 0.0) + 1.0 / weight
         if spec.session_id:
             self.sessions[spec.session_id] = agent_id
-        reason = "AFFINITY" if waiting else "BEST_SCORE"
         d = self._decision(ls, Outcome.ASSIGNED, reason, source, m, agent=agent_id)
         ls.decision_id = d.decision_id
         out.append(d)
+
+    def _batch(self, source: Source, out: list[Decision]) -> None:
+        """Assigns the next loads in service order together, maximising their total score.
+
+        Up to one load per free slot is taken in service order (so a batch never
+        reorders classes or tenants); each keeps its best ``batch_candidates``
+        agents, and ``batch.solve`` picks the pairs.
+        """
+        p, t = self.policy, self.agents
+        self.parked_epoch = -1  # the batch looks at every waiting load again
+        self._unpark()
+        self.queue.escalate(self.now_ms)
+        open_rows = np.flatnonzero(t.open[: t.n])
+        slots = int((t.capacity[open_rows] - t.active[open_rows]).sum())
+        loads: list[LoadState] = []
+        while len(loads) < min(slots, p.batch_max_loads):
+            load_id = self.queue.pop(self.served, tenant_first=p.tenant_first)
+            if load_id is None:
+                break
+            loads.append(self.pending[load_id])
+        if not loads:
+            return
+        scored = [
+            t.evaluate(
+                ls.spec, p, self.now_ms, denied=p.tenant_deny.get(ls.spec.tenant, frozenset())
+            )
+            for ls in loads
+        ]
+        keep = [np.argsort(-s.total, kind="stable")[: p.batch_candidates] for s in scored]
+        candidates = [
+            [(int(s.rows[i]), float(s.total[i])) for i in k]
+            for s, k in zip(scored, keep, strict=True)
+        ]
+        free = {
+            row: int(t.capacity[row] - t.active[row]) for pairs in candidates for row, _ in pairs
+        }
+        for ls, s, row in zip(loads, scored, solve(candidates, free), strict=True):
+            if row is None:
+                ls.last_match = Match(None, None, (), len(s.rows), s.excluded, None, None)
+                ls.failed_epoch = self.epoch
+                self.parked.append(ls)
+                self.parked_epoch = self.epoch
+            else:
+                i = int(np.flatnonzero(s.rows == row)[0])
+                self._assign(ls, s.pick(i, p), "BATCH_OPTIMAL", source, out)
 
     # -- endings and requeues --------------------------------------------------------------
 

@@ -34,6 +34,8 @@ class Policy:
     version: int = 0
     mode: Literal["greedy", "batched"] = "greedy"
     batch_window_ms: int = 50
+    batch_max_loads: int = 512  # loads solved together in one batch
+    batch_candidates: int = 16  # best agents kept per load in a batch
     weights: Mapping[str, float] = field(
         default_factory=lambda: _frozen(
             {"embedding": 1.0, "capability_fit": 0.5, "balance": 0.5, "locality": 0.2,

@@ -86,7 +86,9 @@ class ServiceQueue:
                     self._add(cls, tenant, -1)
                     self._add(cls - 1, tenant, 1)
 
-    def pop(self, served: Mapping[str, float], *, tenant_first: bool = True) -> str | None:
+    def pop(
+        self, served: Mapping[str, float], *, tenant_first: bool = True, critical_only: bool = False
+    ) -> str | None:
         """Removes and returns the next load to serve, or None when none waits.
 
         Critical loads always go first, across tenants. Below that, with
@@ -95,6 +97,8 @@ class ServiceQueue:
         classes); without it, classes are strict across tenants too.
         """
         groups = [(0,), (1, 2, 3)] if tenant_first else [(0,), (1,), (2,), (3,)]
+        if critical_only:
+            groups = [(0,)]
         for classes in groups:
             live = {t for cls in classes for t in self._count[cls]}
             if not live:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -136,15 +136,24 @@ def _fingerprint(state: PoolState) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-def _run(script: list[tuple[Any, ...]]) -> tuple[list[Decision], PoolState, list[Event]]:
-    state, model = PoolState("p", POLICY), Model()
+BATCHED = replace(POLICY, mode="batched", batch_window_ms=150)
+
+
+def _run(
+    script: list[tuple[Any, ...]], policy: Policy = POLICY
+) -> tuple[list[Decision], PoolState, list[Event]]:
+    state, model = PoolState("p", policy), Model()
     history: list[Event] = []
     decisions: list[Decision] = []
     finals: dict[str, Outcome] = {}
     now = 0
     for n, step in enumerate(script):
         now += step[1] if step[0] == "tick" else 1
-        for event in _events(step, state, now, n, history):
+        events = _events(step, state, now, n, history)
+        if policy.mode == "batched" and step[0] != "tick":
+            now += 40
+            events.append(Tick(now))  # batches run on ticks: give them many
+        for event in events:
             before = _fingerprint(state)
             repeat = event in history
             stale = isinstance(event, (AgentRegistered, AgentStatusChanged)) and (
@@ -207,10 +216,18 @@ def test_invariants_hold_over_random_event_sequences(script: list[tuple[Any, ...
     _run(script)
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(steps, min_size=1, max_size=80))
-def test_the_same_events_give_the_same_decisions(script: list[tuple[Any, ...]]) -> None:
-    decisions, _, history = _run(script)
-    fresh = PoolState("p", POLICY)
+def test_invariants_hold_in_batched_mode(script: list[tuple[Any, ...]]) -> None:
+    _run(script, BATCHED)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(steps, min_size=1, max_size=80), st.sampled_from([POLICY, BATCHED]))
+def test_the_same_events_give_the_same_decisions(
+    script: list[tuple[Any, ...]], policy: Policy
+) -> None:
+    decisions, _, history = _run(script, policy)
+    fresh = PoolState("p", policy)
     replayed = [d for e in history for d in fresh.apply(e)]
     assert replayed == decisions
