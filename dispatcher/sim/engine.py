@@ -38,7 +38,7 @@ from dispatcher.core import (
 )
 from dispatcher.sim.scenarios import Scenario
 
-__all__ = ["SIM_POLICY", "SimReport", "simulate"]
+__all__ = ["SIM_POLICY", "SimReport", "Simulation", "simulate"]
 
 POOL = "sim"
 TICK_MS = 200
@@ -73,6 +73,7 @@ class _World:
     score: float = 0.0
     decisions: int = 0
     requeues: dict[str, int] = field(default_factory=dict)
+    first_score: dict[str, float] = field(default_factory=dict)  # score of each load's first match
 
 
 def _agents(sc: Scenario, rng: np.random.Generator) -> list[tuple[str, AgentProfile]]:
@@ -102,13 +103,15 @@ def simulate(
     progress: Callable[[float], None] | None = None,
 ) -> SimReport:
     """Runs ``sc`` with ``seed`` under ``policy``; returns the metrics and the decision digest."""
-    return _Simulation(sc, seed, policy).run(progress)
+    return Simulation(sc, seed, policy).run(progress)
 
 
 _Item = Event | tuple[str, Any]
 
 
-class _Simulation:
+class Simulation:
+    """One run; ``simulate`` is the usual way in, benchmarks look inside."""
+
     def __init__(self, sc: Scenario, seed: int, policy: Policy) -> None:
         self.sc, self.seed, self.policy = sc, seed, policy
         self.rng = np.random.default_rng(seed)
@@ -236,6 +239,7 @@ class _Simulation:
         if d.outcome is not Outcome.ASSIGNED or d.agent_id is None:
             return
         w.first_assigned.setdefault(d.load_id, t)
+        w.first_score.setdefault(d.load_id, d.score or 0.0)
         w.assigned_by_tenant[d.tenant] = w.assigned_by_tenant.get(d.tenant, 0) + 1
         w.score += d.score or 0.0
         accept_at = t + ACCEPT_DELAY_MS
