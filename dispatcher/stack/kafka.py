@@ -11,7 +11,6 @@ import base64
 import shutil
 import subprocess
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -194,29 +193,12 @@ class LocalKafka:
         self.fetch()
         self._write_config()
         self._format()
-        pid = self.process.start(self._jvm(MAIN_CLASS, str(self.config_file)), cwd=self.home)
-        try:
-            self._wait_ready(pid, timeout)
-        except BaseException:  # Ctrl-C included: never leave a half-started broker behind
-            self.process.stop()
-            raise
+        self.process.start_ready(
+            self._jvm(MAIN_CLASS, str(self.config_file)),
+            lambda: READY_MARKER in tail(self.process.log_file, 400),
+            what="the Kafka broker", timeout=timeout, poll=0.2, cwd=self.home,
+        )  # fmt: skip
         return True
-
-    def _wait_ready(self, pid: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while READY_MARKER not in tail(self.process.log_file, 400):
-            if self.process.exited(pid):
-                self.process.pid_file.unlink(missing_ok=True)
-                raise StackError(
-                    f"the Kafka broker exited during start-up; log {self.process.log_file}:\n"
-                    + tail(self.process.log_file)
-                )
-            if time.monotonic() > deadline:
-                raise StackError(
-                    f"the Kafka broker was not ready after {timeout:.0f}s; "
-                    f"log {self.process.log_file}:\n" + tail(self.process.log_file)
-                )
-            time.sleep(0.2)
 
     def down(self) -> bool:
         """Stops the broker. False if it was not running."""

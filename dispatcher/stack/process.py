@@ -12,7 +12,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,6 +133,44 @@ class ManagedProcess:
         stat = _stat(proc.pid)
         self.pid_file.write_text(f"{proc.pid} {stat[1] if stat else -1}\n")
         return proc.pid
+
+    def start_ready(
+        self,
+        argv: Sequence[str],
+        ready: Callable[[], bool],
+        *,
+        what: str,
+        timeout: float,
+        poll: float = 0.1,
+        cwd: Path | None = None,
+    ) -> int:
+        """Starts the process and waits until ``ready()``; stops it again if that fails.
+
+        Raises:
+            StackError: it exited during start-up, or was not ready in ``timeout`` s
+                (the log tail says why). Whatever the failure, Ctrl-C included,
+                no half-started server is left behind.
+        """
+        pid = self.start(argv, cwd=cwd)
+        try:
+            deadline = time.monotonic() + timeout
+            while not ready():
+                if self.exited(pid):
+                    self.pid_file.unlink(missing_ok=True)
+                    raise StackError(
+                        f"{what} exited during start-up; log {self.log_file}:\n"
+                        + tail(self.log_file)
+                    )
+                if time.monotonic() > deadline:
+                    raise StackError(
+                        f"{what} was not ready after {timeout:.0f}s; log {self.log_file}:\n"
+                        + tail(self.log_file)
+                    )
+                time.sleep(poll)
+        except BaseException:
+            self.stop()
+            raise
+        return pid
 
     def exited(self, pid: int) -> bool:
         """True when the process has ended (and reaps it if it is our child)."""

@@ -7,13 +7,12 @@ Kafka rebuilds, so it runs without persistence.
 from __future__ import annotations
 
 import shutil
-import time
 
 import redis
 
 from dispatcher.errors import StackError
 from dispatcher.settings import LOOPBACK, Settings
-from dispatcher.stack.process import ManagedProcess, port_open, tail
+from dispatcher.stack.process import ManagedProcess, port_open
 
 __all__ = ["LocalRedis", "redis_ping"]
 
@@ -68,30 +67,13 @@ class LocalRedis:
                 "Debian's redis-server) or set REDIS_URL to a Redis you run"
             )
         self.home.mkdir(parents=True, exist_ok=True)
-        pid = self.process.start(
+        self.process.start_ready(
             [server, "--bind", LOOPBACK, "--port", str(port), "--dir", str(self.home),
              "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes"],
-            cwd=self.home,
+            lambda: redis_ping(self.url, timeout=0.5),
+            what="redis-server", timeout=timeout, poll=0.05, cwd=self.home,
         )  # fmt: skip
-        try:
-            self._wait_ready(pid, timeout)
-        except BaseException:  # Ctrl-C included: never leave a half-started server behind
-            self.process.stop()
-            raise
         return True
-
-    def _wait_ready(self, pid: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not redis_ping(self.url, timeout=0.5):
-            if self.process.exited(pid):
-                self.process.pid_file.unlink(missing_ok=True)
-                raise StackError(
-                    f"redis-server exited during start-up; log {self.process.log_file}:\n"
-                    + tail(self.process.log_file)
-                )
-            if time.monotonic() > deadline:
-                raise StackError(f"redis-server did not answer PING after {timeout:.0f}s")
-            time.sleep(0.05)
 
     def down(self) -> bool:
         """Stops redis-server. False if it was not running."""
