@@ -108,6 +108,11 @@ class AgentTable:
         self.row: dict[str, int] = {}
         self.open_count = 0  # agents that can take a load now
         self.available_count = 0
+        # Capability bit -> the rows that have it (an inverted index), and sorted arrays
+        # of them built when first needed after a change.
+        self._cap_rows: dict[int, set[int]] = {}
+        self._cap_array: dict[int, npt.NDArray[np.intp]] = {}
+        self._row_bits: list[list[int]] = []
         self._caps_vocab, self._region_vocab, self._zone_vocab = _Vocab(), _Vocab(), _Vocab()
         self._alloc(max(8, capacity_hint), cap_words=1, region_words=1, dims=0)
 
@@ -161,7 +166,15 @@ class AgentTable:
             row = self.n
             self.ids.append(agent_id)
             self.row[agent_id] = row
+            self._row_bits.append([])
         cap_bits = self._caps_vocab.bits(profile.capabilities)
+        for bit in self._row_bits[row]:
+            self._cap_rows[bit].discard(row)
+            self._cap_array.pop(bit, None)
+        for bit in cap_bits:
+            self._cap_rows.setdefault(bit, set()).add(row)
+            self._cap_array.pop(bit, None)
+        self._row_bits[row] = cap_bits
         region_bits = self._region_vocab.bits(profile.regions)
         self._fit(rows=row + 1, cap_words=len(self._caps_vocab.index) // 64 + 1,
                   region_words=len(self._region_vocab.index) // 64 + 1,
@@ -209,74 +222,85 @@ class AgentTable:
 
     def feasible(
         self, load: LoadSpec, policy: Policy, denied: frozenset[str] = frozenset()
-    ) -> tuple[Bool, tuple[tuple[str, int], ...]]:
-        """Which agents pass every enforced hard constraint, and how many each excluded.
+    ) -> tuple[npt.NDArray[np.intp], tuple[tuple[str, int], ...]]:
+        """The rows of the agents that pass every enforced hard constraint, in row order,
+        and how many agents each constraint excluded.
 
         Constraints apply in CONSTRAINTS order; each counts the agents it
         removed from those the earlier ones left, so the counts add up.
+        Capabilities come from an inverted index, so the later checks look
+        only at agents that have them.
         """
         n = self.n
         status_on, capacity_on = policy.enforced("status"), policy.enforced("capacity")
         if status_on and capacity_on:  # the common case, from counts kept up to date
-            remaining = self.open[:n].copy()
+            base: Bool = self.open[:n]
             excluded = [("status", n - self.available_count),
                         ("capacity", self.available_count - self.open_count)]  # fmt: skip
             left = self.open_count
         else:
-            remaining = np.ones(n, np.bool_)
+            mask = np.ones(n, np.bool_)
             if status_on:
-                remaining &= self.status[:n] == _AVAILABLE
+                mask &= self.status[:n] == _AVAILABLE
             if capacity_on:
-                remaining &= self.active[:n] < self.capacity[:n]
-            left = int(np.count_nonzero(remaining))
+                mask &= self.active[:n] < self.capacity[:n]
+            left = int(np.count_nonzero(mask))
             excluded = [("status", n - left if status_on else 0), ("capacity", 0)]
-        checks: tuple[tuple[str, Callable[[], Bool | None]], ...] = (
-            ("capability", lambda: self._has_all(load.required)),
-            ("clearance", lambda: self.clearance[:n] >= int(load.sensitivity)),
-            ("region", lambda: self._in_region(load.region)),
-            ("risk", lambda: (self.risk_budget[:n] - self.risk_used[:n] >= load.risk)
-             & (self.max_risk[:n] >= load.risk)),
-            ("tenant_deny", lambda: self._allowed(denied) if denied else None),
+            base = mask
+        if policy.enforced("capability") and load.required:
+            capable = self._capable(load.required)
+            rows = capable[base[capable]]
+        else:
+            rows = np.flatnonzero(base)
+        excluded.append(("capability", left - len(rows)))
+        left = len(rows)
+        checks: tuple[tuple[str, Callable[[npt.NDArray[np.intp]], Bool | None]], ...] = (
+            ("clearance", lambda r: self.clearance[r] >= int(load.sensitivity)),
+            ("region", lambda r: self._in_region(load.region, r)),
+            ("risk", lambda r: (self.risk_budget[r] - self.risk_used[r] >= load.risk)
+             & (self.max_risk[r] >= load.risk)),
+            ("tenant_deny", lambda r: self._allowed(denied, r) if denied else None),
         )  # fmt: skip
         for name, check in checks:
-            mask = check() if left and policy.enforced(name) else None
-            if mask is None:
+            keep = check(rows) if left and policy.enforced(name) else None
+            if keep is None:
                 excluded.append((name, 0))
                 continue
-            remaining &= mask
-            now = int(np.count_nonzero(remaining))
-            excluded.append((name, left - now))
-            left = now
-        return remaining, tuple(excluded)
+            rows = rows[keep]
+            excluded.append((name, left - len(rows)))
+            left = len(rows)
+        return rows, tuple(excluded)
 
-    def _has_all(self, required: frozenset[str]) -> Bool:
-        n = self.n
-        if not required:
-            return np.ones(n, np.bool_)
+    def _capable(self, required: frozenset[str]) -> npt.NDArray[np.intp]:
+        """Rows having every capability in ``required``, ascending."""
         bits = self._caps_vocab.known(required)
         if bits is None:  # a capability no agent ever declared
-            return np.zeros(n, np.bool_)
-        need = _mask(bits, self.caps.shape[1])
-        if need.shape[0] == 1:  # one word: a 1-D test, much cheaper than all(axis=1)
-            word = need[0]
-            one: Bool = (self.caps[:n, 0] & word) == word
-            return one
-        has: Bool = np.all((self.caps[:n] & need) == need, axis=1)
-        return has
+            return np.zeros(0, np.intp)
+        arrays = sorted((self._rows_with(b) for b in bits), key=len)
+        rows = arrays[0]
+        for other in arrays[1:]:
+            rows = np.intersect1d(rows, other, assume_unique=True)
+        return rows
 
-    def _in_region(self, region: str) -> Bool:
+    def _rows_with(self, bit: int) -> npt.NDArray[np.intp]:
+        cached = self._cap_array.get(bit)
+        if cached is None:
+            cached = np.array(sorted(self._cap_rows.get(bit, ())), dtype=np.intp)
+            self._cap_array[bit] = cached
+        return cached
+
+    def _in_region(self, region: str, rows: npt.NDArray[np.intp]) -> Bool:
         bit = self._region_vocab.index.get(region)
         if bit is None:
-            return np.zeros(self.n, np.bool_)
+            return np.zeros(len(rows), np.bool_)
         word, shift = divmod(bit, 64)
-        return ((self.regions[: self.n, word] >> np.uint64(shift)) & np.uint64(1)).astype(np.bool_)
+        bits = (self.regions[rows, word] >> np.uint64(shift)) & np.uint64(1)
+        inside: Bool = bits.astype(np.bool_)
+        return inside
 
-    def _allowed(self, denied: frozenset[str]) -> Bool:
-        allowed = np.ones(self.n, np.bool_)
-        for agent_id in denied:
-            row = self.row.get(agent_id)
-            if row is not None:
-                allowed[row] = False
+    def _allowed(self, denied: frozenset[str], rows: npt.NDArray[np.intp]) -> Bool:
+        denied_rows = [r for a in denied if (r := self.row.get(a)) is not None]
+        allowed: Bool = ~np.isin(rows, denied_rows)
         return allowed
 
     def terms(
@@ -327,8 +351,7 @@ class AgentTable:
         denied: frozenset[str] = frozenset(), affinity_row: int | None = None,
     ) -> Scored:  # fmt: skip
         """Every agent that qualifies for ``load``, with its weighted score."""
-        ok, excluded = self.feasible(load, policy, denied)
-        rows = np.flatnonzero(ok)
+        rows, excluded = self.feasible(load, policy, denied)
         terms = self.terms(rows, load, now_ms, affinity_row)
         total = np.zeros(len(rows))
         for t in SCORE_TERMS:  # a fixed order: float sums are not associative
@@ -361,10 +384,11 @@ class Scored:
         """The match that chooses candidate ``i``; the runner-up is the best of the others."""
         runner_up = margin = None
         if len(self.rows) > 1:
-            others = self.total.copy()
-            others[i] = -np.inf
-            r = int(np.argmax(others))
-            runner_up, margin = int(self.rows[r]), float(self.total[i] - self.total[r])
+            best = self.total[i]
+            self.total[i] = -np.inf  # hide the chosen one for a moment
+            r = int(np.argmax(self.total))
+            self.total[i] = best
+            runner_up, margin = int(self.rows[r]), float(best - self.total[r])
         return Match(
             row=int(self.rows[i]),
             score=float(self.total[i]),

@@ -81,7 +81,7 @@ def _failed(state: PoolState, row: int, spec: LoadSpec, denied: frozenset[str]) 
         if not state.policy.enforced(constraint):
             continue
         alone = replace(state.policy, disabled_constraints=frozenset(CONSTRAINTS) - {constraint})
-        ok, _ = state.agents.feasible(spec, alone, denied)
-        if not ok[row]:
+        rows, _ = state.agents.feasible(spec, alone, denied)
+        if row not in rows:
             failed.append(constraint)
     return tuple(failed)
