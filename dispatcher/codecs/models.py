@@ -76,6 +76,8 @@ def _float32(values: list[float]) -> list[float]:
 
 Embedding = Annotated[list[float], Field(max_length=MAX_EMBEDDING_DIM), AfterValidator(_float32)]
 Version = Annotated[int, Field(ge=1, le=2**31 - 1)]
+# A version decisions were made under: 0 is the built-in default policy.
+UsedVersion = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 
 class Record(BaseModel):
@@ -299,7 +301,7 @@ class Assignment(Record):
     pool: Name
     tenant: Name
     attempt: Annotated[int, Field(ge=1)]
-    policy_version: Version
+    policy_version: UsedVersion
     priority: Priority
     event_time_ms: EpochMs
     deadline_ms: EpochMs | None = None
@@ -321,8 +323,8 @@ class DecisionOutcome(StrEnum):
 
 class InputPosition(Record):
     topic: Topic
-    partition: Count
-    offset: Annotated[int, Field(ge=0)]
+    partition: Annotated[int, Field(ge=-1)]  # -1: the input has no position (made offline)
+    offset: Annotated[int, Field(ge=-1)]
 
 
 class DecisionRecord(Record):
@@ -333,7 +335,7 @@ class DecisionRecord(Record):
     outcome: DecisionOutcome
     reason_code: Code
     agent_id: Id | None = None
-    policy_version: Version
+    policy_version: UsedVersion
     event_time_ms: EpochMs
     input: InputPosition
     score: float | None = None

@@ -1,0 +1,120 @@
+"""Between the edge's records and the core's values: events in, decisions out.
+
+The core knows nothing of Avro or pydantic; this module is where a validated
+record becomes a core event, and a core decision becomes the DecisionRecord
+(and, for an assignment, the Assignment) that go on the topics.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from dispatcher import core
+from dispatcher.codecs import models as m
+
+__all__ = ["policy_from", "to_event", "to_records"]
+
+_TIMEOUTS = {  # PolicyDocument.timeouts_ms key -> core.Policy field
+    "ack": "ack_timeout_ms",
+    "heartbeat": "heartbeat_timeout_ms",
+    "affinity_wait": "affinity_wait_ms",
+    "expire_after_deadline": "expire_after_deadline_ms",
+    "dedupe_window": "dedupe_window_ms",
+}
+
+
+def policy_from(update: m.PolicyUpdate) -> core.Policy:
+    """The core policy a PolicyUpdate describes (unknown timeout names are ignored)."""
+    doc = update.document
+    timeouts = {_TIMEOUTS[k]: v for k, v in doc.timeouts_ms.items() if k in _TIMEOUTS}
+    return core.Policy(
+        version=update.version,
+        mode="batched" if doc.matching_mode is m.MatchingMode.BATCHED else "greedy",
+        batch_window_ms=doc.batch_window_ms,
+        weights=MappingProxyType(dict(doc.weights)),
+        disabled_constraints=frozenset(c for c, on in doc.constraints.items() if not on),
+        hard_affinity=doc.constraints.get("hard_affinity", False),
+        tenant_weights=MappingProxyType(dict(doc.tenant_weights)),
+        tenant_deny=MappingProxyType({t: frozenset(a) for t, a in doc.tenant_deny.items()}),
+        max_attempts=doc.retry.max_attempts,
+        backoff_base_ms=doc.retry.backoff_base_ms,
+        backoff_max_ms=doc.retry.backoff_max_ms,
+        max_pending=doc.backpressure.max_pending,
+        high_watermark=doc.backpressure.high_watermark,
+        low_watermark=doc.backpressure.low_watermark,
+        **timeouts,  # type: ignore[arg-type]  # field names checked by _TIMEOUTS
+    )
+
+
+def to_event(  # noqa: PLR0911 - one return per kind of input
+    record: m.Record, source: core.types.Source = ("", -1, -1)
+) -> core.Event:
+    """The core event a decoded input record stands for.
+
+    Raises:
+        TypeError: ``record`` is not an input record (a decision, assignment or dead letter).
+    """
+    match record:
+        case m.AgentEvent(profile=p) if p is not None and record.kind in (
+            m.AgentEventKind.REGISTERED, m.AgentEventKind.PROFILE_UPDATED
+        ):  # fmt: skip
+            caps = frozenset(p.tools) | frozenset(p.credentials) | frozenset(p.model_types)
+            profile = core.AgentProfile(
+                capabilities=caps,
+                capacity=p.capacity, personality=tuple(p.personality), risk_budget=p.risk_budget,
+                abstention_threshold=p.abstention_threshold,
+                clearance=core.Sensitivity[p.clearance.value], regions=frozenset(p.regions),
+                zone=p.zone, speed=p.speed,
+            )  # fmt: skip
+            return core.AgentRegistered(record.event_id, record.agent_id, record.seq,
+                                        record.event_time_ms, profile, source)  # fmt: skip
+        case m.AgentEvent():
+            kind = core.AgentStatusKind[record.kind.value]
+            return core.AgentStatusChanged(record.event_id, record.agent_id, record.seq,
+                                           record.event_time_ms, kind, source)  # fmt: skip
+        case m.LoadEvent(load=spec) if spec is not None and record.kind is m.LoadEventKind.ARRIVAL:
+            load = core.LoadSpec(
+                load_id=record.load_id, tenant=record.tenant,
+                priority=core.Priority[spec.priority.value],
+                required=frozenset(spec.required_capabilities), intent=tuple(spec.intent),
+                sensitivity=core.Sensitivity[spec.sensitivity.value], region=spec.region,
+                created_ms=spec.created_at_ms, deadline_ms=spec.deadline_ms,
+                duration_ms=spec.estimated_duration_ms, risk=spec.risk_score,
+                session_id=spec.session_id, zone=spec.zone,
+            )  # fmt: skip
+            return core.LoadArrived(record.idempotency_key, record.event_time_ms, load, source)
+        case m.LoadEvent():
+            return core.LoadCancelled(record.idempotency_key, record.event_time_ms,
+                                      record.load_id, source)  # fmt: skip
+        case m.TaskResult():
+            return core.TaskReported(record.event_id, record.event_time_ms, record.decision_id,
+                                     record.load_id, record.agent_id,
+                                     core.TaskOutcome[record.outcome.value], record.retryable,
+                                     source)  # fmt: skip
+        case m.Tick():
+            return core.Tick(record.event_time_ms, source)
+        case m.PolicyUpdate():
+            return core.PolicyChanged(record.effective_from_ms, policy_from(record), source)
+    raise TypeError(f"{type(record).__name__} is not an input of the core")
+
+
+def to_records(d: core.Decision) -> tuple[m.DecisionRecord, m.Assignment | None]:
+    """The decision-log record of a decision, and the assignment it makes, if any."""
+    topic, partition, offset = d.source
+    record = m.DecisionRecord(
+        decision_id=d.decision_id, pool=d.pool, load_id=d.load_id, attempt=d.attempt,
+        outcome=m.DecisionOutcome[d.outcome.value], reason_code=d.reason, agent_id=d.agent_id,
+        policy_version=d.policy_version, event_time_ms=d.time_ms,
+        input=m.InputPosition(topic=topic or "?", partition=partition, offset=offset),
+        score=d.score, score_parts=dict(d.score_parts), candidates=d.candidates,
+        excluded=dict(d.excluded), runner_up=d.runner_up, margin=d.margin,
+    )  # fmt: skip
+    if d.outcome is not core.Outcome.ASSIGNED or d.agent_id is None or d.ack_by_ms is None:
+        return record, None
+    assignment = m.Assignment(
+        decision_id=d.decision_id, load_id=d.load_id, agent_id=d.agent_id, pool=d.pool,
+        tenant=d.tenant, attempt=d.attempt, policy_version=d.policy_version,
+        priority=m.Priority[d.priority.name], event_time_ms=d.time_ms, deadline_ms=d.deadline_ms,
+        ack_by_ms=d.ack_by_ms,
+    )  # fmt: skip
+    return record, assignment

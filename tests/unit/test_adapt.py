@@ -1,0 +1,97 @@
+"""Records in, core events; core decisions out, records that encode."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import pytest
+
+from dispatcher import core
+from dispatcher.codecs import Codec
+from dispatcher.codecs import models as m
+from dispatcher.codecs.adapt import policy_from, to_event, to_records
+from tests.samples import SAMPLES
+
+CODEC = Codec()
+
+
+@pytest.mark.parametrize(
+    ("edge", "inner"),
+    [
+        (m.Priority, core.Priority),
+        (m.Sensitivity, core.Sensitivity),
+        (m.TaskOutcome, core.TaskOutcome),
+        (m.DecisionOutcome, core.Outcome),
+    ],
+)
+def test_edge_and_core_enums_name_the_same_things(edge: type[Enum], inner: type[Enum]) -> None:
+    assert [e.name for e in edge] == [i.name for i in inner]
+
+
+def test_agent_status_kinds_map_onto_agent_events() -> None:
+    edge = {k.name for k in m.AgentEventKind} - {"REGISTERED", "PROFILE_UPDATED"}
+    assert edge == {k.name for k in core.AgentStatusKind}
+
+
+def test_each_input_record_becomes_its_event() -> None:
+    reg = to_event(SAMPLES["AgentEvent"][0], ("agent-availability", 1, 5))
+    assert isinstance(reg, core.AgentRegistered)
+    assert reg.profile.capabilities == {"python", "sql", "github", "llm-large"}
+    assert reg.profile.clearance is core.Sensitivity.CONFIDENTIAL
+    assert reg.source == ("agent-availability", 1, 5)
+    beat = to_event(SAMPLES["AgentEvent"][1])
+    assert isinstance(beat, core.AgentStatusChanged)
+    assert beat.kind is core.AgentStatusKind.HEARTBEAT
+    arrival = to_event(SAMPLES["LoadEvent"][0])
+    assert isinstance(arrival, core.LoadArrived)
+    assert (arrival.key, arrival.load.priority, arrival.load.deadline_ms) == (
+        "k1",
+        core.Priority.HIGH,
+        1_700_000_060_000,
+    )
+    assert isinstance(to_event(SAMPLES["LoadEvent"][1]), core.LoadCancelled)
+    result = to_event(SAMPLES["TaskResult"][0])
+    assert isinstance(result, core.TaskReported)
+    assert (result.outcome, result.retryable) == (core.TaskOutcome.FAILED, True)
+    assert isinstance(to_event(SAMPLES["Tick"][0]), core.Tick)
+    with pytest.raises(TypeError, match="Assignment is not an input"):
+        to_event(SAMPLES["Assignment"][0])
+
+
+def test_a_policy_update_becomes_a_core_policy() -> None:
+    update = SAMPLES["PolicyUpdate"][0]
+    assert isinstance(update, m.PolicyUpdate)
+    policy = policy_from(update)
+    assert (policy.version, policy.mode, policy.batch_window_ms) == (2, "batched", 50)
+    assert policy.weight("embedding") == 1.0
+    assert policy.tenant_weight("acme") == 2.0
+    assert policy.tenant_deny["globex"] == frozenset({"agent-7"})
+    assert (policy.ack_timeout_ms, policy.heartbeat_timeout_ms) == (5000, 15000)
+    assert (policy.max_attempts, policy.max_pending, policy.low_watermark) == (3, 10_000, 6_000)
+
+
+def test_records_through_the_core_and_back_to_records() -> None:
+    state = core.PoolState("pool-a")
+    inputs = [
+        SAMPLES["AgentEvent"][0],
+        m.AgentEvent(event_id="e9", kind=m.AgentEventKind.AVAILABLE, agent_id="agent-1",
+                     pool="pool-a", seq=2, event_time_ms=1_700_000_000_000),
+        SAMPLES["LoadEvent"][0],
+    ]  # fmt: skip
+    decisions = []
+    for offset, record in enumerate(inputs):
+        wire = CODEC.decode(CODEC.encode(record))
+        decisions += state.apply(to_event(wire, ("in", 0, offset)))
+    (d,) = decisions
+    assert d.outcome is core.Outcome.ASSIGNED
+    record, assignment = to_records(d)
+    assert assignment is not None
+    assert CODEC.decode(CODEC.encode(record), "DecisionRecord") == record
+    assert CODEC.decode(CODEC.encode(assignment), "Assignment") == assignment
+    assert (record.decision_id, record.policy_version) == (assignment.decision_id, 0)
+    assert record.input == m.InputPosition(topic="in", partition=0, offset=2)
+    assert record.excluded == dict(d.excluded)
+    assert assignment.priority is m.Priority.HIGH
+    queued, none = to_records(core.PoolState("p").apply(to_event(SAMPLES["LoadEvent"][0]))[0])
+    assert (queued.outcome, none) == (m.DecisionOutcome.QUEUED, None)
+    assert queued.input.partition == -1
