@@ -35,6 +35,7 @@ def policy_from(update: m.PolicyUpdate) -> core.Policy:
         disabled_constraints=frozenset(c for c, on in doc.constraints.items() if not on),
         hard_affinity=doc.constraints.get("hard_affinity", False),
         tenant_weights=MappingProxyType(dict(doc.tenant_weights)),
+        tenant_quotas=MappingProxyType(dict(doc.tenant_quotas)),
         tenant_deny=MappingProxyType({t: frozenset(a) for t, a in doc.tenant_deny.items()}),
         max_attempts=doc.retry.max_attempts,
         backoff_base_ms=doc.retry.backoff_base_ms,

@@ -110,6 +110,7 @@ class PoolState:
         self.held: dict[str, dict[str, None]] = {}  # agent -> its loads in flight
         self.sessions: dict[str, str] = {}  # session -> the agent that served it last
         self.served: dict[str, float] = {}  # tenant -> assignments / weight (fair share)
+        self.running: dict[str, int] = {}  # tenant -> loads in flight (quotas)
         self.backlog: dict[str, int] = {}  # tenant -> pending loads
         self.seen: dict[str, int] = {}  # event key -> event time (duplicates change nothing)
         self.orphans: dict[str, int] = {}  # decisions about unknown load ids, per id
@@ -210,6 +211,8 @@ class PoolState:
             m = ls.last_match if ls.failed_epoch == self.epoch else None
             m = m or self._match(ls)[0]
             reason = "NO_CANDIDATE" if m.row is None else "WAITING_TURN"
+            if m.row is not None and spec.tenant in self._at_quota():
+                reason = "TENANT_QUOTA"
             if m.row is not None and self.policy.mode == "batched":
                 reason = "BATCH_WINDOW"
             out.append(self._decision(ls, Outcome.QUEUED, reason, e.source, m))
@@ -345,8 +348,9 @@ class PoolState:
         critical_only = self.policy.mode == "batched"  # the rest waits for the batch
         while free and tries < limit:
             load_id = self.queue.pop(
-                self.served, tenant_first=self.policy.tenant_first, critical_only=critical_only
-            )
+                self.served, tenant_first=self.policy.tenant_first, critical_only=critical_only,
+                skip=self._at_quota(),
+            )  # fmt: skip
             if load_id is None:
                 break
             ls = self.pending[load_id]
@@ -357,6 +361,16 @@ class PoolState:
                 self.parked_epoch = self.epoch
             else:
                 free = self._free_capacity()
+
+    def _at_quota(self, extra: dict[str, int] | None = None) -> frozenset[str]:
+        """Tenants whose loads in flight (plus ``extra``) have reached their quota."""
+        quotas = self.policy.tenant_quotas
+        if not quotas:
+            return frozenset()
+        return frozenset(
+            t for t, q in quotas.items()
+            if self.running.get(t, 0) + (extra or {}).get(t, 0) >= q
+        )  # fmt: skip
 
     def _unpark(self) -> None:
         """Returns to the queue the loads that may match now."""
@@ -407,6 +421,7 @@ class PoolState:
         ls.last_match = m
         self.in_flight[spec.load_id] = ls
         self.held.setdefault(agent_id, {})[spec.load_id] = None
+        self.running[spec.tenant] = self.running.get(spec.tenant, 0) + 1
         weight = self.policy.tenant_weight(spec.tenant)
         self.served[spec.tenant] = self.served.get(spec.tenant, 0.0) + 1.0 / weight
         if spec.session_id:
@@ -429,11 +444,15 @@ class PoolState:
         open_rows = np.flatnonzero(t.open[: t.n])
         slots = int((t.capacity[open_rows] - t.active[open_rows]).sum())
         loads: list[LoadState] = []
+        taken: dict[str, int] = {}
         while len(loads) < min(slots, p.batch_max_loads):
-            load_id = self.queue.pop(self.served, tenant_first=p.tenant_first)
+            load_id = self.queue.pop(self.served, tenant_first=p.tenant_first,
+                                     skip=self._at_quota(taken))  # fmt: skip
             if load_id is None:
                 break
-            loads.append(self.pending[load_id])
+            ls = self.pending[load_id]
+            taken[ls.spec.tenant] = taken.get(ls.spec.tenant, 0) + 1
+            loads.append(ls)
         if not loads:
             return
         scored = [
@@ -467,6 +486,7 @@ class PoolState:
             return
         row = self.agents.row[ls.agent]
         self.agents.add_load(row, ls.spec.risk, -1)
+        self.running[ls.spec.tenant] -= 1
         self.held[ls.agent].pop(ls.spec.load_id, None)
         self.in_flight.pop(ls.spec.load_id, None)
         ls.agent, ls.decision_id = None, None

@@ -48,6 +48,7 @@ class Policy:
     # tenant's high-priority work cannot starve another); False: classes strict.
     tenant_first: bool = True
     tenant_weights: Mapping[str, float] = field(default_factory=_frozen)
+    tenant_quotas: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     tenant_deny: Mapping[str, frozenset[str]] = field(default_factory=lambda: MappingProxyType({}))
     ack_timeout_ms: int = 30_000
     heartbeat_timeout_ms: int = 60_000
@@ -64,7 +65,7 @@ class Policy:
 
     def __post_init__(self) -> None:
         # Read-only views of private copies: a policy cannot change under a decision.
-        for name in ("weights", "tenant_weights", "tenant_deny"):
+        for name in ("weights", "tenant_weights", "tenant_quotas", "tenant_deny"):
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
 
     def weight(self, term: str) -> float:

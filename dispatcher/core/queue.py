@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 
 __all__ = ["ServiceQueue", "latest_start"]
 
@@ -87,7 +87,12 @@ class ServiceQueue:
                     self._add(cls - 1, tenant, 1)
 
     def pop(
-        self, served: Mapping[str, float], *, tenant_first: bool = True, critical_only: bool = False
+        self,
+        served: Mapping[str, float],
+        *,
+        tenant_first: bool = True,
+        critical_only: bool = False,
+        skip: Set[str] = frozenset(),
     ) -> str | None:
         """Removes and returns the next load to serve, or None when none waits.
 
@@ -100,7 +105,7 @@ class ServiceQueue:
         if critical_only:
             groups = [(0,)]
         for classes in groups:
-            live = {t for cls in classes for t in self._count[cls]}
+            live = {t for cls in classes for t in self._count[cls]} - skip
             if not live:
                 continue
             tenant = min(live, key=lambda t: (served.get(t, 0.0), t))

@@ -66,6 +66,7 @@ def test_a_policy_update_becomes_a_core_policy() -> None:
     assert policy.weight("embedding") == 1.0
     assert policy.tenant_weight("acme") == 2.0
     assert policy.tenant_deny["globex"] == frozenset({"agent-7"})
+    assert policy.tenant_quotas == {"acme": 100}
     assert (policy.ack_timeout_ms, policy.heartbeat_timeout_ms) == (5000, 15000)
     assert (policy.max_attempts, policy.max_pending, policy.low_watermark) == (3, 10_000, 6_000)
 

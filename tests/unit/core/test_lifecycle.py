@@ -188,3 +188,25 @@ def test_backpressure_defers_low_sheds_at_the_limit_and_admits_critical() -> Non
     (shed,) = state.apply(arrive("L4", 5))
     assert (shed.outcome, shed.reason) == (Outcome.SHED, "QUEUE_FULL")
     assert state.apply(arrive("crit", 6, priority=Priority.CRITICAL))[0].outcome is Outcome.QUEUED
+
+
+def test_a_tenant_at_its_quota_waits_while_others_are_served() -> None:
+    state = one_agent(Policy(tenant_quotas={"acme": 1}), capacity=3)
+    first = assigned(state, "a1", 1, tenant="acme")
+    (held,) = state.apply(arrive("a2", 2, tenant="acme"))
+    assert (held.outcome, held.reason) == (Outcome.QUEUED, "TENANT_QUOTA")
+    assert assigned(state, "g1", 3, tenant="globex").agent_id == "a1"
+    freed = state.apply(report(first.decision_id, "a1", "a1", TaskOutcome.SUCCESS, time_ms=4))
+    assert [(d.load_id, d.outcome) for d in freed] == [
+        ("a1", Outcome.COMPLETED),
+        ("a2", Outcome.ASSIGNED),
+    ]
+
+
+def test_quotas_hold_in_batched_mode_too() -> None:
+    policy = Policy(tenant_quotas={"acme": 1}, mode="batched", batch_window_ms=10)
+    state = one_agent(policy, capacity=3)
+    for i in range(3):
+        state.apply(arrive(f"a{i}", i, tenant="acme"))
+    out = state.apply(tick(100))
+    assert [d.load_id for d in out if d.outcome is Outcome.ASSIGNED] == ["a0"]

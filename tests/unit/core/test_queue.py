@@ -7,9 +7,11 @@ import math
 from dispatcher.core.queue import ServiceQueue
 
 
-def drain(q: ServiceQueue, served: dict[str, float] | None = None, **kw: bool) -> list[str]:
+def drain(
+    q: ServiceQueue, served: dict[str, float] | None = None, *, tenant_first: bool = True
+) -> list[str]:
     out = []
-    while (load_id := q.pop(served or {}, **kw)) is not None:
+    while (load_id := q.pop(served or {}, tenant_first=tenant_first)) is not None:
         out.append(load_id)
     return out
 
@@ -69,3 +71,12 @@ def test_below_critical_the_least_served_tenant_goes_first_unless_classes_are_st
     served = {"flood": 50.0, "small": 1.0}
     assert drain(fill(), served) == ["flood-crit", "small-low", "flood-high"]
     assert drain(fill(), served, tenant_first=False) == ["flood-crit", "flood-high", "small-low"]
+
+
+def test_tenants_at_their_quota_are_passed_over() -> None:
+    q = ServiceQueue()
+    q.push("a", "full", 0, 0, math.inf)
+    q.push("b", "free", 3, 1, math.inf)
+    assert q.pop({}, skip=frozenset({"full"})) == "b"
+    assert q.pop({}, skip=frozenset({"full"})) is None
+    assert q.pop({}) == "a"
