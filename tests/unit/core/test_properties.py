@@ -33,8 +33,10 @@ AGENTS = [f"a{i}" for i in range(4)]
 LOADS = [f"L{i}" for i in range(12)]
 CAPS = ["py", "sql", "go"]
 REGIONS = ["eu", "us"]
-POLICY = Policy(max_attempts=3, backoff_base_ms=10, ack_timeout_ms=500, heartbeat_timeout_ms=800,
-                max_pending=6, high_watermark=4, low_watermark=2)  # fmt: skip
+POLICY = Policy(
+    max_attempts=3, backoff_base_ms=10, ack_timeout_ms=500, heartbeat_timeout_ms=800,
+    max_pending=6, high_watermark=4, low_watermark=2, tenant_quotas={"t0": 2},
+)  # fmt: skip
 
 caps = st.frozensets(st.sampled_from(CAPS), max_size=2)
 profiles = st.builds(
@@ -205,6 +207,12 @@ def _check(state: PoolState, model: Model, out: list[Decision], finals: dict[str
             assert spec.region in prof.regions
             assert spec.risk <= prof.abstention_threshold * prof.risk_budget
             assert t.status[row] != 0, "assigned to an agent that never became available"
+            quota = state.policy.tenant_quotas.get(spec.tenant)
+            assert quota is None or state.running[spec.tenant] <= quota, "over the tenant quota"
+    in_flight: dict[str, int] = {}
+    for ls in state.in_flight.values():
+        in_flight[ls.spec.tenant] = in_flight.get(ls.spec.tenant, 0) + 1
+    assert {k: v for k, v in state.running.items() if v} == in_flight
     for agent_id, row in t.row.items():  # bookkeeping agrees with itself
         assert t.active[row] == len(state.held.get(agent_id, {}))
         assert t.risk_used[row] <= t.risk_budget[row] + 1e-9 or t.active[row] > 0
