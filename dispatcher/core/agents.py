@@ -320,9 +320,14 @@ class AgentTable:
                 emb = ((self.embedding[rows] @ (intent / norm)).astype(np.float64) + 1.0) / 2.0
         zone = self._zone_vocab.index.get(load.zone) if load.zone else None
         tight = 0.0
+        fits = none
         if load.deadline_ms is not None:
             slack = load.deadline_ms - now_ms - load.duration_ms
             tight = 1.0 if slack <= 0 else min(1.0, load.duration_ms / slack)
+            # speed = s / (1 + s), so duration / s = duration * (1 - speed) / speed
+            sp = self.speed_term[rows]
+            finish = now_ms + load.duration_ms * (1.0 - sp) / sp
+            fits = (finish <= load.deadline_ms).astype(np.float64)
         return {
             "embedding": emb,
             "capability_fit": (1.0 + len(load.required)) * self.inv_caps[rows],
@@ -332,6 +337,7 @@ class AgentTable:
             if affinity_row is not None
             else none,
             "speed": tight * self.speed_term[rows] if tight else none,
+            "deadline_fit": fits,
         }
 
     def score(

@@ -20,7 +20,15 @@ CONSTRAINTS = (
     "tenant_deny",
 )
 # Soft score terms, each in [0, 1], summed with the policy's weights.
-SCORE_TERMS = ("embedding", "capability_fit", "balance", "locality", "affinity", "speed")
+SCORE_TERMS = (
+    "embedding",
+    "capability_fit",
+    "balance",
+    "locality",
+    "affinity",
+    "speed",
+    "deadline_fit",  # 1 when the agent's expected finish (duration / speed) meets the deadline
+)
 
 
 def _frozen(d: dict[str, float] | None = None) -> MappingProxyType[str, float]:
@@ -39,7 +47,7 @@ class Policy:
     weights: Mapping[str, float] = field(
         default_factory=lambda: _frozen(
             {"embedding": 1.0, "capability_fit": 0.5, "balance": 0.5, "locality": 0.2,
-             "affinity": 0.5, "speed": 0.3}
+             "affinity": 0.5, "speed": 0.3, "deadline_fit": 1.0}
         )
     )  # fmt: skip
     disabled_constraints: frozenset[str] = frozenset()

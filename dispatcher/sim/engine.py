@@ -74,6 +74,7 @@ class _World:
     decisions: int = 0
     requeues: dict[str, int] = field(default_factory=dict)
     first_score: dict[str, float] = field(default_factory=dict)  # score of each load's first match
+    retried: set[str] = field(default_factory=set)  # loads requeued (declined, failed, lost, ...)
 
 
 def _agents(sc: Scenario, rng: np.random.Generator) -> list[tuple[str, AgentProfile]]:
@@ -236,6 +237,7 @@ class Simulation:
             w.finals.setdefault(d.load_id, (d.outcome, t))
         if d.outcome is Outcome.REQUEUED:
             w.requeues[d.reason] = w.requeues.get(d.reason, 0) + 1
+            w.retried.add(d.load_id)
         if d.outcome is not Outcome.ASSIGNED or d.agent_id is None:
             return
         w.first_assigned.setdefault(d.load_id, t)
@@ -297,15 +299,19 @@ def _metrics(  # noqa: PLR0917 - one caller, and it has all of them
         waits[prio.name.lower()] = {"n": len(ws), "p50": _pct(ws, 50), "p95": _pct(ws, 95),
                                     "p99": _pct(ws, 99)}  # fmt: skip
     sla: dict[str, float | None] = {}
+    sla_clean: dict[str, float | None] = {}  # over loads no agent declined, failed or lost
     for prio in Priority:
-        met = due = 0
+        met = due = met_clean = due_clean = 0
         for load_id, (_, p, _, deadline) in w.arrived.items():
             if p is not prio or deadline is None or deadline > end_ms:
                 continue
-            due += 1
             final = w.finals.get(load_id)
-            met += final is not None and final[0] is Outcome.COMPLETED and final[1] <= deadline
+            ok = final is not None and final[0] is Outcome.COMPLETED and final[1] <= deadline
+            due, met = due + 1, met + ok
+            if load_id not in w.retried:
+                due_clean, met_clean = due_clean + 1, met_clean + ok
         sla[prio.name.lower()] = 100.0 * met / due if due else None
+        sla_clean[prio.name.lower()] = 100.0 * met_clean / due_clean if due_clean else None
     weights = dict(sc.tenants)
     demand = {t: float(sum(1 for a in w.arrived.values() if a[2] == t)) for t in weights}
     served = {t: float(w.assigned_by_tenant.get(t, 0)) for t in weights}
@@ -323,6 +329,7 @@ def _metrics(  # noqa: PLR0917 - one caller, and it has all of them
                   "pending_at_end": len(state.pending), "in_flight_at_end": len(state.in_flight)},
         "requeued": dict(sorted(w.requeues.items())),
         "sla_compliance_pct": sla,
+        "sla_without_agent_faults_pct": sla_clean,
         "wait_ms": waits,
         "tenant_wait_ms": tenant_waits,
         "utilisation_pct": 100.0 * min(w.busy_ms, slots * end_ms) / (slots * end_ms),
