@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+from collections import deque
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -114,6 +115,7 @@ class PoolState:
         self.backlog: dict[str, int] = {}  # tenant -> pending loads
         self.seen: dict[str, int] = {}  # event key -> event time (duplicates change nothing)
         self.orphans: dict[str, int] = {}  # decisions about unknown load ids, per id
+        self.finished: deque[tuple[int, str]] = deque()  # (finish time, load id), oldest first
         self.deferred = 0
         self.last_batch_ms = -(10**18)
         self.epoch = 0  # grows whenever agents' ability to take loads may have grown
@@ -124,11 +126,13 @@ class PoolState:
     def apply(self, event: Event) -> list[Decision]:
         """Applies one event; returns the decisions it caused, in order."""
         key = getattr(event, "key", None)
-        if key is not None:
-            if key in self.seen:
-                return []
-            self.seen[key] = event.time_ms
+        if key is not None and key in self.seen:
+            return []
         self.now_ms = max(self.now_ms, event.time_ms)
+        if key is not None:
+            # Stamped with the pool's clock, which never goes back: the oldest key is
+            # always first, so pruning reads from the front.
+            self.seen[key] = self.now_ms
         out: list[Decision] = []
         match event:
             case AgentRegistered():
@@ -292,12 +296,21 @@ class PoolState:
         self._drain(e.source, out)
 
     def _prune(self, before_ms: int) -> None:
-        for key in [k for k, t in self.seen.items() if t < before_ms]:
+        """Forgets event keys and finished loads older than the dedupe window.
+
+        Both are visited oldest first and only as far as they are old, so a
+        tick costs what it removes, not the size of the window.
+        """
+        while self.seen:
+            key, t = next(iter(self.seen.items()))
+            if t >= before_ms:
+                break
             del self.seen[key]
-        for load_id in [
-            i for i, ls in self.loads.items() if ls.final and ls.finished_ms < before_ms
-        ]:
-            del self.loads[load_id]
+        while self.finished and self.finished[0][0] < before_ms:
+            _, load_id = self.finished.popleft()
+            ls = self.loads.get(load_id)
+            if ls is not None and ls.final is not None:
+                del self.loads[load_id]
 
     # -- the queue and matching ------------------------------------------------------------
 
@@ -511,6 +524,7 @@ class PoolState:
         self._release(ls)
         self._dequeue(ls)
         ls.status, ls.final, ls.finished_ms = LoadStatus.FINAL, outcome, self.now_ms
+        self.finished.append((self.now_ms, ls.spec.load_id))
         out.append(self._decision(ls, outcome, reason, source, agent=agent))
 
     # -- decisions ----------------------------------------------------------------------------

@@ -210,3 +210,17 @@ def test_quotas_hold_in_batched_mode_too() -> None:
         state.apply(arrive(f"a{i}", i, tenant="acme"))
     out = state.apply(tick(100))
     assert [d.load_id for d in out if d.outcome is Outcome.ASSIGNED] == ["a0"]
+
+
+def test_event_keys_and_finished_loads_are_forgotten_after_the_window() -> None:
+    state = one_agent(Policy(dedupe_window_ms=1000, heartbeat_timeout_ms=10**9))
+    first = arrive("L1", 0)
+    d = state.apply(first)[0]
+    state.apply(report(d.decision_id, "L1", "a1", TaskOutcome.SUCCESS, time_ms=10))
+    state.apply(tick(500))
+    assert state.apply(first) == []  # still remembered
+    assert "L1" in state.loads
+    state.apply(tick(2000))
+    assert first.key not in state.seen
+    assert "L1" not in state.loads
+    assert len(state.finished) == 0
