@@ -116,6 +116,7 @@ class PoolState:
         self.seen: dict[str, int] = {}  # event key -> event time (duplicates change nothing)
         self.orphans: dict[str, int] = {}  # decisions about unknown load ids, per id
         self.finished: deque[tuple[int, str]] = deque()  # (finish time, load id), oldest first
+        self.ack_due: deque[tuple[int, str, str]] = deque()  # (accept by, load id, decision id)
         self.deferred = 0
         self.last_batch_ms = -(10**18)
         self.epoch = 0  # grows whenever agents' ability to take loads may have grown
@@ -272,8 +273,11 @@ class PoolState:
         for row in lost:
             t.set_status(int(row), AgentStatus.LOST)
             self._requeue_agent(t.ids[row], "AGENT_LOST", e.source, out)
-        for ls in [x for x in self.in_flight.values() if x.status is LoadStatus.ASSIGNED]:
-            if ls.assigned_ms + p.ack_timeout_ms < now:
+        while self.ack_due and self.ack_due[0][0] < now:
+            _, load_id, decision = self.ack_due.popleft()
+            ls = self.loads.get(load_id)
+            # Only if it still waits for the acceptance of that same assignment.
+            if ls is not None and ls.status is LoadStatus.ASSIGNED and ls.decision_id == decision:
                 self._requeue(ls, "ACK_TIMEOUT", e.source, out)
         if p.expire_after_deadline_ms is not None:
             for ls in list(self.pending.values()):
@@ -317,8 +321,8 @@ class PoolState:
     def _enqueue(self, ls: LoadState) -> None:
         tenant = ls.spec.tenant
         if not self.backlog.get(tenant):
-            # A tenant coming back from idle starts level with the busiest-served
-            # backlogged tenant's least, not with credit saved while it was away.
+            # A tenant coming back from idle starts at the least service among the
+            # tenants still waiting, not with credit it saved while it was away.
             floor = min(
                 (self.served.get(u, 0.0) for u, c in self.backlog.items() if c), default=0.0
             )
@@ -441,6 +445,7 @@ class PoolState:
             self.sessions[spec.session_id] = agent_id
         d = self._decision(ls, Outcome.ASSIGNED, reason, source, m, agent=agent_id)
         ls.decision_id = d.decision_id
+        self.ack_due.append((self.now_ms + self.policy.ack_timeout_ms, spec.load_id, d.decision_id))
         out.append(d)
 
     def _batch(self, source: Source, out: list[Decision]) -> None:
