@@ -340,24 +340,19 @@ class AgentTable:
             "deadline_fit": fits,
         }
 
-    def score(
-        self, rows: npt.NDArray[np.intp], load: LoadSpec, policy: Policy, now_ms: int,
-        affinity_row: int | None,
-    ) -> tuple[Floats, dict[str, Floats]]:  # fmt: skip
-        """Weighted score of each row for ``load``, and each term's weighted part."""
-        terms = self.terms(rows, load, now_ms, affinity_row)
-        parts = {t: policy.weight(t) * terms[t] for t in SCORE_TERMS}
-        total = np.zeros(len(rows))
-        for t in SCORE_TERMS:  # a fixed order: float sums are not associative
-            total = total + parts[t]
-        return total, parts
-
     def evaluate(
         self, load: LoadSpec, policy: Policy, now_ms: int, *,
         denied: frozenset[str] = frozenset(), affinity_row: int | None = None,
     ) -> Scored:  # fmt: skip
         """Every agent that qualifies for ``load``, with its weighted score."""
         rows, excluded = self.feasible(load, policy, denied)
+        return self.scored(rows, load, policy, now_ms, affinity_row=affinity_row, excluded=excluded)
+
+    def scored(
+        self, rows: npt.NDArray[np.intp], load: LoadSpec, policy: Policy, now_ms: int, *,
+        affinity_row: int | None = None, excluded: tuple[tuple[str, int], ...] = (),
+    ) -> Scored:  # fmt: skip
+        """The weighted score of ``rows`` for ``load`` (matching and explain both use this)."""
         terms = self.terms(rows, load, now_ms, affinity_row)
         total = np.zeros(len(rows))
         for t in SCORE_TERMS:  # a fixed order: float sums are not associative

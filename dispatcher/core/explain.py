@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from dispatcher.core.dispatch import PoolState
-from dispatcher.core.policy import CONSTRAINTS, SCORE_TERMS
+from dispatcher.core.policy import CONSTRAINTS
 from dispatcher.core.types import LoadSpec
 
 __all__ = ["AgentVerdict", "Explanation", "explain"]
@@ -57,9 +57,8 @@ def explain(state: PoolState, load_id: str, agent_ids: tuple[str, ...] = ()) -> 
         parts: tuple[tuple[str, float], ...] = ()
         gap: float | None = None
         if not failed:
-            total, by_term = t.score(np.array([row]), spec, policy, state.now_ms, None)
-            score = float(total[0])
-            parts = tuple((term, float(by_term[term][0])) for term in SCORE_TERMS)
+            alone = t.scored(np.array([row]), spec, policy, state.now_ms)
+            score, parts = float(alone.total[0]), alone.pick(0, policy).parts
             gap = (m.score - score) if m is not None and m.score is not None else None
         verdicts.append(AgentVerdict(agent_id, failed, score, parts, gap))
     return Explanation(
