@@ -1,0 +1,44 @@
+"""explain: why this agent, and why not that one."""
+
+from __future__ import annotations
+
+from dispatcher.core import Outcome, Policy, PoolState, Sensitivity, explain
+from tests.unit.core.builders import arrive, available, register
+
+
+def test_explain_names_the_failing_constraints_and_scores_the_rest() -> None:
+    state = PoolState("p", Policy())
+    state.apply(register("good", personality=(1.0, 0.0)))
+    state.apply(register("ok", personality=(0.0, 1.0)))
+    state.apply(register("uncleared", clearance=Sensitivity.PUBLIC, regions=frozenset({"us"})))
+    for agent in ("good", "ok", "uncleared"):
+        state.apply(available(agent))
+    (d,) = state.apply(arrive("L1", sensitivity=Sensitivity.CONFIDENTIAL))
+    assert (d.outcome, d.agent_id) == (Outcome.ASSIGNED, "good")
+
+    why = explain(state, "L1", ("good", "ok", "uncleared", "ghost"))
+    assert (why.status, why.agent_id, why.candidates) == ("ASSIGNED", "good", 2)
+    assert dict(why.excluded)["clearance"] == 1
+    good, ok, uncleared, ghost = why.verdicts
+    # The chosen agent now has a full slot, so it fails capacity; the others say why not.
+    assert good.failed == ("capacity",)
+    assert ok.failed == ()
+    assert ok.score is not None
+    assert ok.gap is not None
+    assert ok.gap > 0
+    assert ok.score == sum(v for _, v in ok.parts)
+    assert uncleared.failed == ("clearance", "region")
+    assert ghost.failed == ("unknown_agent",)
+
+
+def test_explain_scores_an_agent_exactly_as_matching_did() -> None:
+    state = PoolState("p", Policy())
+    state.apply(register("a", capacity=2))
+    state.apply(available("a"))
+    state.apply(register("b", personality=(0.5, 0.5)))  # registered, not available
+    (d,) = state.apply(arrive("L1"))
+    (verdict,) = explain(state, "L1", ("a",)).verdicts
+    # The same code computes both, so the score is the same to the last bit,
+    # but for the balance term, which moved when "a" took the load.
+    assert verdict.parts[:2] == d.score_parts[:2]
+    assert dict(verdict.parts)["balance"] < dict(d.score_parts)["balance"]
