@@ -92,6 +92,7 @@ class AgentTable:
     risk_budget: npt.NDArray[np.float64]
     risk_used: npt.NDArray[np.float64]
     max_risk: npt.NDArray[np.float64]  # abstention: the most risk one load may carry
+    risk_room: npt.NDArray[np.float64]  # the most risk the next load may carry
     speed: npt.NDArray[np.float64]
     zone: npt.NDArray[np.int32]  # -1: none
     seq: npt.NDArray[np.int64]  # the newest agent event applied
@@ -135,6 +136,7 @@ class AgentTable:
         self.risk_budget = grow(get("risk_budget"), (rows,), np.float64)
         self.risk_used = grow(get("risk_used"), (rows,), np.float64)
         self.max_risk = grow(get("max_risk"), (rows,), np.float64)
+        self.risk_room = grow(get("risk_room"), (rows,), np.float64)
         self.speed = grow(get("speed"), (rows,), np.float64, 1.0)
         self.zone = grow(get("zone"), (rows,), np.int32, -1)
         self.seq = grow(get("seq"), (rows,), np.int64, -1)
@@ -214,6 +216,7 @@ class AgentTable:
     def _refresh(self, row: int) -> None:
         cap = int(self.capacity[row])
         self.balance[row] = 1.0 - int(self.active[row]) / max(cap, 1)
+        self.risk_room[row] = min(self.risk_budget[row] - self.risk_used[row], self.max_risk[row])
         now_open = bool(self.status[row] == _AVAILABLE and self.active[row] < cap)
         self.open_count += int(now_open) - int(self.open[row])
         self.open[row] = now_open
@@ -249,16 +252,15 @@ class AgentTable:
             base = mask
         if policy.enforced("capability") and load.required:
             capable = self._capable(load.required)
-            rows = capable[base[capable]]
+            rows = capable[base.take(capable)]
         else:
             rows = np.flatnonzero(base)
         excluded.append(("capability", left - len(rows)))
         left = len(rows)
         checks: tuple[tuple[str, Callable[[npt.NDArray[np.intp]], Bool | None]], ...] = (
-            ("clearance", lambda r: self.clearance[r] >= int(load.sensitivity)),
+            ("clearance", lambda r: self.clearance.take(r) >= int(load.sensitivity)),
             ("region", lambda r: self._in_region(load.region, r)),
-            ("risk", lambda r: (self.risk_budget[r] - self.risk_used[r] >= load.risk)
-             & (self.max_risk[r] >= load.risk)),
+            ("risk", lambda r: self.risk_room.take(r) >= load.risk),
             ("tenant_deny", lambda r: self._allowed(denied, r) if denied else None),
         )  # fmt: skip
         for name, check in checks:
@@ -294,7 +296,7 @@ class AgentTable:
         if bit is None:
             return np.zeros(len(rows), np.bool_)
         word, shift = divmod(bit, 64)
-        bits = (self.regions[rows, word] >> np.uint64(shift)) & np.uint64(1)
+        bits = (self.regions[:, word].take(rows) >> np.uint64(shift)) & np.uint64(1)
         inside: Bool = bits.astype(np.bool_)
         return inside
 
@@ -304,8 +306,9 @@ class AgentTable:
         return allowed
 
     def terms(
-        self, rows: npt.NDArray[np.intp], load: LoadSpec, now_ms: int, affinity_row: int | None
-    ) -> dict[str, Floats]:
+        self, rows: npt.NDArray[np.intp], load: LoadSpec, policy: Policy, now_ms: int,
+        affinity_row: int | None,
+    ) -> dict[str, Floats]:  # fmt: skip
         """Each score term (unweighted, in [0, 1]) of each row for ``load``."""
         k = len(rows)
         none = np.zeros(k)
@@ -317,26 +320,31 @@ class AgentTable:
             intent[:m] = load.intent[:m]
             norm = float(np.linalg.norm(intent))
             if norm:
-                emb = ((self.embedding[rows] @ (intent / norm)).astype(np.float64) + 1.0) / 2.0
+                emb = (
+                    (self.embedding.take(rows, axis=0) @ (intent / norm)).astype(np.float64) + 1.0
+                ) / 2.0
         zone = self._zone_vocab.index.get(load.zone) if load.zone else None
-        tight = 0.0
-        fits = none
+        speed = fits = none
         if load.deadline_ms is not None:
             slack = load.deadline_ms - now_ms - load.duration_ms
             tight = 1.0 if slack <= 0 else min(1.0, load.duration_ms / slack)
             # speed = s / (1 + s), so duration / s = duration * (1 - speed) / speed
-            sp = self.speed_term[rows]
-            finish = now_ms + load.duration_ms * (1.0 - sp) / sp
+            sp = self.speed_term.take(rows)
+            finish = now_ms + load.duration_ms * (1.0 - sp) / sp * (1.0 + policy.deadline_margin)
             fits = (finish <= load.deadline_ms).astype(np.float64)
+            if tight:
+                speed = tight * sp
         return {
             "embedding": emb,
-            "capability_fit": (1.0 + len(load.required)) * self.inv_caps[rows],
-            "balance": self.balance[rows],
-            "locality": (self.zone[rows] == zone).astype(np.float64) if zone is not None else none,
+            "capability_fit": (1.0 + len(load.required)) * self.inv_caps.take(rows),
+            "balance": self.balance.take(rows),
+            "locality": (self.zone.take(rows) == zone).astype(np.float64)
+            if zone is not None
+            else none,
             "affinity": (rows == affinity_row).astype(np.float64)
             if affinity_row is not None
             else none,
-            "speed": tight * self.speed_term[rows] if tight else none,
+            "speed": speed,
             "deadline_fit": fits,
         }
 
@@ -353,12 +361,10 @@ class AgentTable:
         affinity_row: int | None = None, excluded: tuple[tuple[str, int], ...] = (),
     ) -> Scored:  # fmt: skip
         """The weighted score of ``rows`` for ``load`` (matching and explain both use this)."""
-        terms = self.terms(rows, load, now_ms, affinity_row)
+        terms = self.terms(rows, load, policy, now_ms, affinity_row)
         total = np.zeros(len(rows))
-        for t in SCORE_TERMS:  # a fixed order: float sums are not associative
-            w = policy.weight(t)
-            if w:
-                total += w * terms[t]
+        for t, w in policy.active_weights:  # a fixed order: float sums are not associative
+            total += w * terms[t]
         return Scored(rows, total, terms, excluded)
 
     def match(
@@ -369,7 +375,7 @@ class AgentTable:
         scored = self.evaluate(load, policy, now_ms, denied=denied, affinity_row=affinity_row)
         if len(scored.rows) == 0:
             return Match(None, None, (), 0, scored.excluded, None, None)
-        return scored.pick(int(np.argmax(scored.total)), policy)  # the first maximum: lowest row
+        return scored.pick(int(scored.total.argmax()), policy)  # the first maximum: lowest row
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,13 +387,27 @@ class Scored:
     terms: dict[str, Floats]
     excluded: tuple[tuple[str, int], ...]
 
+    def best(self, k: int) -> npt.NDArray[np.intp]:
+        """The indexes of the ``k`` best candidates, best first; ties go to the lower row.
+
+        The same as the first ``k`` of a stable sort by descending score, without
+        sorting them all.
+        """
+        n = len(self.total)
+        if n <= k:
+            return np.argsort(-self.total, kind="stable")
+        cut = np.partition(self.total, n - k)[n - k]  # the k-th greatest score
+        above = np.flatnonzero(self.total > cut)
+        chosen = np.concatenate([above, np.flatnonzero(self.total == cut)[: k - len(above)]])
+        return chosen[np.argsort(-self.total[chosen], kind="stable")]
+
     def pick(self, i: int, policy: Policy) -> Match:
         """The match that chooses candidate ``i``; the runner-up is the best of the others."""
         runner_up = margin = None
         if len(self.rows) > 1:
             best = self.total[i]
             self.total[i] = -np.inf  # hide the chosen one for a moment
-            r = int(np.argmax(self.total))
+            r = int(self.total.argmax())
             self.total[i] = best
             runner_up, margin = int(self.rows[r]), float(best - self.total[r])
         return Match(

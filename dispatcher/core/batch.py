@@ -20,28 +20,30 @@ def solve(candidates: list[list[tuple[int, float]]], free: dict[int, int]) -> li
     Returns:
         Per load, the chosen agent row, or None when it gets none.
 
-    Each agent becomes one column per free slot (never more than there are
-    loads); scipy's linear_sum_assignment, which is deterministic, solves
-    the rectangular problem.
+    Each agent becomes one column per free slot, never more than the loads
+    that list it; scipy's linear_sum_assignment, which is deterministic,
+    solves the rectangular problem.
     """
-    first: dict[int, int] = {}
-    width = 0
+    wanted: dict[int, int] = {}  # agent row -> loads listing it, in order of first sight
     for pairs in candidates:
         for row, _ in pairs:
-            if row not in first:
-                first[row] = width
-                width += min(free[row], len(candidates))
+            wanted[row] = wanted.get(row, 0) + 1
+    first: dict[int, tuple[int, int]] = {}  # agent row -> (first column, columns)
+    width = 0
+    for row, count in wanted.items():
+        first[row] = (width, min(free[row], count))
+        width += first[row][1]
     if width == 0:
         return [None] * len(candidates)
     cost = np.full((len(candidates), width), _NO)
     for li, pairs in enumerate(candidates):
         for row, score in pairs:
-            start = first[row]
-            cost[li, start : start + min(free[row], len(candidates))] = -score
+            start, cols = first[row]
+            cost[li, start : start + cols] = -score
     chosen: list[int | None] = [None] * len(candidates)
     col_row = np.empty(width, np.int64)
-    for row, start in first.items():
-        col_row[start : start + min(free[row], len(candidates))] = row
+    for row, (start, cols) in first.items():
+        col_row[start : start + cols] = row
     for li, col in zip(*linear_sum_assignment(cost), strict=True):
         if cost[li, col] < _NO / 2:
             chosen[int(li)] = int(col_row[col])

@@ -212,15 +212,25 @@ class PoolState:
         self._enqueue(ls)
         self._drain(e.source, out)
         if ls.status is LoadStatus.PENDING:
-            # Say why it waits: no agent qualifies, or one does but others come first.
-            m = ls.last_match if ls.failed_epoch == self.epoch else None
-            m = m or self._match(ls)[0]
-            reason = "NO_CANDIDATE" if m.row is None else "WAITING_TURN"
-            if m.row is not None and spec.tenant in self._at_quota():
-                reason = "TENANT_QUOTA"
-            if m.row is not None and self.policy.mode == "batched":
-                reason = "BATCH_WINDOW"
-            out.append(self._decision(ls, Outcome.QUEUED, reason, e.source, m))
+            out.append(self._queued(ls, e.source))
+
+    def _queued(self, ls: LoadState, source: Source) -> Decision:
+        """Says why a load waits: no agent qualifies, or one does but others come first."""
+        p = self.policy
+        if p.mode == "batched" and ls.spec.priority is not Priority.CRITICAL:
+            # Not tried yet: count who qualifies; the batch scores it.
+            rows, excluded = self.agents.feasible(
+                ls.spec, p, p.tenant_deny.get(ls.spec.tenant, frozenset())
+            )
+            counted = Match(None, None, (), len(rows), excluded, None, None)
+            reason = "BATCH_WINDOW" if len(rows) else "NO_CANDIDATE"
+            return self._decision(ls, Outcome.QUEUED, reason, source, counted)
+        last = ls.last_match if ls.failed_epoch == self.epoch else None
+        m = last or self._match(ls)[0]
+        reason = "NO_CANDIDATE" if m.row is None else "WAITING_TURN"
+        if m.row is not None and ls.spec.tenant in self._at_quota():
+            reason = "TENANT_QUOTA"
+        return self._decision(ls, Outcome.QUEUED, reason, source, m)
 
     def _on_load_cancelled(self, e: LoadCancelled, out: list[Decision]) -> None:
         ls = self.loads.get(e.load_id)
@@ -479,10 +489,9 @@ class PoolState:
             )
             for ls in loads
         ]
-        keep = [np.argsort(-s.total, kind="stable")[: p.batch_candidates] for s in scored]
         candidates = [
-            [(int(s.rows[i]), float(s.total[i])) for i in k]
-            for s, k in zip(scored, keep, strict=True)
+            [(int(s.rows[i]), float(s.total[i])) for i in s.best(p.batch_candidates)]
+            for s in scored
         ]
         free = {
             row: int(t.capacity[row] - t.active[row]) for pairs in candidates for row, _ in pairs

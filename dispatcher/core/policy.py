@@ -62,6 +62,9 @@ class Policy:
     heartbeat_timeout_ms: int = 60_000
     affinity_wait_ms: int = 5_000
     expire_after_deadline_ms: int | None = None
+    # deadline_fit counts an agent when its expected finish, with this share of the
+    # expected run time added as a safety margin, meets the deadline.
+    deadline_margin: float = 0.2
     max_attempts: int = 3
     backoff_base_ms: int = 1_000
     backoff_max_ms: int = 60_000
@@ -70,11 +73,15 @@ class Policy:
     max_pending: int = 100_000
     high_watermark: int = 80_000
     low_watermark: int = 60_000
+    # The nonzero weights in SCORE_TERMS order (derived from ``weights``).
+    active_weights: tuple[tuple[str, float], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Read-only views of private copies: a policy cannot change under a decision.
         for name in ("weights", "tenant_weights", "tenant_quotas", "tenant_deny"):
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
+        active = tuple((t, self.weight(t)) for t in SCORE_TERMS if self.weight(t))
+        object.__setattr__(self, "active_weights", active)
 
     def weight(self, term: str) -> float:
         return float(self.weights.get(term, 0.0))

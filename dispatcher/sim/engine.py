@@ -74,6 +74,7 @@ class _World:
     decisions: int = 0
     requeues: dict[str, int] = field(default_factory=dict)
     first_score: dict[str, float] = field(default_factory=dict)  # score of each load's first match
+    first_history: dict[str, float] = field(default_factory=dict)  # its balance + affinity parts
     retried: set[str] = field(default_factory=set)  # loads requeued (declined, failed, lost, ...)
 
 
@@ -242,6 +243,10 @@ class Simulation:
             return
         w.first_assigned.setdefault(d.load_id, t)
         w.first_score.setdefault(d.load_id, d.score or 0.0)
+        parts = dict(d.score_parts)
+        w.first_history.setdefault(
+            d.load_id, parts.get("balance", 0.0) + parts.get("affinity", 0.0)
+        )
         w.assigned_by_tenant[d.tenant] = w.assigned_by_tenant.get(d.tenant, 0) + 1
         w.score += d.score or 0.0
         accept_at = t + ACCEPT_DELAY_MS

@@ -26,7 +26,7 @@ def load_policy(path: Path, base: Policy) -> Policy:
         raise ConfigError(f"{path}: cannot read the policy: {exc}") from exc
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: a policy file is a mapping of Policy fields")
-    fields = {f.name: f for f in dataclasses.fields(Policy)}
+    fields = {f.name: f for f in dataclasses.fields(Policy) if f.init}
     unknown = sorted(set(doc) - set(fields))
     if unknown:
         raise ConfigError(f"{path}: unknown policy field(s): {', '.join(unknown)}")

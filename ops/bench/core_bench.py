@@ -1,6 +1,6 @@
 """Core benchmark: decisions/s of the matching core at 1k, 10k and 100k agents.
 
-    .venv/bin/python ops/bench/core_bench.py [--sizes 1000 10000 100000] [--loads 2000]
+    .venv/bin/python ops/bench/core_bench.py [--sizes 1000 10000 100000] [--loads 4096]
 
 Side by side in one run, on the same agents and loads: the core (numpy
 columns, vectorised filters and score) and a naive baseline, a per-agent
@@ -15,6 +15,7 @@ import argparse
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from dispatcher.core import (
     PoolState,
     Priority,
     Sensitivity,
+    Tick,
 )
 
 DIM = 8
@@ -63,19 +65,44 @@ def world(
     return agents, specs
 
 
-def bench_core(
-    agents: list[tuple[str, AgentProfile]], specs: list[LoadSpec]
-) -> tuple[float, list[str | None]]:
-    state = PoolState("bench", Policy(max_pending=10**9, high_watermark=10**9, low_watermark=10**9))
+def pool(agents: list[tuple[str, AgentProfile]], mode: str = "greedy") -> PoolState:
+    policy = Policy(mode=mode, max_pending=10**9, high_watermark=10**9, low_watermark=10**9)
+    state = PoolState("bench", policy)
     for i, (agent_id, profile) in enumerate(agents):
         state.apply(AgentRegistered(f"r{i}", agent_id, 1, 0, profile))
         state.apply(AgentStatusChanged(f"u{i}", agent_id, 2, 0, AgentStatusKind.AVAILABLE))
+    return state
+
+
+def bench_core(
+    agents: list[tuple[str, AgentProfile]], specs: list[LoadSpec]
+) -> tuple[float, list[str | None]]:
+    """Greedy: each arrival is matched at once."""
+    state = pool(agents)
     chosen: list[str | None] = []
     start = time.perf_counter()
     for spec in specs:
         out = state.apply(LoadArrived(spec.load_id, 0, spec))
         chosen.append(out[-1].agent_id if out[-1].outcome is Outcome.ASSIGNED else None)
     return len(specs) / (time.perf_counter() - start), chosen
+
+
+def bench_batched(agents: list[tuple[str, AgentProfile]], specs: list[LoadSpec]) -> float:
+    """Batched: arrivals queue; each tick solves up to batch_max_loads of them together."""
+    state = pool(agents, "batched")
+    size, window = state.policy.batch_max_loads, state.policy.batch_window_ms
+    assigned = 0
+    start = time.perf_counter()
+    for i in range(0, len(specs), size):
+        now = i // size * window
+        for spec in specs[i : i + size]:
+            state.apply(LoadArrived(spec.load_id, now, replace(spec, created_ms=now)))
+        out = state.apply(Tick(now + window))
+        assigned += sum(d.outcome is Outcome.ASSIGNED for d in out)
+    elapsed = time.perf_counter() - start
+    if assigned != len(specs):
+        raise SystemExit(f"batched mode assigned {assigned} of {len(specs)} loads")
+    return len(specs) / elapsed
 
 
 def bench_naive(
@@ -113,21 +140,23 @@ def bench_naive(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
-    parser.add_argument("--loads", type=int, default=2000)
+    parser.add_argument("--loads", type=int, default=4096)
     args = parser.parse_args()
-    print(
-        f"{'agents':>8} {'core loads/s':>13} {'naive loads/s':>14} {'ratio':>7} {'same choice':>12}"
-    )
+    header = ("agents", "greedy/s", "batched/s", "naive/s", "greedy x", "batched x", "same")
+    print("{:>8} {:>10} {:>10} {:>9} {:>9} {:>10} {:>6}".format(*header))
     for n in args.sizes:
-        loads = max(200, args.loads * 1000 // n) if n > 1000 else args.loads
+        loads = max(1024, args.loads * 1000 // n) if n > 1000 else args.loads
         agents, specs = world(n, loads)
-        core_rate, core_pick = bench_core(agents, specs)
-        naive_n = max(20, loads // max(1, n // 1000))
-        naive_rate, naive_pick = bench_naive(agents, specs[:naive_n])
+        greedy, core_pick = bench_core(agents, specs)
+        batched = bench_batched(agents, specs)
+        naive_n = max(20, loads // max(1, n // 1000) // 4)
+        naive, naive_pick = bench_naive(agents, specs[:naive_n])
         same = sum(a == b for a, b in zip(core_pick, naive_pick, strict=False)) / len(naive_pick)
-        ratio = core_rate / naive_rate
-        print(f"{n:>8} {core_rate:>13,.0f} {naive_rate:>14,.0f} {ratio:>6.0f}x {same:>11.0%}")
-    print("greedy mode, one load per decision; 'same choice' = the naive loop chose the same agent")
+        print(f"{n:>8} {greedy:>10,.0f} {batched:>10,.0f} {naive:>9,.0f} {greedy / naive:>8.0f}x "
+              f"{batched / naive:>9.0f}x {same:>6.0%}")  # fmt: skip
+    print("loads/s, one decision per load. greedy: matched at arrival; batched: 512 loads per "
+          "tick, solved together (16 candidates each); naive: a per-agent Python loop with the "
+          "same filters and score; same: the naive loop chose greedy's agent")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
 from dispatcher.core import Outcome, Policy, PoolState, Priority
+from dispatcher.core.agents import Scored
 from dispatcher.core.batch import solve
 from tests.unit.core.builders import arrive, available, register, tick
 
@@ -18,6 +23,21 @@ def test_solve_fills_slots_and_leaves_the_rest() -> None:
     assert solve([[(0, 0.5)], [(0, 0.4)], [(0, 0.3)]], {0: 2}) == [0, 0, None]
     assert solve([[], [(3, 1.0)]], {3: 1}) == [None, 3]
     assert solve([[]], {}) == [None]
+
+
+@given(
+    st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.0, 2.0]), max_size=40),  # few values: many ties
+    st.integers(1, 12),
+)
+def test_best_k_is_the_prefix_of_a_stable_sort(scores: list[float], k: int) -> None:
+    total = np.array(scores)
+    s = Scored(np.arange(len(scores)), total, {}, ())
+    assert s.best(k).tolist() == np.argsort(-total, kind="stable")[:k].tolist()
+
+
+def test_solve_opens_no_more_columns_than_loads_want() -> None:
+    # An agent with a million free slots still needs only as many columns as loads list it.
+    assert solve([[(0, 1.0)], [(0, 0.5), (1, 0.4)]], {0: 10**6, 1: 10**6}) == [0, 0]
 
 
 def _two_agents(policy: Policy) -> PoolState:

@@ -110,3 +110,12 @@ def test_unknown_capability_or_region_matches_no_one() -> None:
     state = pool(("a1", {}))
     assert state.apply(arrive("L1", required=frozenset({"cobol"})))[0].outcome is Outcome.QUEUED
     assert state.apply(arrive("L2", region="mars"))[0].outcome is Outcome.QUEUED
+
+
+@pytest.mark.parametrize(("margin", "fits"), [(0.0, 1.0), (0.2, 0.0)])
+def test_deadline_fit_keeps_a_safety_margin(margin: float, fits: float) -> None:
+    # Speed 1: the expected run is 1000 ms; the deadline leaves 1100 ms, 10% to spare.
+    state = pool(("a1", {"speed": 1.0}), policy=Policy(deadline_margin=margin))
+    (d,) = state.apply(arrive("L1", deadline_ms=1100, duration_ms=1000, intent=()))
+    assert d.agent_id == "a1"
+    assert dict(d.score_parts)["deadline_fit"] == fits * Policy().weight("deadline_fit")
