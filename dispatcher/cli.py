@@ -344,6 +344,35 @@ def run(topics_file: Path, duration: float | None) -> None:
             click.echo("stopping: " + ", ".join(s.down(only=started)))
 
 
+# -- worker ----------------------------------------------------------------------
+
+
+@cli.command("worker")
+@click.option("--app-id", default="dispatcher", show_default=True,
+              help="Faust app id: the consumer group, and the Redis key prefix.")  # fmt: skip
+@click.option("--web-port", type=int, default=6066, show_default=True)
+@click.option("--tick-ms", type=int, default=200, show_default=True,
+              help="How often each owned pool gets a Tick on the ticks topic.")  # fmt: skip
+@click.option("--loglevel", default="warning", show_default=True)
+def worker_cmd(app_id: str, web_port: int, tick_ms: int, loglevel: str) -> None:
+    """Run a dispatcher worker (Faust) against the configured broker and Redis.
+
+    Uses KAFKA_BOOTSTRAP_SERVERS and REDIS_URL, or the project's own servers
+    (`dispatcher stack up`). Runs until SIGINT or SIGTERM.
+    """
+    from faust import Worker  # noqa: PLC0415 - only this command pays for importing faust
+
+    from dispatcher.worker.app import WorkerConfig, build_app  # noqa: PLC0415
+
+    s = _settings()
+    cfg = WorkerConfig(
+        bootstrap=s.kafka_bootstrap or s.local_bootstrap,
+        redis_url=s.redis_url or s.local_redis_url,
+        app_id=app_id, web_port=web_port, tick_ms=tick_ms,
+    )  # fmt: skip
+    Worker(build_app(cfg), loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
 def main() -> None:
     """Entry point: our own errors become one clear line and exit status 1."""
     try:

@@ -52,10 +52,16 @@ class TopicSpec(_Strict):
     description: str = Field(min_length=1)
     partitions: int = Field(ge=1, le=10_000)
     key: str = Field(min_length=1)
-    value_schema: SchemaName
+    value_schema: SchemaName | list[SchemaName]  # a list: a log of several record kinds
     cleanup_policy: Literal["delete", "compact", "compact,delete"]
     retention_ms: int = Field(ge=-1)
     config: dict[ConfigKey, str] = Field(default_factory=dict)
+
+    @property
+    def schemas(self) -> tuple[str, ...]:
+        """The record names the topic carries."""
+        v = self.value_schema
+        return (v,) if isinstance(v, str) else tuple(v)
 
     def kafka_configs(self) -> dict[str, str]:
         """The topic-level broker configs this spec declares."""
@@ -94,6 +100,7 @@ class TopicNames:
     load_arrival: str = "load-arrival"
     task_results: str = "task-results"
     ticks: str = "ticks"
+    input_sequence: str = "input-sequence"
     policy_update: str = "policy-update"
     assignments: str = "assignments"
     decision_log: str = "decision-log"

@@ -154,6 +154,7 @@ class Codec:
         topic: str = "",
         partition: int = -1,
         offset: int = -1,
+        trusted: bool = False,
     ) -> Record:
         """Decodes and validates bytes from a topic.
 
@@ -162,6 +163,8 @@ class Codec:
             expect: the record name the topic carries (topics.yaml's value_schema);
                 a record of another name is refused.
             topic, partition, offset: where the bytes came from, for the error.
+            trusted: the bytes were decoded strictly before (the worker's input
+                sequence holds only such): skips the canonical-encoding check.
 
         Raises:
             CodecError: with a reason code for every way the bytes can be wrong.
@@ -200,7 +203,7 @@ class Codec:
         # negative index on the wire decodes as a symbol counted from the end.
         # Requiring the one canonical encoding refuses that and any other
         # ambiguity (non-minimal varints, split blocks).
-        if self._write(writer.name, writer_schema, raw) != memoryview(data)[start:]:
+        if not trusted and self._write(writer.name, writer_schema, raw) != memoryview(data)[start:]:
             detail = f"not the canonical Avro encoding of a {writer.name} (bad index or padding)"
             raise fail(DeadLetterReason.MALFORMED, detail)
         if writer is not latest:  # an older version: resolve it to the current schema

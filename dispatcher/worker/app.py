@@ -1,0 +1,221 @@
+"""The Faust worker: sequence the inputs, fold them through the core, emit decisions.
+
+Two thin Faust agents, one app (the only place Faust is imported):
+
+1. **sequencer** reads the four dispatch inputs (and the policy topic),
+   decodes each record strictly (poison goes to dead-letter with its source
+   position) and appends the valid bytes, unchanged, to ``input-sequence``,
+   keyed by pool; a policy is appended to every partition. The order of that
+   log is *the* order the core applies, recorded before anything is decided.
+2. **dispatch** reads ``input-sequence`` in micro-batches and folds each
+   partition through the core (``PartitionFold``), sending every decision to
+   ``decision-log`` and every assignment to ``assignments``.
+
+Correctness under failure rests on determinism, not on EOS (DESIGN.md): a
+partition's state is the fold of its log, so a worker that takes a partition
+over (after a crash, restart or rebalance) first folds the log up to the
+group's committed offset without emitting, then carries on. Faust flushes the
+producer before it commits offsets, so everything below the committed offset
+was emitted; what lies above it is decided again, to the same decisions with
+the same ids, and readers drop the repeats by decision id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from faust.types import TP, EventT
+
+from dispatcher import core
+from dispatcher.codecs import models as m
+from dispatcher.codecs.codec import Codec, CodecError, dead_letter
+from dispatcher.topics import TopicNames
+from dispatcher.worker.fold import PartitionFold
+from dispatcher.worker.readmodel import ReadModel
+
+__all__ = ["WorkerConfig", "build_app"]
+
+log = logging.getLogger("dispatcher.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    bootstrap: str  # host:port[,host:port...]
+    redis_url: str | None = None
+    app_id: str = "dispatcher"
+    web_port: int = 6066
+    topics: TopicNames = field(default_factory=TopicNames)
+    policy: core.Policy = core.DEFAULT_POLICY  # until the first PolicyUpdate
+    tick_ms: int = 200  # how often each owned pool gets a Tick
+    batch: int = 1000  # records per micro-batch
+    batch_within_s: float = 0.002  # how long a micro-batch waits to fill
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Dispatcher:
+    """The worker's state between Faust callbacks: one fold per owned sequence partition."""
+
+    def __init__(self, cfg: WorkerConfig) -> None:
+        self.cfg = cfg
+        self.codec = Codec()
+        self.folds: dict[int, PartitionFold] = {}
+        self.readmodel = ReadModel(cfg.redis_url, cfg.app_id)
+        self._sequence_partitions: int | None = None
+        t = cfg.topics
+        self.expect = {t.load_arrival: "LoadEvent", t.agent_availability: "AgentEvent",
+                       t.task_results: "TaskResult", t.ticks: "Tick",
+                       t.policy_update: "PolicyUpdate"}  # fmt: skip
+
+    async def sequence_partitions(self) -> int:
+        if self._sequence_partitions is None:
+            producer = AIOKafkaProducer(bootstrap_servers=self.cfg.bootstrap)
+            await producer.start()
+            try:
+                parts = await producer.partitions_for(self.cfg.topics.input_sequence)
+            finally:
+                await producer.stop()
+            self._sequence_partitions = len(parts)
+        return self._sequence_partitions
+
+    def dead_letter_bytes(self, exc: CodecError, key: bytes | None, timestamp: float) -> bytes:
+        record = dead_letter(exc, failed_at_ms=_now_ms(), source_key=key,
+                             source_timestamp_ms=int(timestamp * 1000))  # fmt: skip
+        return self.codec.encode(record)
+
+    async def catch_up(self, partition: int, upto: int) -> PartitionFold:
+        """The fold of ``partition`` up to (not including) offset ``upto``, from the log.
+
+        Folds silently: decisions below ``upto`` were emitted by whoever applied
+        them (Faust commits an offset only after flushing what came before it).
+        """
+        fold = self.folds.get(partition)
+        if fold is None or fold.next_offset > upto:
+            fold = PartitionFold(self.cfg.topics.input_sequence, partition, self.codec,
+                                 self.cfg.policy)  # fmt: skip
+        started, replayed = time.perf_counter(), 0
+        if fold.next_offset < upto:
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.cfg.bootstrap,
+                                        enable_auto_commit=False)  # fmt: skip
+            await consumer.start()
+            try:
+                tp = TopicPartition(self.cfg.topics.input_sequence, partition)
+                consumer.assign([tp])
+                consumer.seek(tp, fold.next_offset)
+                done = False
+                while not done:
+                    batch = await consumer.getmany(tp, timeout_ms=1000, max_records=10_000)
+                    for msg in batch.get(tp, []):
+                        if msg.offset >= upto:
+                            done = True
+                            break
+                        with contextlib.suppress(CodecError):  # dead-lettered when first met
+                            fold.apply(msg.value, msg.offset)
+                        replayed += 1
+            finally:
+                await consumer.stop()
+        fold.next_offset = upto
+        self.folds[partition] = fold
+        log.info("partition %d: folded %d records up to offset %d in %.2fs",
+                 partition, replayed, upto, time.perf_counter() - started)  # fmt: skip
+        return fold
+
+
+def build_app(cfg: WorkerConfig) -> faust.App:
+    """The Faust app of one dispatcher worker."""
+    d = Dispatcher(cfg)
+    t = cfg.topics
+    app = faust.App(
+        cfg.app_id,
+        broker=";".join(f"kafka://{h}" for h in cfg.bootstrap.split(",")),
+        key_serializer="raw", value_serializer="raw", store="memory://",
+        web_port=cfg.web_port, web_bind="127.0.0.1", web_host="127.0.0.1",
+        topic_replication_factor=1, topic_allow_declare=False, topic_disable_leader=True,
+        producer_acks=-1, broker_commit_interval=0.5, consumer_auto_offset_reset="earliest",
+        stream_buffer_maxsize=4 * cfg.batch,
+    )  # fmt: skip
+    inputs = app.topic(t.load_arrival, t.agent_availability, t.task_results, t.ticks)
+    policies = app.topic(t.policy_update)
+    sequence = app.topic(t.input_sequence)
+    decisions, assignments = app.topic(t.decision_log), app.topic(t.assignments)
+    dead, ticks = app.topic(t.dead_letter), app.topic(t.ticks)
+
+    async def validate(ev: EventT[Any]) -> m.Record | None:
+        msg = ev.message
+        try:
+            return d.codec.decode(ev.value, d.expect[msg.topic], topic=msg.topic,
+                                  partition=msg.partition, offset=msg.offset)  # fmt: skip
+        except CodecError as exc:
+            log.warning("dead letter: %s", exc)
+            await dead.send(key=msg.topic.encode(),
+                            value=d.dead_letter_bytes(exc, msg.key, msg.timestamp))  # fmt: skip
+            return None
+
+    @app.agent(inputs)
+    async def sequencer(stream: Any) -> None:
+        async for batch in stream.take_events(cfg.batch, within=cfg.batch_within_s):
+            for ev in batch:
+                record = await validate(ev)
+                if record is not None:
+                    await sequence.send(key=record.pool.encode(), value=ev.value)  # type: ignore[attr-defined]  # inputs name their pool
+
+    @app.agent(policies)
+    async def policy_fanout(stream: Any) -> None:
+        async for ev in stream.events():
+            if await validate(ev) is not None:
+                for partition in range(await d.sequence_partitions()):
+                    await sequence.send(key=b"*", value=ev.value, partition=partition)
+
+    @app.agent(sequence)
+    async def dispatch(stream: Any) -> None:
+        async for batch in stream.take_events(cfg.batch, within=cfg.batch_within_s):
+            emitted: list[core.Decision] = []
+            for ev in batch:
+                partition, offset = ev.message.partition, ev.message.offset
+                fold = d.folds.get(partition)
+                if fold is None or offset > fold.next_offset:
+                    fold = await d.catch_up(partition, offset)
+                elif offset < fold.next_offset:
+                    continue  # applied already (a redelivery after a seek)
+                try:
+                    out = fold.apply(ev.value, offset)
+                except CodecError as exc:  # validated on the way in: a codec change?
+                    log.error("undecodable record in the input sequence: %s", exc)
+                    value = d.dead_letter_bytes(exc, ev.key, ev.message.timestamp)
+                    await dead.send(key=t.input_sequence.encode(), value=value)
+                    continue
+                for decision, (record, assignment) in zip(out.decisions, out.records, strict=True):
+                    await decisions.send(key=decision.pool.encode(), value=d.codec.encode(record))
+                    if assignment is not None:
+                        await assignments.send(key=assignment.agent_id.encode(),
+                                               value=d.codec.encode(assignment))  # fmt: skip
+                emitted += out.decisions
+            await d.readmodel.publish(d.folds, emitted)
+
+    @app.timer(interval=cfg.tick_ms / 1000)  # type: ignore[untyped-decorator]  # faust is untyped
+    async def tick() -> None:
+        now = _now_ms()
+        for fold in list(d.folds.values()):
+            for pool in sorted(fold.pools):
+                value = d.codec.encode(m.Tick(pool=pool, event_time_ms=now))
+                await ticks.send(key=pool.encode(), value=value)
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # faust's signal stubs
+    async def forget(app: faust.App, assigned: set[TP], **_: Any) -> None:
+        # A fold kept across a rebalance stays right: records below its next offset were
+        # applied here, and any applied elsewhere meanwhile are folded in on the first
+        # record after them. Folds of partitions now owned by others go.
+        owned = {tp.partition for tp in assigned if tp.topic == t.input_sequence}
+        for partition in set(d.folds) - owned:
+            del d.folds[partition]
+
+    app.dispatcher = d  # type: ignore[attr-defined]  # for the web views and tests
+    return app

@@ -1,0 +1,109 @@
+"""The live read model in Redis: what the dashboard and the API show.
+
+Never the source of truth (the topics are): everything here can be rebuilt
+by replay, so when Redis is down the worker says so once, keeps deciding,
+and tries again a little later.
+
+Keys, under the worker's app id ``A``:
+
+- ``A:pool:<pool>`` (hash): agents, available, pending, in_flight, queued per
+  priority class, policy_version, now_ms;
+- ``A:recent`` (list, newest first, 200 kept): recent decisions as JSON;
+- ``A:counters`` (hash): decisions per outcome;
+- ``A:sla:<pool>`` (hash): deadline loads completed ``met`` / ``missed``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from dispatcher import core
+
+if TYPE_CHECKING:
+    from dispatcher.worker.fold import PartitionFold
+
+__all__ = ["ReadModel"]
+
+log = logging.getLogger("dispatcher.worker.readmodel")
+RECENT = 200
+RETRY_S = 5.0
+POOL_EVERY_S = 0.5  # pool gauges are recounted at most this often
+
+
+class ReadModel:
+    """Publishes gauges and recent decisions; degrades, never raises."""
+
+    def __init__(self, url: str | None, prefix: str) -> None:
+        self.prefix = prefix
+        self.client: Any = aioredis.Redis.from_url(url) if url else None
+        self.degraded = url is None
+        self._retry_at = 0.0
+        self._pools_at = 0.0
+
+    async def publish(
+        self, folds: Mapping[int, PartitionFold], decisions: list[core.Decision]
+    ) -> None:
+        if self.client is None or time.monotonic() < self._retry_at:
+            return
+        try:
+            await self._publish(folds, decisions)
+        except (RedisError, OSError) as exc:
+            if not self.degraded:
+                log.warning("redis unavailable, read model paused (deciding goes on): %r", exc)
+            self.degraded, self._retry_at = True, time.monotonic() + RETRY_S
+            return
+        if self.degraded and self.client is not None:
+            log.warning("redis is back, read model resumed")
+        self.degraded = False
+
+    async def _publish(
+        self, folds: Mapping[int, PartitionFold], decisions: list[core.Decision]
+    ) -> None:
+        p = self.prefix
+        pipe = self.client.pipeline(transaction=False)
+        if decisions:
+            counts: dict[str, int] = {}
+            for d in decisions:
+                counts[d.outcome.value] = counts.get(d.outcome.value, 0) + 1
+                if d.outcome is core.Outcome.COMPLETED and d.deadline_ms is not None:
+                    met = "met" if d.time_ms <= d.deadline_ms else "missed"
+                    pipe.hincrby(f"{p}:sla:{d.pool}", met, 1)
+            for outcome, n in counts.items():
+                pipe.hincrby(f"{p}:counters", outcome, n)
+            recent = [json.dumps({"id": d.decision_id, "pool": d.pool, "load": d.load_id,
+                                  "outcome": d.outcome.value, "reason": d.reason,
+                                  "agent": d.agent_id, "time_ms": d.time_ms})
+                      for d in decisions[-RECENT:]]  # fmt: skip
+            pipe.lpush(f"{p}:recent", *recent)
+            pipe.ltrim(f"{p}:recent", 0, RECENT - 1)
+        now = time.monotonic()
+        if now >= self._pools_at:
+            self._pools_at = now + POOL_EVERY_S
+            for fold in folds.values():
+                for name, state in fold.pools.items():
+                    pipe.hset(f"{p}:pool:{name}", mapping=_gauges(state))
+        await pipe.execute()
+
+
+def _gauges(state: core.PoolState) -> dict[str, int]:
+    queued = dict.fromkeys(("critical", "high", "normal", "low"), 0)
+    for ls in state.pending.values():
+        queued[ls.spec.priority.name.lower()] += 1
+    t = state.agents
+    return {
+        "agents": t.n,
+        "available": t.available_count,
+        "open": t.open_count,
+        "pending": len(state.pending),
+        "in_flight": len(state.in_flight),
+        **{f"queued_{k}": v for k, v in queued.items()},
+        "policy_version": state.policy.version,
+        "now_ms": state.now_ms,
+    }
