@@ -18,7 +18,13 @@ from dispatcher import __version__
 from dispatcher.errors import DispatcherError
 from dispatcher.settings import Settings
 from dispatcher.stack import ServiceStatus, Stack
-from dispatcher.topics import DEFAULT_TOPICS_FILE, TopicReport, apply_topics, load_topics
+from dispatcher.topics import (
+    DEFAULT_TOPICS_FILE,
+    TopicNames,
+    TopicReport,
+    apply_topics,
+    load_topics,
+)
 from dispatcher.watch import watch_topics
 
 __all__ = ["cli", "main"]
@@ -353,8 +359,9 @@ def run(topics_file: Path, duration: float | None) -> None:
 @click.option("--web-port", type=int, default=6066, show_default=True)
 @click.option("--tick-ms", type=int, default=200, show_default=True,
               help="How often each owned pool gets a Tick on the ticks topic.")  # fmt: skip
+@click.option("--topic-prefix", default="", help="Prefix of every topic name (topics.yaml's).")
 @click.option("--loglevel", default="warning", show_default=True)
-def worker_cmd(app_id: str, web_port: int, tick_ms: int, loglevel: str) -> None:
+def worker_cmd(app_id: str, web_port: int, tick_ms: int, topic_prefix: str, loglevel: str) -> None:
     """Run a dispatcher worker (Faust) against the configured broker and Redis.
 
     Uses KAFKA_BOOTSTRAP_SERVERS and REDIS_URL, or the project's own servers
@@ -369,6 +376,7 @@ def worker_cmd(app_id: str, web_port: int, tick_ms: int, loglevel: str) -> None:
         bootstrap=s.kafka_bootstrap or s.local_bootstrap,
         redis_url=s.redis_url or s.local_redis_url,
         app_id=app_id, web_port=web_port, tick_ms=tick_ms,
+        topics=TopicNames.prefixed(topic_prefix),
     )  # fmt: skip
     Worker(build_app(cfg), loglevel=loglevel, quiet=True).execute_from_commandline()
 

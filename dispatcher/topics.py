@@ -106,6 +106,12 @@ class TopicNames:
     decision_log: str = "decision-log"
     dead_letter: str = "dead-letter"
 
+    @classmethod
+    def prefixed(cls, prefix: str) -> TopicNames:
+        """The declared names with ``prefix`` in front (tests, several systems on one cluster)."""
+        base = cls()
+        return cls(**{f: prefix + getattr(base, f) for f in cls.__dataclass_fields__})
+
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """A SafeLoader that refuses duplicate mapping keys instead of keeping the last."""

@@ -523,7 +523,8 @@ class PoolState:
         agent = ls.agent
         self._release(ls)
         if ls.attempt >= self.policy.max_attempts:
-            self._finish(ls, Outcome.DEAD_LETTERED, f"MAX_ATTEMPTS_{reason}"[:64], source, out)
+            self._finish(ls, Outcome.DEAD_LETTERED, f"MAX_ATTEMPTS_{reason}"[:64], source, out,
+                         agent=agent)  # fmt: skip
             return
         ls.attempt += 1
         ls.status = LoadStatus.PENDING
@@ -533,8 +534,9 @@ class PoolState:
         out.append(self._decision(ls, Outcome.REQUEUED, reason, source, agent=agent))
 
     def _finish(self, ls: LoadState, outcome: Outcome, reason: str, source: Source,
-                out: list[Decision]) -> None:  # fmt: skip
-        agent = ls.agent
+                out: list[Decision], *, agent: str | None = None) -> None:  # fmt: skip
+        """Ends the load; the decision names the agent it had (or ``agent``, released just now)."""
+        agent = ls.agent or agent
         self._release(ls)
         self._dequeue(ls)
         ls.status, ls.final, ls.finished_ms = LoadStatus.FINAL, outcome, self.now_ms

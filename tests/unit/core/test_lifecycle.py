@@ -89,6 +89,7 @@ def test_retries_end_in_dead_letter_after_max_attempts() -> None:
         if x.load_id == "L1"
     ]  # fmt: skip
     assert (dead.outcome, dead.attempt) == (Outcome.DEAD_LETTERED, 2)
+    assert dead.agent_id == "a1"  # the agent it was taken from, so the log balances
 
 
 def test_ack_timeout_requeues_and_the_late_accept_is_a_zombie() -> None:

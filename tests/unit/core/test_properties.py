@@ -239,3 +239,26 @@ def test_the_same_events_give_the_same_decisions(
     fresh = PoolState("p", policy)
     replayed = [d for e in history for d in fresh.apply(e)]
     assert replayed == decisions
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(steps, min_size=1, max_size=80),
+    # max_attempts 1: every requeue ends in a dead letter at once
+    st.sampled_from([POLICY, BATCHED, replace(POLICY, max_attempts=1)]),
+)
+def test_the_decisions_alone_account_for_every_agent_hold(
+    script: list[tuple[Any, ...]], policy: Policy
+) -> None:
+    """Readers of the log (audit, capacity checks) see each hold taken and given back."""
+    decisions, state, _ = _run(script, policy)
+    held: dict[str, int] = {}
+    for d in decisions:
+        if d.agent_id is None or d.outcome is Outcome.REJECTED:
+            continue
+        held[d.agent_id] = held.get(d.agent_id, 0) + (1 if d.outcome is Outcome.ASSIGNED else -1)
+        assert held[d.agent_id] >= 0, f"{d.decision_id} releases a hold never taken"
+    t = state.agents
+    assert {a: n for a, n in held.items() if n} == {
+        a: int(t.active[row]) for a, row in t.row.items() if t.active[row]
+    }

@@ -1,0 +1,138 @@
+"""Audit: fold the recorded input sequence again and hold the decision log against it.
+
+For each partition of ``input-sequence``: read it from the start, fold it
+through the core exactly as the worker did (``PartitionFold``), encode every
+decision, and compare with the same partition of ``decision-log``, byte for
+byte and in order. The log may repeat a decision (a worker re-emits what it
+decided after the last committed offset when it restarts): a repeat must be
+identical, and only its first occurrence counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from dispatcher import core
+from dispatcher.codecs import models as m
+from dispatcher.codecs.codec import Codec, CodecError
+from dispatcher.demo import partitions
+from dispatcher.topics import TopicNames
+from dispatcher.worker.fold import PartitionFold
+
+__all__ = ["Mismatch", "PartitionAudit", "audit", "read_partition"]
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    position: int  # the decision's index in the partition's decision sequence
+    decision_id: str
+    field: str  # the first field that differs ("decision_id": a different decision altogether)
+    expected: Any
+    logged: Any
+    input: tuple[str, int, int]  # the input (topic, partition, offset) that led to it
+
+
+@dataclass
+class PartitionAudit:
+    partition: int
+    inputs: int = 0
+    expected: int = 0
+    logged: int = 0  # distinct decision ids in the log
+    repeats: int = 0  # repeated records of a decision id, each identical
+    matched: int = 0
+    mismatches: list[Mismatch] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # decided on replay, absent from the log
+    unexplained: list[str] = field(default_factory=list)  # in the log, no input decides it
+    records: list[m.DecisionRecord] = field(default_factory=list)  # the expected ones, in order
+
+    @property
+    def ok(self) -> bool:
+        return not (self.mismatches or self.missing or self.unexplained)
+
+
+async def read_partition(bootstrap: str, tp: TopicPartition) -> list[Any]:
+    """Every record of ``tp`` from the start up to its end when called."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        start = (await consumer.beginning_offsets([tp]))[tp]
+        end = (await consumer.end_offsets([tp]))[tp]
+        consumer.seek(tp, start)  # (seek_to_beginning is lazy: position() may not see it)
+        out: list[Any] = []
+        nxt = start
+        while nxt < end:
+            batch = await consumer.getmany(tp, timeout_ms=1000, max_records=20_000)
+            records = batch.get(tp, [])
+            out += [r for r in records if r.offset < end]
+            nxt = records[-1].offset + 1 if records else await consumer.position(tp)
+        return out
+    finally:
+        await consumer.stop()
+
+
+def _first_difference(a: m.DecisionRecord, b: m.DecisionRecord) -> tuple[str, Any, Any]:
+    da, db = a.model_dump(), b.model_dump()
+    for name in da:
+        if da[name] != db.get(name):
+            return name, da[name], db.get(name)
+    return "(encoding)", None, None
+
+
+async def audit(
+    bootstrap: str,
+    topics: TopicNames | None = None,
+    *,
+    policy: core.Policy = core.DEFAULT_POLICY,
+    codec: Codec | None = None,
+) -> list[PartitionAudit]:
+    """Audits every partition; ``policy`` is the workers' policy before the first update."""
+    topics = topics or TopicNames()
+    codec = codec or Codec()
+    results = []
+    for tp in await partitions(bootstrap, topics.input_sequence):
+        res = PartitionAudit(tp.partition)
+        fold = PartitionFold(topics.input_sequence, tp.partition, codec, policy)
+        expected: list[tuple[bytes, m.DecisionRecord]] = []
+        for r in await read_partition(bootstrap, tp):
+            res.inputs += 1
+            try:
+                out = fold.apply(r.value, r.offset)
+            except CodecError:
+                continue  # the worker dead-lettered it
+            expected += [(codec.encode(rec), rec) for rec, _ in out.records]
+        logged: list[tuple[bytes, m.DecisionRecord]] = []
+        first: dict[str, bytes] = {}
+        log_tp = TopicPartition(topics.decision_log, tp.partition)
+        for r in await read_partition(bootstrap, log_tp):
+            rec = codec.decode(r.value, "DecisionRecord", trusted=True)
+            assert isinstance(rec, m.DecisionRecord)  # noqa: S101 - decode checked the schema
+            seen = first.get(rec.decision_id)
+            if seen is None:
+                first[rec.decision_id] = r.value
+                logged.append((r.value, rec))
+            elif seen == r.value:
+                res.repeats += 1
+            else:
+                res.mismatches.append(Mismatch(-1, rec.decision_id, "(conflicting repeat)",
+                                               None, None, _input(rec)))  # fmt: skip
+        res.expected, res.logged = len(expected), len(logged)
+        res.records = [rec for _, rec in expected]
+        expected_ids = {rec.decision_id for _, rec in expected}
+        for i, ((eb, erec), (lb, lrec)) in enumerate(zip(expected, logged, strict=False)):
+            if eb == lb:
+                res.matched += 1
+                continue
+            name, want, got = _first_difference(erec, lrec)
+            res.mismatches.append(Mismatch(i, erec.decision_id, name, want, got, _input(erec)))
+        res.missing = [rec.decision_id for _, rec in expected[len(logged) :]]
+        res.unexplained = [r.decision_id for _, r in logged if r.decision_id not in expected_ids]
+        results.append(res)
+    return results
+
+
+def _input(rec: m.DecisionRecord) -> tuple[str, int, int]:
+    return (rec.input.topic, rec.input.partition, rec.input.offset)

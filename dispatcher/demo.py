@@ -1,0 +1,339 @@
+"""A simulated world on the real topics: producers publish loads, a fleet of agents answers.
+
+Used by ``dispatcher demo`` / ``dispatcher run`` (a workload a newcomer can
+watch), by the end-to-end and crash tests, and by the pipeline benchmark.
+Everything goes through the SDK's producer and the codecs; randomness is
+seeded, so a run's inputs repeat (their interleaving on the topics does not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import heapq
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from dispatcher.codecs import models as m
+from dispatcher.codecs.codec import Codec, CodecError
+from dispatcher.core import DEFAULT_POLICY, FINAL_OUTCOMES
+from dispatcher.sdk.producer import DispatcherProducer, now_ms
+from dispatcher.topics import TopicNames
+
+FINAL = frozenset(o.value for o in FINAL_OUTCOMES)
+
+__all__ = ["Behaviour", "DecisionTally", "Fleet", "LoadDriver", "agent_profile", "load_event"]
+
+VOCAB = ("python", "sql", "go", "rust", "search", "vision", "speech", "legal")
+TENANTS = ("acme", "globex", "initech")
+DIM = 8
+
+
+def agent_profile(rng: np.random.Generator, *, capacity: int | None = None) -> m.AgentProfile:
+    return m.AgentProfile(
+        tools=sorted(rng.choice(VOCAB, size=int(rng.integers(2, 5)), replace=False).tolist()),
+        credentials=[], model_types=[], cpu_millicores=1000, memory_mb=1024,
+        capacity=capacity if capacity is not None else int(rng.integers(1, 4)),
+        personality=[float(x) for x in rng.normal(size=DIM)], risk_budget=100.0,
+        abstention_threshold=1.0, clearance=m.Sensitivity.CONFIDENTIAL, regions=["eu", "us"],
+        zone=f"z{int(rng.integers(3))}", speed=float(np.exp(rng.normal(0, 0.2))),
+    )  # fmt: skip
+
+
+def load_event(
+    rng: np.random.Generator, pool: str, load_id: str, *, tenant: str | None = None,
+    priority: m.Priority | None = None, duration_ms: int = 200, deadline: bool = True,
+) -> m.LoadEvent:  # fmt: skip
+    now = now_ms()
+    k = int(rng.integers(0, 2))
+    spec = m.LoadSpec(
+        source=m.LoadSource.USER,
+        priority=priority or m.Priority(str(rng.choice(
+            ["CRITICAL", "HIGH", "NORMAL", "LOW"], p=[0.05, 0.15, 0.6, 0.2]))),
+        required_capabilities=sorted(rng.choice(VOCAB, size=k, replace=False).tolist()),
+        intent=[float(x) for x in rng.normal(size=DIM)], sensitivity=m.Sensitivity.INTERNAL,
+        region="eu", created_at_ms=now,
+        deadline_ms=now + duration_ms * int(rng.integers(5, 20)) if deadline else None,
+        estimated_duration_ms=duration_ms, risk_score=float(rng.uniform(0.1, 1.0)),
+        session_id=None, zone=f"z{int(rng.integers(3))}",
+    )  # fmt: skip
+    return m.LoadEvent(
+        idempotency_key=f"arrive:{pool}:{load_id}", kind=m.LoadEventKind.ARRIVAL,
+        load_id=load_id, pool=pool, tenant=tenant or str(rng.choice(TENANTS)),
+        event_time_ms=now, load=spec,
+    )  # fmt: skip
+
+
+def policy_update(
+    version: int, *, ack_ms: int = 2_000, heartbeat_ms: int = 5_000,
+    mode: m.MatchingMode = m.MatchingMode.GREEDY, tenant_weights: dict[str, float] | None = None,
+    max_pending: int = 100_000,
+) -> m.PolicyUpdate:  # fmt: skip
+    """A complete policy document: the core's default weights, timeouts sized for a demo."""
+    doc = m.PolicyDocument(
+        matching_mode=mode, batch_window_ms=50, weights=dict(DEFAULT_POLICY.weights),
+        constraints={}, tenant_weights=tenant_weights or {}, tenant_quotas={}, tenant_deny={},
+        timeouts_ms={"ack": ack_ms, "heartbeat": heartbeat_ms},
+        retry=m.RetryPolicy(max_attempts=4, backoff_base_ms=100, backoff_max_ms=2_000),
+        backpressure=m.Backpressure(max_pending=max_pending, high_watermark=max_pending * 8 // 10,
+                                    low_watermark=max_pending * 6 // 10),
+    )  # fmt: skip
+    digest = hashlib.sha256(doc.model_dump_json().encode()).hexdigest()
+    return m.PolicyUpdate(
+        policy_id="dispatch", version=version, author="demo", effective_from_ms=now_ms(),
+        document=doc, content_hash=digest,
+    )  # fmt: skip
+
+
+@dataclass
+class Behaviour:
+    """How the simulated agents answer."""
+
+    accept_ms: int = 5  # from receiving an assignment to answering it
+    work_ms: tuple[int, int] = (100, 400)  # how long a load runs
+    decline: float = 0.03
+    fail: float = 0.03  # retryable failures
+    silent: float = 0.0  # never answer (the dispatcher's ack timeout requeues)
+    heartbeat_ms: int = 1000
+
+
+@dataclass
+class FleetStats:
+    received: int = 0
+    repeats: int = 0  # the same decision again (after a worker restart): dropped
+    answered: dict[str, int] = field(default_factory=dict)
+    latency_ms: list[float] = field(default_factory=list)  # load published -> assignment seen
+
+
+class Fleet:
+    """Simulated agents of one or more pools: one consumer for all of their assignments."""
+
+    def __init__(
+        self, bootstrap: str, agents: dict[str, tuple[str, m.AgentProfile]], *,
+        topics: TopicNames | None = None, behaviour: Behaviour | None = None, seed: int = 0,
+        published: dict[str, float] | None = None,
+    ) -> None:  # fmt: skip
+        self.bootstrap, self.agents = bootstrap, agents  # agent id -> (pool, profile)
+        self.topics = topics or TopicNames()
+        self.behaviour = behaviour or Behaviour()
+        self.rng = np.random.default_rng(seed)
+        self.codec = Codec()
+        self.stats = FleetStats()
+        self.published = published if published is not None else {}  # load id -> wall time
+        self.seq = dict.fromkeys(agents, 0)
+        self.running: dict[str, set[str]] = {a: set() for a in agents}  # agent -> its work
+        self.offline: set[str] = set()
+        self._seen: set[str] = set()
+        self._due: list[tuple[float, int, Callable[[], Any]]] = []
+        self._n = 0
+        self.producer = DispatcherProducer(bootstrap, topics=self.topics, linger_ms=2)
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        """Listens from the end of the assignments topic, then registers every agent."""
+        await self.producer.start()
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap,
+                                          enable_auto_commit=False)  # fmt: skip
+        await self._consumer.start()
+        tps = await partitions(self.bootstrap, self.topics.assignments)
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_end(*tps)
+        for tp in tps:
+            await self._consumer.position(tp)
+        for agent_id, (pool, profile) in self.agents.items():
+            await self._agent_event(agent_id, pool, m.AgentEventKind.REGISTERED, profile)
+            await self._agent_event(agent_id, pool, m.AgentEventKind.AVAILABLE)
+        await self.producer.flush()
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+        await self.producer.stop()
+
+    async def _agent_event(
+        self,
+        agent_id: str,
+        pool: str,
+        kind: m.AgentEventKind,
+        profile: m.AgentProfile | None = None,
+    ) -> None:
+        self.seq[agent_id] += 1
+        seq = self.seq[agent_id]
+        await self.producer.send(self.topics.agent_availability, pool, m.AgentEvent(
+            event_id=f"{agent_id}:{seq}:{kind.value}", kind=kind, agent_id=agent_id, pool=pool,
+            seq=seq, event_time_ms=now_ms(), profile=profile))  # fmt: skip
+
+    async def go_offline(self, agent_id: str) -> None:
+        """The agent leaves (mid-task, if it has work): it answers nothing from now on."""
+        self.offline.add(agent_id)
+        await self._agent_event(agent_id, self.agents[agent_id][0], m.AgentEventKind.OFFLINE)
+
+    def _later(self, delay_ms: float, action: Callable[[], Any]) -> None:
+        self._n += 1
+        heapq.heappush(self._due, (time.monotonic() + delay_ms / 1000, self._n, action))
+
+    async def run(self, until: Callable[[], bool]) -> None:
+        """Answers assignments and sends heartbeats until ``until()`` says stop."""
+        assert self._consumer is not None  # noqa: S101 - start() first
+        next_beat = time.monotonic()
+        while not until():
+            batch = await self._consumer.getmany(timeout_ms=5, max_records=2000)
+            for records in batch.values():
+                for r in records:
+                    self._on_assignment(r.value)
+            now = time.monotonic()
+            while self._due and self._due[0][0] <= now:
+                await heapq.heappop(self._due)[2]()
+            if now >= next_beat:
+                next_beat = now + self.behaviour.heartbeat_ms / 1000
+                for agent_id, (pool, _) in self.agents.items():
+                    if agent_id not in self.offline:
+                        await self._agent_event(agent_id, pool, m.AgentEventKind.HEARTBEAT)
+
+    def _on_assignment(self, value: bytes) -> None:
+        try:
+            a = self.codec.decode(value, "Assignment")
+        except CodecError:
+            return
+        assert isinstance(a, m.Assignment)  # noqa: S101 - decode checked the schema
+        if a.agent_id not in self.agents:
+            return  # another fleet's
+        if a.decision_id in self._seen:
+            self.stats.repeats += 1
+            return
+        self._seen.add(a.decision_id)
+        self.stats.received += 1
+        sent = self.published.get(a.load_id)
+        if sent is not None and a.attempt == 1:
+            self.stats.latency_ms.append((time.time() - sent) * 1000)
+        if a.agent_id in self.offline:
+            return
+        self.running[a.agent_id].add(a.decision_id)
+        b, roll = self.behaviour, float(self.rng.random())
+        if roll < b.silent:
+            self.running[a.agent_id].discard(a.decision_id)  # it forgets the load at once
+            return
+        if roll < b.silent + b.decline:
+            self._later(b.accept_ms, lambda: self._answer(a, m.TaskOutcome.DECLINED))
+            return
+        self._later(b.accept_ms, lambda: self._answer(a, m.TaskOutcome.ACCEPTED, done=False))
+        work = b.accept_ms + float(self.rng.uniform(*b.work_ms))
+        failed = float(self.rng.random()) < b.fail
+        self._later(work, lambda: self._answer(
+            a, m.TaskOutcome.FAILED if failed else m.TaskOutcome.SUCCESS))  # fmt: skip
+
+    async def _answer(self, a: m.Assignment, outcome: m.TaskOutcome, *, done: bool = True) -> None:
+        if a.agent_id in self.offline:
+            return
+        if done:
+            self.running[a.agent_id].discard(a.decision_id)
+        self.stats.answered[outcome.value] = self.stats.answered.get(outcome.value, 0) + 1
+        await self.producer.send(self.topics.task_results, a.pool, m.TaskResult(
+            event_id=f"{a.decision_id}:{outcome.value}", decision_id=a.decision_id,
+            load_id=a.load_id, agent_id=a.agent_id, pool=a.pool, outcome=outcome,
+            retryable=outcome is m.TaskOutcome.FAILED, event_time_ms=now_ms()))  # fmt: skip
+
+
+class LoadDriver:
+    """Publishes loads on a schedule (send times fixed in advance, so backlog counts)."""
+
+    def __init__(
+        self, bootstrap: str, pools: list[str], *, topics: TopicNames | None = None,
+        seed: int = 0, duration_ms: int = 200,
+    ) -> None:  # fmt: skip
+        self.pools, self.topics = pools, topics or TopicNames()
+        self.rng = np.random.default_rng(seed)
+        self.duration_ms = duration_ms
+        self.producer = DispatcherProducer(bootstrap, topics=self.topics, linger_ms=2)
+        self.published: dict[str, float] = {}  # load id -> wall time published
+        self.sent = 0
+
+    async def run(self, count: int, rate: float, prefix: str = "load") -> None:
+        """Publishes ``count`` loads at ``rate`` per second over the pools, round robin."""
+        start = time.monotonic()
+        for i in range(count):
+            due = start + i / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            pool = self.pools[i % len(self.pools)]
+            load_id = f"{prefix}-{i:07d}"
+            event = load_event(self.rng, pool, load_id, duration_ms=self.duration_ms)
+            self.published[load_id] = time.time()
+            await self.producer.send_load(event)
+            self.sent += 1
+        await self.producer.flush()
+
+
+class DecisionTally:
+    """Reads the decision log from now on and counts each decision id once."""
+
+    def __init__(self, bootstrap: str, topics: TopicNames | None = None) -> None:
+        self.bootstrap, self.topics = bootstrap, topics or TopicNames()
+        self.codec = Codec()
+        self.outcomes: dict[str, int] = {}
+        self.finals: dict[str, set[str]] = {}  # load id -> final decision ids
+        self.ids: set[str] = set()
+        self.first_at: float | None = None
+        self.last_at = 0.0
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap,
+                                          enable_auto_commit=False)  # fmt: skip
+        await self._consumer.start()
+        tps = await partitions(self.bootstrap, self.topics.decision_log)
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_end(*tps)
+        for tp in tps:
+            await self._consumer.position(tp)
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def poll(self) -> None:
+        assert self._consumer is not None  # noqa: S101 - start() first
+        batch = await self._consumer.getmany(timeout_ms=10, max_records=5000)
+        for records in batch.values():
+            for r in records:
+                self._count(self.codec.decode(r.value, "DecisionRecord", trusted=True))
+
+    def _count(self, d: m.Record) -> None:
+        assert isinstance(d, m.DecisionRecord)  # noqa: S101 - decode checked the schema
+        if d.decision_id in self.ids:
+            return
+        self.ids.add(d.decision_id)
+        now = time.monotonic()
+        self.first_at = self.first_at or now
+        self.last_at = now
+        self.outcomes[d.outcome.value] = self.outcomes.get(d.outcome.value, 0) + 1
+        if d.outcome.value in FINAL:  # the load's end: each load must have exactly one
+            self.finals.setdefault(d.load_id, set()).add(d.decision_id)
+
+    @property
+    def rate(self) -> float:
+        if self.first_at is None or self.last_at <= self.first_at:
+            return 0.0
+        return len(self.ids) / (self.last_at - self.first_at)
+
+
+async def partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
+    """The partitions of ``topic``, from fresh metadata."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        parts = await producer.partitions_for(topic)
+    finally:
+        await producer.stop()
+    return [TopicPartition(topic, p) for p in sorted(parts)]
+
+
+def percentile(values: Iterable[float], q: float) -> float | None:
+    v = list(values)
+    return float(np.percentile(v, q)) if v else None

@@ -1,0 +1,187 @@
+"""The whole pipeline on the real broker and Redis: worker processes, SDK clients, audit."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from dispatcher.audit import PartitionAudit, audit, read_partition
+from dispatcher.codecs import Codec
+from dispatcher.codecs import models as m
+from dispatcher.demo import (
+    Behaviour,
+    DecisionTally,
+    Fleet,
+    LoadDriver,
+    agent_profile,
+    partitions,
+    policy_update,
+)
+from dispatcher.sdk import DispatcherProducer
+from tests.integration.pipeline import Pipeline
+
+pytestmark = pytest.mark.integration
+CODEC = Codec()
+POISON = [b"", b"\x00\x00\x00\x00\x63garbage", b"not avro at all"]
+
+
+@pytest.fixture
+def pipeline(
+    kafka_bootstrap: str, redis_url: str, unique: Callable[[str], str], tmp_path: Path
+) -> Iterator[Pipeline]:
+    p = Pipeline(kafka_bootstrap, redis_url, unique("t") + "-", tmp_path)
+    p.create_topics()
+    yield p
+    p.stop_all()
+
+
+async def wait_until(
+    check: Callable[[], bool], timeout_s: float, poll: Callable[[], object]
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        await poll()  # type: ignore[misc]
+
+
+def assert_audit_clean(results: list[PartitionAudit]) -> int:
+    for r in results:
+        assert r.ok, (r.partition, r.mismatches[:3], r.missing[:3], r.unexplained[:3])
+    return sum(r.matched for r in results)
+
+
+def over_capacity(
+    results: list[PartitionAudit], agents: dict[str, tuple[str, m.AgentProfile]]
+) -> list[str]:
+    """Decisions that put an agent over its capacity, replaying the log's holds and releases."""
+    bad = []
+    for r in results:
+        active: dict[str, int] = {}
+        for rec in r.records:
+            if rec.agent_id is None:
+                continue
+            if rec.outcome is m.DecisionOutcome.ASSIGNED:
+                active[rec.agent_id] = active.get(rec.agent_id, 0) + 1
+                if active[rec.agent_id] > agents[rec.agent_id][1].capacity:
+                    bad.append(rec.decision_id)
+            elif rec.outcome is not m.DecisionOutcome.REJECTED:  # requeued or final: released
+                active[rec.agent_id] -= 1
+    return bad
+
+
+async def assignments_ids(p: Pipeline) -> list[str]:
+    ids = []
+    for tp in await partitions(p.bootstrap, p.topics.assignments):
+        for r in await read_partition(p.bootstrap, tp):
+            rec = CODEC.decode(r.value, "Assignment")
+            assert isinstance(rec, m.Assignment)
+            ids.append(rec.decision_id)
+    return ids
+
+
+def test_end_to_end_against_the_core_offline(pipeline: Pipeline, redis_url: str) -> None:
+    """Two pools, three tenants, declines, failures, silent agents (ack timeouts), cancels, an
+    agent leaving mid-task, a policy update mid-stream and poison on every input topic."""
+    p = pipeline
+    p.start_worker()
+    rng = np.random.default_rng(7)
+    pools = ["pool-a", "pool-b"]
+    agents = {f"agent-{i:02d}": (pools[i % 2], agent_profile(rng, capacity=2)) for i in range(10)}
+
+    async def scenario() -> tuple[DecisionTally, Fleet, LoadDriver]:
+        producer = DispatcherProducer(p.bootstrap, topics=p.topics)
+        await producer.start()
+        await producer.publish_policy(policy_update(1, ack_ms=1500, heartbeat_ms=4000))
+        tally = DecisionTally(p.bootstrap, p.topics)
+        await tally.start()
+        driver = LoadDriver(p.bootstrap, pools, topics=p.topics, seed=3, duration_ms=150)
+        fleet = Fleet(p.bootstrap, agents, topics=p.topics, seed=5, published=driver.published,
+                      behaviour=Behaviour(decline=0.1, fail=0.05, silent=0.05,
+                                          work_ms=(100, 300), heartbeat_ms=500))  # fmt: skip
+        await fleet.start()
+        await driver.producer.start()
+        done = asyncio.Event()
+        fleet_task = asyncio.create_task(fleet.run(done.is_set))
+        for topic in (p.topics.load_arrival, p.topics.agent_availability, p.topics.task_results,
+                      p.topics.ticks, p.topics.policy_update):  # fmt: skip
+            for junk in POISON:
+                await producer.kafka.send_and_wait(topic, junk, key=b"pool-a")
+        first = asyncio.create_task(driver.run(150, rate=60, prefix="first"))
+        await asyncio.sleep(1.0)
+        for i in range(0, 20, 4):  # cancels: some still queued, some already assigned
+            await producer.cancel_load(f"first-{i:07d}", pools[i % 2], "acme")
+        await first
+        second = asyncio.create_task(driver.run(150, rate=60, prefix="second"))
+        await asyncio.sleep(1.0)
+        busy = sorted(a for a, running in fleet.running.items() if running)
+        await fleet.go_offline(busy[0])  # mid-task: its loads are requeued elsewhere
+        await producer.publish_policy(policy_update(2, ack_ms=1500, heartbeat_ms=4000,
+                                                    tenant_weights={"acme": 3.0}))  # fmt: skip
+        await second
+        await fleet.producer.flush()
+        arrived = driver.sent
+        # Every load reaches its end (the silent agents' loads after their ack timeouts).
+        await wait_until(lambda: len(tally.finals) >= arrived, 120, tally.poll)
+        await asyncio.sleep(1.0)  # repeats, if any, would land now
+        await tally.poll()
+        done.set()
+        await fleet_task
+        await fleet.stop()
+        await driver.producer.stop()
+        await producer.stop()
+        await tally.stop()
+        return tally, fleet, driver
+
+    tally, fleet, driver = asyncio.run(scenario())
+    assert len(tally.finals) == driver.sent == 300
+    assert all(len(ids) == 1 for ids in tally.finals.values()), "a load with two final decisions"
+    assert tally.outcomes["REQUEUED"] > 0  # declines, failures, timeouts, the agent that left
+    assert fleet.stats.received == tally.outcomes["ASSIGNED"]
+
+    # The log, the assignments and the core run offline on the recorded sequence agree.
+    results = asyncio.run(audit(p.bootstrap, p.topics))
+    checked = assert_audit_clean(results)
+    assert checked == sum(tally.outcomes.values())
+    assert over_capacity(results, agents) == []
+    assigned = {rec.decision_id for r in results for rec in r.records
+                if rec.outcome is m.DecisionOutcome.ASSIGNED}  # fmt: skip
+    logged_assignments = asyncio.run(assignments_ids(p))
+    assert set(logged_assignments) == assigned
+    reasons = {rec.reason_code for r in results for rec in r.records}
+    assert {"ACK_TIMEOUT", "DECLINED", "FAILED_RETRYABLE", "AGENT_OFFLINE"} <= reasons
+    versions = {rec.policy_version for r in results for rec in r.records}
+    assert {1, 2} <= versions
+    cancels = [rec for r in results for rec in r.records
+               if rec.reason_code in ("CANCELLED", "ALREADY_FINAL")]  # fmt: skip
+    assert len(cancels) == 5  # each cancel ended its load, or found it ended already
+    assert any(rec.reason_code == "CANCELLED" for rec in cancels)
+
+    # Poison on every input topic went to dead-letter, with where it came from.
+    async def dead() -> list[m.DeadLetter]:
+        out = []
+        for tp in await partitions(p.bootstrap, p.topics.dead_letter):
+            for r in await read_partition(p.bootstrap, tp):
+                rec = CODEC.decode(r.value, "DeadLetter")
+                assert isinstance(rec, m.DeadLetter)
+                out.append(rec)
+        return out
+
+    letters = asyncio.run(dead())
+    per_topic = {t: sum(1 for d in letters if d.source_topic == t) for t in
+                 (p.topics.load_arrival, p.topics.agent_availability, p.topics.task_results,
+                  p.topics.ticks, p.topics.policy_update)}  # fmt: skip
+    assert all(n == len(POISON) for n in per_topic.values()), per_topic
+
+    # The read model in Redis.
+    r = redis.Redis.from_url(redis_url)
+    counters = {k.decode(): int(v) for k, v in r.hgetall(f"{p.app_id}:counters").items()}
+    assert counters.get("COMPLETED", 0) > 0
+    assert r.llen(f"{p.app_id}:recent") > 0
+    assert int(r.hget(f"{p.app_id}:pool:pool-a", "agents") or 0) == 5
