@@ -180,8 +180,8 @@ def test_end_to_end_against_the_core_offline(pipeline: Pipeline, redis_url: str)
     assert all(n == len(POISON) for n in per_topic.values()), per_topic
 
     # The read model in Redis.
-    r = redis.Redis.from_url(redis_url)
-    counters = {k.decode(): int(v) for k, v in r.hgetall(f"{p.app_id}:counters").items()}
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    counters = {k: int(v) for k, v in r.hgetall(f"{p.app_id}:counters").items()}
     assert counters.get("COMPLETED", 0) > 0
     assert r.llen(f"{p.app_id}:recent") > 0
     assert int(r.hget(f"{p.app_id}:pool:pool-a", "agents") or 0) == 5
