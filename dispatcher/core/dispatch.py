@@ -215,22 +215,29 @@ class PoolState:
             out.append(self._queued(ls, e.source))
 
     def _queued(self, ls: LoadState, source: Source) -> Decision:
-        """Says why a load waits: no agent qualifies, or one does but others come first."""
+        """Says why a load waits: no agent qualifies, or some do but others come first.
+
+        A load tried at this epoch keeps the match that failed; one not tried
+        (its turn has not come, or the batch decides) is only counted against
+        the hard constraints, not scored: under a backlog, every arrival waits.
+        """
         p = self.policy
-        if p.mode == "batched" and ls.spec.priority is not Priority.CRITICAL:
-            # Not tried yet: count who qualifies; the batch scores it.
-            rows, excluded = self.agents.feasible(
-                ls.spec, p, p.tenant_deny.get(ls.spec.tenant, frozenset())
-            )
-            counted = Match(None, None, (), len(rows), excluded, None, None)
-            reason = "BATCH_WINDOW" if len(rows) else "NO_CANDIDATE"
-            return self._decision(ls, Outcome.QUEUED, reason, source, counted)
         last = ls.last_match if ls.failed_epoch == self.epoch else None
-        m = last or self._match(ls)[0]
-        reason = "NO_CANDIDATE" if m.row is None else "WAITING_TURN"
-        if m.row is not None and ls.spec.tenant in self._at_quota():
+        if last is not None:
+            return self._decision(ls, Outcome.QUEUED, "NO_CANDIDATE", source, last)
+        rows, excluded = self.agents.feasible(
+            ls.spec, p, p.tenant_deny.get(ls.spec.tenant, frozenset())
+        )
+        counted = Match(None, None, (), len(rows), excluded, None, None)
+        if not len(rows):
+            reason = "NO_CANDIDATE"
+        elif p.mode == "batched" and ls.spec.priority is not Priority.CRITICAL:
+            reason = "BATCH_WINDOW"
+        elif ls.spec.tenant in self._at_quota():
             reason = "TENANT_QUOTA"
-        return self._decision(ls, Outcome.QUEUED, reason, source, m)
+        else:
+            reason = "WAITING_TURN"
+        return self._decision(ls, Outcome.QUEUED, reason, source, counted)
 
     def _on_load_cancelled(self, e: LoadCancelled, out: list[Decision]) -> None:
         ls = self.loads.get(e.load_id)
@@ -295,7 +302,6 @@ class PoolState:
                 if deadline is not None and deadline + p.expire_after_deadline_ms < now:
                     self._finish(ls, Outcome.SHED, "EXPIRED", e.source, out)
         self._prune(now - p.dedupe_window_ms)
-        self.epoch += 1  # waits, backoffs and deadlines move with time
         if p.mode == "batched" and now - self.last_batch_ms >= p.batch_window_ms:
             self.last_batch_ms = now
             self._batch(e.source, out)
@@ -404,7 +410,9 @@ class PoolState:
         if self.parked and self.parked_epoch != self.epoch:
             parked, self.parked = self.parked, []
             for ls in parked:
-                if self.pending.get(ls.spec.load_id) is ls and ls.status is LoadStatus.PENDING:
+                load_id = ls.spec.load_id
+                if (self.pending.get(load_id) is ls and ls.status is LoadStatus.PENDING
+                        and load_id not in self.queue):  # fmt: skip
                     self._push(ls)
         while self.backing_off and self.backing_off[0][0] <= self.now_ms:
             load_id = heapq.heappop(self.backing_off)[2]
@@ -434,6 +442,9 @@ class PoolState:
         ls.last_match = m
         if m.row is None:
             ls.failed_epoch = self.epoch
+            if waiting:  # parked until agents change, or until the wait for its agent ends
+                ends = ls.spec.created_ms + self.policy.affinity_wait_ms
+                heapq.heappush(self.backing_off, (ends, ls.seq, ls.spec.load_id))
             return
         self._assign(ls, m, "AFFINITY" if waiting else "BEST_SCORE", source, out)
 

@@ -55,6 +55,8 @@ class WorkerConfig:
     tick_ms: int = 200  # how often each owned pool gets a Tick
     batch: int = 1000  # records per micro-batch
     batch_within_s: float = 0.002  # how long a micro-batch waits to fill
+    # A worker killed without leaving holds its partitions until this expires.
+    session_timeout_s: float = 10.0
 
 
 def _now_ms() -> int:
@@ -140,13 +142,18 @@ def build_app(cfg: WorkerConfig) -> faust.App:
         web_port=cfg.web_port, web_bind="127.0.0.1", web_host="127.0.0.1",
         topic_replication_factor=1, topic_allow_declare=False, topic_disable_leader=True,
         producer_acks=-1, broker_commit_interval=0.5, consumer_auto_offset_reset="earliest",
+        broker_session_timeout=cfg.session_timeout_s,
+        broker_heartbeat_interval=cfg.session_timeout_s / 4,
         stream_buffer_maxsize=4 * cfg.batch,
     )  # fmt: skip
     inputs = app.topic(t.load_arrival, t.agent_availability, t.task_results, t.ticks)
     policies = app.topic(t.policy_update)
     sequence = app.topic(t.input_sequence)
-    decisions, assignments = app.topic(t.decision_log), app.topic(t.assignments)
-    dead, ticks = app.topic(t.dead_letter), app.topic(t.ticks)
+
+    async def send(topic: str, key: bytes, value: bytes, partition: int | None = None) -> None:
+        # Faust's own producer (so its commit flushes these first), without the
+        # per-record futures and callbacks of Topic.send.
+        await app.producer.send(topic, key, value, partition, None, None)
 
     async def validate(ev: EventT[Any]) -> m.Record | None:
         msg = ev.message
@@ -155,8 +162,8 @@ def build_app(cfg: WorkerConfig) -> faust.App:
                                   partition=msg.partition, offset=msg.offset)  # fmt: skip
         except CodecError as exc:
             log.warning("dead letter: %s", exc)
-            await dead.send(key=msg.topic.encode(),
-                            value=d.dead_letter_bytes(exc, msg.key, msg.timestamp))  # fmt: skip
+            await send(t.dead_letter, msg.topic.encode(),
+                       d.dead_letter_bytes(exc, msg.key, msg.timestamp))  # fmt: skip
             return None
 
     @app.agent(inputs)
@@ -165,14 +172,14 @@ def build_app(cfg: WorkerConfig) -> faust.App:
             for ev in batch:
                 record = await validate(ev)
                 if record is not None:
-                    await sequence.send(key=record.pool.encode(), value=ev.value)  # type: ignore[attr-defined]  # inputs name their pool
+                    await send(t.input_sequence, record.pool.encode(), ev.value)  # type: ignore[attr-defined]  # inputs name their pool
 
     @app.agent(policies)
     async def policy_fanout(stream: Any) -> None:
         async for ev in stream.events():
             if await validate(ev) is not None:
                 for partition in range(await d.sequence_partitions()):
-                    await sequence.send(key=b"*", value=ev.value, partition=partition)
+                    await send(t.input_sequence, b"*", ev.value, partition)
 
     @app.agent(sequence)
     async def dispatch(stream: Any) -> None:
@@ -190,13 +197,13 @@ def build_app(cfg: WorkerConfig) -> faust.App:
                 except CodecError as exc:  # validated on the way in: a codec change?
                     log.error("undecodable record in the input sequence: %s", exc)
                     value = d.dead_letter_bytes(exc, ev.key, ev.message.timestamp)
-                    await dead.send(key=t.input_sequence.encode(), value=value)
+                    await send(t.dead_letter, t.input_sequence.encode(), value)
                     continue
                 for decision, (record, assignment) in zip(out.decisions, out.records, strict=True):
-                    await decisions.send(key=decision.pool.encode(), value=d.codec.encode(record))
+                    await send(t.decision_log, decision.pool.encode(), d.codec.encode(record))
                     if assignment is not None:
-                        await assignments.send(key=assignment.agent_id.encode(),
-                                               value=d.codec.encode(assignment))  # fmt: skip
+                        await send(t.assignments, assignment.agent_id.encode(),
+                                   d.codec.encode(assignment))  # fmt: skip
                 emitted += out.decisions
             await d.readmodel.publish(d.folds, emitted)
 
@@ -206,7 +213,7 @@ def build_app(cfg: WorkerConfig) -> faust.App:
         for fold in list(d.folds.values()):
             for pool in sorted(fold.pools):
                 value = d.codec.encode(m.Tick(pool=pool, event_time_ms=now))
-                await ticks.send(key=pool.encode(), value=value)
+                await send(t.ticks, pool.encode(), value)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # faust's signal stubs
     async def forget(app: faust.App, assigned: set[TP], **_: Any) -> None:

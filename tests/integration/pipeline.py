@@ -9,13 +9,19 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dispatcher.audit import PartitionAudit, read_partition
+from dispatcher.codecs import Codec
+from dispatcher.codecs import models as m
+from dispatcher.demo import partitions
 from dispatcher.topics import TopicNames, TopicsFile, apply_topics, load_topics
 
 READY = "[^Worker]: Ready"
+CODEC = Codec()
 
 
 def free_port() -> int:
@@ -91,3 +97,48 @@ class Pipeline:
 
     def log_text(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("*.log")))
+
+
+async def wait_until(
+    check: Callable[[], bool], timeout_s: float, poll: Callable[[], Awaitable[object]]
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        await poll()
+
+
+def assert_audit_clean(results: list[PartitionAudit]) -> int:
+    for r in results:
+        assert r.ok, (r.partition, r.mismatches[:3], r.missing[:3], r.unexplained[:3])
+    return sum(r.matched for r in results)
+
+
+def over_capacity(
+    results: list[PartitionAudit], agents: dict[str, tuple[str, m.AgentProfile]]
+) -> list[str]:
+    """Decisions that put an agent over its capacity, replaying the log's holds and releases."""
+    bad = []
+    for r in results:
+        active: dict[str, int] = {}
+        for rec in r.records:
+            if rec.agent_id is None:
+                continue
+            if rec.outcome is m.DecisionOutcome.ASSIGNED:
+                active[rec.agent_id] = active.get(rec.agent_id, 0) + 1
+                if active[rec.agent_id] > agents[rec.agent_id][1].capacity:
+                    bad.append(rec.decision_id)
+            elif rec.outcome is not m.DecisionOutcome.REJECTED:  # requeued or final: released
+                active[rec.agent_id] -= 1
+    return bad
+
+
+async def assignments_ids(p: Pipeline) -> list[str]:
+    ids = []
+    for tp in await partitions(p.bootstrap, p.topics.assignments):
+        for r in await read_partition(p.bootstrap, tp):
+            rec = CODEC.decode(r.value, "Assignment")
+            assert isinstance(rec, m.Assignment)
+            ids.append(rec.decision_id)
+    return ids

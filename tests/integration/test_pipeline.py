@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import redis
 
-from dispatcher.audit import PartitionAudit, audit, read_partition
+from dispatcher.audit import audit, read_partition
 from dispatcher.codecs import Codec
 from dispatcher.codecs import models as m
 from dispatcher.demo import (
@@ -24,7 +23,13 @@ from dispatcher.demo import (
     policy_update,
 )
 from dispatcher.sdk import DispatcherProducer
-from tests.integration.pipeline import Pipeline
+from tests.integration.pipeline import (
+    Pipeline,
+    assert_audit_clean,
+    assignments_ids,
+    over_capacity,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 CODEC = Codec()
@@ -39,51 +44,6 @@ def pipeline(
     p.create_topics()
     yield p
     p.stop_all()
-
-
-async def wait_until(
-    check: Callable[[], bool], timeout_s: float, poll: Callable[[], object]
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        await poll()  # type: ignore[misc]
-
-
-def assert_audit_clean(results: list[PartitionAudit]) -> int:
-    for r in results:
-        assert r.ok, (r.partition, r.mismatches[:3], r.missing[:3], r.unexplained[:3])
-    return sum(r.matched for r in results)
-
-
-def over_capacity(
-    results: list[PartitionAudit], agents: dict[str, tuple[str, m.AgentProfile]]
-) -> list[str]:
-    """Decisions that put an agent over its capacity, replaying the log's holds and releases."""
-    bad = []
-    for r in results:
-        active: dict[str, int] = {}
-        for rec in r.records:
-            if rec.agent_id is None:
-                continue
-            if rec.outcome is m.DecisionOutcome.ASSIGNED:
-                active[rec.agent_id] = active.get(rec.agent_id, 0) + 1
-                if active[rec.agent_id] > agents[rec.agent_id][1].capacity:
-                    bad.append(rec.decision_id)
-            elif rec.outcome is not m.DecisionOutcome.REJECTED:  # requeued or final: released
-                active[rec.agent_id] -= 1
-    return bad
-
-
-async def assignments_ids(p: Pipeline) -> list[str]:
-    ids = []
-    for tp in await partitions(p.bootstrap, p.topics.assignments):
-        for r in await read_partition(p.bootstrap, tp):
-            rec = CODEC.decode(r.value, "Assignment")
-            assert isinstance(rec, m.Assignment)
-            ids.append(rec.decision_id)
-    return ids
 
 
 def test_end_to_end_against_the_core_offline(pipeline: Pipeline, redis_url: str) -> None:
