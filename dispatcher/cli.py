@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import os
 import signal
+import socket
+import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -15,7 +19,8 @@ from types import FrameType
 import click
 
 from dispatcher import __version__
-from dispatcher.errors import DispatcherError
+from dispatcher.demo import run_demo
+from dispatcher.errors import DispatcherError, StackError
 from dispatcher.settings import Settings
 from dispatcher.stack import ServiceStatus, Stack
 from dispatcher.topics import (
@@ -316,11 +321,14 @@ def simulate_cmd(  # noqa: PLR0917 - click passes options by position
 @cli.command("run")
 @_topics_file
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
-def run(topics_file: Path, duration: float | None) -> None:
-    """Start the whole system and watch it; Ctrl-C stops what this started.
+@click.option("--rate", type=float, default=40.0, show_default=True, help="Demo loads per second.")
+@click.option("--agents", type=int, default=60, show_default=True, help="Demo agents.")
+def run(topics_file: Path, duration: float | None, rate: float, agents: int) -> None:
+    """Start the whole system with a demo workload; Ctrl-C stops what this started.
 
-    Brings up the broker and Redis, applies topics.yaml, prints what runs
-    where, then shows records arriving on every declared topic.
+    Brings up the broker and Redis, applies topics.yaml, starts a dispatcher
+    worker, then drives it with simulated producers and agents, printing
+    progress every second and a summary at the end.
     """
     spec = load_topics(topics_file)
     s = Stack(_settings())
@@ -331,23 +339,85 @@ def run(topics_file: Path, duration: float | None) -> None:
 
     signal.signal(signal.SIGTERM, _interrupt)
     started: tuple[str, ...] = ()
+    worker: subprocess.Popen[bytes] | None = None
     try:
         endpoints = s.up()  # if interrupted, it stops what it had started itself
         started = endpoints.started
         _print_reports(asyncio.run(apply_topics(spec, endpoints.kafka_bootstrap)))
         _print_status(s)
         click.echo(f"kafka: {endpoints.kafka_bootstrap}   redis: {endpoints.redis_url}")
+        worker = _start_worker(s.settings, endpoints.kafka_bootstrap, endpoints.redis_url)
         click.echo("Ctrl-C stops everything this command started.")
-        asyncio.run(
-            watch_topics(
-                endpoints.kafka_bootstrap, list(spec.topics), duration=duration, echo=click.echo
-            )
-        )
+        asyncio.run(run_demo(endpoints.kafka_bootstrap, agents=agents, rate=rate,
+                             duration_s=duration, echo=click.echo))  # fmt: skip
     except KeyboardInterrupt:
         click.echo("\ninterrupted")
     finally:
+        if worker is not None:
+            click.echo("stopping: worker")
+            _stop(worker)
         if started:
             click.echo("stopping: " + ", ".join(s.down(only=started)))
+
+
+@cli.command("watch")
+@_topics_file
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+def watch(topics_file: Path, duration: float | None) -> None:
+    """Show records arriving on every declared topic (counts per second)."""
+    s = _settings()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(watch_topics(s.kafka_bootstrap or s.local_bootstrap,
+                                 list(load_topics(topics_file).topics), duration=duration,
+                                 echo=click.echo))  # fmt: skip
+
+
+@cli.command("demo")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.option("--rate", type=float, default=40.0, show_default=True, help="Loads per second.")
+@click.option("--agents", type=int, default=60, show_default=True)
+@click.option("--pools", type=int, default=2, show_default=True)
+def demo(duration: float | None, rate: float, agents: int, pools: int) -> None:
+    """Drive a running worker with simulated producers and agents (see `dispatcher run`)."""
+    s = _settings()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_demo(s.kafka_bootstrap or s.local_bootstrap, agents=agents, pools=pools,
+                             rate=rate, duration_s=duration, echo=click.echo))  # fmt: skip
+
+
+def _start_worker(settings: Settings, bootstrap: str, redis_url: str) -> subprocess.Popen[bytes]:
+    """A worker process in its own session (Ctrl-C reaches us, and we stop it)."""
+    log_path = settings.state_dir / "worker.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        web_port = sock.getsockname()[1]
+    env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "REDIS_URL": redis_url}
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dispatcher", "worker", "--web-port", str(web_port),
+             "--loglevel", "info"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while "[^Worker]: Ready" not in log_path.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _stop(proc)
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise StackError(f"the worker did not start (log {log_path}):\n{tail}")
+        time.sleep(0.2)
+    click.echo(f"worker: pid {proc.pid}, web http://127.0.0.1:{web_port}/, log {log_path}")
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 # -- worker ----------------------------------------------------------------------

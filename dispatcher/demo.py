@@ -337,3 +337,94 @@ async def partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
 def percentile(values: Iterable[float], q: float) -> float | None:
     v = list(values)
     return float(np.percentile(v, q)) if v else None
+
+
+@dataclass
+class DemoReport:
+    published: int
+    outcomes: dict[str, int]
+    decisions: int
+    decisions_per_s: float
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
+    repeats: int
+    seconds: float
+
+    def lines(self) -> list[str]:
+        o = self.outcomes
+        return [
+            f"loads published {self.published:,} in {self.seconds:.0f}s; "
+            f"decisions {self.decisions:,} ({self.decisions_per_s:,.0f}/s)",
+            f"assigned {o.get('ASSIGNED', 0):,}  completed {o.get('COMPLETED', 0):,}  "
+            f"requeued {o.get('REQUEUED', 0):,}  failed {o.get('FAILED', 0):,}  "
+            f"shed {o.get('SHED', 0):,}  dead-lettered {o.get('DEAD_LETTERED', 0):,}",
+            f"arrival -> assignment p50 {_ms(self.latency_p50_ms)}  p99 {_ms(self.latency_p99_ms)}"
+            f"  (repeated assignments dropped by the agents: {self.repeats})",
+        ]
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.0f} ms"
+
+
+async def run_demo(
+    bootstrap: str, *, topics: TopicNames | None = None, agents: int = 60, pools: int = 2,
+    rate: float = 50.0, duration_s: float | None = None, seed: int = 1,
+    echo: Callable[[str], None] = print,
+) -> DemoReport:  # fmt: skip
+    """Publishes a policy, registers a fleet, sends loads at ``rate`` until ``duration_s``
+    (or until cancelled: Ctrl-C), printing progress every second and a summary at the end."""
+    topics = topics or TopicNames()
+    run = f"demo{int(time.time())}"
+    rng = np.random.default_rng(seed)
+    pool_names = [f"{run}-pool-{i}" for i in range(pools)]
+    fleet_agents = {f"{run}-agent-{i:03d}": (pool_names[i % pools], agent_profile(rng))
+                    for i in range(agents)}  # fmt: skip
+    producer = DispatcherProducer(bootstrap, topics=topics)
+    await producer.start()
+    await producer.publish_policy(policy_update(int(time.time())))
+    await producer.stop()
+    tally = DecisionTally(bootstrap, topics)
+    await tally.start()
+    driver = LoadDriver(bootstrap, pool_names, topics=topics, seed=seed, duration_ms=300)
+    fleet = Fleet(bootstrap, fleet_agents, topics=topics, seed=seed,
+                  published=driver.published, behaviour=Behaviour(work_ms=(200, 1500)))  # fmt: skip
+    await fleet.start()
+    await driver.producer.start()
+    started = time.monotonic()
+    done = asyncio.Event()
+    tasks = [asyncio.create_task(fleet.run(done.is_set)),
+             asyncio.create_task(driver.run(10**9 if duration_s is None else
+                                            int(rate * duration_s), rate, prefix=run))]  # fmt: skip
+    try:
+        while not tasks[1].done():
+            try:
+                await asyncio.sleep(1.0)
+            except asyncio.CancelledError:
+                break  # Ctrl-C: stop sending, summarise
+            await tally.poll()
+            o, lat = tally.outcomes, fleet.stats.latency_ms[-2000:]
+            echo(f"{time.monotonic() - started:5.0f}s  loads {driver.sent:>7,}  "
+                 f"assigned {o.get('ASSIGNED', 0):>7,}  completed {o.get('COMPLETED', 0):>7,}  "
+                 f"requeued {o.get('REQUEUED', 0):>5,}  shed {o.get('SHED', 0):>4,}  "
+                 f"decisions/s {tally.rate:>7,.0f}  latency p50 {_ms(percentile(lat, 50))} "
+                 f"p99 {_ms(percentile(lat, 99))}")  # fmt: skip
+        await asyncio.sleep(2.0)  # the last answers
+        await tally.poll()
+    finally:
+        lat = fleet.stats.latency_ms
+        report = DemoReport(
+            published=driver.sent, outcomes=dict(tally.outcomes), decisions=len(tally.ids),
+            decisions_per_s=tally.rate, latency_p50_ms=percentile(lat, 50),
+            latency_p99_ms=percentile(lat, 99), repeats=fleet.stats.repeats,
+            seconds=time.monotonic() - started,
+        )  # fmt: skip
+        for line in ["summary:", *report.lines()]:
+            echo(line)
+        done.set()
+        tasks[1].cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await fleet.stop()
+        await driver.producer.stop()
+        await tally.stop()
+    return report

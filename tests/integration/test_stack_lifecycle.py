@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -104,14 +105,15 @@ def test_up_refuses_a_port_held_by_another_program(private_env: dict[str, str]) 
 
 def test_run_starts_everything_and_ctrl_c_stops_it(private_env: dict[str, str]) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-u", "-m", "dispatcher", "run"],
+        [sys.executable, "-u", "-m", "dispatcher", "run", "--rate", "20", "--agents", "10"],
         env=private_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     lines: list[str] = []
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 240
         assert proc.stdout is not None
-        while not any(line.startswith("watching:") for line in lines):
+        # Progress lines until the demo's loads are being completed by its agents.
+        while not re.search(r"completed +[1-9]", lines[-1] if lines else ""):
             assert time.monotonic() < deadline, "".join(lines)
             line = proc.stdout.readline()
             assert line, "dispatcher run ended early:\n" + "".join(lines)
@@ -124,8 +126,11 @@ def test_run_starts_everything_and_ctrl_c_stops_it(private_env: dict[str, str]) 
             proc.kill()
     output = "".join(lines) + rest
     assert proc.returncode == 0, output
-    assert output.count("created ") == 8
+    assert output.count("created ") == 9
     assert "Ctrl-C stops everything" in output
+    assert re.search(r"assigned [1-9][\d,]* +completed [1-9]", output), output  # the summary
+    assert "arrival -> assignment p50" in output
+    assert "stopping: worker" in output
     assert "stopping: redis, kafka" in output
     assert not any(s["running"] for s in _status(private_env).values())
 
