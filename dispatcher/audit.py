@@ -10,6 +10,8 @@ identical, and only its first occurrence counts.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +24,7 @@ from dispatcher.demo import partitions
 from dispatcher.topics import TopicNames
 from dispatcher.worker.fold import PartitionFold
 
-__all__ = ["Mismatch", "PartitionAudit", "audit", "read_partition"]
+__all__ = ["Mismatch", "PartitionAudit", "audit", "explain_load", "read_partition"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,17 +90,25 @@ async def audit(
     *,
     policy: core.Policy = core.DEFAULT_POLICY,
     codec: Codec | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> list[PartitionAudit]:
-    """Audits every partition; ``policy`` is the workers' policy before the first update."""
+    """Audits every partition; ``policy`` is the workers' policy before the first update.
+
+    ``progress`` is called with the number of inputs replayed so far, now and then.
+    """
     topics = topics or TopicNames()
     codec = codec or Codec()
     results = []
+    replayed = 0
     for tp in await partitions(bootstrap, topics.input_sequence):
         res = PartitionAudit(tp.partition)
         fold = PartitionFold(topics.input_sequence, tp.partition, codec, policy)
         expected: list[tuple[bytes, m.DecisionRecord]] = []
         for r in await read_partition(bootstrap, tp):
             res.inputs += 1
+            replayed += 1
+            if progress is not None and replayed % 20_000 == 0:
+                progress(replayed)
             try:
                 out = fold.apply(r.value, r.offset)
             except CodecError:
@@ -136,3 +146,39 @@ async def audit(
 
 def _input(rec: m.DecisionRecord) -> tuple[str, int, int]:
     return (rec.input.topic, rec.input.partition, rec.input.offset)
+
+
+async def explain_load(
+    bootstrap: str, topics: TopicNames, load_id: str, agents: tuple[str, ...] = (),
+    *, policy: core.Policy = core.DEFAULT_POLICY,
+) -> dict[str, Any]:  # fmt: skip
+    """The logged decisions about ``load_id``; with ``agents``, how each stood against it.
+
+    The verdicts come from folding the load's partition up to (and including)
+    the input of its last decision, then asking the core (``core.explain``).
+    """
+    codec = Codec()
+    decisions: list[m.DecisionRecord] = []
+    seen: set[str] = set()
+    for tp in await partitions(bootstrap, topics.decision_log):
+        for r in await read_partition(bootstrap, tp):
+            rec = codec.decode(r.value, "DecisionRecord", trusted=True)
+            if (isinstance(rec, m.DecisionRecord) and rec.load_id == load_id
+                    and rec.decision_id not in seen):  # fmt: skip
+                seen.add(rec.decision_id)
+                decisions.append(rec)
+    verdicts: list[dict[str, Any]] = []
+    if decisions and agents:
+        last = decisions[-1]
+        tp = TopicPartition(topics.input_sequence, last.input.partition)
+        fold = PartitionFold(topics.input_sequence, tp.partition, codec, policy)
+        for r in await read_partition(bootstrap, tp):
+            if r.offset > last.input.offset:
+                break
+            with contextlib.suppress(CodecError):
+                fold.apply(r.value, r.offset)
+        why = core.explain(fold.pools[last.pool], load_id, agents)
+        verdicts = [{"agent_id": v.agent_id, "failed": list(v.failed), "score": v.score,
+                     "gap": v.gap, "parts": dict(v.parts)} for v in why.verdicts]  # fmt: skip
+    return {"load_id": load_id, "decisions": [d.model_dump(mode="json") for d in decisions],
+            "verdicts": verdicts}  # fmt: skip

@@ -13,8 +13,10 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import click
 
@@ -418,6 +420,212 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# -- audit, what-if, explain, policies ----------------------------------------------
+
+_prefix = click.option("--topic-prefix", default="", help="Prefix of every topic name.")
+_as_json = click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+
+
+def _bootstrap() -> str:
+    s = _settings()
+    return s.kafka_bootstrap or s.local_bootstrap
+
+
+def _position(value: str | None) -> tuple[str, int] | None:
+    """An offset (an integer) or a time (ISO 8601, as epoch ms)."""
+    if value is None:
+        return None
+    if value.isdigit():
+        return ("offset", int(value))
+    try:
+        return ("time", int(datetime.fromisoformat(value).timestamp() * 1000))
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r}: an offset or an ISO 8601 time") from exc
+
+
+@cli.command("audit")
+@click.option("--pool", default=None, help="Check only this pool's decisions.")
+@click.option("--from", "start", default=None, help="Input offset or ISO time to check from.")
+@click.option("--to", "end", default=None, help="Input offset or ISO time to check up to.")
+@_prefix
+@_as_json
+def audit_cmd(pool: str | None, start: str | None, end: str | None, topic_prefix: str,
+              as_json: bool) -> None:  # fmt: skip
+    """Re-run the core on the recorded inputs and check every logged decision byte for byte.
+
+    Exits 1 on any mismatch, missing or unexplained decision.
+    """
+    from dispatcher.audit import audit  # noqa: PLC0415 - kept off the import path of others
+
+    lo, hi = _position(start), _position(end)
+
+    def wanted(rec: Any) -> bool:
+        at = {"offset": rec.input.offset, "time": rec.event_time_ms}
+        after = lo is None or at[lo[0]] >= lo[1]
+        before = hi is None or at[hi[0]] < hi[1]
+        return (pool is None or rec.pool == pool) and after and before
+
+    started = time.monotonic()
+
+    def progress(n: int) -> None:
+        rate = n / max(1e-9, time.monotonic() - started)
+        click.echo(f"  {n:,} inputs replayed ({rate:,.0f}/s)", err=True)
+
+    results = asyncio.run(audit(_bootstrap(), TopicNames.prefixed(topic_prefix),
+                                progress=progress))  # fmt: skip
+    rows: list[dict[str, Any]] = []
+    bad = 0
+    for r in results:
+        mism = [x for x in r.mismatches if pool is None or x.decision_id]
+        checked = sum(1 for rec in r.records if wanted(rec))
+        bad += len(mism) + len(r.missing) + len(r.unexplained)
+        rows.append({"partition": r.partition, "inputs": r.inputs, "checked": checked,
+                     "matched": r.matched, "repeats": r.repeats, "mismatches": len(mism),
+                     "missing": len(r.missing), "unexplained": len(r.unexplained),
+                     "first_mismatch": asdict(mism[0]) if mism else None,
+                     "missing_ids": r.missing[:5],
+                     "unexplained_ids": r.unexplained[:5]})  # fmt: skip
+    total = sum(x["checked"] for x in rows)
+    elapsed = time.monotonic() - started
+    if as_json:
+        click.echo(json.dumps({"partitions": rows, "checked": total, "problems": bad,
+                               "seconds": elapsed}, indent=2, default=str))  # fmt: skip
+    else:
+        click.echo(f"{'part':>4} {'inputs':>8} {'checked':>8} {'matched':>8} {'repeats':>7} "
+                   f"{'mismatch':>8} {'missing':>7} {'unexpl.':>7}")  # fmt: skip
+        for x in rows:
+            click.echo(f"{x['partition']:>4} {x['inputs']:>8,} {x['checked']:>8,} "
+                       f"{x['matched']:>8,} {x['repeats']:>7,} {x['mismatches']:>8} "
+                       f"{x['missing']:>7} {x['unexplained']:>7}")  # fmt: skip
+            if x["first_mismatch"]:
+                f = x["first_mismatch"]
+                click.echo(f"     first mismatch: decision {f['decision_id']} field {f['field']}: "
+                           f"expected {f['expected']!r}, logged {f['logged']!r}; "
+                           f"input {f['input']}")  # fmt: skip
+        verdict = "OK" if bad == 0 else f"{bad} PROBLEM(S)"
+        click.echo(f"{total:,} decisions checked in {elapsed:.1f}s "
+                   f"({total / max(elapsed, 1e-9):,.0f}/s): {verdict}")  # fmt: skip
+    if bad:
+        sys.exit(1)
+
+
+@cli.command("whatif")
+@click.option("--policy", "policy_file", required=True,
+              type=click.Path(path_type=Path, dir_okay=False, exists=True))  # fmt: skip
+@_prefix
+@_as_json
+def whatif_cmd(policy_file: Path, topic_prefix: str, as_json: bool) -> None:
+    """Replay the recorded inputs under another policy and report what would change."""
+    from dispatcher.audit import read_partition  # noqa: PLC0415
+    from dispatcher.codecs.adapt import policy_from  # noqa: PLC0415
+    from dispatcher.demo import partitions  # noqa: PLC0415
+    from dispatcher.policytool import load_policy_file  # noqa: PLC0415
+    from dispatcher.whatif import compare  # noqa: PLC0415
+
+    policy = policy_from(load_policy_file(policy_file))
+    topics = TopicNames.prefixed(topic_prefix)
+
+    async def recorded() -> list[tuple[int, list[tuple[int, bytes]]]]:
+        bootstrap = _bootstrap()
+        return [(tp.partition, [(r.offset, r.value) for r in await read_partition(bootstrap, tp)])
+                for tp in await partitions(bootstrap, topics.input_sequence)]  # fmt: skip
+
+    report = compare(asyncio.run(recorded()), policy, topic=topics.input_sequence)
+    if as_json:
+        click.echo(json.dumps(asdict(report), indent=2, default=str))
+        return
+    a, b = report.recorded, report.alternative
+    click.echo(f"loads {a['loads']:,}; changed {report.changed:,} "
+               f"({report.decisions_changed:,} decisions differ)")  # fmt: skip
+    click.echo(f"{'':<22} {'recorded':>12} {'what-if':>12}")
+    for label, key in (("assigned", "assigned"), ("shed", "shed"), ("SLA %", "sla_pct"),
+                       ("match score", "match_score")):  # fmt: skip
+        click.echo(f"{label:<22} {_num(a[key]):>12} {_num(b[key]):>12}")
+    for tenant in a["tenants"]:
+        ta, tb = a["tenants"][tenant], b["tenants"].get(tenant, {})
+        click.echo(f"{tenant + ' share':<22} {ta['share']:>12.1%} {tb.get('share', 0):>12.1%}")
+        click.echo(f"{tenant + ' wait p50/p99 ms':<22} "
+                   f"{_num(ta['wait_p50_ms'])}/{_num(ta['wait_p99_ms']):>5} "
+                   f"{_num(tb.get('wait_p50_ms'))}/{_num(tb.get('wait_p99_ms')):>5}")  # fmt: skip
+    for ex in report.examples:
+        click.echo(f"  {ex['load']} ({ex['tenant']}): {ex['recorded']['agent']} -> "
+                   f"{ex['alternative']['agent']}; why: {ex['why']}")  # fmt: skip
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.1f}" if isinstance(v, float) else f"{v:,}"
+
+
+@cli.command("explain")
+@click.argument("load_id")
+@click.option("--agent", "agents", multiple=True, help="Also say why not this agent (repeat).")
+@_prefix
+@_as_json
+def explain_cmd(load_id: str, agents: tuple[str, ...], topic_prefix: str, as_json: bool) -> None:
+    """Show the decisions about LOAD_ID: candidates, exclusions, score parts, runner-up."""
+    from dispatcher.audit import explain_load  # noqa: PLC0415
+
+    found = asyncio.run(explain_load(_bootstrap(), TopicNames.prefixed(topic_prefix), load_id,
+                                     agents))  # fmt: skip
+    if not found["decisions"]:
+        raise click.ClickException(f"no decision about load {load_id} in the decision log")
+    if as_json:
+        click.echo(json.dumps(found, indent=2, default=str))
+        return
+    for d in found["decisions"]:
+        where = d["input"]
+        click.echo(f"{d['outcome']:<13} attempt {d['attempt']} reason {d['reason_code']} "
+                   f"agent {d['agent_id']} policy v{d['policy_version']} "
+                   f"input {where['topic']}[{where['partition']}]@{where['offset']}")  # fmt: skip
+        if d["candidates"] or d["excluded"]:
+            excluded = ", ".join(f"{k} {v}" for k, v in d["excluded"].items() if v)
+            click.echo(f"  candidates {d['candidates']}; excluded: {excluded or 'none'}")
+        if d["score"] is not None:
+            parts = ", ".join(f"{k} {v:.3f}" for k, v in d["score_parts"].items() if v)
+            click.echo(f"  score {d['score']:.3f} = {parts}")
+            click.echo(f"  runner-up {d['runner_up']} by {d['margin']}")
+    for v in found["verdicts"]:
+        why = (f"fails {', '.join(v['failed'])}" if v["failed"] else
+               f"scores {v['score']:.3f}, {v['gap']:.3f} below the chosen one")  # fmt: skip
+        click.echo(f"why not {v['agent_id']}: {why}")
+
+
+@cli.group()
+def policy() -> None:
+    """Check and publish policy versions."""
+
+
+@policy.command("validate")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+def policy_validate(path: Path) -> None:
+    """Check a policy file: schema, then semantics. Exits 1 with the problems."""
+    from dispatcher.policytool import load_policy_file, problems  # noqa: PLC0415
+
+    update = load_policy_file(path)
+    found = problems(update)
+    for p in found:
+        click.echo(f"{path}: {p}", err=True)
+    if found:
+        sys.exit(1)
+    click.echo(f"{path}: {update.policy_id} version {update.version} is valid")
+
+
+@policy.command("publish")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+@_prefix
+def policy_publish(path: Path, topic_prefix: str) -> None:
+    """Publish a valid policy whose version is newer than the current one."""
+    from dispatcher.policytool import load_policy_file, publish  # noqa: PLC0415
+
+    update = load_policy_file(path)
+    partition, offset = asyncio.run(publish(_bootstrap(), TopicNames.prefixed(topic_prefix),
+                                            update))  # fmt: skip
+    click.echo(
+        f"published {update.policy_id} version {update.version} "
+        f"(partition {partition}, offset {offset})"
+    )
 
 
 # -- worker ----------------------------------------------------------------------

@@ -12,9 +12,9 @@ from types import MappingProxyType
 from dispatcher import core
 from dispatcher.codecs import models as m
 
-__all__ = ["policy_from", "to_event", "to_records"]
+__all__ = ["TIMEOUTS", "policy_from", "to_event", "to_records"]
 
-_TIMEOUTS = {  # PolicyDocument.timeouts_ms key -> core.Policy field
+TIMEOUTS = {  # PolicyDocument.timeouts_ms key -> core.Policy field
     "ack": "ack_timeout_ms",
     "heartbeat": "heartbeat_timeout_ms",
     "affinity_wait": "affinity_wait_ms",
@@ -26,7 +26,7 @@ _TIMEOUTS = {  # PolicyDocument.timeouts_ms key -> core.Policy field
 def policy_from(update: m.PolicyUpdate) -> core.Policy:
     """The core policy a PolicyUpdate describes (unknown timeout names are ignored)."""
     doc = update.document
-    timeouts = {_TIMEOUTS[k]: v for k, v in doc.timeouts_ms.items() if k in _TIMEOUTS}
+    timeouts = {TIMEOUTS[k]: v for k, v in doc.timeouts_ms.items() if k in TIMEOUTS}
     return core.Policy(
         version=update.version,
         mode="batched" if doc.matching_mode is m.MatchingMode.BATCHED else "greedy",
@@ -43,7 +43,7 @@ def policy_from(update: m.PolicyUpdate) -> core.Policy:
         max_pending=doc.backpressure.max_pending,
         high_watermark=doc.backpressure.high_watermark,
         low_watermark=doc.backpressure.low_watermark,
-        **timeouts,  # type: ignore[arg-type]  # field names checked by _TIMEOUTS
+        **timeouts,  # type: ignore[arg-type]  # field names checked by TIMEOUTS
     )
 
 

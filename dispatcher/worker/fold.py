@@ -53,7 +53,10 @@ class PartitionFold:
         record = self.codec.decode(
             value, topic=self.topic, partition=self.partition, offset=offset, trusted=True
         )
-        event = to_event(record, (self.topic, self.partition, offset))
+        return self.apply_event(record, to_event(record, (self.topic, self.partition, offset)))
+
+    def apply_event(self, record: m.Record, event: core.Event) -> Emitted:
+        """Applies a decoded input (``whatif`` rewrites some events before they apply)."""
         out = Emitted()
         if isinstance(event, core.PolicyChanged):
             if isinstance(event.policy, core.Policy) and event.policy.version > self.policy.version:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import redis
+import yaml
 
-from dispatcher.audit import audit, read_partition
+from dispatcher.audit import PartitionAudit, audit, read_partition
 from dispatcher.codecs import Codec
 from dispatcher.codecs import models as m
 from dispatcher.demo import (
@@ -23,6 +28,7 @@ from dispatcher.demo import (
     policy_update,
 )
 from dispatcher.sdk import DispatcherProducer
+from dispatcher.settings import PROJECT_ROOT
 from tests.integration.pipeline import (
     Pipeline,
     assert_audit_clean,
@@ -145,3 +151,56 @@ def test_end_to_end_against_the_core_offline(pipeline: Pipeline, redis_url: str)
     assert counters.get("COMPLETED", 0) > 0
     assert r.llen(f"{p.app_id}:recent") > 0
     assert int(r.hget(f"{p.app_id}:pool:pool-a", "agents") or 0) == 5
+
+    # The operator's tools on the same recorded topics (issue: audit, what-if, explain).
+    p.stop_all()
+    operator_tools(p, results)
+
+
+def cli(p: Pipeline, *args: str) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": p.bootstrap, "REDIS_URL": p.redis_url}
+    command = [sys.executable, "-m", "dispatcher", *args, "--topic-prefix", p.prefix]
+    return subprocess.run(command, env=env, text=True, capture_output=True, timeout=180,
+                          check=False)  # fmt: skip
+
+
+def operator_tools(p: Pipeline, results: list[PartitionAudit]) -> None:
+    audited = cli(p, "audit", "--json")
+    assert audited.returncode == 0, audited.stdout + audited.stderr
+    report = json.loads(audited.stdout)
+    assert report["problems"] == 0
+    assert report["checked"] == sum(len(r.records) for r in results)
+
+    assigned = next(rec for r in results for rec in r.records
+                    if rec.outcome is m.DecisionOutcome.ASSIGNED and rec.runner_up)  # fmt: skip
+    explained = cli(p, "explain", assigned.load_id, "--agent", assigned.runner_up or "")
+    assert explained.returncode == 0, explained.stderr
+    assert f"agent {assigned.agent_id}" in explained.stdout
+    assert f"why not {assigned.runner_up}" in explained.stdout
+
+    policy_file = Path(p.logs) / "p3.yaml"
+    doc = yaml.safe_load((PROJECT_ROOT / "ops/policies/example.yaml").read_text())
+    policy_file.write_text(yaml.safe_dump(doc | {"version": 2}))
+    refused = cli(p, "policy", "publish", str(policy_file))
+    assert refused.returncode == 1
+    assert "version 2 is already published" in refused.stderr
+    policy_file.write_text(yaml.safe_dump(doc | {"version": 3}))
+    assert cli(p, "policy", "publish", str(policy_file)).returncode == 0
+    whatif = cli(p, "whatif", "--policy", str(policy_file), "--json")
+    assert whatif.returncode == 0, whatif.stderr
+    assert json.loads(whatif.stdout)["recorded"]["loads"] == 300
+
+    # Tamper with one decision: a copy naming another agent. Audit fails and names it.
+    victim = results[0].records[-1]
+    forged = victim.model_copy(update={"agent_id": "agent-99", "score": 9.0})
+
+    async def forge() -> None:
+        async with DispatcherProducer(p.bootstrap, topics=p.topics) as producer:
+            await producer.kafka.send_and_wait(p.topics.decision_log, CODEC.encode(forged),
+                                               key=victim.pool.encode(), partition=0)  # fmt: skip
+
+    asyncio.run(forge())
+    tampered = cli(p, "audit")
+    assert tampered.returncode == 1
+    assert victim.decision_id in tampered.stdout
+    assert "conflicting repeat" in tampered.stdout

@@ -1,0 +1,125 @@
+"""Policy files: read, check, and publish a version (``dispatcher policy ...``).
+
+A policy file is YAML holding what a PolicyUpdate carries, less what publishing
+adds (effective time, content hash):
+
+    policy_id: dispatch
+    version: 3
+    author: ops
+    document: {matching_mode: GREEDY, batch_window_ms: 50, weights: {...}, ...}
+
+See ops/policies/example.yaml.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from dispatcher import core
+from dispatcher.audit import read_partition
+from dispatcher.codecs import models as m
+from dispatcher.codecs.adapt import TIMEOUTS
+from dispatcher.codecs.codec import Codec, CodecError
+from dispatcher.demo import partitions
+from dispatcher.errors import ConfigError
+from dispatcher.sdk.producer import DispatcherProducer, now_ms
+from dispatcher.topics import TopicNames
+
+__all__ = ["current_version", "load_policy_file", "problems", "publish"]
+
+_SWITCHES = frozenset(core.CONSTRAINTS) | {"hard_affinity"}
+
+
+def load_policy_file(path: Path, *, effective_from_ms: int | None = None) -> m.PolicyUpdate:
+    """The PolicyUpdate a policy file describes (schema checks only).
+
+    Raises:
+        ConfigError: unreadable file, not YAML, or not a valid policy.
+    """
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the policy: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("document"), dict):
+        raise ConfigError(f"{path}: a policy file maps policy_id, version, author and document")
+    try:
+        document = m.PolicyDocument.model_validate(doc["document"])
+        digest = hashlib.sha256(document.model_dump_json().encode()).hexdigest()
+        return m.PolicyUpdate.model_validate({
+            **{k: v for k, v in doc.items() if k != "document"}, "document": document,
+            "effective_from_ms": effective_from_ms or now_ms(), "content_hash": digest,
+        })  # fmt: skip
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: not a valid policy: {exc}") from exc
+
+
+def problems(update: m.PolicyUpdate) -> list[str]:
+    """Semantic problems: what the schema allows but no sane dispatcher should run."""
+    doc = update.document
+    out = _weight_problems(doc.weights)
+    out += [f"constraints.{c}: unknown ({', '.join(sorted(_SWITCHES))})"
+            for c in sorted(doc.constraints) if c not in _SWITCHES]  # fmt: skip
+    out += [f"constraints.{c}: cannot be disabled (agents would be double-booked, or work "
+            "would go to agents that are not there)"
+            for c in ("status", "capacity") if doc.constraints.get(c) is False]  # fmt: skip
+    out += [f"timeouts_ms.{t}: unknown ({', '.join(sorted(TIMEOUTS))})"
+            for t in sorted(doc.timeouts_ms) if t not in TIMEOUTS]  # fmt: skip
+    out += [f"tenant_quotas.{t}: 0, so none of its loads can ever run"
+            for t, q in sorted(doc.tenant_quotas.items()) if q == 0]  # fmt: skip
+    r = doc.retry
+    if r.backoff_base_ms > r.backoff_max_ms:
+        out.append(f"retry: backoff_base_ms {r.backoff_base_ms} > "
+                   f"backoff_max_ms {r.backoff_max_ms}")  # fmt: skip
+    if doc.matching_mode is m.MatchingMode.BATCHED and doc.batch_window_ms == 0:
+        out.append("batch_window_ms: 0 in batched mode (every tick a batch of one)")
+    return out
+
+
+def _weight_problems(weights: dict[str, float]) -> list[str]:
+    out = []
+    for name, w in sorted(weights.items()):
+        if name not in core.SCORE_TERMS:
+            out.append(f"weights.{name}: not a score term ({', '.join(core.SCORE_TERMS)})")
+        elif not math.isfinite(w) or w < 0:
+            out.append(f"weights.{name}: {w} (weights are finite and >= 0)")
+    if not any(w > 0 for w in weights.values()):
+        out.append("weights: none is positive, so every agent scores 0 and ties decide")
+    return out
+
+
+async def current_version(bootstrap: str, topics: TopicNames, policy_id: str) -> int | None:
+    """The newest version of ``policy_id`` on the policy topic, or None."""
+    codec, newest = Codec(), None
+    for tp in await partitions(bootstrap, topics.policy_update):
+        for r in await read_partition(bootstrap, tp):
+            try:
+                rec = codec.decode(r.value or b"", "PolicyUpdate")
+            except CodecError:
+                continue  # dead-lettered by the worker
+            if isinstance(rec, m.PolicyUpdate) and rec.policy_id == policy_id:
+                newest = max(newest or 0, rec.version)
+    return newest
+
+
+async def publish(bootstrap: str, topics: TopicNames, update: m.PolicyUpdate) -> tuple[int, int]:
+    """Publishes ``update`` after checking it and that its version is newer.
+
+    Raises:
+        ConfigError: semantic problems, or a version not newer than the current one.
+    """
+    found = problems(update)
+    if found:
+        raise ConfigError("refusing an invalid policy: " + "; ".join(found))
+    current = await current_version(bootstrap, topics, update.policy_id)
+    if current is not None and update.version <= current:
+        raise ConfigError(
+            f"refusing version {update.version} of {update.policy_id}: version {current} "
+            "is already published (versions only move forward)"
+        )
+    async with DispatcherProducer(bootstrap, topics=topics) as producer:
+        return await producer.publish_policy(update)

@@ -1,0 +1,162 @@
+"""What-if: replay the recorded inputs under another policy and compare.
+
+Open loop: the same arrivals, agent events and ticks, in the recorded order.
+The recorded policy updates are left out of the alternative run (the policy
+under test holds throughout). Agents' answers refer to the recorded run's
+assignments; in the alternative run each answer is given to whoever holds the
+load there (same load, same attempt), or dropped if nobody does, so a load
+still completes when its agent reports it done. That is an approximation:
+a different agent would have taken a different time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from dispatcher import core
+from dispatcher.codecs import models as m
+from dispatcher.codecs.adapt import to_event
+from dispatcher.codecs.codec import Codec, CodecError
+from dispatcher.worker.fold import PartitionFold
+
+__all__ = ["Outcomes", "WhatIf", "compare"]
+
+
+@dataclass
+class _Load:
+    tenant: str = ""
+    arrived_ms: int = 0
+    deadline_ms: int | None = None
+    first_agent: str | None = None
+    first_ms: int | None = None
+    first_score: float = 0.0
+    final: str | None = None
+    final_ms: int | None = None
+    trail: list[tuple[str, str | None]] = field(default_factory=list)  # (outcome, agent)
+
+
+@dataclass
+class Outcomes:
+    """What one run decided, per load."""
+
+    loads: dict[str, _Load] = field(default_factory=dict)
+    decisions: list[core.Decision] = field(default_factory=list)
+
+    def observe(self, event: core.Event, decisions: list[core.Decision]) -> None:
+        if isinstance(event, core.LoadArrived) and event.load.load_id not in self.loads:
+            spec = event.load
+            self.loads[spec.load_id] = _Load(spec.tenant, event.time_ms, spec.deadline_ms)
+        for d in decisions:
+            self.decisions.append(d)
+            ld = self.loads.get(d.load_id)
+            if ld is None:
+                continue
+            ld.trail.append((d.outcome.value, d.agent_id))
+            if d.outcome is core.Outcome.ASSIGNED and ld.first_agent is None:
+                ld.first_agent, ld.first_ms, ld.first_score = d.agent_id, d.time_ms, d.score or 0.0
+            if d.outcome in core.FINAL_OUTCOMES:
+                ld.final, ld.final_ms = d.outcome.value, d.time_ms
+
+    def summary(self) -> dict[str, Any]:
+        tenants: dict[str, dict[str, Any]] = {}
+        assigned = sum(1 for ld in self.loads.values() if ld.first_ms is not None)
+        for name in sorted({ld.tenant for ld in self.loads.values()}):
+            mine = [ld for ld in self.loads.values() if ld.tenant == name]
+            waits = [ld.first_ms - ld.arrived_ms for ld in mine if ld.first_ms is not None]
+            tenants[name] = {
+                "loads": len(mine), "share": len(waits) / assigned if assigned else 0.0,
+                "wait_p50_ms": _pct(waits, 50), "wait_p99_ms": _pct(waits, 99),
+            }  # fmt: skip
+        due = [ld for ld in self.loads.values() if ld.deadline_ms is not None and ld.final]
+        met = sum(1 for ld in due if ld.final == "COMPLETED" and (ld.final_ms or 0) <= (
+            ld.deadline_ms or 0))  # fmt: skip
+        finals: dict[str, int] = {}
+        for ld in self.loads.values():
+            if ld.final:
+                finals[ld.final] = finals.get(ld.final, 0) + 1
+        return {
+            "loads": len(self.loads), "assigned": assigned, "finals": dict(sorted(finals.items())),
+            "shed": finals.get("SHED", 0), "sla_pct": 100.0 * met / len(due) if due else None,
+            "match_score": round(sum(ld.first_score for ld in self.loads.values()), 6),
+            "tenants": tenants,
+        }  # fmt: skip
+
+
+def _pct(values: list[int], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+@dataclass
+class WhatIf:
+    recorded: dict[str, Any]
+    alternative: dict[str, Any]
+    changed: int  # loads whose decisions (outcome and agent, in order) differ
+    decisions_changed: int  # decisions of one run the other does not have, by content
+    examples: list[dict[str, Any]]
+
+
+def compare(
+    partitions: Iterable[tuple[int, Iterable[tuple[int, bytes]]]], policy: core.Policy, *,
+    base_policy: core.Policy = core.DEFAULT_POLICY, topic: str = "input-sequence",
+    codec: Codec | None = None, examples: int = 5,
+) -> WhatIf:  # fmt: skip
+    """Replays each partition's (offset, bytes) records as recorded and under ``policy``."""
+    codec = codec or Codec()
+    rec_out, alt_out = Outcomes(), Outcomes()
+    for partition, records in partitions:
+        recorded = PartitionFold(topic, partition, codec, base_policy)
+        alt = PartitionFold(topic, partition, codec, policy)
+        holder: dict[str, tuple[int, str, str | None]] = {}  # load -> (attempt, decision, agent)
+        for offset, value in records:
+            try:
+                record = codec.decode(value, trusted=True)
+            except CodecError:
+                continue
+            event = to_event(record, (topic, partition, offset))
+            rec_out.observe(event, recorded.apply_event(record, event).decisions)
+            if isinstance(record, m.PolicyUpdate):
+                continue  # the policy under test holds throughout
+            if isinstance(event, core.TaskReported):
+                held = holder.get(event.load_id)
+                if held is None or held[2] is None:
+                    continue  # nobody holds it in the alternative run
+                event = replace(event, decision_id=held[1], agent_id=held[2])
+            out = alt.apply_event(record, event).decisions
+            for d in out:
+                if d.outcome is core.Outcome.ASSIGNED:
+                    holder[d.load_id] = (d.attempt, d.decision_id, d.agent_id)
+            alt_out.observe(event, out)
+    changed = [i for i, ld in rec_out.loads.items()
+               if ld.trail != alt_out.loads.get(i, _Load()).trail]  # fmt: skip
+    key = _content
+    rec_keys, alt_keys = {key(d) for d in rec_out.decisions}, {key(d) for d in alt_out.decisions}
+    return WhatIf(
+        recorded=rec_out.summary(), alternative=alt_out.summary(), changed=len(changed),
+        decisions_changed=len(rec_keys ^ alt_keys),
+        examples=[_example(i, rec_out, alt_out) for i in changed[:examples]],
+    )  # fmt: skip
+
+
+def _content(d: core.Decision) -> tuple[Any, ...]:
+    # The decision's content without the policy version (and so without its id).
+    return (d.pool, d.load_id, d.attempt, d.outcome, d.reason, d.agent_id, d.time_ms, d.score)
+
+
+def _example(load_id: str, a: Outcomes, b: Outcomes) -> dict[str, Any]:
+    ra, rb = a.loads[load_id], b.loads.get(load_id, _Load())
+    why = next((d for d in b.decisions if d.load_id == load_id and d.agent_id == rb.first_agent
+                and d.outcome is core.Outcome.ASSIGNED), None)  # fmt: skip
+    return {
+        "load": load_id, "tenant": ra.tenant,
+        "recorded": {"agent": ra.first_agent, "score": ra.first_score, "final": ra.final,
+                     "wait_ms": None if ra.first_ms is None else ra.first_ms - ra.arrived_ms},
+        "alternative": {"agent": rb.first_agent, "score": rb.first_score, "final": rb.final,
+                        "wait_ms": None if rb.first_ms is None else rb.first_ms - rb.arrived_ms},
+        "why": None if why is None else {
+            "score_parts": dict(why.score_parts), "runner_up": why.runner_up,
+            "margin": why.margin, "candidates": why.candidates},
+    }  # fmt: skip

@@ -1,0 +1,269 @@
+"""Pipeline benchmark: decisions/s through Kafka, latency under load, memory at 100k agents.
+
+    .venv/bin/python ops/bench/pipeline_bench.py [--agents 10000] [--loads 20000] [--rounds 1]
+
+Needs the broker (`dispatcher stack up`). Every contender gets its own fresh
+copy of the topics holding the same input, produced before it starts (agent
+registrations, then the loads), and drains it; the rate is the number of
+output records over the span of their broker timestamps. In one run,
+alternating, for ``--rounds`` rounds:
+
+- null:   consume -> decode -> encode -> produce, no matching (pipeline_apps.py);
+- worker: ``dispatcher worker`` (sequencer + dispatch, every decision logged, an
+          assignment for each ASSIGNED);
+- naive:  a per-event Faust agent applying the core (pipeline_apps.py).
+
+Then the worker alone: arrival -> assignment latency with loads sent on a fixed
+schedule at 70% of the rate it reached (backlog counts, from broker timestamps
+of the load and of its assignment), and its resident memory with 100k agents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from dispatcher.audit import read_partition
+from dispatcher.codecs import Codec
+from dispatcher.codecs import models as m
+from dispatcher.demo import agent_profile, load_event, partitions
+from dispatcher.sdk.producer import now_ms
+from dispatcher.settings import Settings
+from dispatcher.topics import TopicNames, apply_topics, load_topics
+
+ROOT = Path(__file__).resolve().parents[2]
+POOL = "bench"
+LOGS = Path(tempfile.gettempdir())
+CODEC = Codec()
+
+
+def spec_for(prefix: str) -> Any:
+    doc = load_topics().model_dump()
+    doc["topics"] = {prefix + k: v for k, v in doc["topics"].items()}
+    for group in doc["co_partitioned"].values():
+        group["topics"] = [prefix + t for t in group["topics"]]
+    return type(load_topics()).model_validate(doc, strict=False)
+
+
+def inputs(agents: int, loads: int, seed: int = 1) -> tuple[list[bytes], list[bytes]]:
+    """Encoded agent events (register + available) and load arrivals, the same every time
+    but for the agents' event time: now, so no heartbeat has expired when a contender starts."""
+    rng = np.random.default_rng(seed)
+    agent_values = []
+    now = now_ms()
+    for i in range(agents):
+        profile = agent_profile(rng, capacity=10).model_copy(update={"zone": "z1"})
+        for seq, kind in ((1, m.AgentEventKind.REGISTERED), (2, m.AgentEventKind.AVAILABLE)):
+            agent_values.append(CODEC.encode(m.AgentEvent(
+                event_id=f"b{i}:{seq}", kind=kind, agent_id=f"bench-{i:06d}", pool=POOL,
+                seq=seq, event_time_ms=now, profile=profile if seq == 1 else None)))  # fmt: skip
+    load_values = [CODEC.encode(load_event(rng, POOL, f"L{j:07d}", deadline=False))
+                   for j in range(loads)]  # fmt: skip
+    return agent_values, load_values
+
+
+async def produce(
+    bootstrap: str, topic: str, values: list[bytes], rate: float | None = None
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+    await producer.start()
+    try:
+        start = time.monotonic()
+        for i, v in enumerate(values):
+            if rate is not None:
+                delay = start + i / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            await producer.send(topic, v, key=POOL.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def timestamps(bootstrap: str, topic: str) -> list[tuple[int, Any]]:
+    out = []
+    for tp in await partitions(bootstrap, topic):
+        out += [(r.timestamp, r) for r in await read_partition(bootstrap, tp)]
+    return sorted(out, key=lambda x: x[0])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Contender:
+    def __init__(self, kind: str, bootstrap: str) -> None:
+        self.kind, self.bootstrap = kind, bootstrap
+        self.prefix = f"pb{uuid.uuid4().hex[:6]}-"
+        self.topics = TopicNames.prefixed(self.prefix)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap}
+        app_id = f"{self.prefix}app"
+        if self.kind == "worker":
+            cmd = [sys.executable, "-m", "dispatcher", "worker", "--topic-prefix", self.prefix,
+                   "--app-id", app_id, "--web-port", str(free_port()),
+                   "--tick-ms", "1000"]  # fmt: skip
+        else:
+            cmd = [sys.executable, str(ROOT / "ops/bench/pipeline_apps.py"), self.kind,
+                   "--bootstrap", self.bootstrap, "--prefix", self.prefix,
+                   "--app-id", app_id]  # fmt: skip
+        self.log = LOGS / f"{self.prefix}{self.kind}.log"
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    async def wait_agents(self, n: int, timeout_s: float = 300) -> None:
+        """Until the worker's read model counts ``n`` agents in the pool (all applied)."""
+        client = redis.Redis.from_url(Settings.from_env().local_redis_url)
+        deadline = time.monotonic() + timeout_s
+        key = f"{self.prefix}app:pool:{POOL}"
+        while int(client.hget(key, "available") or 0) < n:  # type: ignore[arg-type]
+            if time.monotonic() > deadline:
+                raise SystemExit(
+                    f"the worker applied {client.hget(key, 'available')} of {n} agents"
+                )
+            await asyncio.sleep(0.5)
+        client.close()
+
+    def rss_mb(self) -> float:
+        assert self.proc is not None  # noqa: S101
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+
+async def drain_rate(
+    kind: str, bootstrap: str, agent_values: list[bytes], load_values: list[bytes], *,
+    want: int, timeout_s: float,
+) -> float:  # fmt: skip
+    """Output records/s while ``kind`` drains the same pre-produced input."""
+    c = Contender(kind, bootstrap)
+    await apply_topics(spec_for(c.prefix), bootstrap)
+    await produce(bootstrap, c.topics.agent_availability, agent_values)
+    await produce(bootstrap, c.topics.load_arrival, load_values)
+    c.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        out = c.topics.decision_log
+        while True:
+            await asyncio.sleep(2.0)
+            ends = await _end_offsets(bootstrap, out)
+            if ends >= want or time.monotonic() > deadline or c.proc.poll() is not None:  # type: ignore[union-attr]
+                break
+        stamps = [t for t, _ in await timestamps(bootstrap, out)]
+    finally:
+        c.stop()
+    if len(stamps) < 2:
+        return 0.0
+    # The loads' part of the stream: from the first output after the agents' (which
+    # produce none in the worker) to the last.
+    return (len(stamps) - 1) / max(1e-3, (stamps[-1] - stamps[0]) / 1000)
+
+
+async def _end_offsets(bootstrap: str, topic: str) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        tps = await partitions(bootstrap, topic)
+        return sum((await consumer.end_offsets(tps)).values())
+    finally:
+        await consumer.stop()
+
+
+async def latency(bootstrap: str, agent_values: list[bytes], load_values: list[bytes],
+                  rate: float) -> tuple[float, float, int]:  # fmt: skip
+    """p50 and p99 arrival -> assignment (ms) with loads sent at ``rate`` on a schedule."""
+    c = Contender("worker", bootstrap)
+    await apply_topics(spec_for(c.prefix), bootstrap)
+    await produce(bootstrap, c.topics.agent_availability, agent_values)
+    c.start()
+    try:
+        await c.wait_agents(len(agent_values) // 2)
+        await produce(bootstrap, c.topics.load_arrival, load_values, rate=rate)
+        await asyncio.sleep(5.0)
+        sent = {CODEC.decode(r.value).load_id: t  # type: ignore[attr-defined]
+                for t, r in await timestamps(bootstrap, c.topics.load_arrival)}  # fmt: skip
+        got = {}
+        for t, r in await timestamps(bootstrap, c.topics.assignments):
+            got.setdefault(CODEC.decode(r.value).load_id, t)  # type: ignore[attr-defined]
+    finally:
+        c.stop()
+    lat = [got[k] - sent[k] for k in got if k in sent]
+    return float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), len(lat)
+
+
+async def memory(bootstrap: str, agents: int) -> float:
+    agent_values, _ = inputs(agents, 0, seed=2)
+    c = Contender("worker", bootstrap)
+    await apply_topics(spec_for(c.prefix), bootstrap)
+    await produce(bootstrap, c.topics.agent_availability, agent_values)
+    c.start()
+    try:
+        await c.wait_agents(agents, timeout_s=900)
+        return c.rss_mb()
+    finally:
+        c.stop()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", type=int, default=10_000)
+    parser.add_argument("--loads", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--memory-agents", type=int, default=100_000)
+    args = parser.parse_args()
+    s = Settings.from_env()
+    bootstrap = s.kafka_bootstrap or s.local_bootstrap
+    # The worker logs one decision per load (all are assigned at once: capacity is ample).
+    rates: dict[str, list[float]] = {"null": [], "worker": [], "naive": []}
+    for r in range(args.rounds):
+        for kind in ("null", "worker", "naive"):
+            agent_values, load_values = inputs(args.agents, args.loads)
+            rate = await drain_rate(kind, bootstrap, agent_values, load_values,
+                                    want=args.loads + (2 * args.agents if kind == "null" else 0),
+                                    timeout_s=600)  # fmt: skip
+            rates[kind].append(rate)
+            print(f"round {r + 1}: {kind:<6} {rate:>9,.0f} records/s", flush=True)
+    best = {k: max(v) for k, v in rates.items()}
+    print(f"\n{args.agents:,} agents, {args.loads:,} loads, best of {args.rounds} round(s):")
+    for kind, rate in best.items():
+        print(f"  {kind:<6} {rate:>9,.0f}/s  ({rate / best['null']:.2f}x null pass-through)")
+    agent_values, load_values = inputs(args.agents, args.loads)
+    target = 0.7 * best["worker"]
+    n = min(len(load_values), int(target * 20))
+    p50, p99, seen = await latency(bootstrap, agent_values, load_values[:n], target)
+    print(f"latency at {target:,.0f} loads/s (70% of the worker's): p50 {p50:.0f} ms, "
+          f"p99 {p99:.0f} ms over {seen:,} loads")  # fmt: skip
+    rss = await memory(bootstrap, args.memory_agents)
+    print(f"worker RSS with {args.memory_agents:,} agents: {rss:.0f} MB")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

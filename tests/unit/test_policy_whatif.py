@@ -1,0 +1,141 @@
+"""Policy files (validate) and what-if replays over a recorded input sequence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from dispatcher import core
+from dispatcher.codecs import Codec
+from dispatcher.codecs import models as m
+from dispatcher.codecs.adapt import policy_from
+from dispatcher.demo import agent_profile, load_event, policy_update
+from dispatcher.errors import ConfigError
+from dispatcher.policytool import load_policy_file, problems
+from dispatcher.settings import PROJECT_ROOT
+from dispatcher.whatif import compare
+from dispatcher.worker.fold import PartitionFold
+
+EXAMPLE = PROJECT_ROOT / "ops/policies/example.yaml"
+CODEC = Codec()
+
+
+def write(tmp_path: Path, change: dict[str, Any]) -> Path:
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    for dotted, value in change.items():
+        *path, last = dotted.split(".")
+        node = doc
+        for key in path:
+            node = node[key]
+        node[last] = value
+    out = tmp_path / "p.yaml"
+    out.write_text(yaml.safe_dump(doc))
+    return out
+
+
+def test_the_example_policy_is_valid() -> None:
+    update = load_policy_file(EXAMPLE)
+    assert problems(update) == []
+    assert len(update.content_hash) == 64
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"document.weights.charisma": 1.0}, "weights.charisma: not a score term"),
+        ({"document.weights": {"embedding": 0.0}}, "none is positive"),
+        ({"document.constraints": {"capacity": False}}, "constraints.capacity: cannot be"),
+        ({"document.constraints": {"gravity": True}}, "constraints.gravity: unknown"),
+        ({"document.timeouts_ms": {"lunch": 5}}, "timeouts_ms.lunch: unknown"),
+        ({"document.tenant_quotas": {"acme": 0}}, "tenant_quotas.acme: 0"),
+        ({"document.retry.backoff_base_ms": 10**6}, "backoff_base_ms 1000000 > backoff_max_ms"),
+    ],
+)
+def test_semantic_problems_are_named(tmp_path: Path, change: dict[str, Any], problem: str) -> None:
+    found = problems(load_policy_file(write(tmp_path, change)))
+    assert any(problem in p for p in found), found
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"version": -1}, {"document.matching_mode": "RANDOM"}, {"document.weights.embedding": "x"},
+     {"document.backpressure.low_watermark": 10**9}],
+)  # fmt: skip
+def test_schema_problems_are_refused(tmp_path: Path, change: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="not a valid policy"):
+        load_policy_file(write(tmp_path, change))
+
+
+def recorded_run(policy: m.PolicyUpdate, steps: int = 60) -> list[tuple[int, bytes]]:
+    """An input sequence as the worker records it: two agents (capacity 1), tenant acme
+    sending three loads per step and globex one, agents finishing work a step later."""
+    rng = np.random.default_rng(3)
+    fold = PartitionFold("input-sequence", 0, CODEC)
+    records: list[tuple[int, bytes]] = []
+
+    def add(record: m.Record) -> list[core.Decision]:
+        offset = len(records)
+        records.append((offset, CODEC.encode(record)))
+        return fold.apply(records[-1][1], offset).decisions
+
+    add(policy)
+    for i in range(2):
+        profile = agent_profile(rng, capacity=1)
+        for seq, kind in ((1, m.AgentEventKind.REGISTERED), (2, m.AgentEventKind.AVAILABLE)):
+            add(m.AgentEvent(event_id=f"a{i}:{seq}", kind=kind, agent_id=f"a{i}", pool="p",
+                             seq=seq, event_time_ms=1_000,
+                             profile=profile if seq == 1 else None))  # fmt: skip
+    running: list[core.Decision] = []
+    for step in range(steps):
+        t = 2_000 + step * 1_000
+        done, running = running, []
+        for d in done:  # the agents report last step's work done
+            for outcome in (m.TaskOutcome.ACCEPTED, m.TaskOutcome.SUCCESS):
+                out = add(m.TaskResult(event_id=f"{d.decision_id}:{outcome.value}",
+                                       decision_id=d.decision_id, load_id=d.load_id,
+                                       agent_id=d.agent_id or "", pool="p", outcome=outcome,
+                                       retryable=False, event_time_ms=t))  # fmt: skip
+                running += [x for x in out if x.outcome is core.Outcome.ASSIGNED]
+        for k, tenant in enumerate(["acme", "acme", "acme", "globex"]):
+            ev = load_event(rng, "p", f"L{step}-{k}", tenant=tenant, deadline=False)
+            ev = ev.model_copy(update={"event_time_ms": t + k,
+                                       "load": ev.load.model_copy(update={  # type: ignore[union-attr]
+                                           "created_at_ms": t + k,
+                                           "required_capabilities": []})})  # fmt: skip
+            running += [x for x in add(ev) if x.outcome is core.Outcome.ASSIGNED]
+    return records
+
+
+def test_whatif_with_the_recorded_policy_changes_nothing() -> None:
+    policy = policy_update(1)
+    records = recorded_run(policy)
+    report = compare([(0, records)], policy_from(policy))
+    assert report.changed == 0
+    assert report.decisions_changed == 0
+    assert report.recorded == report.alternative
+    assert report.recorded["assigned"] > 40
+
+
+def test_whatif_with_more_weight_for_a_tenant_shifts_its_share_and_wait() -> None:
+    # Recorded with equal weights: acme (3 loads a step) and globex (1) each get about one of
+    # the two slots a step. Weight 4 for acme should move acme's share towards 4/5.
+    policy = policy_update(1)
+    records = recorded_run(policy)
+    favour = policy_update(2, tenant_weights={"acme": 4.0})
+    report = compare([(0, records)], policy_from(favour))
+    before, after = report.recorded["tenants"], report.alternative["tenants"]
+    assert report.changed > 0
+    assert report.examples
+    assert before["acme"]["share"] == pytest.approx(0.5, abs=0.05)
+    assert after["acme"]["share"] == pytest.approx(0.8, abs=0.05)
+    assert after["globex"]["wait_p99_ms"] > before["globex"]["wait_p99_ms"]
+
+
+def test_the_policy_file_and_the_core_policy_agree() -> None:
+    p = policy_from(load_policy_file(EXAMPLE))
+    assert p.tenant_weight("acme") == 2.0
+    assert (p.ack_timeout_ms, p.heartbeat_timeout_ms, p.version) == (30_000, 60_000, 2)
