@@ -191,13 +191,16 @@ def operator_tools(p: Pipeline, results: list[PartitionAudit]) -> None:
     assert json.loads(whatif.stdout)["recorded"]["loads"] == 300
 
     # Tamper with one decision: a copy naming another agent. Audit fails and names it.
-    victim = results[0].records[-1]
+    part = next(r for r in results if r.records)
+    victim = part.records[-1]
     forged = victim.model_copy(update={"agent_id": "agent-99", "score": 9.0})
 
     async def forge() -> None:
         async with DispatcherProducer(p.bootstrap, topics=p.topics) as producer:
-            await producer.kafka.send_and_wait(p.topics.decision_log, CODEC.encode(forged),
-                                               key=victim.pool.encode(), partition=0)  # fmt: skip
+            await producer.kafka.send_and_wait(
+                p.topics.decision_log, CODEC.encode(forged), key=victim.pool.encode(),
+                partition=part.partition,
+            )  # fmt: skip
 
     asyncio.run(forge())
     tampered = cli(p, "audit")
