@@ -143,11 +143,9 @@ class Contender:
         client = redis.Redis.from_url(Settings.from_env().local_redis_url)
         deadline = time.monotonic() + timeout_s
         key = f"{self.prefix}app:pool:{POOL}"
-        while int(client.hget(key, "available") or 0) < n:  # type: ignore[arg-type]
+        while int(client.hget(key, "agents") or 0) < n:  # type: ignore[arg-type]
             if time.monotonic() > deadline:
-                raise SystemExit(
-                    f"the worker applied {client.hget(key, 'available')} of {n} agents"
-                )
+                raise SystemExit(f"the worker applied {client.hget(key, 'agents')} of {n} agents")
             await asyncio.sleep(0.5)
         client.close()
 

@@ -1,0 +1,115 @@
+"""Audit speed: decisions re-derived and checked per second, reading from the broker.
+
+    .venv/bin/python ops/bench/audit_bench.py [--agents 1000] [--loads 20000]
+
+Records a run the way the worker does (an input sequence, and the decision
+log it produced) into fresh topics, then times, in the same run, alternating:
+- read:  reading both topics from the broker, nothing else (the floor);
+- audit: ``dispatcher.audit.audit``: read, decode, fold through the core,
+         encode, compare byte for byte.
+Prints decisions/s for each and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+from aiokafka import AIOKafkaProducer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from dispatcher import core
+from dispatcher.audit import audit, read_partition
+from dispatcher.codecs import Codec
+from dispatcher.codecs import models as m
+from dispatcher.demo import agent_profile, load_event, partitions, policy_update
+from dispatcher.settings import Settings
+from dispatcher.topics import TopicNames, apply_topics, load_topics
+from dispatcher.worker.fold import PartitionFold
+
+CODEC = Codec()
+
+
+def recording(topic: str, agents: int, loads: int) -> tuple[list[bytes], list[bytes]]:
+    """One partition's input sequence and decision log: agents answer each assignment at once."""
+    rng = np.random.default_rng(1)
+    fold = PartitionFold(topic, 0, CODEC)
+    inputs: list[bytes] = []
+    log: list[bytes] = []
+
+    def add(record: m.Record) -> list[core.Decision]:
+        inputs.append(CODEC.encode(record))
+        out = fold.apply(inputs[-1], len(inputs) - 1)
+        log.extend(CODEC.encode(rec) for rec, _ in out.records)
+        return out.decisions
+
+    add(policy_update(1, ack_ms=60_000, heartbeat_ms=3_600_000))
+    for i in range(agents):
+        profile = agent_profile(rng, capacity=2)
+        for seq, kind in ((1, m.AgentEventKind.REGISTERED), (2, m.AgentEventKind.AVAILABLE)):
+            add(m.AgentEvent(event_id=f"a{i}:{seq}", kind=kind, agent_id=f"a{i}", pool="p",
+                             seq=seq, event_time_ms=1_000,
+                             profile=profile if seq == 1 else None))  # fmt: skip
+    t = 2_000
+    for j in range(loads):
+        t += 1
+        ev = load_event(rng, "p", f"L{j}", deadline=False)
+        ev = ev.model_copy(update={"event_time_ms": t})
+        for d in add(ev):
+            if d.outcome is core.Outcome.ASSIGNED:
+                for outcome in (m.TaskOutcome.ACCEPTED, m.TaskOutcome.SUCCESS):
+                    add(m.TaskResult(event_id=f"{d.decision_id}:{outcome.value}",
+                                     decision_id=d.decision_id, load_id=d.load_id,
+                                     agent_id=d.agent_id or "", pool="p", outcome=outcome,
+                                     retryable=False, event_time_ms=t))  # fmt: skip
+    return inputs, log
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", type=int, default=1000)
+    parser.add_argument("--loads", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    s = Settings.from_env()
+    bootstrap = s.kafka_bootstrap or s.local_bootstrap
+    prefix = f"ab{uuid.uuid4().hex[:6]}-"
+    topics = TopicNames.prefixed(prefix)
+    doc = load_topics().model_dump()
+    doc["topics"] = {prefix + k: v for k, v in doc["topics"].items()}
+    for group in doc["co_partitioned"].values():
+        group["topics"] = [prefix + t for t in group["topics"]]
+    await apply_topics(type(load_topics()).model_validate(doc, strict=False), bootstrap)
+    inputs, log = recording(topics.input_sequence, args.agents, args.loads)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=10, acks="all",
+                                max_batch_size=1 << 20)  # fmt: skip
+    await producer.start()
+    for topic, values in ((topics.input_sequence, inputs), (topics.decision_log, log)):
+        for v in values:
+            await producer.send(topic, v, key=b"p", partition=0)
+    await producer.flush()
+    await producer.stop()
+    print(f"{args.agents:,} agents: {len(inputs):,} inputs, {len(log):,} decisions recorded")
+    for r in range(args.rounds):
+        t0 = time.perf_counter()
+        for topic in (topics.input_sequence, topics.decision_log):
+            for tp in await partitions(bootstrap, topic):
+                await read_partition(bootstrap, tp)
+        read_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        results = await audit(bootstrap, topics)
+        audit_s = time.perf_counter() - t0
+        checked = sum(x.matched for x in results)
+        problems = sum(len(x.mismatches) + len(x.missing) + len(x.unexplained) for x in results)
+        print(f"round {r + 1}: read {len(log) / read_s:>9,.0f} decisions/s   "
+              f"audit {checked / audit_s:>9,.0f} decisions/s ({checked:,} checked, "
+              f"{problems} problems)   ratio {read_s / audit_s:.2f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
