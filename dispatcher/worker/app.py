@@ -205,7 +205,7 @@ def build_app(cfg: WorkerConfig) -> faust.App:
                         await send(t.assignments, assignment.agent_id.encode(),
                                    d.codec.encode(assignment))  # fmt: skip
                 emitted += out.decisions
-            await d.readmodel.publish(d.folds, emitted)
+            d.readmodel.publish(d.folds, emitted)
 
     @app.timer(interval=cfg.tick_ms / 1000)  # type: ignore[untyped-decorator]  # faust is untyped
     async def tick() -> None:

@@ -15,13 +15,17 @@ Keys, under the worker's app id ``A``:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from dispatcher import core
@@ -42,18 +46,39 @@ class ReadModel:
 
     def __init__(self, url: str | None, prefix: str) -> None:
         self.prefix = prefix
-        self.client: Any = aioredis.Redis.from_url(url) if url else None
+        # No retries and short timeouts: an unreachable Redis must cost the worker nothing.
+        self.client: Any = None
+        if url:
+            self.client = aioredis.Redis.from_url(
+                url, socket_connect_timeout=1.0, socket_timeout=1.0, retry=Retry(NoBackoff(), 0)
+            )
+        self._inflight: asyncio.Task[None] | None = None
+        self._counts: dict[str, int] = {}
+        self._sla: dict[tuple[str, str], int] = {}
+        self._recent: deque[core.Decision] = deque(maxlen=RECENT)
         self.degraded = url is None
         self._retry_at = 0.0
         self._pools_at = 0.0
 
-    async def publish(
-        self, folds: Mapping[int, PartitionFold], decisions: list[core.Decision]
-    ) -> None:
+    def publish(self, folds: Mapping[int, PartitionFold], decisions: list[core.Decision]) -> None:
+        """Counts ``decisions`` in, and starts a publish in the background unless one is
+        running (deciding never waits for Redis). What a failed publish carried is dropped:
+        the read model is a view, rebuilt by replay, not a record."""
+        for d in decisions:
+            self._counts[d.outcome.value] = self._counts.get(d.outcome.value, 0) + 1
+            if d.outcome is core.Outcome.COMPLETED and d.deadline_ms is not None:
+                key = (d.pool, "met" if d.time_ms <= d.deadline_ms else "missed")
+                self._sla[key] = self._sla.get(key, 0) + 1
+        self._recent.extend(decisions[-RECENT:])
         if self.client is None or time.monotonic() < self._retry_at:
             return
+        if self._inflight is not None and not self._inflight.done():
+            return
+        self._inflight = asyncio.ensure_future(self._guarded(folds))
+
+    async def _guarded(self, folds: Mapping[int, PartitionFold]) -> None:
         try:
-            await self._publish(folds, decisions)
+            await self._publish(folds)
         except (RedisError, OSError) as exc:
             if not self.degraded:
                 log.warning("redis unavailable, read model paused (deciding goes on): %r", exc)
@@ -63,25 +88,21 @@ class ReadModel:
             log.warning("redis is back, read model resumed")
         self.degraded = False
 
-    async def _publish(
-        self, folds: Mapping[int, PartitionFold], decisions: list[core.Decision]
-    ) -> None:
+    async def _publish(self, folds: Mapping[int, PartitionFold]) -> None:
         p = self.prefix
+        counts, sla, recent = self._counts, self._sla, list(self._recent)
+        self._counts, self._sla = {}, {}
+        self._recent.clear()
         pipe = self.client.pipeline(transaction=False)
-        if decisions:
-            counts: dict[str, int] = {}
-            for d in decisions:
-                counts[d.outcome.value] = counts.get(d.outcome.value, 0) + 1
-                if d.outcome is core.Outcome.COMPLETED and d.deadline_ms is not None:
-                    met = "met" if d.time_ms <= d.deadline_ms else "missed"
-                    pipe.hincrby(f"{p}:sla:{d.pool}", met, 1)
-            for outcome, n in counts.items():
-                pipe.hincrby(f"{p}:counters", outcome, n)
-            recent = [json.dumps({"id": d.decision_id, "pool": d.pool, "load": d.load_id,
-                                  "outcome": d.outcome.value, "reason": d.reason,
-                                  "agent": d.agent_id, "time_ms": d.time_ms})
-                      for d in decisions[-RECENT:]]  # fmt: skip
-            pipe.lpush(f"{p}:recent", *recent)
+        for outcome, n in counts.items():
+            pipe.hincrby(f"{p}:counters", outcome, n)
+        for (pool, met), n in sla.items():
+            pipe.hincrby(f"{p}:sla:{pool}", met, n)
+        if recent:
+            pipe.lpush(f"{p}:recent", *[json.dumps({
+                "id": d.decision_id, "pool": d.pool, "load": d.load_id,
+                "outcome": d.outcome.value, "reason": d.reason, "agent": d.agent_id,
+                "time_ms": d.time_ms}) for d in recent])  # fmt: skip
             pipe.ltrim(f"{p}:recent", 0, RECENT - 1)
         now = time.monotonic()
         if now >= self._pools_at:

@@ -19,6 +19,7 @@ from dispatcher.audit import PartitionAudit, audit, read_partition
 from dispatcher.codecs import Codec
 from dispatcher.codecs import models as m
 from dispatcher.demo import (
+    VOCAB,
     Behaviour,
     DecisionTally,
     Fleet,
@@ -33,6 +34,7 @@ from tests.integration.pipeline import (
     Pipeline,
     assert_audit_clean,
     assignments_ids,
+    free_port,
     over_capacity,
     wait_until,
 )
@@ -207,3 +209,37 @@ def operator_tools(p: Pipeline, results: list[PartitionAudit]) -> None:
     assert tampered.returncode == 1
     assert victim.decision_id in tampered.stdout
     assert "conflicting repeat" in tampered.stdout
+
+
+def test_without_redis_the_worker_says_so_and_keeps_deciding(pipeline: Pipeline) -> None:
+    p = pipeline
+    p.redis_url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    p.start_worker()
+    rng = np.random.default_rng(1)
+    every_tool = {"tools": sorted(VOCAB)}  # so no load waits for a capability nobody has
+    agents = {f"agent-{i}": ("pool-r", agent_profile(rng, capacity=5).model_copy(update=every_tool))
+              for i in range(4)}  # fmt: skip
+
+    async def scenario() -> DecisionTally:
+        tally = DecisionTally(p.bootstrap, p.topics)
+        await tally.start()
+        driver = LoadDriver(p.bootstrap, ["pool-r"], topics=p.topics, seed=1, duration_ms=50)
+        fleet = Fleet(p.bootstrap, agents, topics=p.topics, published=driver.published,
+                      behaviour=Behaviour(decline=0, fail=0, work_ms=(20, 50)))  # fmt: skip
+        await fleet.start()
+        await driver.producer.start()
+        done = asyncio.Event()
+        task = asyncio.create_task(fleet.run(done.is_set))
+        await driver.run(40, rate=40, prefix="r")
+        await wait_until(lambda: len(tally.finals) >= 40, 60, tally.poll)
+        done.set()
+        await task
+        await fleet.stop()
+        await driver.producer.stop()
+        await tally.stop()
+        return tally
+
+    tally = asyncio.run(scenario())
+    assert tally.outcomes["COMPLETED"] == 40
+    assert "redis unavailable, read model paused (deciding goes on)" in p.log_text()
+    assert p.workers[0].poll() is None  # still running

@@ -80,7 +80,7 @@ def test_stack_up_status_topics_down_from_a_shell(private_env: dict[str, str]) -
 
     applied = dispatcher(env, "topics", "apply")
     assert applied.returncode == 0, applied.stderr + applied.stdout
-    assert applied.stdout.count("created ") == 8
+    assert applied.stdout.count("created ") == 9
     reapplied = dispatcher(env, "topics", "apply")
     assert reapplied.stdout.count("ok ") == 8
 
