@@ -113,6 +113,7 @@ class PoolState:
         self.served: dict[str, float] = {}  # tenant -> assignments / weight (fair share)
         self.running: dict[str, int] = {}  # tenant -> loads in flight (quotas)
         self.backlog: dict[str, int] = {}  # tenant -> pending loads
+        self.tenant_pending: dict[str, dict[str, LoadState]] = {}  # the same, in arrival order
         self.seen: dict[str, int] = {}  # event key -> event time (duplicates change nothing)
         self.orphans: dict[str, int] = {}  # decisions about unknown load ids, per id
         self.finished: deque[tuple[int, str]] = deque()  # (finish time, load id), oldest first
@@ -201,8 +202,13 @@ class PoolState:
         self.loads[spec.load_id] = ls
         p = self.policy
         if len(self.pending) >= p.max_pending and spec.priority is not Priority.CRITICAL:
-            self._finish(ls, Outcome.SHED, "QUEUE_FULL", e.source, out)
-            return
+            victim = self._evictable(spec.tenant)
+            if victim is None:
+                self._finish(ls, Outcome.SHED, "QUEUE_FULL", e.source, out)
+                return
+            # A full queue sheds from the tenant holding most of it for its weight, so
+            # one tenant's flood cannot crowd the others out of admission.
+            self._finish(victim, Outcome.SHED, "QUEUE_FULL_EVICTED", e.source, out)
         if len(self.pending) >= p.high_watermark and spec.priority is Priority.LOW:
             ls.status = LoadStatus.DEFERRED
             self.deferred += 1
@@ -344,6 +350,7 @@ class PoolState:
             )
             self.served[tenant] = max(self.served.get(tenant, 0.0), floor)
         self.backlog[tenant] = self.backlog.get(tenant, 0) + 1
+        self.tenant_pending.setdefault(tenant, {})[ls.spec.load_id] = ls
         self.pending[ls.spec.load_id] = ls
         if ls.status is LoadStatus.PENDING:
             self._push(ls)
@@ -360,8 +367,23 @@ class PoolState:
         self.queue.discard(ls.spec.load_id)
         if self.pending.pop(ls.spec.load_id, None) is not None:
             self.backlog[ls.spec.tenant] -= 1
+            del self.tenant_pending[ls.spec.tenant][ls.spec.load_id]
             if ls.status is LoadStatus.DEFERRED:
                 self.deferred -= 1
+
+    def _evictable(self, tenant: str) -> LoadState | None:
+        """The newest non-critical pending load of the tenant with the largest backlog for
+        its weight, if that is larger than ``tenant``'s would be with one more load."""
+        p = self.policy
+        mine = (self.backlog.get(tenant, 0) + 1) / p.tenant_weight(tenant)
+        heavy = max(((c / p.tenant_weight(t), t) for t, c in self.backlog.items() if c),
+                    default=None)  # fmt: skip
+        if heavy is None or heavy[0] <= mine:
+            return None
+        for ls in reversed(self.tenant_pending[heavy[1]].values()):
+            if ls.spec.priority is not Priority.CRITICAL:
+                return ls
+        return None
 
     def _free_capacity(self) -> bool:
         return self.agents.open_count > 0

@@ -191,6 +191,22 @@ def test_backpressure_defers_low_sheds_at_the_limit_and_admits_critical() -> Non
     assert state.apply(arrive("crit", 6, priority=Priority.CRITICAL))[0].outcome is Outcome.QUEUED
 
 
+def test_a_full_queue_sheds_the_flooding_tenant_not_the_newcomer() -> None:
+    state = PoolState("p", Policy(max_pending=4, high_watermark=4, low_watermark=3))
+    for i in range(4):  # no agents: acme fills the queue
+        state.apply(arrive(f"a{i}", i, tenant="acme"))
+    out = state.apply(arrive("g0", 10, tenant="globex"))
+    evicted = [(d.load_id, d.outcome, d.reason) for d in out if d.outcome is Outcome.SHED]
+    assert evicted == [("a3", Outcome.SHED, "QUEUE_FULL_EVICTED")]  # acme's newest
+    assert "g0" in state.pending
+    (own,) = state.apply(arrive("a4", 11, tenant="acme"))  # acme still holds the most
+    assert (own.load_id, own.reason) == ("a4", "QUEUE_FULL")
+    state.apply(arrive("g1", 12, tenant="globex"))  # 2 each now: globex may not evict
+    (shed,) = state.apply(arrive("g2", 13, tenant="globex"))
+    assert (shed.load_id, shed.reason) == ("g2", "QUEUE_FULL")
+    assert len(state.pending) == 4
+
+
 def test_a_tenant_at_its_quota_waits_while_others_are_served() -> None:
     state = one_agent(Policy(tenant_quotas={"acme": 1}), capacity=3)
     first = assigned(state, "a1", 1, tenant="acme")
