@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Coroutine, Iterator
-from pathlib import Path
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import numpy as np
@@ -42,16 +41,6 @@ from tests.integration.pipeline import (
 pytestmark = pytest.mark.integration
 LOADS = 20_000
 RATE = 250.0  # loads/s: about 80 s of traffic
-
-
-@pytest.fixture
-def pipeline(
-    kafka_bootstrap: str, redis_url: str, unique: Callable[[str], str], tmp_path: Path
-) -> Iterator[Pipeline]:
-    p = Pipeline(kafka_bootstrap, redis_url, unique("c") + "-", tmp_path)
-    p.create_topics()
-    yield p
-    p.stop_all()
 
 
 def run_under_faults(p: Pipeline, faults: Callable[[float], Coroutine[Any, Any, None]]) -> None:

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,16 +41,6 @@ from tests.integration.pipeline import (
 pytestmark = pytest.mark.integration
 CODEC = Codec()
 POISON = [b"", b"\x00\x00\x00\x00\x63garbage", b"not avro at all"]
-
-
-@pytest.fixture
-def pipeline(
-    kafka_bootstrap: str, redis_url: str, unique: Callable[[str], str], tmp_path: Path
-) -> Iterator[Pipeline]:
-    p = Pipeline(kafka_bootstrap, redis_url, unique("t") + "-", tmp_path)
-    p.create_topics()
-    yield p
-    p.stop_all()
 
 
 def test_end_to_end_against_the_core_offline(pipeline: Pipeline, redis_url: str) -> None:
