@@ -87,6 +87,15 @@ class TopicsFile(_Strict):
     topics: dict[TopicName, TopicSpec] = Field(min_length=1)
     co_partitioned: dict[str, CoPartitionGroup] = Field(default_factory=dict)
 
+    def prefixed(self, prefix: str) -> TopicsFile:
+        """The same declaration with ``prefix`` before every topic name (see TopicNames)."""
+        groups = {name: g.model_copy(update={"topics": [prefix + t for t in g.topics]})
+                  for name, g in self.co_partitioned.items()}  # fmt: skip
+        return self.model_copy(update={
+            "topics": {prefix + name: spec for name, spec in self.topics.items()},
+            "co_partitioned": groups,
+        })  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class TopicNames:

@@ -80,11 +80,7 @@ async def main() -> None:
     bootstrap = s.kafka_bootstrap or s.local_bootstrap
     prefix = f"ab{uuid.uuid4().hex[:6]}-"
     topics = TopicNames.prefixed(prefix)
-    doc = load_topics().model_dump()
-    doc["topics"] = {prefix + k: v for k, v in doc["topics"].items()}
-    for group in doc["co_partitioned"].values():
-        group["topics"] = [prefix + t for t in group["topics"]]
-    await apply_topics(type(load_topics()).model_validate(doc, strict=False), bootstrap)
+    await apply_topics(load_topics().prefixed(prefix), bootstrap)
     inputs, log = recording(topics.input_sequence, args.agents, args.loads)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=10, acks="all",
                                 max_batch_size=1 << 20)  # fmt: skip

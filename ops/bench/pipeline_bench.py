@@ -52,14 +52,6 @@ LOGS = Path(tempfile.gettempdir())
 CODEC = Codec()
 
 
-def spec_for(prefix: str) -> Any:
-    doc = load_topics().model_dump()
-    doc["topics"] = {prefix + k: v for k, v in doc["topics"].items()}
-    for group in doc["co_partitioned"].values():
-        group["topics"] = [prefix + t for t in group["topics"]]
-    return type(load_topics()).model_validate(doc, strict=False)
-
-
 def inputs(agents: int, loads: int, seed: int = 1) -> tuple[list[bytes], list[bytes]]:
     """Encoded agent events (register + available) and load arrivals, the same every time
     but for the agents' event time: now, so no heartbeat has expired when a contender starts."""
@@ -163,7 +155,7 @@ async def drain_rate(
 ) -> float:  # fmt: skip
     """Output records/s while ``kind`` drains the same pre-produced input."""
     c = Contender(kind, bootstrap)
-    await apply_topics(spec_for(c.prefix), bootstrap)
+    await apply_topics(load_topics().prefixed(c.prefix), bootstrap)
     await produce(bootstrap, c.topics.agent_availability, agent_values)
     await produce(bootstrap, c.topics.load_arrival, load_values)
     c.start()
@@ -199,7 +191,7 @@ async def latency(bootstrap: str, agent_values: list[bytes], load_values: list[b
                   rate: float) -> tuple[float, float, int]:  # fmt: skip
     """p50 and p99 arrival -> assignment (ms) with loads sent at ``rate`` on a schedule."""
     c = Contender("worker", bootstrap)
-    await apply_topics(spec_for(c.prefix), bootstrap)
+    await apply_topics(load_topics().prefixed(c.prefix), bootstrap)
     await produce(bootstrap, c.topics.agent_availability, agent_values)
     c.start()
     try:
@@ -220,7 +212,7 @@ async def latency(bootstrap: str, agent_values: list[bytes], load_values: list[b
 async def memory(bootstrap: str, agents: int) -> float:
     agent_values, _ = inputs(agents, 0, seed=2)
     c = Contender("worker", bootstrap)
-    await apply_topics(spec_for(c.prefix), bootstrap)
+    await apply_topics(load_topics().prefixed(c.prefix), bootstrap)
     await produce(bootstrap, c.topics.agent_availability, agent_values)
     c.start()
     try:

@@ -18,7 +18,7 @@ from dispatcher.audit import PartitionAudit, read_partition
 from dispatcher.codecs import Codec
 from dispatcher.codecs import models as m
 from dispatcher.demo import partitions
-from dispatcher.topics import TopicNames, TopicsFile, apply_topics, load_topics
+from dispatcher.topics import TopicNames, apply_topics, load_topics
 
 READY = "[^Worker]: Ready"
 CODEC = Codec()
@@ -28,15 +28,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def prefixed_spec(prefix: str) -> TopicsFile:
-    spec = load_topics()
-    doc = spec.model_dump()
-    doc["topics"] = {prefix + k: v for k, v in doc["topics"].items()}
-    for group in doc["co_partitioned"].values():
-        group["topics"] = [prefix + t for t in group["topics"]]
-    return TopicsFile.model_validate(doc, strict=False)
 
 
 @dataclass
@@ -58,7 +49,7 @@ class Pipeline:
         return f"{self.prefix}dispatcher"
 
     def create_topics(self) -> None:
-        asyncio.run(apply_topics(prefixed_spec(self.prefix), self.bootstrap))
+        asyncio.run(apply_topics(load_topics().prefixed(self.prefix), self.bootstrap))
 
     def start_worker(self, *, wait: bool = True, timeout_s: float = 90.0) -> subprocess.Popen[Any]:
         n = len(self.workers)

@@ -153,3 +153,12 @@ def test_client_topic_names_are_the_declared_ones() -> None:
     assert {getattr(names, f) for f in TopicNames.__dataclass_fields__} == set(spec.topics)
     for field in TopicNames.__dataclass_fields__:
         assert field.replace("_", "-") == getattr(names, field)
+
+
+def test_a_prefixed_declaration_renames_every_topic_and_group_member() -> None:
+    spec = load_topics(DEFAULT_TOPICS_FILE)
+    moved = spec.prefixed("x-")
+    assert set(moved.topics) == {"x-" + t for t in spec.topics}
+    for name, group in moved.co_partitioned.items():
+        assert group.topics == ["x-" + t for t in spec.co_partitioned[name].topics]
+    assert moved.topics["x-ticks"] == spec.topics["ticks"]
