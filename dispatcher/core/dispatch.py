@@ -173,14 +173,17 @@ class PoolState:
         t = self.agents
         t.seq[row] = e.seq
         t.last_seen[row] = max(int(t.last_seen[row]), e.time_ms)
-        if e.kind is AgentStatusKind.AVAILABLE:
+        revived = e.kind is AgentStatusKind.HEARTBEAT and t.status[row] == AgentStatus.LOST
+        if e.kind is AgentStatusKind.AVAILABLE or revived:
+            # A lost agent that speaks again was only presumed dead (its loads were
+            # requeued when it was lost; its answers about them are zombies now).
             t.set_status(row, AgentStatus.AVAILABLE)
         elif e.kind is AgentStatusKind.DRAINING:
             t.set_status(row, AgentStatus.DRAINING)
         elif e.kind is AgentStatusKind.OFFLINE:
             t.set_status(row, AgentStatus.OFFLINE)
             self._requeue_agent(e.agent_id, "AGENT_OFFLINE", e.source, out)
-        if e.kind is not AgentStatusKind.HEARTBEAT:
+        if e.kind is not AgentStatusKind.HEARTBEAT or revived:
             self.epoch += 1
             self._drain(e.source, out)
 

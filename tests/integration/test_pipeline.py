@@ -50,7 +50,10 @@ def test_end_to_end_against_the_core_offline(pipeline: Pipeline, redis_url: str)
     p.start_worker()
     rng = np.random.default_rng(7)
     pools = ["pool-a", "pool-b"]
-    agents = {f"agent-{i:02d}": (pools[i % 2], agent_profile(rng, capacity=2)) for i in range(10)}
+    every_tool = {"tools": sorted(VOCAB)}  # an agent leaving cannot strand a load
+    agents = {f"agent-{i:02d}": (pools[i % 2],
+                                 agent_profile(rng, capacity=2).model_copy(update=every_tool))
+              for i in range(10)}  # fmt: skip
 
     async def scenario() -> tuple[DecisionTally, Fleet, LoadDriver]:
         producer = DispatcherProducer(p.bootstrap, topics=p.topics)

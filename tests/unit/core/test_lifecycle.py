@@ -116,6 +116,20 @@ def test_heartbeat_loss_and_offline_requeue_the_agents_loads() -> None:
     assert ("L2", "AGENT_OFFLINE") in [(x.load_id, x.reason) for x in offline]
 
 
+def test_a_lost_agent_that_heartbeats_again_takes_work_again() -> None:
+    state = one_agent(Policy(heartbeat_timeout_ms=1000), capacity=2)
+    first = assigned(state, "L1")
+    lost = state.apply(tick(1500))  # a1 last seen at 0: lost, L1 requeued (no one else)
+    assert [(x.load_id, x.reason) for x in lost if x.outcome is Outcome.REQUEUED] == [
+        ("L1", "AGENT_LOST")
+    ]
+    back = state.apply(status("a1", AgentStatusKind.HEARTBEAT, 3, time_ms=4000))  # after backoff
+    again = [x for x in back if x.outcome is Outcome.ASSIGNED]
+    assert [(x.load_id, x.agent_id, x.attempt) for x in again] == [("L1", "a1", 2)]
+    (late,) = state.apply(report(first.decision_id, "L1", "a1", TaskOutcome.SUCCESS, time_ms=4001))
+    assert late.reason == "ZOMBIE_RESULT"  # its answer about the first attempt
+
+
 def test_stale_and_duplicate_events_change_nothing() -> None:
     state = one_agent()
     assert state.apply(status("a1", AgentStatusKind.OFFLINE, seq=1)) == []  # seq 1 <= 2
