@@ -137,14 +137,7 @@ class Fleet:
     async def start(self) -> None:
         """Listens from the end of the assignments topic, then registers every agent."""
         await self.producer.start()
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap,
-                                          enable_auto_commit=False)  # fmt: skip
-        await self._consumer.start()
-        tps = await partitions(self.bootstrap, self.topics.assignments)
-        self._consumer.assign(tps)
-        await self._consumer.seek_to_end(*tps)
-        for tp in tps:
-            await self._consumer.position(tp)
+        self._consumer = await reader_at_end(self.bootstrap, self.topics.assignments)
         for agent_id, (pool, profile) in self.agents.items():
             await self._agent_event(agent_id, pool, m.AgentEventKind.REGISTERED, profile)
             await self._agent_event(agent_id, pool, m.AgentEventKind.AVAILABLE)
@@ -284,14 +277,7 @@ class DecisionTally:
         self._consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap,
-                                          enable_auto_commit=False)  # fmt: skip
-        await self._consumer.start()
-        tps = await partitions(self.bootstrap, self.topics.decision_log)
-        self._consumer.assign(tps)
-        await self._consumer.seek_to_end(*tps)
-        for tp in tps:
-            await self._consumer.position(tp)
+        self._consumer = await reader_at_end(self.bootstrap, self.topics.decision_log)
 
     async def stop(self) -> None:
         if self._consumer is not None:
@@ -332,6 +318,18 @@ async def partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
     finally:
         await producer.stop()
     return [TopicPartition(topic, p) for p in sorted(parts)]
+
+
+async def reader_at_end(bootstrap: str, topic: str) -> AIOKafkaConsumer:
+    """A consumer of every partition of ``topic`` (no group) that reads only what comes next."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    tps = await partitions(bootstrap, topic)
+    consumer.assign(tps)
+    await consumer.seek_to_end(*tps)
+    for tp in tps:
+        await consumer.position(tp)  # resolved now, so records sent after this are seen
+    return consumer
 
 
 def percentile(values: Iterable[float], q: float) -> float | None:
