@@ -120,8 +120,9 @@ def test_end_to_end_against_the_core_offline(pipeline: Pipeline, redis_url: str)
     assert {1, 2} <= versions
     cancels = [rec for r in results for rec in r.records
                if rec.reason_code in ("CANCELLED", "ALREADY_FINAL")]  # fmt: skip
-    assert len(cancels) == 5  # each cancel ended its load, or found it ended already
-    assert any(rec.reason_code == "CANCELLED" for rec in cancels)
+    # Each cancel ended its load, or found it ended already (which of the two is timing; the
+    # core's cancel paths are unit-tested).
+    assert len(cancels) == 5
 
     # Poison on every input topic went to dead-letter, with where it came from.
     async def dead() -> list[m.DeadLetter]:
