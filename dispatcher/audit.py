@@ -15,12 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from dispatcher import core
 from dispatcher.codecs import models as m
 from dispatcher.codecs.codec import Codec, CodecError
-from dispatcher.demo import partitions
+from dispatcher.reading import partitions, read_partition
 from dispatcher.topics import TopicNames
 from dispatcher.worker.fold import PartitionFold
 
@@ -53,27 +53,6 @@ class PartitionAudit:
     @property
     def ok(self) -> bool:
         return not (self.mismatches or self.missing or self.unexplained)
-
-
-async def read_partition(bootstrap: str, tp: TopicPartition) -> list[Any]:
-    """Every record of ``tp`` from the start up to its end when called."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer.assign([tp])
-        start = (await consumer.beginning_offsets([tp]))[tp]
-        end = (await consumer.end_offsets([tp]))[tp]
-        consumer.seek(tp, start)  # (seek_to_beginning is lazy: position() may not see it)
-        out: list[Any] = []
-        nxt = start
-        while nxt < end:
-            batch = await consumer.getmany(tp, timeout_ms=1000, max_records=20_000)
-            records = batch.get(tp, [])
-            out += [r for r in records if r.offset < end]
-            nxt = records[-1].offset + 1 if records else await consumer.position(tp)
-        return out
-    finally:
-        await consumer.stop()
 
 
 def _first_difference(a: m.DecisionRecord, b: m.DecisionRecord) -> tuple[str, Any, Any]:

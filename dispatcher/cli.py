@@ -518,10 +518,9 @@ def audit_cmd(pool: str | None, start: str | None, end: str | None, topic_prefix
 @_as_json
 def whatif_cmd(policy_file: Path, topic_prefix: str, as_json: bool) -> None:
     """Replay the recorded inputs under another policy and report what would change."""
-    from dispatcher.audit import read_partition  # noqa: PLC0415
     from dispatcher.codecs.adapt import policy_from  # noqa: PLC0415
-    from dispatcher.demo import partitions  # noqa: PLC0415
     from dispatcher.policytool import load_policy_file  # noqa: PLC0415
+    from dispatcher.reading import partitions, read_partition  # noqa: PLC0415
     from dispatcher.whatif import compare  # noqa: PLC0415
 
     policy = policy_from(load_policy_file(policy_file))

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from dispatcher.codecs import models as m
 from dispatcher.codecs.codec import Codec, CodecError
 from dispatcher.core import DEFAULT_POLICY, FINAL_OUTCOMES
+from dispatcher.reading import partitions
 from dispatcher.sdk.producer import DispatcherProducer, now_ms
 from dispatcher.topics import TopicNames
 
@@ -307,17 +308,6 @@ class DecisionTally:
         if self.first_at is None or self.last_at <= self.first_at:
             return 0.0
         return len(self.ids) / (self.last_at - self.first_at)
-
-
-async def partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
-    """The partitions of ``topic``, from fresh metadata."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    await producer.start()
-    try:
-        parts = await producer.partitions_for(topic)
-    finally:
-        await producer.stop()
-    return [TopicPartition(topic, p) for p in sorted(parts)]
 
 
 async def reader_at_end(bootstrap: str, topic: str) -> AIOKafkaConsumer:

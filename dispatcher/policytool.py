@@ -21,12 +21,11 @@ import yaml
 from pydantic import ValidationError
 
 from dispatcher import core
-from dispatcher.audit import read_partition
 from dispatcher.codecs import models as m
 from dispatcher.codecs.adapt import TIMEOUTS
 from dispatcher.codecs.codec import Codec, CodecError
-from dispatcher.demo import partitions
 from dispatcher.errors import ConfigError
+from dispatcher.reading import partitions, read_partition
 from dispatcher.sdk.producer import DispatcherProducer, now_ms
 from dispatcher.topics import TopicNames
 

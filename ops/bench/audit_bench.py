@@ -24,10 +24,11 @@ from aiokafka import AIOKafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from dispatcher import core
-from dispatcher.audit import audit, read_partition
+from dispatcher.audit import audit
 from dispatcher.codecs import Codec
 from dispatcher.codecs import models as m
-from dispatcher.demo import agent_profile, load_event, partitions, policy_update
+from dispatcher.demo import agent_profile, load_event, policy_update
+from dispatcher.reading import partitions, read_partition
 from dispatcher.settings import Settings
 from dispatcher.topics import TopicNames, apply_topics, load_topics
 from dispatcher.worker.fold import PartitionFold

@@ -38,10 +38,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from dispatcher.audit import read_partition
 from dispatcher.codecs import Codec
 from dispatcher.codecs import models as m
-from dispatcher.demo import agent_profile, load_event, partitions
+from dispatcher.demo import agent_profile, load_event
+from dispatcher.reading import partitions, read_partition
 from dispatcher.sdk.producer import now_ms
 from dispatcher.settings import Settings
 from dispatcher.topics import TopicNames, apply_topics, load_topics

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dispatcher.audit import PartitionAudit, read_partition
+from dispatcher.audit import PartitionAudit
 from dispatcher.codecs import Codec
 from dispatcher.codecs import models as m
-from dispatcher.demo import partitions
+from dispatcher.reading import partitions, read_partition
 from dispatcher.topics import TopicNames, apply_topics, load_topics
 
 READY = "[^Worker]: Ready"

@@ -14,7 +14,7 @@ import pytest
 import redis
 import yaml
 
-from dispatcher.audit import PartitionAudit, audit, read_partition
+from dispatcher.audit import PartitionAudit, audit
 from dispatcher.codecs import Codec
 from dispatcher.codecs import models as m
 from dispatcher.demo import (
@@ -24,9 +24,9 @@ from dispatcher.demo import (
     Fleet,
     LoadDriver,
     agent_profile,
-    partitions,
     policy_update,
 )
+from dispatcher.reading import partitions, read_partition
 from dispatcher.sdk import DispatcherProducer
 from dispatcher.settings import PROJECT_ROOT
 from tests.integration.pipeline import (

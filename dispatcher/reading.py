@@ -1,0 +1,42 @@
+"""Reading whole topics from the broker: what audit, what-if, explain, policy tools and the
+demo share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+__all__ = ["partitions", "read_partition"]
+
+
+async def partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
+    """The partitions of ``topic``, from fresh metadata."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        parts = await producer.partitions_for(topic)
+    finally:
+        await producer.stop()
+    return [TopicPartition(topic, p) for p in sorted(parts)]
+
+
+async def read_partition(bootstrap: str, tp: TopicPartition) -> list[Any]:
+    """Every record of ``tp`` from the start up to its end when called."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        start = (await consumer.beginning_offsets([tp]))[tp]
+        end = (await consumer.end_offsets([tp]))[tp]
+        consumer.seek(tp, start)  # (seek_to_beginning is lazy: position() may not see it)
+        out: list[Any] = []
+        nxt = start
+        while nxt < end:
+            batch = await consumer.getmany(tp, timeout_ms=1000, max_records=20_000)
+            records = batch.get(tp, [])
+            out += [r for r in records if r.offset < end]
+            nxt = records[-1].offset + 1 if records else await consumer.position(tp)
+        return out
+    finally:
+        await consumer.stop()
