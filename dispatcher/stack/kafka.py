@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dispatcher.errors import StackError
 from dispatcher.settings import KAFKA_VERSION, LOOPBACK, PROJECT_ROOT, Settings
-from dispatcher.stack.process import ManagedProcess, port_open, tail
+from dispatcher.stack.process import LogScan, ManagedProcess, port_open
 
 __all__ = ["READY_MARKER", "LocalKafka", "broker_config"]
 
@@ -195,7 +195,7 @@ class LocalKafka:
         self._format()
         self.process.start_ready(
             self._jvm(MAIN_CLASS, str(self.config_file)),
-            lambda: READY_MARKER in tail(self.process.log_file, 400),
+            LogScan(self.process.log_file, READY_MARKER).found,
             what="the Kafka broker", timeout=timeout, poll=0.2, cwd=self.home,
         )  # fmt: skip
         return True

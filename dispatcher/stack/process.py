@@ -18,7 +18,7 @@ from pathlib import Path
 
 from dispatcher.errors import StackError
 
-__all__ = ["ManagedProcess", "port_open", "tail"]
+__all__ = ["LogScan", "ManagedProcess", "port_open", "tail"]
 
 # Popen objects of the children this interpreter started, so that stop() can
 # reap them and Python does not warn about a child it forgot.
@@ -44,6 +44,33 @@ def tail(path: Path, lines: int = 20) -> str:
     except FileNotFoundError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+class LogScan:
+    """Finds a line in a growing log, reading only what was added since the last look.
+
+    (Looking at the tail alone misses a line that more output has pushed out
+    of it between two looks: a broker with many consumer groups logs hundreds
+    of lines right after it says it started.)
+    """
+
+    def __init__(self, path: Path, marker: str) -> None:
+        self.path, self.marker = path, marker.encode()
+        self._offset = 0
+        self._found = False
+
+    def found(self) -> bool:
+        if not self._found:
+            try:
+                with self.path.open("rb") as f:
+                    f.seek(self._offset)
+                    added = f.read()
+            except FileNotFoundError:
+                return False
+            self._found = self.marker in added
+            # The next look starts early enough to see a marker cut by this one's end.
+            self._offset = max(self._offset, self._offset + len(added) - len(self.marker))
+        return self._found
 
 
 def _stat(pid: int) -> tuple[bytes, int] | None:

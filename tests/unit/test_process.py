@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.stack.process import ManagedProcess, port_open, tail
+from dispatcher.stack.process import LogScan, ManagedProcess, port_open, tail
 
 SLEEPER = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"]
 
@@ -82,3 +82,28 @@ def test_port_open() -> None:
         port = s.getsockname()[1]
         assert port_open("127.0.0.1", port)
     assert not port_open("127.0.0.1", port)
+
+
+def test_log_scan_finds_a_marker_pushed_out_of_the_tail_and_one_cut_between_looks(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "server.log"
+    scan = LogScan(log, "Server started")
+    assert not scan.found()  # no log yet
+    log.write_text("booting\nServer sta")
+    assert not scan.found()
+    with log.open("a") as f:
+        f.write("rted\n" + "loading group metadata\n" * 5000)
+    assert "Server started" not in tail(log, 400)  # what the old readiness check looked at
+    assert scan.found()
+    assert scan.found()  # and stays found
+
+
+def test_log_scan_does_not_match_other_lines(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    log.write_text("Server starting\n")
+    scan = LogScan(log, "Server started")
+    assert not scan.found()
+    with log.open("a") as f:
+        f.write("Server stopped\n")
+    assert not scan.found()
