@@ -30,6 +30,7 @@ __all__ = [
     "TopicSpec",
     "TopicsFile",
     "apply_topics",
+    "delete_topics",
     "load_topics",
 ]
 
@@ -266,6 +267,30 @@ async def apply_topics(
             f"connecting to Kafka at {bootstrap_servers}", admin.start(), request_timeout_s
         )
         return await _apply(admin, spec, alter_configs=alter_configs, seconds=request_timeout_s)
+    finally:
+        await admin.close()
+
+
+async def delete_topics(
+    names: list[str], bootstrap_servers: str, *, request_timeout_s: float = 30.0
+) -> None:
+    """Deletes the named topics that exist (tests and benchmarks remove what they made:
+    every partition left behind slows the broker's start).
+
+    Raises:
+        BrokerError: the broker could not be reached or refused a request.
+    """
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, request_timeout_ms=int(request_timeout_s * 1000)
+    )
+    try:
+        await _admin_call(
+            f"connecting to Kafka at {bootstrap_servers}", admin.start(), request_timeout_s
+        )
+        existing = set(await _admin_call("listing topics", admin.list_topics(), request_timeout_s))
+        present = [n for n in names if n in existing]
+        if present:
+            await _admin_call("deleting topics", admin.delete_topics(present), request_timeout_s)
     finally:
         await admin.close()
 

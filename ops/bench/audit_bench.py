@@ -30,7 +30,7 @@ from dispatcher.codecs import models as m
 from dispatcher.demo import agent_profile, load_event, policy_update
 from dispatcher.reading import partitions, read_partition
 from dispatcher.settings import Settings
-from dispatcher.topics import TopicNames, apply_topics, load_topics
+from dispatcher.topics import TopicNames, apply_topics, delete_topics, load_topics
 from dispatcher.worker.fold import PartitionFold
 
 CODEC = Codec()
@@ -81,31 +81,35 @@ async def main() -> None:
     bootstrap = s.kafka_bootstrap or s.local_bootstrap
     prefix = f"ab{uuid.uuid4().hex[:6]}-"
     topics = TopicNames.prefixed(prefix)
-    await apply_topics(load_topics().prefixed(prefix), bootstrap)
-    inputs, log = recording(topics.input_sequence, args.agents, args.loads)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=10, acks="all",
-                                max_batch_size=1 << 20)  # fmt: skip
-    await producer.start()
-    for topic, values in ((topics.input_sequence, inputs), (topics.decision_log, log)):
-        for v in values:
-            await producer.send(topic, v, key=b"p", partition=0)
-    await producer.flush()
-    await producer.stop()
-    print(f"{args.agents:,} agents: {len(inputs):,} inputs, {len(log):,} decisions recorded")
-    for r in range(args.rounds):
-        t0 = time.perf_counter()
-        for topic in (topics.input_sequence, topics.decision_log):
-            for tp in await partitions(bootstrap, topic):
-                await read_partition(bootstrap, tp)
-        read_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        results = await audit(bootstrap, topics)
-        audit_s = time.perf_counter() - t0
-        checked = sum(x.matched for x in results)
-        problems = sum(len(x.mismatches) + len(x.missing) + len(x.unexplained) for x in results)
-        print(f"round {r + 1}: read {len(log) / read_s:>9,.0f} decisions/s   "
-              f"audit {checked / audit_s:>9,.0f} decisions/s ({checked:,} checked, "
-              f"{problems} problems)   ratio {read_s / audit_s:.2f}")  # fmt: skip
+    declared = load_topics().prefixed(prefix)
+    await apply_topics(declared, bootstrap)
+    try:
+        inputs, log = recording(topics.input_sequence, args.agents, args.loads)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=10, acks="all",
+                                    max_batch_size=1 << 20)  # fmt: skip
+        await producer.start()
+        for topic, values in ((topics.input_sequence, inputs), (topics.decision_log, log)):
+            for v in values:
+                await producer.send(topic, v, key=b"p", partition=0)
+        await producer.flush()
+        await producer.stop()
+        print(f"{args.agents:,} agents: {len(inputs):,} inputs, {len(log):,} decisions recorded")
+        for r in range(args.rounds):
+            t0 = time.perf_counter()
+            for topic in (topics.input_sequence, topics.decision_log):
+                for tp in await partitions(bootstrap, topic):
+                    await read_partition(bootstrap, tp)
+            read_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            results = await audit(bootstrap, topics)
+            audit_s = time.perf_counter() - t0
+            checked = sum(x.matched for x in results)
+            problems = sum(len(x.mismatches) + len(x.missing) + len(x.unexplained) for x in results)
+            print(f"round {r + 1}: read {len(log) / read_s:>9,.0f} decisions/s   "
+                  f"audit {checked / audit_s:>9,.0f} decisions/s ({checked:,} checked, "
+                  f"{problems} problems)   ratio {read_s / audit_s:.2f}")  # fmt: skip
+    finally:
+        await delete_topics(list(declared.topics), bootstrap)
 
 
 if __name__ == "__main__":

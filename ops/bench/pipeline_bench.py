@@ -44,7 +44,7 @@ from dispatcher.demo import agent_profile, load_event
 from dispatcher.reading import partitions, read_partition
 from dispatcher.sdk.producer import now_ms
 from dispatcher.settings import Settings
-from dispatcher.topics import TopicNames, apply_topics, load_topics
+from dispatcher.topics import TopicNames, apply_topics, delete_topics, load_topics
 
 ROOT = Path(__file__).resolve().parents[2]
 POOL = "bench"
@@ -107,6 +107,14 @@ class Contender:
         self.topics = TopicNames.prefixed(self.prefix)
         self.proc: subprocess.Popen[bytes] | None = None
 
+    async def create_topics(self) -> None:
+        await apply_topics(load_topics().prefixed(self.prefix), self.bootstrap)
+
+    async def remove(self) -> None:
+        """Stops the process and deletes its topics."""
+        self.stop()
+        await delete_topics(list(load_topics().prefixed(self.prefix).topics), self.bootstrap)
+
     def start(self) -> None:
         env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap}
         app_id = f"{self.prefix}app"
@@ -155,7 +163,7 @@ async def drain_rate(
 ) -> float:  # fmt: skip
     """Output records/s while ``kind`` drains the same pre-produced input."""
     c = Contender(kind, bootstrap)
-    await apply_topics(load_topics().prefixed(c.prefix), bootstrap)
+    await c.create_topics()
     await produce(bootstrap, c.topics.agent_availability, agent_values)
     await produce(bootstrap, c.topics.load_arrival, load_values)
     c.start()
@@ -169,7 +177,7 @@ async def drain_rate(
                 break
         stamps = [t for t, _ in await timestamps(bootstrap, out)]
     finally:
-        c.stop()
+        await c.remove()
     if len(stamps) < 2:
         return 0.0
     # The loads' part of the stream: from the first output after the agents' (which
@@ -191,7 +199,7 @@ async def latency(bootstrap: str, agent_values: list[bytes], load_values: list[b
                   rate: float) -> tuple[float, float, int]:  # fmt: skip
     """p50 and p99 arrival -> assignment (ms) with loads sent at ``rate`` on a schedule."""
     c = Contender("worker", bootstrap)
-    await apply_topics(load_topics().prefixed(c.prefix), bootstrap)
+    await c.create_topics()
     await produce(bootstrap, c.topics.agent_availability, agent_values)
     c.start()
     try:
@@ -204,7 +212,7 @@ async def latency(bootstrap: str, agent_values: list[bytes], load_values: list[b
         for t, r in await timestamps(bootstrap, c.topics.assignments):
             got.setdefault(CODEC.decode(r.value).load_id, t)  # type: ignore[attr-defined]
     finally:
-        c.stop()
+        await c.remove()
     lat = [got[k] - sent[k] for k in got if k in sent]
     return float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), len(lat)
 
@@ -212,14 +220,14 @@ async def latency(bootstrap: str, agent_values: list[bytes], load_values: list[b
 async def memory(bootstrap: str, agents: int) -> float:
     agent_values, _ = inputs(agents, 0, seed=2)
     c = Contender("worker", bootstrap)
-    await apply_topics(load_topics().prefixed(c.prefix), bootstrap)
+    await c.create_topics()
     await produce(bootstrap, c.topics.agent_availability, agent_values)
     c.start()
     try:
         await c.wait_agents(agents, timeout_s=900)
         return c.rss_mb()
     finally:
-        c.stop()
+        await c.remove()
 
 
 async def main() -> None:

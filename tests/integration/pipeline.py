@@ -18,7 +18,7 @@ from dispatcher.audit import PartitionAudit
 from dispatcher.codecs import Codec
 from dispatcher.codecs import models as m
 from dispatcher.reading import partitions, read_partition
-from dispatcher.topics import TopicNames, apply_topics, load_topics
+from dispatcher.topics import TopicNames, apply_topics, delete_topics, load_topics
 
 READY = "[^Worker]: Ready"
 CODEC = Codec()
@@ -50,6 +50,9 @@ class Pipeline:
 
     def create_topics(self) -> None:
         asyncio.run(apply_topics(load_topics().prefixed(self.prefix), self.bootstrap))
+
+    def delete_topics(self) -> None:
+        asyncio.run(delete_topics(list(load_topics().prefixed(self.prefix).topics), self.bootstrap))
 
     def start_worker(self, *, wait: bool = True, timeout_s: float = 90.0) -> subprocess.Popen[Any]:
         n = len(self.workers)
