@@ -8,7 +8,6 @@ input order.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from dispatcher.core.policy import SCORE_TERMS, Policy
+from dispatcher.core.policy import Policy
 from dispatcher.core.types import AgentProfile, LoadSpec
 
 __all__ = ["AgentStatus", "AgentTable", "Match"]
@@ -34,6 +33,15 @@ class AgentStatus(IntEnum):
 
 
 _AVAILABLE = int(AgentStatus.AVAILABLE)
+
+
+@dataclass(frozen=True, slots=True)
+class _Static:
+    """The agents that pass the profile-only constraints for one kind of load."""
+
+    rows: npt.NDArray[np.intp]  # passing the capability check, ascending
+    stage: npt.NDArray[np.int8]  # 0: fails clearance, 1: passes it but fails region, 2: both pass
+    passing: npt.NDArray[np.bool_]  # stage == 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +122,7 @@ class AgentTable:
         self._cap_rows: dict[int, set[int]] = {}
         self._cap_array: dict[int, npt.NDArray[np.intp]] = {}
         self._row_bits: list[list[int]] = []
+        self._static_cache: dict[tuple[frozenset[str] | None, int, str | None], _Static] = {}
         self._caps_vocab, self._region_vocab, self._zone_vocab = _Vocab(), _Vocab(), _Vocab()
         self._alloc(max(8, capacity_hint), cap_words=1, region_words=1, dims=0)
 
@@ -177,6 +186,7 @@ class AgentTable:
             self._cap_rows.setdefault(bit, set()).add(row)
             self._cap_array.pop(bit, None)
         self._row_bits[row] = cap_bits
+        self._static_cache.clear()
         region_bits = self._region_vocab.bits(profile.regions)
         self._fit(rows=row + 1, cap_words=len(self._caps_vocab.index) // 64 + 1,
                   region_words=len(self._region_vocab.index) // 64 + 1,
@@ -230,9 +240,11 @@ class AgentTable:
         and how many agents each constraint excluded.
 
         Constraints apply in CONSTRAINTS order; each counts the agents it
-        removed from those the earlier ones left, so the counts add up.
-        Capabilities come from an inverted index, so the later checks look
-        only at agents that have them.
+        removed from those the earlier ones left, so the counts add up. The
+        constraints on the agent's profile alone (capability, clearance, region)
+        are resolved once per kind of load and kept until a profile changes
+        (``_Static``); per load, only status, capacity, risk and tenant rules
+        are looked at, and only on the agents that pass the static ones.
         """
         n = self.n
         status_on, capacity_on = policy.enforced("status"), policy.enforced("capacity")
@@ -250,21 +262,16 @@ class AgentTable:
             left = int(np.count_nonzero(mask))
             excluded = [("status", n - left if status_on else 0), ("capacity", 0)]
             base = mask
-        if policy.enforced("capability") and load.required:
-            capable = self._capable(load.required)
-            rows = capable[base.take(capable)]
-        else:
-            rows = np.flatnonzero(base)
-        excluded.append(("capability", left - len(rows)))
+        static = self._static(load, policy)
+        up = base.take(static.rows)  # open, among those passing capabilities
+        failing = np.bincount(static.stage[up], minlength=3)  # by the first check failed
+        capable = int(failing.sum())
+        rows = static.rows[up & static.passing]
+        excluded += [("capability", left - capable), ("clearance", int(failing[0])),
+                     ("region", int(failing[1]))]  # fmt: skip
         left = len(rows)
-        checks: tuple[tuple[str, Callable[[npt.NDArray[np.intp]], Bool | None]], ...] = (
-            ("clearance", lambda r: self.clearance.take(r) >= int(load.sensitivity)),
-            ("region", lambda r: self._in_region(load.region, r)),
-            ("risk", lambda r: self.risk_room.take(r) >= load.risk),
-            ("tenant_deny", lambda r: self._allowed(denied, r) if denied else None),
-        )  # fmt: skip
-        for name, check in checks:
-            keep = check(rows) if left and policy.enforced(name) else None
+        for name, check in (("risk", self._risk_ok), ("tenant_deny", self._allowed)):
+            keep = check(load, denied, rows) if left and policy.enforced(name) else None
             if keep is None:
                 excluded.append((name, 0))
                 continue
@@ -272,6 +279,34 @@ class AgentTable:
             excluded.append((name, left - len(rows)))
             left = len(rows)
         return rows, tuple(excluded)
+
+    def _static(self, load: LoadSpec, policy: Policy) -> _Static:
+        """The agents passing the capability check for loads like ``load``, and for each
+        the first of the clearance and region checks it fails (cached until a profile
+        changes)."""
+        cap_on, clear_on = policy.enforced("capability"), policy.enforced("clearance")
+        region_on = policy.enforced("region")
+        key = (load.required if cap_on else None, int(load.sensitivity) if clear_on else -1,
+               load.region if region_on else None)  # fmt: skip
+        static = self._static_cache.get(key)
+        if static is None:
+            if cap_on and load.required:
+                rows = self._capable(load.required)
+            else:
+                rows = np.arange(self.n, dtype=np.intp)
+            stage = np.full(len(rows), 2, np.int8)  # 0: fails clearance, 1: region, 2: none
+            if region_on:
+                stage[~self._in_region(load.region, rows)] = 1
+            if clear_on:
+                stage[self.clearance.take(rows) < int(load.sensitivity)] = 0
+            if len(self._static_cache) >= 4096:  # kinds of load: bounded, oldest go first
+                del self._static_cache[next(iter(self._static_cache))]
+            static = self._static_cache[key] = _Static(rows, stage, stage == 2)
+        return static
+
+    def _risk_ok(self, load: LoadSpec, _: frozenset[str], rows: npt.NDArray[np.intp]) -> Bool:
+        ok: Bool = self.risk_room.take(rows) >= load.risk
+        return ok
 
     def _capable(self, required: frozenset[str]) -> npt.NDArray[np.intp]:
         """Rows having every capability in ``required``, ascending."""
@@ -300,7 +335,11 @@ class AgentTable:
         inside: Bool = bits.astype(np.bool_)
         return inside
 
-    def _allowed(self, denied: frozenset[str], rows: npt.NDArray[np.intp]) -> Bool:
+    def _allowed(
+        self, _: LoadSpec, denied: frozenset[str], rows: npt.NDArray[np.intp]
+    ) -> Bool | None:
+        if not denied:
+            return None
         denied_rows = [r for a in denied if (r := self.row.get(a)) is not None]
         allowed: Bool = ~np.isin(rows, denied_rows)
         return allowed
@@ -413,7 +452,7 @@ class Scored:
         return Match(
             row=int(self.rows[i]),
             score=float(self.total[i]),
-            parts=tuple((t, policy.weight(t) * float(self.terms[t][i])) for t in SCORE_TERMS),
+            parts=tuple((t, w * float(self.terms[t][i])) for t, w in policy.all_weights),
             candidates=len(self.rows),
             excluded=self.excluded,
             runner_up=runner_up,

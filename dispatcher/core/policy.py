@@ -73,15 +73,17 @@ class Policy:
     max_pending: int = 100_000
     high_watermark: int = 80_000
     low_watermark: int = 60_000
-    # The nonzero weights in SCORE_TERMS order (derived from ``weights``).
+    # Every weight, and the nonzero ones, in SCORE_TERMS order (derived from ``weights``).
+    all_weights: tuple[tuple[str, float], ...] = field(init=False, repr=False, compare=False)
     active_weights: tuple[tuple[str, float], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Read-only views of private copies: a policy cannot change under a decision.
         for name in ("weights", "tenant_weights", "tenant_quotas", "tenant_deny"):
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
-        active = tuple((t, self.weight(t)) for t in SCORE_TERMS if self.weight(t))
-        object.__setattr__(self, "active_weights", active)
+        every = tuple((t, self.weight(t)) for t in SCORE_TERMS)
+        object.__setattr__(self, "all_weights", every)
+        object.__setattr__(self, "active_weights", tuple((t, w) for t, w in every if w))
 
     def weight(self, term: str) -> float:
         return float(self.weights.get(term, 0.0))
