@@ -644,9 +644,8 @@ def worker_cmd(app_id: str, web_port: int, tick_ms: int, topic_prefix: str, logl
     Uses KAFKA_BOOTSTRAP_SERVERS and REDIS_URL, or the project's own servers
     (`dispatcher stack up`). Runs until SIGINT or SIGTERM.
     """
-    from faust import Worker  # noqa: PLC0415 - only this command pays for importing faust
-
-    from dispatcher.worker.app import WorkerConfig, build_app  # noqa: PLC0415
+    # Only this command pays for importing faust.
+    from dispatcher.worker.app import Worker, WorkerConfig, build_app  # noqa: PLC0415
 
     s = _settings()
     cfg = WorkerConfig(

@@ -23,6 +23,7 @@ from dispatcher import core
 from dispatcher.codecs.adapt import to_event, to_records
 from dispatcher.codecs.codec import Codec, CodecError
 from dispatcher.topics import TopicNames
+from dispatcher.worker.app import Worker
 
 
 def build(kind: str, bootstrap: str, topics: TopicNames, app_id: str) -> faust.App:
@@ -75,7 +76,7 @@ def main() -> None:
     parser.add_argument("--app-id", required=True)
     args = parser.parse_args()
     app = build(args.kind, args.bootstrap, TopicNames.prefixed(args.prefix), args.app_id)
-    faust.Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
+    Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
 
 
 if __name__ == "__main__":
