@@ -30,6 +30,7 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP, EventT
 
 from dispatcher import core
@@ -39,7 +40,7 @@ from dispatcher.topics import TopicNames
 from dispatcher.worker.fold import PartitionFold
 from dispatcher.worker.readmodel import ReadModel
 
-__all__ = ["Worker", "WorkerConfig", "build_app"]
+__all__ = ["Worker", "WorkerConfig", "build_app", "low_latency"]
 
 log = logging.getLogger("dispatcher.worker")
 
@@ -70,6 +71,35 @@ class Worker(faust.Worker):
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
         self.spinner = None
+
+
+# How long the broker may hold a fetch that finds no new data. Faust fixes it at
+# 1,500 ms, and aiokafka leaves a partition whose records are still being
+# consumed out of the next fetch: under steady load that fetch long-polls the
+# idle partitions while the busy one's new records wait, about a second per hop.
+FETCH_MAX_WAIT_MS = 5
+
+
+class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts
+        return consumer
+
+
+class _Consumer(faust_kafka.Consumer):
+    def _new_consumer_thread(self) -> _ConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_kafka.Transport):
+    Consumer = _Consumer
+
+
+def low_latency(app: faust.App) -> faust.App:
+    """``app`` with consumers whose fetches the broker holds FETCH_MAX_WAIT_MS at most."""
+    app.transport = _Transport(app.conf.broker_consumer, app)
+    return app
 
 
 def _now_ms() -> int:
@@ -148,7 +178,7 @@ def build_app(cfg: WorkerConfig) -> faust.App:
     """The Faust app of one dispatcher worker."""
     d = Dispatcher(cfg)
     t = cfg.topics
-    app = faust.App(
+    app = low_latency(faust.App(
         cfg.app_id,
         broker=";".join(f"kafka://{h}" for h in cfg.bootstrap.split(",")),
         key_serializer="raw", value_serializer="raw", store="memory://",
@@ -158,7 +188,7 @@ def build_app(cfg: WorkerConfig) -> faust.App:
         broker_session_timeout=cfg.session_timeout_s,
         broker_heartbeat_interval=cfg.session_timeout_s / 4,
         stream_buffer_maxsize=4 * cfg.batch,
-    )  # fmt: skip
+    ))  # fmt: skip
     inputs = app.topic(t.load_arrival, t.agent_availability, t.task_results, t.ticks)
     policies = app.topic(t.policy_update)
     sequence = app.topic(t.input_sequence)

@@ -39,6 +39,7 @@ log = logging.getLogger("dispatcher.worker.readmodel")
 RECENT = 200
 RETRY_S = 5.0
 POOL_EVERY_S = 0.5  # pool gauges are recounted at most this often
+PUBLISH_EVERY_S = 0.1  # and the counters and recent decisions sent (a round trip each)
 
 
 class ReadModel:
@@ -59,21 +60,26 @@ class ReadModel:
         self.degraded = url is None
         self._retry_at = 0.0
         self._pools_at = 0.0
+        self._publish_at = 0.0
 
     def publish(self, folds: Mapping[int, PartitionFold], decisions: list[core.Decision]) -> None:
         """Counts ``decisions`` in, and starts a publish in the background unless one is
-        running (deciding never waits for Redis). What a failed publish carried is dropped:
-        the read model is a view, rebuilt by replay, not a record."""
+        running or one started less than PUBLISH_EVERY_S ago (deciding never waits for
+        Redis, and a trickle of small batches does not cost a round trip each). What a
+        failed publish carried is dropped: the read model is a view, rebuilt by replay,
+        not a record."""
         for d in decisions:
             self._counts[d.outcome.value] = self._counts.get(d.outcome.value, 0) + 1
             if d.outcome is core.Outcome.COMPLETED and d.deadline_ms is not None:
                 key = (d.pool, "met" if d.time_ms <= d.deadline_ms else "missed")
                 self._sla[key] = self._sla.get(key, 0) + 1
         self._recent.extend(decisions[-RECENT:])
-        if self.client is None or time.monotonic() < self._retry_at:
+        now = time.monotonic()
+        if self.client is None or now < max(self._retry_at, self._publish_at):
             return
         if self._inflight is not None and not self._inflight.done():
             return
+        self._publish_at = now + PUBLISH_EVERY_S
         self._inflight = asyncio.ensure_future(self._guarded(folds))
 
     async def _guarded(self, folds: Mapping[int, PartitionFold]) -> None:

@@ -23,7 +23,7 @@ from dispatcher import core
 from dispatcher.codecs.adapt import to_event, to_records
 from dispatcher.codecs.codec import Codec, CodecError
 from dispatcher.topics import TopicNames
-from dispatcher.worker.app import Worker
+from dispatcher.worker.app import Worker, low_latency
 
 
 def build(kind: str, bootstrap: str, topics: TopicNames, app_id: str) -> faust.App:
@@ -31,6 +31,7 @@ def build(kind: str, bootstrap: str, topics: TopicNames, app_id: str) -> faust.A
                     value_serializer="raw", store="memory://", web_enabled=False,
                     topic_allow_declare=False, topic_disable_leader=True,
                     consumer_auto_offset_reset="earliest")  # fmt: skip
+    low_latency(app)
     codec = Codec()
     t = topics
     inputs = app.topic(t.load_arrival, t.agent_availability, t.task_results, t.ticks)
