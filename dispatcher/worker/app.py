@@ -23,6 +23,7 @@ the same ids, and readers drop the repeats by decision id.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -61,16 +62,27 @@ class WorkerConfig:
 
 
 class Worker(faust.Worker):
-    """faust.Worker without its terminal spinner.
+    """faust.Worker without its terminal spinner, and with its start-up objects frozen.
 
     To spin on every log line, Faust sets the root logger to DEBUG, so every
     debug call of aiokafka, mode and Faust builds a record that the handlers
     then drop: 4-5% of a busy worker's CPU. The root logger keeps the
     configured level instead.
+
+    Python's full garbage collections walk every tracked object; about 110k
+    exist once the modules are imported and the app is built, and each full
+    collection over them stopped the worker for 25-100 ms, several times a
+    minute under load (the p99 latency). Frozen after start-up, they are no
+    longer walked; what the worker creates later is collected as usual.
     """
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
         self.spinner = None
+
+    async def on_startup_finished(self) -> None:
+        await super().on_startup_finished()
+        gc.collect()
+        gc.freeze()
 
 
 # How long the broker may hold a fetch that finds no new data. Faust fixes it at
