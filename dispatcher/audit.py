@@ -20,7 +20,7 @@ from aiokafka import TopicPartition
 from dispatcher import core
 from dispatcher.codecs import models as m
 from dispatcher.codecs.codec import Codec, CodecError
-from dispatcher.reading import partitions, read_partition
+from dispatcher.reading import PROGRESS_EVERY, partitions, read_partition
 from dispatcher.topics import TopicNames
 from dispatcher.worker.fold import PartitionFold
 
@@ -86,7 +86,7 @@ async def audit(
         for r in await read_partition(bootstrap, tp):
             res.inputs += 1
             replayed += 1
-            if progress is not None and replayed % 20_000 == 0:
+            if progress is not None and replayed % PROGRESS_EVERY == 0:
                 progress(replayed)
             try:
                 out = fold.apply(r.value, r.offset)

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -445,6 +446,17 @@ def _position(value: str | None) -> tuple[str, int] | None:
         raise click.BadParameter(f"{value!r}: an offset or an ISO 8601 time") from exc
 
 
+def _replay_progress() -> Callable[[int], None]:
+    """Prints, on stderr, how many inputs a replay has done and at what rate."""
+    started = time.monotonic()
+
+    def progress(n: int) -> None:
+        rate = n / max(1e-9, time.monotonic() - started)
+        click.echo(f"  {n:,} inputs replayed ({rate:,.0f}/s)", err=True)
+
+    return progress
+
+
 @cli.command("audit")
 @click.option("--pool", default=None, help="Check only this pool's decisions.")
 @click.option("--from", "start", default=None, help="Input offset or ISO time to check from.")
@@ -468,13 +480,8 @@ def audit_cmd(pool: str | None, start: str | None, end: str | None, topic_prefix
         return (pool is None or rec.pool == pool) and after and before
 
     started = time.monotonic()
-
-    def progress(n: int) -> None:
-        rate = n / max(1e-9, time.monotonic() - started)
-        click.echo(f"  {n:,} inputs replayed ({rate:,.0f}/s)", err=True)
-
     results = asyncio.run(audit(_bootstrap(), TopicNames.prefixed(topic_prefix),
-                                progress=progress))  # fmt: skip
+                                progress=_replay_progress()))  # fmt: skip
     rows: list[dict[str, Any]] = []
     bad = 0
     for r in results:
@@ -531,7 +538,8 @@ def whatif_cmd(policy_file: Path, topic_prefix: str, as_json: bool) -> None:
         return [(tp.partition, [(r.offset, r.value) for r in await read_partition(bootstrap, tp)])
                 for tp in await partitions(bootstrap, topics.input_sequence)]  # fmt: skip
 
-    report = compare(asyncio.run(recorded()), policy, topic=topics.input_sequence)
+    report = compare(asyncio.run(recorded()), policy, topic=topics.input_sequence,
+                     progress=_replay_progress())  # fmt: skip
     if as_json:
         click.echo(json.dumps(asdict(report), indent=2, default=str))
         return

@@ -7,7 +7,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-__all__ = ["partitions", "read_partition"]
+__all__ = ["PROGRESS_EVERY", "partitions", "read_partition"]
+
+PROGRESS_EVERY = 20_000  # replays report their progress every this many inputs
 
 
 async def partitions(bootstrap: str, topic: str) -> list[TopicPartition]:

@@ -11,7 +11,7 @@ a different agent would have taken a different time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -21,6 +21,7 @@ from dispatcher import core
 from dispatcher.codecs import models as m
 from dispatcher.codecs.adapt import to_event
 from dispatcher.codecs.codec import Codec, CodecError
+from dispatcher.reading import PROGRESS_EVERY
 from dispatcher.worker.fold import PartitionFold
 
 __all__ = ["Outcomes", "WhatIf", "compare"]
@@ -103,15 +104,23 @@ def compare(
     partitions: Iterable[tuple[int, Iterable[tuple[int, bytes]]]], policy: core.Policy, *,
     base_policy: core.Policy = core.DEFAULT_POLICY, topic: str = "input-sequence",
     codec: Codec | None = None, examples: int = 5,
+    progress: Callable[[int], None] | None = None,
 ) -> WhatIf:  # fmt: skip
-    """Replays each partition's (offset, bytes) records as recorded and under ``policy``."""
+    """Replays each partition's (offset, bytes) records as recorded and under ``policy``.
+
+    ``progress`` is called with the number of inputs replayed so far, now and then.
+    """
     codec = codec or Codec()
     rec_out, alt_out = Outcomes(), Outcomes()
+    replayed = 0
     for partition, records in partitions:
         recorded = PartitionFold(topic, partition, codec, base_policy)
         alt = PartitionFold(topic, partition, codec, policy)
         holder: dict[str, tuple[int, str, str | None]] = {}  # load -> (attempt, decision, agent)
         for offset, value in records:
+            replayed += 1
+            if progress is not None and replayed % PROGRESS_EVERY == 0:
+                progress(replayed)
             try:
                 record = codec.decode(value, trusted=True)
             except CodecError:

@@ -110,10 +110,13 @@ def recorded_run(policy: m.PolicyUpdate, steps: int = 60) -> list[tuple[int, byt
     return records
 
 
-def test_whatif_with_the_recorded_policy_changes_nothing() -> None:
+def test_whatif_with_the_recorded_policy_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     policy = policy_update(1)
     records = recorded_run(policy)
-    report = compare([(0, records)], policy_from(policy))
+    monkeypatch.setattr("dispatcher.whatif.PROGRESS_EVERY", 10)
+    reported: list[int] = []
+    report = compare([(0, records)], policy_from(policy), progress=reported.append)
+    assert reported == list(range(10, len(records) + 1, 10))  # progress, every 10 inputs
     assert report.changed == 0
     assert report.decisions_changed == 0
     assert report.recorded == report.alternative
