@@ -14,8 +14,9 @@ alternating, for ``--rounds`` rounds:
 - naive:  a per-event Faust agent applying the core (pipeline_apps.py).
 
 Then the worker alone: arrival -> assignment latency with loads sent on a fixed
-schedule at 70% of the rate it reached (backlog counts, from broker timestamps
-of the load and of its assignment), and its resident memory with 100k agents.
+schedule at 50% and 70% (``--latency-at``) of the rate it reached (backlog counts,
+from broker timestamps of the load and of its assignment), and its resident memory
+with 100k agents.
 """
 
 from __future__ import annotations
@@ -238,6 +239,8 @@ async def main() -> None:
     parser.add_argument("--memory-agents", type=int, default=100_000)
     parser.add_argument("--worker-rate", type=float, default=None,
                         help="Skip the drain rounds; take this as the worker's rate.")  # fmt: skip
+    parser.add_argument("--latency-at", type=float, nargs="+", default=[0.5, 0.7],
+                        help="Shares of the worker's rate to measure latency at.")  # fmt: skip
     args = parser.parse_args()
     s = Settings.from_env()
     bootstrap = s.kafka_bootstrap or s.local_bootstrap
@@ -257,11 +260,12 @@ async def main() -> None:
         for kind, rate in best.items():
             print(f"  {kind:<6} {rate:>9,.0f}/s  ({rate / best['null']:.2f}x null pass-through)")
     agent_values, load_values = inputs(args.agents, args.loads)
-    target = 0.7 * best["worker"]
-    n = min(len(load_values), int(target * 20))
-    p50, p99, seen = await latency(bootstrap, agent_values, load_values[:n], target)
-    print(f"latency at {target:,.0f} loads/s (70% of the worker's): p50 {p50:.0f} ms, "
-          f"p99 {p99:.0f} ms over {seen:,} loads")  # fmt: skip
+    for share in args.latency_at:
+        target = share * best["worker"]
+        n = min(len(load_values), int(target * 20))
+        p50, p99, seen = await latency(bootstrap, agent_values, load_values[:n], target)
+        print(f"latency at {target:,.0f} loads/s ({share:.0%} of the worker's): p50 {p50:.0f} ms,"
+              f" p99 {p99:.0f} ms over {seen:,} loads", flush=True)  # fmt: skip
     rss = await memory(bootstrap, args.memory_agents)
     print(f"worker RSS with {args.memory_agents:,} agents: {rss:.0f} MB")
 
