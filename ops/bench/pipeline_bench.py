@@ -11,13 +11,12 @@ alternating, for ``--rounds`` rounds:
 - null:   consume -> decode -> encode -> produce, no matching (pipeline_apps.py);
 - worker: ``dispatcher worker`` (sequencer + dispatch, every decision logged, an
           assignment for each ASSIGNED);
-- split:  the same as two processes, ``--role sequencer`` and ``--role dispatch``;
 - naive:  a per-event Faust agent applying the core (pipeline_apps.py).
 
-Then worker and split alone: arrival -> assignment latency with loads sent on a
-fixed schedule at 50% and 70% (``--latency-at``) of the rate each reached (backlog
-counts, from broker timestamps of the load and of its assignment); and the
-worker's resident memory with 100k agents.
+Then the worker alone: arrival -> assignment latency with loads sent on a fixed
+schedule at 50% and 70% (``--latency-at``) of the rate it reached (backlog counts,
+from broker timestamps of the load and of its assignment), and its resident memory
+with 100k agents.
 """
 
 from __future__ import annotations
@@ -103,56 +102,42 @@ def free_port() -> int:
 
 
 class Contender:
-    """``null``, ``naive``, ``worker`` (one process) or ``split`` (a sequencer process and a
-    dispatch process: ``dispatcher worker --role``) on topics of its own."""
-
     def __init__(self, kind: str, bootstrap: str) -> None:
         self.kind, self.bootstrap = kind, bootstrap
         self.prefix = f"pb{uuid.uuid4().hex[:6]}-"
         self.topics = TopicNames.prefixed(self.prefix)
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.proc: subprocess.Popen[bytes] | None = None
 
     async def create_topics(self) -> None:
         await apply_topics(load_topics().prefixed(self.prefix), self.bootstrap)
 
     async def remove(self) -> None:
-        """Stops the processes and deletes the topics."""
+        """Stops the process and deletes its topics."""
         self.stop()
         await delete_topics(list(load_topics().prefixed(self.prefix).topics), self.bootstrap)
 
     def start(self) -> None:
         env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap}
         app_id = f"{self.prefix}app"
-        worker = [sys.executable, "-m", "dispatcher", "worker", "--topic-prefix", self.prefix,
-                  "--app-id", app_id, "--tick-ms", "1000"]  # fmt: skip
         if self.kind == "worker":
-            cmds = [[*worker, "--web-port", str(free_port())]]
-        elif self.kind == "split":
-            cmds = [[*worker, "--role", role, "--web-port", str(free_port())]
-                    for role in ("sequencer", "dispatch")]  # fmt: skip
+            cmd = [sys.executable, "-m", "dispatcher", "worker", "--topic-prefix", self.prefix,
+                   "--app-id", app_id, "--web-port", str(free_port()),
+                   "--tick-ms", "1000"]  # fmt: skip
         else:
-            cmds = [[sys.executable, str(ROOT / "ops/bench/pipeline_apps.py"), self.kind,
-                     "--bootstrap", self.bootstrap, "--prefix", self.prefix,
-                     "--app-id", app_id]]  # fmt: skip
-        for i, cmd in enumerate(cmds):
-            log = LOGS / f"{self.prefix}{self.kind}{i}.log"
-            with log.open("wb") as out:
-                self.procs.append(
-                    subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-                )
-
-    def running(self) -> bool:
-        return all(p.poll() is None for p in self.procs)
+            cmd = [sys.executable, str(ROOT / "ops/bench/pipeline_apps.py"), self.kind,
+                   "--bootstrap", self.bootstrap, "--prefix", self.prefix,
+                   "--app-id", app_id]  # fmt: skip
+        self.log = LOGS / f"{self.prefix}{self.kind}.log"
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
             try:
-                proc.wait(timeout=30)
+                self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                self.proc.kill()
 
     async def wait_agents(self, n: int, timeout_s: float = 300) -> None:
         """Until the worker's read model counts ``n`` agents in the pool (all applied)."""
@@ -166,8 +151,8 @@ class Contender:
         client.close()
 
     def rss_mb(self) -> float:
-        """Resident memory of the (last: the dispatching) process."""
-        for line in Path(f"/proc/{self.procs[-1].pid}/status").read_text().splitlines():
+        assert self.proc is not None  # noqa: S101
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
@@ -189,7 +174,7 @@ async def drain_rate(
         while True:
             await asyncio.sleep(2.0)
             ends = await _end_offsets(bootstrap, out)
-            if ends >= want or time.monotonic() > deadline or not c.running():
+            if ends >= want or time.monotonic() > deadline or c.proc.poll() is not None:  # type: ignore[union-attr]
                 break
         stamps = [t for t, _ in await timestamps(bootstrap, out)]
     finally:
@@ -211,10 +196,10 @@ async def _end_offsets(bootstrap: str, topic: str) -> int:
         await consumer.stop()
 
 
-async def latency(kind: str, bootstrap: str, agent_values: list[bytes], load_values: list[bytes],
+async def latency(bootstrap: str, agent_values: list[bytes], load_values: list[bytes],
                   rate: float) -> tuple[float, float, int]:  # fmt: skip
     """p50 and p99 arrival -> assignment (ms) with loads sent at ``rate`` on a schedule."""
-    c = Contender(kind, bootstrap)
+    c = Contender("worker", bootstrap)
     await c.create_topics()
     await produce(bootstrap, c.topics.agent_availability, agent_values)
     c.start()
@@ -252,40 +237,35 @@ async def main() -> None:
     parser.add_argument("--loads", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--memory-agents", type=int, default=100_000)
-    parser.add_argument("--worker-rate", type=float, nargs=2, default=None,
-                        metavar=("WORKER", "SPLIT"),
-                        help="Skip the drain rounds; take these as the two rates.")  # fmt: skip
+    parser.add_argument("--worker-rate", type=float, default=None,
+                        help="Skip the drain rounds; take this as the worker's rate.")  # fmt: skip
     parser.add_argument("--latency-at", type=float, nargs="+", default=[0.5, 0.7],
-                        help="Shares of each worker's rate to measure latency at.")  # fmt: skip
+                        help="Shares of the worker's rate to measure latency at.")  # fmt: skip
     args = parser.parse_args()
     s = Settings.from_env()
     bootstrap = s.kafka_bootstrap or s.local_bootstrap
-    # A worker logs one decision per load (all are assigned at once: capacity is ample).
-    kinds = ("null", "worker", "split", "naive")
-    rates: dict[str, list[float]] = {k: [] for k in kinds}
+    # The worker logs one decision per load (all are assigned at once: capacity is ample).
+    rates: dict[str, list[float]] = {"null": [], "worker": [], "naive": []}
     for r in range(0 if args.worker_rate else args.rounds):
-        for kind in kinds:
+        for kind in ("null", "worker", "naive"):
             agent_values, load_values = inputs(args.agents, args.loads)
             rate = await drain_rate(kind, bootstrap, agent_values, load_values,
                                     want=args.loads + (2 * args.agents if kind == "null" else 0),
                                     timeout_s=600)  # fmt: skip
             rates[kind].append(rate)
             print(f"round {r + 1}: {kind:<6} {rate:>9,.0f} records/s", flush=True)
-    best = {k: max(v) for k, v in rates.items() if v}
-    if args.worker_rate:
-        best = dict(zip(("worker", "split"), args.worker_rate, strict=True))
-    else:
+    best = {k: max(v) for k, v in rates.items() if v} or {"worker": args.worker_rate}
+    if "null" in best:
         print(f"\n{args.agents:,} agents, {args.loads:,} loads, best of {args.rounds} round(s):")
         for kind, rate in best.items():
             print(f"  {kind:<6} {rate:>9,.0f}/s  ({rate / best['null']:.2f}x null pass-through)")
     agent_values, load_values = inputs(args.agents, args.loads)
-    for kind in ("worker", "split"):
-        for share in args.latency_at:
-            target = share * best[kind]
-            n = min(len(load_values), int(target * 20))
-            p50, p99, seen = await latency(kind, bootstrap, agent_values, load_values[:n], target)
-            print(f"{kind}: latency at {target:,.0f} loads/s ({share:.0%} of its rate): p50 "
-                  f"{p50:.0f} ms, p99 {p99:.0f} ms over {seen:,} loads", flush=True)  # fmt: skip
+    for share in args.latency_at:
+        target = share * best["worker"]
+        n = min(len(load_values), int(target * 20))
+        p50, p99, seen = await latency(bootstrap, agent_values, load_values[:n], target)
+        print(f"latency at {target:,.0f} loads/s ({share:.0%} of the worker's): p50 {p50:.0f} ms,"
+              f" p99 {p99:.0f} ms over {seen:,} loads", flush=True)  # fmt: skip
     rss = await memory(bootstrap, args.memory_agents)
     print(f"worker RSS with {args.memory_agents:,} agents: {rss:.0f} MB")
 
