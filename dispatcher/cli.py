@@ -645,13 +645,8 @@ def policy_publish(path: Path, topic_prefix: str) -> None:
 @click.option("--tick-ms", type=int, default=200, show_default=True,
               help="How often each owned pool gets a Tick on the ticks topic.")  # fmt: skip
 @click.option("--topic-prefix", default="", help="Prefix of every topic name (topics.yaml's).")
-@click.option("--role", type=click.Choice(["all", "sequencer", "dispatch"]), default="all",
-              show_default=True,
-              help="Both agents, or one: run a sequencer and a dispatch process to use two "
-                   "cores (each role is consumer group <app-id>-<role>).")  # fmt: skip
 @click.option("--loglevel", default="warning", show_default=True)
-def worker_cmd(*, app_id: str, web_port: int, tick_ms: int, topic_prefix: str, role: str,
-               loglevel: str) -> None:  # fmt: skip
+def worker_cmd(app_id: str, web_port: int, tick_ms: int, topic_prefix: str, loglevel: str) -> None:
     """Run a dispatcher worker (Faust) against the configured broker and Redis.
 
     Uses KAFKA_BOOTSTRAP_SERVERS and REDIS_URL, or the project's own servers
@@ -665,7 +660,7 @@ def worker_cmd(*, app_id: str, web_port: int, tick_ms: int, topic_prefix: str, r
         bootstrap=s.kafka_bootstrap or s.local_bootstrap,
         redis_url=s.redis_url or s.local_redis_url,
         app_id=app_id, web_port=web_port, tick_ms=tick_ms,
-        topics=TopicNames.prefixed(topic_prefix), role=role,  # type: ignore[arg-type]  # a Choice
+        topics=TopicNames.prefixed(topic_prefix),
     )  # fmt: skip
     Worker(build_app(cfg), loglevel=loglevel, quiet=True).execute_from_commandline()
 

@@ -1,8 +1,6 @@
 """The Faust worker: sequence the inputs, fold them through the core, emit decisions.
 
-Two thin Faust agents (the only place Faust is imported), in one process or,
-with ``role``, in two (a sequencer process and a dispatch process: each
-Faust-bound Python process uses one core):
+Two thin Faust agents, one app (the only place Faust is imported):
 
 1. **sequencer** reads the four dispatch inputs (and the policy topic),
    decodes each record strictly (poison goes to dead-letter with its source
@@ -28,9 +26,8 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -62,16 +59,6 @@ class WorkerConfig:
     batch_within_s: float = 0.002  # how long a micro-batch waits to fill
     # A worker killed without leaving holds its partitions until this expires.
     session_timeout_s: float = 10.0
-    # "all": both agents in one process. "sequencer" / "dispatch": one of them, so the
-    # two run in separate processes (each Faust-bound Python process uses one core);
-    # each role is its own consumer group, ``<app_id>-<role>``. Do not mix "all" with
-    # the split roles on the same topics: the groups' offsets are not shared.
-    role: Literal["all", "sequencer", "dispatch"] = "all"
-
-    @property
-    def group(self) -> str:
-        """The Faust app id, and so the consumer group, of this role."""
-        return self.app_id if self.role == "all" else f"{self.app_id}-{self.role}"
 
 
 class Worker(faust.Worker):
@@ -200,10 +187,11 @@ class Dispatcher:
 
 
 def build_app(cfg: WorkerConfig) -> faust.App:
-    """The Faust app of one dispatcher worker (of one role: ``cfg.role``)."""
+    """The Faust app of one dispatcher worker."""
     d = Dispatcher(cfg)
+    t = cfg.topics
     app = low_latency(faust.App(
-        cfg.group,
+        cfg.app_id,
         broker=";".join(f"kafka://{h}" for h in cfg.bootstrap.split(",")),
         key_serializer="raw", value_serializer="raw", store="memory://",
         web_port=cfg.web_port, web_bind="127.0.0.1", web_host="127.0.0.1",
@@ -213,28 +201,14 @@ def build_app(cfg: WorkerConfig) -> faust.App:
         broker_heartbeat_interval=cfg.session_timeout_s / 4,
         stream_buffer_maxsize=4 * cfg.batch,
     ))  # fmt: skip
+    inputs = app.topic(t.load_arrival, t.agent_availability, t.task_results, t.ticks)
+    policies = app.topic(t.policy_update)
+    sequence = app.topic(t.input_sequence)
 
     async def send(topic: str, key: bytes, value: bytes, partition: int | None = None) -> None:
         # Faust's own producer (so its commit flushes these first), without the
         # per-record futures and callbacks of Topic.send.
         await app.producer.send(topic, key, value, partition, None, None)
-
-    if cfg.role in ("all", "sequencer"):
-        _sequencing(app, d, send)
-    if cfg.role in ("all", "dispatch"):
-        _dispatching(app, d, send)
-    app.dispatcher = d  # type: ignore[attr-defined]  # for the web views and tests
-    return app
-
-
-_Send = Callable[..., Awaitable[None]]
-
-
-def _sequencing(app: faust.App, d: Dispatcher, send: _Send) -> None:
-    """The sequencer: validated inputs, in the order they came, onto input-sequence."""
-    cfg, t = d.cfg, d.cfg.topics
-    inputs = app.topic(t.load_arrival, t.agent_availability, t.task_results, t.ticks)
-    policies = app.topic(t.policy_update)
 
     async def validate(ev: EventT[Any]) -> m.Record | None:
         msg = ev.message
@@ -261,12 +235,6 @@ def _sequencing(app: faust.App, d: Dispatcher, send: _Send) -> None:
             if await validate(ev) is not None:
                 for partition in range(await d.sequence_partitions()):
                     await send(t.input_sequence, b"*", ev.value, partition)
-
-
-def _dispatching(app: faust.App, d: Dispatcher, send: _Send) -> None:
-    """The dispatcher: each owned input-sequence partition folded through the core."""
-    cfg, t = d.cfg, d.cfg.topics
-    sequence = app.topic(t.input_sequence)
 
     @app.agent(sequence)
     async def dispatch(stream: Any) -> None:
@@ -310,3 +278,6 @@ def _dispatching(app: faust.App, d: Dispatcher, send: _Send) -> None:
         owned = {tp.partition for tp in assigned if tp.topic == t.input_sequence}
         for partition in set(d.folds) - owned:
             del d.folds[partition]
+
+    app.dispatcher = d  # type: ignore[attr-defined]  # for the web views and tests
+    return app

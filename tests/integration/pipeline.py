@@ -54,9 +54,7 @@ class Pipeline:
     def delete_topics(self) -> None:
         asyncio.run(delete_topics(list(load_topics().prefixed(self.prefix).topics), self.bootstrap))
 
-    def start_worker(
-        self, *, wait: bool = True, timeout_s: float = 90.0, role: str = "all"
-    ) -> subprocess.Popen[Any]:
+    def start_worker(self, *, wait: bool = True, timeout_s: float = 90.0) -> subprocess.Popen[Any]:
         n = len(self.workers)
         log = self.logs / f"worker-{n}.log"
         env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "REDIS_URL": self.redis_url}
@@ -64,7 +62,7 @@ class Pipeline:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "dispatcher", "worker", "--app-id", self.app_id,
                  "--topic-prefix", self.prefix, "--web-port", str(free_port()),
-                 "--role", role, "--loglevel", "info"],
+                 "--loglevel", "info"],
                 stdout=out, stderr=subprocess.STDOUT, env=env,
             )  # fmt: skip
         self.workers.append(proc)

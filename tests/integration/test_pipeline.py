@@ -43,16 +43,11 @@ CODEC = Codec()
 POISON = [b"", b"\x00\x00\x00\x00\x63garbage", b"not avro at all"]
 
 
-@pytest.mark.parametrize("roles", [("all",), ("sequencer", "dispatch")], ids=["one", "split"])
-def test_end_to_end_against_the_core_offline(
-    pipeline: Pipeline, redis_url: str, roles: tuple[str, ...]
-) -> None:
+def test_end_to_end_against_the_core_offline(pipeline: Pipeline, redis_url: str) -> None:
     """Two pools, three tenants, declines, failures, silent agents (ack timeouts), cancels, an
-    agent leaving mid-task, a policy update mid-stream and poison on every input topic; with
-    one worker process, and with a sequencer and a dispatch process."""
+    agent leaving mid-task, a policy update mid-stream and poison on every input topic."""
     p = pipeline
-    for role in roles:
-        p.start_worker(role=role)
+    p.start_worker()
     rng = np.random.default_rng(7)
     pools = ["pool-a", "pool-b"]
     every_tool = {"tools": sorted(VOCAB)}  # an agent leaving cannot strand a load
