@@ -3,10 +3,12 @@
     .venv/bin/python ops/bench/pipeline_bench.py [--agents 10000] [--loads 20000] [--rounds 1]
 
 Needs the broker (`dispatcher stack up`). Every contender gets its own fresh
-copy of the topics holding the same input, produced before it starts (agent
-registrations, then the loads), and drains it; the rate is the number of
-output records over the span of their broker timestamps. In one run,
-alternating, for ``--rounds`` rounds:
+copy of the topics and the same input: the agents' registrations, produced
+before it starts and consumed (and, by the workers, applied) before the loads
+are produced at full speed; the rate is the number of the loads' output records
+over the span of their broker timestamps (so a pool of 10k agents is measured,
+not the registration of its agents, which empties the core's caches each time).
+In one run, alternating, for ``--rounds`` rounds:
 
 - null:   consume -> decode -> encode -> produce, no matching (pipeline_apps.py);
 - worker: ``dispatcher worker`` (sequencer + dispatch, every decision logged, an
@@ -36,6 +38,7 @@ from typing import Any
 import numpy as np
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -150,6 +153,23 @@ class Contender:
             await asyncio.sleep(0.5)
         client.close()
 
+    async def wait_consumed(self, topic: str, n: int, timeout_s: float = 300) -> None:
+        """Until the contender's consumer group has committed ``n`` records of ``topic``."""
+        group = f"{self.prefix}app"
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                offsets = await admin.list_consumer_group_offsets(group)
+                if sum(o.offset for tp, o in offsets.items() if tp.topic == topic) >= n:
+                    return
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"{self.kind} did not consume {topic} in {timeout_s}s")
+                await asyncio.sleep(0.5)
+        finally:
+            await admin.close()
+
     def rss_mb(self) -> float:
         assert self.proc is not None  # noqa: S101
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -162,13 +182,16 @@ async def drain_rate(
     kind: str, bootstrap: str, agent_values: list[bytes], load_values: list[bytes], *,
     want: int, timeout_s: float,
 ) -> float:  # fmt: skip
-    """Output records/s while ``kind`` drains the same pre-produced input."""
+    """Output records/s while ``kind`` drains the same loads, its agents applied first."""
     c = Contender(kind, bootstrap)
     await c.create_topics()
     await produce(bootstrap, c.topics.agent_availability, agent_values)
-    await produce(bootstrap, c.topics.load_arrival, load_values)
     c.start()
     try:
+        await c.wait_consumed(c.topics.agent_availability, len(agent_values))
+        if kind == "worker":
+            await c.wait_agents(len(agent_values) // 2)
+        await produce(bootstrap, c.topics.load_arrival, load_values)
         deadline = time.monotonic() + timeout_s
         out = c.topics.decision_log
         while True:
@@ -181,8 +204,7 @@ async def drain_rate(
         await c.remove()
     if len(stamps) < 2:
         return 0.0
-    # The loads' part of the stream: from the first output after the agents' (which
-    # produce none in the worker) to the last.
+    stamps = stamps[-len(load_values) :]  # the loads' outputs (null also passed the agents on)
     return (len(stamps) - 1) / max(1e-3, (stamps[-1] - stamps[0]) / 1000)
 
 
