@@ -237,6 +237,8 @@ async def latency(bootstrap: str, agent_values: list[bytes], load_values: list[b
     finally:
         await c.remove()
     lat = [got[k] - sent[k] for k in got if k in sent]
+    if not lat:
+        raise SystemExit(f"no assignment within 5 s of the last of {len(sent):,} loads")
     return float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), len(lat)
 
 
