@@ -283,8 +283,10 @@ async def main() -> None:
         print(f"\n{args.agents:,} agents, {args.loads:,} loads, best of {args.rounds} round(s):")
         for kind, rate in best.items():
             print(f"  {kind:<6} {rate:>9,.0f}/s  ({rate / best['null']:.2f}x null pass-through)")
-    agent_values, load_values = inputs(args.agents, args.loads)
     for share in args.latency_at:
+        # Fresh inputs each time: the agents' events carry the time they were made, and
+        # agents silent for longer than the heartbeat timeout are (rightly) lost.
+        agent_values, load_values = inputs(args.agents, args.loads)
         target = share * best["worker"]
         n = min(len(load_values), int(target * 20))
         p50, p99, seen = await latency(bootstrap, agent_values, load_values[:n], target)
