@@ -9,6 +9,8 @@ pool across all its inputs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -242,6 +244,19 @@ async def _admin_call(what: str, coro: Any, seconds: float) -> Any:
         raise BrokerError(f"{what} failed: {exc!r}") from exc
 
 
+@contextlib.asynccontextmanager
+async def _admin(bootstrap_servers: str, seconds: float) -> AsyncIterator[AIOKafkaAdminClient]:
+    """A started admin client, closed after."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, request_timeout_ms=int(seconds * 1000)
+    )
+    try:
+        await _admin_call(f"connecting to Kafka at {bootstrap_servers}", admin.start(), seconds)
+        yield admin
+    finally:
+        await admin.close()
+
+
 async def apply_topics(
     spec: TopicsFile,
     bootstrap_servers: str,
@@ -259,16 +274,8 @@ async def apply_topics(
     Raises:
         BrokerError: the broker could not be reached or refused a request.
     """
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers, request_timeout_ms=int(request_timeout_s * 1000)
-    )
-    try:
-        await _admin_call(
-            f"connecting to Kafka at {bootstrap_servers}", admin.start(), request_timeout_s
-        )
+    async with _admin(bootstrap_servers, request_timeout_s) as admin:
         return await _apply(admin, spec, alter_configs=alter_configs, seconds=request_timeout_s)
-    finally:
-        await admin.close()
 
 
 async def delete_topics(
@@ -280,19 +287,11 @@ async def delete_topics(
     Raises:
         BrokerError: the broker could not be reached or refused a request.
     """
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers, request_timeout_ms=int(request_timeout_s * 1000)
-    )
-    try:
-        await _admin_call(
-            f"connecting to Kafka at {bootstrap_servers}", admin.start(), request_timeout_s
-        )
+    async with _admin(bootstrap_servers, request_timeout_s) as admin:
         existing = set(await _admin_call("listing topics", admin.list_topics(), request_timeout_s))
         present = [n for n in names if n in existing]
         if present:
             await _admin_call("deleting topics", admin.delete_topics(present), request_timeout_s)
-    finally:
-        await admin.close()
 
 
 async def _apply(

@@ -11,7 +11,7 @@ import yaml
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from dispatcher.topics import TopicReport, apply_topics, load_topics
+from dispatcher.topics import TopicReport, apply_topics, delete_topics, load_topics
 
 
 @pytest.fixture
@@ -101,3 +101,21 @@ def test_partition_drift_is_reported_and_never_changed(topics_file, kafka_bootst
     assert "partitions: 3 on the broker, 6 declared" in report[names["in"]].drift[0]
     described = asyncio.run(_admin(kafka_bootstrap, lambda a: a.describe_topics([names["in"]])))
     assert len(described[0]["partitions"]) == 3
+
+
+def test_delete_topics_removes_the_named_ones_and_ignores_absent_ones(
+    topics_file, kafka_bootstrap: str
+) -> None:
+    path, names = topics_file
+    _apply(path, kafka_bootstrap)
+    asyncio.run(delete_topics([names["in"], names["out"], "never-created-topic"], kafka_bootstrap))
+
+    async def left() -> set[str]:
+        for _ in range(50):  # deletion is asynchronous on the broker
+            listed = set(await _admin(kafka_bootstrap, lambda a: a.list_topics()))
+            if names["in"] not in listed and names["out"] not in listed:
+                return listed & set(names.values())
+            await asyncio.sleep(0.1)
+        return listed & set(names.values())
+
+    assert asyncio.run(left()) == {names["log"]}
