@@ -31,6 +31,7 @@ from dispatcher.topics import (
     TopicNames,
     TopicReport,
     apply_topics,
+    delete_topics,
     load_topics,
 )
 from dispatcher.watch import watch_topics
@@ -329,11 +330,15 @@ def simulate_cmd(  # noqa: PLR0917 - click passes options by position
 def run(topics_file: Path, duration: float | None, rate: float, agents: int) -> None:
     """Start the whole system with a demo workload; Ctrl-C stops what this started.
 
-    Brings up the broker and Redis, applies topics.yaml, starts a dispatcher
-    worker, then drives it with simulated producers and agents, printing
-    progress every second and a summary at the end.
+    Brings up the broker and Redis, creates the topics of topics.yaml under a
+    prefix of this run's own (``demo-<time>-``), starts a dispatcher worker on
+    them, then drives it with simulated producers and agents, printing progress
+    every second and a summary at the end. The demo's topics are deleted when it
+    stops (and those an interrupted demo left, when the next one starts), so each
+    run starts from an empty log instead of folding every earlier demo's.
     """
-    spec = load_topics(topics_file)
+    prefix = f"{DEMO_PREFIX}{int(time.time())}-"
+    spec = load_topics(topics_file).prefixed(prefix)
     s = Stack(_settings())
 
     # SIGTERM (from a supervisor or `kill`) ends the run like Ctrl-C does.
@@ -346,19 +351,23 @@ def run(topics_file: Path, duration: float | None, rate: float, agents: int) -> 
     try:
         endpoints = s.up()  # if interrupted, it stops what it had started itself
         started = endpoints.started
-        _print_reports(asyncio.run(apply_topics(spec, endpoints.kafka_bootstrap)))
+        bootstrap = endpoints.kafka_bootstrap
+        asyncio.run(_delete_demo_topics(bootstrap))
+        _print_reports(asyncio.run(apply_topics(spec, bootstrap)))
         _print_status(s)
-        click.echo(f"kafka: {endpoints.kafka_bootstrap}   redis: {endpoints.redis_url}")
-        worker = _start_worker(s.settings, endpoints.kafka_bootstrap, endpoints.redis_url)
+        click.echo(f"kafka: {bootstrap}   redis: {endpoints.redis_url}")
+        worker = _start_worker(s.settings, bootstrap, endpoints.redis_url, prefix)
         click.echo("Ctrl-C stops everything this command started.")
-        asyncio.run(run_demo(endpoints.kafka_bootstrap, agents=agents, rate=rate,
-                             duration_s=duration, echo=click.echo))  # fmt: skip
+        asyncio.run(run_demo(bootstrap, topics=TopicNames.prefixed(prefix), agents=agents,
+                             rate=rate, duration_s=duration, echo=click.echo))  # fmt: skip
     except KeyboardInterrupt:
         click.echo("\ninterrupted")
     finally:
         if worker is not None:
             click.echo("stopping: worker")
             _stop(worker)
+            with contextlib.suppress(DispatcherError):
+                asyncio.run(delete_topics(list(spec.topics), endpoints.kafka_bootstrap))
         if started:
             click.echo("stopping: " + ", ".join(s.down(only=started)))
 
@@ -388,8 +397,27 @@ def demo(duration: float | None, rate: float, agents: int, pools: int) -> None:
                              rate=rate, duration_s=duration, echo=click.echo))  # fmt: skip
 
 
-def _start_worker(settings: Settings, bootstrap: str, redis_url: str) -> subprocess.Popen[bytes]:
-    """A worker process in its own session (Ctrl-C reaches us, and we stop it)."""
+DEMO_PREFIX = "demo-"
+
+
+async def _delete_demo_topics(bootstrap: str) -> None:
+    """Deletes what earlier demos left behind (one stopped by kill -9 could not)."""
+    from aiokafka.admin import AIOKafkaAdminClient  # noqa: PLC0415
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(DEMO_PREFIX)]
+    finally:
+        await admin.close()
+    await delete_topics(names, bootstrap)
+
+
+def _start_worker(
+    settings: Settings, bootstrap: str, redis_url: str, prefix: str
+) -> subprocess.Popen[bytes]:
+    """A worker process on the demo's topics, in its own session (Ctrl-C reaches us, and
+    we stop it); its app id (consumer group) is the demo's own."""
     log_path = settings.state_dir / "worker.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with socket.socket() as sock:
@@ -399,7 +427,7 @@ def _start_worker(settings: Settings, bootstrap: str, redis_url: str) -> subproc
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "dispatcher", "worker", "--web-port", str(web_port),
-             "--loglevel", "info"],
+             "--topic-prefix", prefix, "--app-id", f"{prefix}dispatcher", "--loglevel", "info"],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )  # fmt: skip
     deadline = time.monotonic() + 120
