@@ -33,6 +33,7 @@ from dispatcher.topics import (
     apply_topics,
     delete_topics,
     load_topics,
+    topic_names,
 )
 from dispatcher.watch import watch_topics
 
@@ -402,14 +403,7 @@ DEMO_PREFIX = "demo-"
 
 async def _delete_demo_topics(bootstrap: str) -> None:
     """Deletes what earlier demos left behind (one stopped by kill -9 could not)."""
-    from aiokafka.admin import AIOKafkaAdminClient  # noqa: PLC0415
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        names = [t for t in await admin.list_topics() if t.startswith(DEMO_PREFIX)]
-    finally:
-        await admin.close()
+    names = [t for t in await topic_names(bootstrap) if t.startswith(DEMO_PREFIX)]
     await delete_topics(names, bootstrap)
 
 

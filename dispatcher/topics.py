@@ -34,6 +34,7 @@ __all__ = [
     "apply_topics",
     "delete_topics",
     "load_topics",
+    "topic_names",
 ]
 
 DEFAULT_TOPICS_FILE = PROJECT_ROOT / "topics.yaml"
@@ -276,6 +277,16 @@ async def apply_topics(
     """
     async with _admin(bootstrap_servers, request_timeout_s) as admin:
         return await _apply(admin, spec, alter_configs=alter_configs, seconds=request_timeout_s)
+
+
+async def topic_names(bootstrap_servers: str, *, request_timeout_s: float = 30.0) -> list[str]:
+    """The names of the topics on the broker.
+
+    Raises:
+        BrokerError: the broker could not be reached or refused a request.
+    """
+    async with _admin(bootstrap_servers, request_timeout_s) as admin:
+        return list(await _admin_call("listing topics", admin.list_topics(), request_timeout_s))
 
 
 async def delete_topics(

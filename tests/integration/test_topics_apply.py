@@ -11,7 +11,13 @@ import yaml
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from dispatcher.topics import TopicReport, apply_topics, delete_topics, load_topics
+from dispatcher.topics import (
+    TopicReport,
+    apply_topics,
+    delete_topics,
+    load_topics,
+    topic_names,
+)
 
 
 @pytest.fixture
@@ -112,7 +118,7 @@ def test_delete_topics_removes_the_named_ones_and_ignores_absent_ones(
 
     async def left() -> set[str]:
         for _ in range(50):  # deletion is asynchronous on the broker
-            listed = set(await _admin(kafka_bootstrap, lambda a: a.list_topics()))
+            listed = set(await topic_names(kafka_bootstrap))
             if names["in"] not in listed and names["out"] not in listed:
                 return listed & set(names.values())
             await asyncio.sleep(0.1)
