@@ -24,7 +24,7 @@ from dispatcher.reading import PROGRESS_EVERY, partitions, read_partition
 from dispatcher.topics import TopicNames
 from dispatcher.worker.fold import PartitionFold
 
-__all__ = ["Mismatch", "PartitionAudit", "audit", "explain_load", "read_partition"]
+__all__ = ["Mismatch", "PartitionAudit", "audit", "explain_load"]
 
 
 @dataclass(frozen=True, slots=True)

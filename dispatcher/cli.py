@@ -368,7 +368,7 @@ def run(topics_file: Path, duration: float | None, rate: float, agents: int) -> 
             click.echo("stopping: worker")
             _stop(worker)
             with contextlib.suppress(DispatcherError):
-                asyncio.run(delete_topics(list(spec.topics), endpoints.kafka_bootstrap))
+                asyncio.run(delete_topics(list(spec.topics), bootstrap))
         if started:
             click.echo("stopping: " + ", ".join(s.down(only=started)))
 
