@@ -8,9 +8,10 @@ input order.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -18,10 +19,16 @@ import numpy.typing as npt
 from dispatcher.core.policy import Policy
 from dispatcher.core.types import AgentProfile, LoadSpec
 
-__all__ = ["AgentStatus", "AgentTable", "Match"]
+__all__ = ["AgentStatus", "AgentTable", "Match", "unit"]
 
 Bool = npt.NDArray[np.bool_]
 Floats = npt.NDArray[np.float64]
+Floats2 = npt.NDArray[np.float64]  # two-dimensional
+
+_GRID = 2.0**20  # embeddings are rounded to multiples of 1 / _GRID (see ``unit``)
+# Bytes of agent columns kept per kind of load (saves gathering them per load); kinds
+# beyond it gather theirs each time.
+_COLS_BUDGET = 64 << 20
 
 
 class AgentStatus(IntEnum):
@@ -35,13 +42,25 @@ class AgentStatus(IntEnum):
 _AVAILABLE = int(AgentStatus.AVAILABLE)
 
 
+class _Cols(NamedTuple):
+    """Agent-only columns of some rows, gathered for scoring."""
+
+    rows: npt.NDArray[np.intp]
+    embedding: Floats2
+    inv_caps: Floats
+    zone: npt.NDArray[np.int32]
+    speed_term: Floats
+
+
 @dataclass(frozen=True, slots=True)
-class _Static:
-    """The agents that pass the profile-only constraints for one kind of load."""
+class _Kind:
+    """The agents passing the profile-only constraints for one kind of load."""
 
     rows: npt.NDArray[np.intp]  # passing the capability check, ascending
-    stage: npt.NDArray[np.int8]  # 0: fails clearance, 1: passes it but fails region, 2: both pass
-    passing: npt.NDArray[np.bool_]  # stage == 2
+    fails_clearance: Bool  # per row: fails clearance (the first check after capability)
+    fails_region: Bool  # per row: passes clearance, fails region
+    cand: npt.NDArray[np.intp]  # the rows passing all three
+    cols: _Cols | None  # their columns, when the budget for them allowed keeping them
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +111,7 @@ class AgentTable:
     caps: npt.NDArray[np.uint64]  # capability bitmask words
     cap_count: npt.NDArray[np.int32]
     regions: npt.NDArray[np.uint64]  # permitted-region bitmask words
-    embedding: npt.NDArray[np.float32]  # unit-length personality vectors
+    embedding: Floats2  # personality vectors, ``unit``
     capacity: npt.NDArray[np.int32]
     active: npt.NDArray[np.int32]  # loads assigned or running
     status: npt.NDArray[np.int8]  # AgentStatus
@@ -122,7 +141,8 @@ class AgentTable:
         self._cap_rows: dict[int, set[int]] = {}
         self._cap_array: dict[int, npt.NDArray[np.intp]] = {}
         self._row_bits: list[list[int]] = []
-        self._static_cache: dict[tuple[frozenset[str] | None, int, str | None], _Static] = {}
+        self._kinds: dict[tuple[frozenset[str] | None, int, str | None], _Kind] = {}
+        self._cols_bytes = 0  # held by the kinds' columns
         self._caps_vocab, self._region_vocab, self._zone_vocab = _Vocab(), _Vocab(), _Vocab()
         self._alloc(max(8, capacity_hint), cap_words=1, region_words=1, dims=0)
 
@@ -137,7 +157,7 @@ class AgentTable:
         self.caps = grow(get("caps"), (rows, cap_words), np.uint64)
         self.cap_count = grow(get("cap_count"), (rows,), np.int32)
         self.regions = grow(get("regions"), (rows, region_words), np.uint64)
-        self.embedding = grow(get("embedding"), (rows, dims), np.float32)
+        self.embedding = grow(get("embedding"), (rows, dims), np.float64)
         self.capacity = grow(get("capacity"), (rows,), np.int32)
         self.active = grow(get("active"), (rows,), np.int32)
         self.status = grow(get("status"), (rows,), np.int8)
@@ -186,7 +206,8 @@ class AgentTable:
             self._cap_rows.setdefault(bit, set()).add(row)
             self._cap_array.pop(bit, None)
         self._row_bits[row] = cap_bits
-        self._static_cache.clear()
+        self._kinds.clear()
+        self._cols_bytes = 0
         region_bits = self._region_vocab.bits(profile.regions)
         self._fit(rows=row + 1, cap_words=len(self._caps_vocab.index) // 64 + 1,
                   region_words=len(self._region_vocab.index) // 64 + 1,
@@ -194,10 +215,7 @@ class AgentTable:
         self.caps[row] = _mask(cap_bits, self.caps.shape[1])
         self.cap_count[row] = len(cap_bits)
         self.regions[row] = _mask(region_bits, self.regions.shape[1])
-        vec = np.zeros(self.embedding.shape[1], np.float32)
-        vec[: len(profile.personality)] = profile.personality
-        norm = float(np.linalg.norm(vec))
-        self.embedding[row] = vec / norm if norm > 0 else vec
+        self.embedding[row] = unit(profile.personality, self.embedding.shape[1])
         self.capacity[row] = profile.capacity
         self.clearance[row] = int(profile.clearance)
         self.risk_budget[row] = profile.risk_budget
@@ -237,13 +255,21 @@ class AgentTable:
         self, load: LoadSpec, policy: Policy, denied: frozenset[str] = frozenset()
     ) -> tuple[npt.NDArray[np.intp], tuple[tuple[str, int], ...]]:
         """The rows of the agents that pass every enforced hard constraint, in row order,
-        and how many agents each constraint excluded.
+        and how many agents each constraint excluded."""
+        kind, ok, excluded = self._screen(load, policy, denied)
+        return kind.cand[ok], excluded
+
+    def _screen(
+        self, load: LoadSpec, policy: Policy, denied: frozenset[str]
+    ) -> tuple[_Kind, Bool, tuple[tuple[str, int], ...]]:
+        """The kind of ``load``, which of its candidates pass every enforced hard
+        constraint now, and how many agents each constraint excluded.
 
         Constraints apply in CONSTRAINTS order; each counts the agents it
         removed from those the earlier ones left, so the counts add up. The
         constraints on the agent's profile alone (capability, clearance, region)
         are resolved once per kind of load and kept until a profile changes
-        (``_Static``); per load, only status, capacity, risk and tenant rules
+        (``_Kind``); per load, only status, capacity, risk and tenant rules
         are looked at, and only on the agents that pass the static ones.
         """
         n = self.n
@@ -262,34 +288,36 @@ class AgentTable:
             left = int(np.count_nonzero(mask))
             excluded = [("status", n - left if status_on else 0), ("capacity", 0)]
             base = mask
-        static = self._static(load, policy)
-        up = base.take(static.rows)  # open, among those passing capabilities
-        failing = np.bincount(static.stage[up], minlength=3)  # by the first check failed
-        capable = int(failing.sum())
-        rows = static.rows[up & static.passing]
-        excluded += [("capability", left - capable), ("clearance", int(failing[0])),
-                     ("region", int(failing[1]))]  # fmt: skip
-        left = len(rows)
+        kind = self._kind(load, policy)
+        up = base.take(kind.rows)  # open, among those passing capabilities
+        capable = int(np.count_nonzero(up))
+        no_clearance = int(np.count_nonzero(up & kind.fails_clearance))
+        no_region = int(np.count_nonzero(up & kind.fails_region))
+        excluded += [("capability", left - capable), ("clearance", no_clearance),
+                     ("region", no_region)]  # fmt: skip
+        left = capable - no_clearance - no_region
+        ok: Bool = base.take(kind.cand)
         for name, check in (("risk", self._risk_ok), ("tenant_deny", self._allowed)):
-            keep = check(load, denied, rows) if left and policy.enforced(name) else None
+            keep = check(load, denied, kind.cand) if left and policy.enforced(name) else None
             if keep is None:
                 excluded.append((name, 0))
                 continue
-            rows = rows[keep]
-            excluded.append((name, left - len(rows)))
-            left = len(rows)
-        return rows, tuple(excluded)
+            ok &= keep
+            now_left = int(np.count_nonzero(ok))
+            excluded.append((name, left - now_left))
+            left = now_left
+        return kind, ok, tuple(excluded)
 
-    def _static(self, load: LoadSpec, policy: Policy) -> _Static:
-        """The agents passing the capability check for loads like ``load``, and for each
-        the first of the clearance and region checks it fails (cached until a profile
+    def _kind(self, load: LoadSpec, policy: Policy) -> _Kind:
+        """The agents passing the capability check for loads like ``load``, and which of
+        the clearance and region checks each fails first (cached until a profile
         changes)."""
         cap_on, clear_on = policy.enforced("capability"), policy.enforced("clearance")
         region_on = policy.enforced("region")
         key = (load.required if cap_on else None, int(load.sensitivity) if clear_on else -1,
                load.region if region_on else None)  # fmt: skip
-        static = self._static_cache.get(key)
-        if static is None:
+        kind = self._kinds.get(key)
+        if kind is None:
             if cap_on and load.required:
                 rows = self._capable(load.required)
             else:
@@ -299,10 +327,20 @@ class AgentTable:
                 stage[~self._in_region(load.region, rows)] = 1
             if clear_on:
                 stage[self.clearance.take(rows) < int(load.sensitivity)] = 0
-            if len(self._static_cache) >= 4096:  # kinds of load: bounded, oldest go first
-                del self._static_cache[next(iter(self._static_cache))]
-            static = self._static_cache[key] = _Static(rows, stage, stage == 2)
-        return static
+            if len(self._kinds) >= 4096:  # kinds of load: bounded, oldest go first
+                oldest = self._kinds.pop(next(iter(self._kinds)))
+                self._cols_bytes -= _nbytes(oldest.cols)
+            cand = rows[stage == 2]
+            size = cand.size * (8 * self.embedding.shape[1] + 28)  # what _nbytes will count
+            cols = self.columns(cand) if self._cols_bytes + size <= _COLS_BUDGET else None
+            self._cols_bytes += _nbytes(cols)
+            kind = self._kinds[key] = _Kind(rows, stage == 0, stage == 1, cand, cols)
+        return kind
+
+    def columns(self, rows: npt.NDArray[np.intp]) -> _Cols:
+        """The agent-only columns of ``rows``."""
+        return _Cols(rows, self.embedding.take(rows, axis=0), self.inv_caps.take(rows),
+                     self.zone.take(rows), self.speed_term.take(rows))  # fmt: skip
 
     def _risk_ok(self, load: LoadSpec, _: frozenset[str], rows: npt.NDArray[np.intp]) -> Bool:
         ok: Bool = self.risk_room.take(rows) >= load.risk
@@ -345,47 +383,39 @@ class AgentTable:
         return allowed
 
     def terms(
-        self, rows: npt.NDArray[np.intp], load: LoadSpec, policy: Policy, now_ms: int,
-        affinity_row: int | None,
-    ) -> dict[str, Floats]:  # fmt: skip
-        """Each score term (unweighted, in [0, 1]) of each row for ``load``."""
-        k = len(rows)
-        none = np.zeros(k)
-        emb = none
+        self, cols: _Cols, load: LoadSpec, policy: Policy, now_ms: int, affinity_row: int | None
+    ) -> dict[str, Floats]:
+        """The score terms (unweighted, in [0, 1]) of each of ``cols``' rows for ``load``;
+        a term left out is 0 for every row (adding it would change no sum).
+
+        Every term is computed element by element (the embedding's dot product
+        exactly, see ``unit``), so a row's terms do not depend on which other
+        rows are scored with it, nor on the machine.
+        """
+        rows = cols.rows
+        out: dict[str, Floats] = {}
         dims = self.embedding.shape[1]
         if load.intent and dims:
-            intent = np.zeros(dims, np.float32)
-            m = min(len(load.intent), dims)
-            intent[:m] = load.intent[:m]
-            norm = float(np.linalg.norm(intent))
-            if norm:
-                emb = (
-                    (self.embedding.take(rows, axis=0) @ (intent / norm)).astype(np.float64) + 1.0
-                ) / 2.0
+            intent = unit(load.intent, dims)
+            if intent.any():
+                out["embedding"] = (cols.embedding @ intent + 1.0) / 2.0
+        out["capability_fit"] = (1.0 + len(load.required)) * cols.inv_caps
+        out["balance"] = self.balance.take(rows)
         zone = self._zone_vocab.index.get(load.zone) if load.zone else None
-        speed = fits = none
+        if zone is not None:
+            out["locality"] = (cols.zone == zone).astype(np.float64)
+        if affinity_row is not None:
+            out["affinity"] = (rows == affinity_row).astype(np.float64)
         if load.deadline_ms is not None:
             slack = load.deadline_ms - now_ms - load.duration_ms
             tight = 1.0 if slack <= 0 else min(1.0, load.duration_ms / slack)
             # speed = s / (1 + s), so duration / s = duration * (1 - speed) / speed
-            sp = self.speed_term.take(rows)
+            sp = cols.speed_term
             finish = now_ms + load.duration_ms * (1.0 - sp) / sp * (1.0 + policy.deadline_margin)
-            fits = (finish <= load.deadline_ms).astype(np.float64)
             if tight:
-                speed = tight * sp
-        return {
-            "embedding": emb,
-            "capability_fit": (1.0 + len(load.required)) * self.inv_caps.take(rows),
-            "balance": self.balance.take(rows),
-            "locality": (self.zone.take(rows) == zone).astype(np.float64)
-            if zone is not None
-            else none,
-            "affinity": (rows == affinity_row).astype(np.float64)
-            if affinity_row is not None
-            else none,
-            "speed": speed,
-            "deadline_fit": fits,
-        }
+                out["speed"] = tight * sp
+            out["deadline_fit"] = (finish <= load.deadline_ms).astype(np.float64)
+        return out
 
     def evaluate(
         self, load: LoadSpec, policy: Policy, now_ms: int, *,
@@ -399,32 +429,79 @@ class AgentTable:
         self, rows: npt.NDArray[np.intp], load: LoadSpec, policy: Policy, now_ms: int, *,
         affinity_row: int | None = None, excluded: tuple[tuple[str, int], ...] = (),
     ) -> Scored:  # fmt: skip
-        """The weighted score of ``rows`` for ``load`` (matching and explain both use this)."""
-        terms = self.terms(rows, load, policy, now_ms, affinity_row)
-        total = np.zeros(len(rows))
-        for t, w in policy.active_weights:  # a fixed order: float sums are not associative
-            total += w * terms[t]
-        return Scored(rows, total, terms, excluded)
+        """The weighted score of ``rows`` for ``load`` (explain and batches use this)."""
+        terms = self.terms(self.columns(rows), load, policy, now_ms, affinity_row)
+        return Scored(rows, _total(terms, policy, len(rows)), terms, excluded, len(rows))
 
     def match(
         self, load: LoadSpec, policy: Policy, now_ms: int, *,
         denied: frozenset[str] = frozenset(), affinity_row: int | None = None,
     ) -> Match:  # fmt: skip
-        """The best agent for ``load`` under ``policy``: ties go to the earliest registered."""
-        scored = self.evaluate(load, policy, now_ms, denied=denied, affinity_row=affinity_row)
-        if len(scored.rows) == 0:
-            return Match(None, None, (), 0, scored.excluded, None, None)
-        return scored.pick(int(scored.total.argmax()), policy)  # the first maximum: lowest row
+        """The best agent for ``load`` under ``policy``: ties go to the earliest registered.
+
+        Scores every agent of the load's kind (their columns are cached) and
+        leaves out those failing a hard constraint now: the same scores as
+        ``evaluate``'s, without gathering the qualifying rows' columns anew.
+        """
+        kind, ok, excluded = self._screen(load, policy, denied)
+        count = int(np.count_nonzero(ok))
+        if not count:
+            return Match(None, None, (), 0, excluded, None, None)
+        cols = kind.cols or self.columns(kind.cand)
+        terms = self.terms(cols, load, policy, now_ms, affinity_row)
+        total = _total(terms, policy, len(ok))
+        if count < len(ok):
+            total[~ok] = -np.inf
+        scored = Scored(kind.cand, total, terms, excluded, count)
+        return scored.pick(int(total.argmax()), policy)  # the first maximum: lowest row
+
+
+def _nbytes(cols: _Cols | None) -> int:
+    return sum(a.nbytes for a in cols) if cols is not None else 0
+
+
+def _total(terms: dict[str, Floats], policy: Policy, k: int) -> Floats:
+    total = np.zeros(k)
+    for t, w in policy.active_weights:  # a fixed order: float sums are not associative
+        term = terms.get(t)
+        if term is not None:
+            total += w * term
+    return total
+
+
+def unit(values: tuple[float, ...], dims: int) -> Floats:
+    """``values``, cut or padded to ``dims``, scaled to length 1 and rounded to a grid of
+    2^-20 (the zero vector stays zero).
+
+    On that grid the product of two components is a whole number of 2^-40, and
+    so is every partial sum of a dot product of two such vectors, all below
+    2^42 of them: float64 holds each exactly, so a similarity is the same
+    whichever BLAS kernel, machine or summation order computes it. (An
+    unrounded float dot product is not: here, a row's product computed alone
+    and inside a matrix product differed in the last bit half the time, which
+    would break replay on another machine.) The norm is summed with fsum,
+    exactly rounded.
+    """
+    v = np.zeros(dims)
+    m = min(len(values), dims)
+    v[:m] = values[:m]
+    norm = math.sqrt(math.fsum((v * v).tolist()))
+    if not norm or not math.isfinite(norm):
+        return np.zeros(dims)
+    out: Floats = np.rint(v / norm * _GRID) / _GRID
+    return out
 
 
 @dataclass(frozen=True, slots=True)
 class Scored:
-    """The agents that qualify for one load, and their scores."""
+    """Agents scored for one load: ``candidates`` of them qualify (the others, if any,
+    score -inf)."""
 
     rows: npt.NDArray[np.intp]
     total: Floats
     terms: dict[str, Floats]
     excluded: tuple[tuple[str, int], ...]
+    candidates: int
 
     def best(self, k: int) -> npt.NDArray[np.intp]:
         """The indexes of the ``k`` best candidates, best first; ties go to the lower row.
@@ -443,7 +520,7 @@ class Scored:
     def pick(self, i: int, policy: Policy) -> Match:
         """The match that chooses candidate ``i``; the runner-up is the best of the others."""
         runner_up = margin = None
-        if len(self.rows) > 1:
+        if self.candidates > 1:
             best = self.total[i]
             self.total[i] = -np.inf  # hide the chosen one for a moment
             r = int(self.total.argmax())
@@ -452,8 +529,11 @@ class Scored:
         return Match(
             row=int(self.rows[i]),
             score=float(self.total[i]),
-            parts=tuple((t, w * float(self.terms[t][i])) for t, w in policy.all_weights),
-            candidates=len(self.rows),
+            parts=tuple(
+                (t, w * float(term[i]) if (term := self.terms.get(t)) is not None else 0.0)
+                for t, w in policy.all_weights
+            ),
+            candidates=self.candidates,
             excluded=self.excluded,
             runner_up=runner_up,
             margin=margin,

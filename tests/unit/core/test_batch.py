@@ -31,7 +31,7 @@ def test_solve_fills_slots_and_leaves_the_rest() -> None:
 )
 def test_best_k_is_the_prefix_of_a_stable_sort(scores: list[float], k: int) -> None:
     total = np.array(scores)
-    s = Scored(np.arange(len(scores)), total, {}, ())
+    s = Scored(np.arange(len(scores)), total, {}, (), len(scores))
     assert s.best(k).tolist() == np.argsort(-total, kind="stable")[:k].tolist()
 
 
@@ -42,7 +42,8 @@ def test_solve_opens_no_more_columns_than_loads_want() -> None:
 
 def _two_agents(policy: Policy) -> PoolState:
     state = PoolState("p", policy)
-    # A points along x, B along y; L1's intent is close to both, L2's only to A.
+    # A points along x, B up and right; L1's intent is close to both (a little closer to
+    # A), L2's only to A.
     state.apply(register("A", personality=(1.0, 0.0)))
     state.apply(register("B", personality=(0.6, 0.8)))
     state.apply(available("A"))
@@ -55,10 +56,10 @@ WEIGHTS = {"embedding": 1.0}
 
 def test_batched_mode_waits_for_the_window_then_assigns_optimally() -> None:
     greedy = _two_agents(Policy(weights=WEIGHTS))
-    g1 = greedy.apply(arrive("L1", 1, intent=(0.9, 0.45)))[-1]
+    g1 = greedy.apply(arrive("L1", 1, intent=(0.9, 0.44)))[-1]
     g2 = greedy.apply(arrive("L2", 2, intent=(1.0, -0.3)))[-1]
     batched = _two_agents(Policy(weights=WEIGHTS, mode="batched", batch_window_ms=100))
-    q1 = batched.apply(arrive("L1", 1, intent=(0.9, 0.45)))
+    q1 = batched.apply(arrive("L1", 1, intent=(0.9, 0.44)))
     q2 = batched.apply(arrive("L2", 2, intent=(1.0, -0.3)))
     assert [(d.outcome, d.reason) for d in q1 + q2] == [(Outcome.QUEUED, "BATCH_WINDOW")] * 2
     out = batched.apply(tick(150))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Any
 
+import numpy as np
 import pytest
 
-from dispatcher.core import Outcome, Policy, PoolState, Sensitivity
+from dispatcher.core import Outcome, Policy, PoolState, Sensitivity, explain
+from dispatcher.core.agents import unit
 from tests.unit.core.builders import arrive, available, register
 
 
@@ -119,3 +122,30 @@ def test_deadline_fit_keeps_a_safety_margin(margin: float, fits: float) -> None:
     (d,) = state.apply(arrive("L1", deadline_ms=1100, duration_ms=1000, intent=()))
     assert d.agent_id == "a1"
     assert dict(d.score_parts)["deadline_fit"] == fits * Policy().weight("deadline_fit")
+
+
+def test_similarity_is_exact_whatever_computes_it() -> None:
+    # Rounded to the grid of ``unit``, a dot product is exact in float64: a matrix
+    # product, each row alone and exact rational arithmetic agree to the last bit.
+    rng = np.random.default_rng(3)
+    table = np.array([unit(tuple(rng.normal(size=9)), 9) for _ in range(300)])
+    intent = unit(tuple(rng.normal(size=9)), 9)
+    together = table @ intent
+    alone = [float((table[i : i + 1] @ intent)[0]) for i in range(len(table))]
+    exact = [float(sum(Fraction(a) * Fraction(b) for a, b in zip(r, intent, strict=True)))
+             for r in table]  # fmt: skip
+    assert together.tolist() == alone == exact
+    assert np.allclose(np.linalg.norm(table, axis=1), 1.0, atol=1e-5)
+
+
+def test_the_chosen_agent_scores_alike_alone_and_among_many() -> None:
+    rng = np.random.default_rng(5)
+    state = pool(*((f"a{i}", {"personality": tuple(rng.normal(size=6)), "capacity": 50})
+                   for i in range(200)))  # fmt: skip
+    for j in range(30):
+        (d,) = state.apply(arrive(f"L{j}", 1 + j, intent=tuple(rng.normal(size=6))))
+        assert d.outcome is Outcome.ASSIGNED
+        # explain scores the one agent alone; the parts before balance (which moved when
+        # the agent took the load) are the match's, to the last bit.
+        (verdict,) = explain(state, d.load_id, (str(d.agent_id),)).verdicts
+        assert verdict.parts[:2] == d.score_parts[:2]
