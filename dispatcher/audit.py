@@ -34,7 +34,9 @@ class Mismatch:
     field: str  # the first field that differs ("decision_id": a different decision altogether)
     expected: Any
     logged: Any
-    input: tuple[str, int, int]  # the input (topic, partition, offset) that led to it
+    # The input (topic, partition, offset) that led to it; for an undecodable log record,
+    # where that record lies.
+    input: tuple[str, int, int]
 
 
 @dataclass
@@ -93,34 +95,69 @@ async def audit(
             except CodecError:
                 continue  # the worker dead-lettered it
             expected += [(codec.encode(rec), rec) for rec, _ in out.records]
-        logged: list[tuple[bytes, m.DecisionRecord]] = []
-        first: dict[str, bytes] = {}
         log_tp = TopicPartition(topics.decision_log, tp.partition)
-        for r in await read_partition(bootstrap, log_tp):
-            rec = codec.decode(r.value, "DecisionRecord", trusted=True)
-            assert isinstance(rec, m.DecisionRecord)  # noqa: S101 - decode checked the schema
-            seen = first.get(rec.decision_id)
-            if seen is None:
-                first[rec.decision_id] = r.value
-                logged.append((r.value, rec))
-            elif seen == r.value:
-                res.repeats += 1
-            else:
-                res.mismatches.append(Mismatch(-1, rec.decision_id, "(conflicting repeat)",
-                                               None, None, _input(rec)))  # fmt: skip
+        logged = _distinct(await read_partition(bootstrap, log_tp), expected, codec, res)
         res.expected, res.logged = len(expected), len(logged)
         res.records = [rec for _, rec in expected]
         expected_ids = {rec.decision_id for _, rec in expected}
-        for i, ((eb, erec), (lb, lrec)) in enumerate(zip(expected, logged, strict=False)):
+        for i, ((eb, erec), (lb, _)) in enumerate(zip(expected, logged, strict=False)):
             if eb == lb:
                 res.matched += 1
                 continue
-            name, want, got = _first_difference(erec, lrec)
+            name, want, got = _first_difference(erec, _decode(codec, lb))
             res.mismatches.append(Mismatch(i, erec.decision_id, name, want, got, _input(erec)))
         res.missing = [rec.decision_id for _, rec in expected[len(logged) :]]
-        res.unexplained = [r.decision_id for _, r in logged if r.decision_id not in expected_ids]
+        res.unexplained = [i for _, i in logged if i not in expected_ids]
         results.append(res)
     return results
+
+
+def _distinct(
+    log: list[Any], expected: list[tuple[bytes, m.DecisionRecord]], codec: Codec,
+    res: PartitionAudit,
+) -> list[tuple[bytes, str]]:  # fmt: skip
+    """The log's distinct decisions (bytes, id), in order; repeats are counted in ``res``,
+    conflicting repeats and undecodable records reported there.
+
+    A record equal to the next expected one is not decoded: its bytes say all
+    (most records, in a clean log).
+    """
+    logged: list[tuple[bytes, str]] = []
+    ids: set[str] = set()
+    values: set[bytes] = set()
+    for r in log:
+        value = r.value
+        if value in values:
+            res.repeats += 1  # a decision logged again (a restarted worker), identical
+            continue
+        i = len(logged)
+        rec = None
+        if i < len(expected) and value == expected[i][0]:
+            decision_id = expected[i][1].decision_id
+        else:
+            try:
+                rec = _decode(codec, value)
+            except CodecError as exc:
+                where = (r.topic, r.partition, r.offset)
+                res.mismatches.append(Mismatch(-1, "?", "(undecodable)", None, exc.detail, where))
+                continue
+            decision_id = rec.decision_id
+        if decision_id in ids:
+            rec = rec or _decode(codec, value)
+            res.mismatches.append(
+                Mismatch(-1, decision_id, "(conflicting repeat)", None, None, _input(rec))
+            )
+            continue
+        ids.add(decision_id)
+        values.add(value)
+        logged.append((value, decision_id))
+    return logged
+
+
+def _decode(codec: Codec, value: bytes) -> m.DecisionRecord:
+    rec = codec.decode(value, "DecisionRecord", trusted=True)
+    assert isinstance(rec, m.DecisionRecord)  # noqa: S101 - decode checked the schema
+    return rec
 
 
 def _input(rec: m.DecisionRecord) -> tuple[str, int, int]:

@@ -54,13 +54,17 @@ class _Cols(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class _Kind:
-    """The agents passing the profile-only constraints for one kind of load."""
+    """The agents passing the profile-only constraints for one kind of load.
 
-    rows: npt.NDArray[np.intp]  # passing the capability check, ascending
-    fails_clearance: Bool  # per row: fails clearance (the first check after capability)
-    fails_region: Bool  # per row: passes clearance, fails region
-    cand: npt.NDArray[np.intp]  # the rows passing all three
-    cols: _Cols | None  # their columns, when the budget for them allowed keeping them
+    Of the agents having the capabilities, ``no_clearance`` fail the clearance
+    check, ``no_region`` pass it and fail the region check, and ``cand`` pass
+    both (three disjoint sets of rows, each ascending).
+    """
+
+    no_clearance: npt.NDArray[np.intp]
+    no_region: npt.NDArray[np.intp]
+    cand: npt.NDArray[np.intp]
+    cols: _Cols | None  # cand's columns, when the budget for them allowed keeping them
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,14 +293,13 @@ class AgentTable:
             excluded = [("status", n - left if status_on else 0), ("capacity", 0)]
             base = mask
         kind = self._kind(load, policy)
-        up = base.take(kind.rows)  # open, among those passing capabilities
-        capable = int(np.count_nonzero(up))
-        no_clearance = int(np.count_nonzero(up & kind.fails_clearance))
-        no_region = int(np.count_nonzero(up & kind.fails_region))
-        excluded += [("capability", left - capable), ("clearance", no_clearance),
-                     ("region", no_region)]  # fmt: skip
-        left = capable - no_clearance - no_region
         ok: Bool = base.take(kind.cand)
+        now_left = int(np.count_nonzero(ok))
+        no_clearance = int(np.count_nonzero(base.take(kind.no_clearance)))
+        no_region = int(np.count_nonzero(base.take(kind.no_region)))
+        excluded += [("capability", left - now_left - no_clearance - no_region),
+                     ("clearance", no_clearance), ("region", no_region)]  # fmt: skip
+        left = now_left
         for name, check in (("risk", self._risk_ok), ("tenant_deny", self._allowed)):
             keep = check(load, denied, kind.cand) if left and policy.enforced(name) else None
             if keep is None:
@@ -331,10 +334,11 @@ class AgentTable:
                 oldest = self._kinds.pop(next(iter(self._kinds)))
                 self._cols_bytes -= _nbytes(oldest.cols)
             cand = rows[stage == 2]
+            no_clearance, no_region = rows[stage == 0], rows[stage == 1]
             size = cand.size * (8 * self.embedding.shape[1] + 28)  # what _nbytes will count
             cols = self.columns(cand) if self._cols_bytes + size <= _COLS_BUDGET else None
             self._cols_bytes += _nbytes(cols)
-            kind = self._kinds[key] = _Kind(rows, stage == 0, stage == 1, cand, cols)
+            kind = self._kinds[key] = _Kind(no_clearance, no_region, cand, cols)
         return kind
 
     def columns(self, rows: npt.NDArray[np.intp]) -> _Cols:

@@ -70,11 +70,8 @@ class LoadState:
 
 def decision_id(pool: str, load_id: str, attempt: int, policy_version: int, n: int) -> str:
     """A hash of pool, load, attempt, policy version and the load's decision count."""
-    h = hashlib.blake2b(digest_size=16)
-    for part in (pool, load_id, str(attempt), str(policy_version), str(n)):
-        h.update(part.encode())
-        h.update(b"\0")
-    return h.hexdigest()
+    text = f"{pool}\0{load_id}\0{attempt}\0{policy_version}\0{n}\0"  # each part ends in NUL
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 # What a task result does to a load, by (load status, reported outcome).

@@ -22,6 +22,10 @@ __all__ = ["ServiceQueue", "latest_start"]
 
 _Entry = tuple[float, int, str]  # (latest start, arrival seq, load id)
 _Place = tuple[int, str, bool]  # (class, tenant, moved up)
+# The classes served together, in turn: critical, then the rest by tenant or class by class.
+_TENANT_FIRST = ((0,), (1, 2, 3))
+_STRICT = ((0,), (1,), (2,), (3,))
+_CRITICAL = ((0,),)
 
 
 def latest_start(deadline_ms: int | None, duration_ms: int) -> float:
@@ -101,14 +105,20 @@ class ServiceQueue:
         most important load (one tenant's flood cannot starve another's lower
         classes); without it, classes are strict across tenants too.
         """
-        groups = [(0,), (1, 2, 3)] if tenant_first else [(0,), (1,), (2,), (3,)]
-        if critical_only:
-            groups = [(0,)]
+        if not self._where:
+            return None
+        groups = _CRITICAL if critical_only else _TENANT_FIRST if tenant_first else _STRICT
         for classes in groups:
-            live = {t for cls in classes for t in self._count[cls]} - skip
+            live: set[str] = set()
+            for cls in classes:
+                live.update(self._count[cls])
+            live -= skip
             if not live:
                 continue
-            tenant = min(live, key=lambda t: (served.get(t, 0.0), t))
+            if len(live) == 1:
+                (tenant,) = live
+            else:
+                tenant = min(live, key=lambda t: (served.get(t, 0.0), t))
             for cls in classes:
                 native = self._heaps[False][cls].get(tenant, [])
                 moved = self._heaps[True][cls].get(tenant, [])

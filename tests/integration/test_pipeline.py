@@ -197,11 +197,19 @@ def operator_tools(p: Pipeline, results: list[PartitionAudit]) -> None:
                 partition=part.partition,
             )  # fmt: skip
 
+            # and a record that is no decision at all
+            await producer.kafka.send_and_wait(p.topics.decision_log, b"\x00garbage",
+                                               partition=part.partition)  # fmt: skip
+
     asyncio.run(forge())
     tampered = cli(p, "audit")
     assert tampered.returncode == 1
     assert victim.decision_id in tampered.stdout
     assert "conflicting repeat" in tampered.stdout
+    by_partition = {
+        x["partition"]: x for x in json.loads(cli(p, "audit", "--json").stdout)["partitions"]
+    }
+    assert by_partition[part.partition]["mismatches"] == 2  # the forged copy, the garbage
 
 
 def test_without_redis_the_worker_says_so_and_keeps_deciding(pipeline: Pipeline) -> None:
