@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import inspect
 import logging
 import time
+import types
+from collections.abc import Coroutine, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +36,7 @@ import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP, EventT
+from mode.services import WaitResults
 
 from dispatcher import core
 from dispatcher.codecs import models as m
@@ -102,6 +106,53 @@ class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
 class _Consumer(faust_kafka.Consumer):
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:  # noqa: ASYNC109 - mode's signature
+        """Mode's wait_first, with a fast path for Faust's delivery of each fetched record.
+
+        Faust hands every record to the streams with ``wait_first(deliver(record),
+        suspend_flow.wait())``, and wait_first makes four tasks to race them: about
+        half of what a worker spends per record when the streams do nothing. A
+        delivery finishes without waiting whenever the stream's buffer has room;
+        while the flow is not suspended, it is started in place, and only one that
+        must wait (a full buffer) is raced as before.
+        """
+        first = coros[0] if coros else None
+        if (len(coros) == 2 and timeout is None and inspect.iscoroutine(first)
+                and not self.suspend_flow.is_set() and not self.should_stop):  # fmt: skip
+            other = coros[1]
+            try:
+                pending = first.send(None)
+            except StopIteration as stop:
+                if inspect.iscoroutine(other):
+                    other.close()  # never started
+                return WaitResults([first], [stop.value], False)
+            coros = (_rest(first, pending), other)
+        return await super().wait_first(*coros, timeout=timeout)
+
+
+async def _rest(coro: Coroutine[Any, Any, Any], pending: Any) -> Any:
+    """The rest of ``coro``, started elsewhere and suspended on ``pending``."""
+    return await _resume(coro, pending)
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, Any], pending: Any) -> Generator[Any, None, Any]:
+    # What a Task does with a coroutine: hand what it yields to the loop, resume it
+    # when that is done, pass in what the Task is told (a cancellation).
+    while True:
+        try:
+            yield pending
+        except BaseException as exc:  # every exception goes to the coroutine
+            try:
+                pending = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                pending = coro.send(None)
+            except StopIteration as stop:
+                return stop.value
 
 
 class _Transport(faust_kafka.Transport):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from typing import Any
 
 from dispatcher.worker.app import FETCH_MAX_WAIT_MS, Worker, WorkerConfig, build_app
 
@@ -42,5 +43,59 @@ def test_the_worker_keeps_the_configured_log_level_and_freezes_start_up_objects(
         finally:
             gc.unfreeze()
             root.setLevel(before)
+
+    asyncio.run(check())
+
+
+def test_a_delivery_with_room_runs_in_place_and_one_that_waits_is_raced_as_before() -> None:
+    async def check() -> None:
+        consumer = build_app(CFG).consumer
+        try:
+            await deliveries(consumer)
+        finally:
+            consumer._thread.thread_loop.close()  # type: ignore[attr-defined]  # aiokafka driver
+
+    async def deliveries(consumer: Any) -> None:
+        flow = consumer.suspend_flow
+        log: list[str] = []
+
+        async def at_once() -> str:
+            log.append("ran")
+            return "delivered"
+
+        # Room in the buffer: done before wait_first returns, the flow wait never started.
+        other = flow.wait()
+        tasks = len(asyncio.all_tasks())
+        res = await consumer.wait_first(at_once(), other)
+        assert (res.results, res.stopped, log) == (["delivered"], False, ["ran"])
+        assert len(asyncio.all_tasks()) == tasks  # no task made (mode's makes four)
+        assert other.cr_frame is None  # closed, not left to warn "never awaited"
+
+        room = asyncio.get_running_loop().create_future()
+
+        async def must_wait() -> str:
+            try:
+                return f"delivered after {await room}"
+            except asyncio.CancelledError:
+                log.append("cancelled")
+                raise
+
+        # A full buffer: the delivery waits; wait_first returns when it is done.
+        waiting = asyncio.ensure_future(consumer.wait_first(must_wait(), flow.wait()))
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        room.set_result("a while")
+        assert (await waiting).results == ["delivered after a while"]
+
+        # The flow suspended while a delivery waits: the suspension wins, the delivery
+        # is cancelled (as mode's wait_first does).
+        room = asyncio.get_running_loop().create_future()
+        waiting = asyncio.ensure_future(consumer.wait_first(must_wait(), flow.wait()))
+        await asyncio.sleep(0.01)
+        flow.set()
+        res = await waiting
+        await asyncio.sleep(0.01)
+        assert res.results == [True]  # what the flow's Event.wait returned
+        assert log[-1] == "cancelled"
 
     asyncio.run(check())
