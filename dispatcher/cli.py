@@ -7,6 +7,7 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -354,6 +355,7 @@ def run(topics_file: Path, duration: float | None, rate: float, agents: int) -> 
         started = endpoints.started
         bootstrap = endpoints.kafka_bootstrap
         asyncio.run(_delete_demo_topics(bootstrap))
+        _delete_demo_data(s.settings)
         _print_reports(asyncio.run(apply_topics(spec, bootstrap)))
         _print_status(s)
         click.echo(f"kafka: {bootstrap}   redis: {endpoints.redis_url}")
@@ -369,6 +371,7 @@ def run(topics_file: Path, duration: float | None, rate: float, agents: int) -> 
             _stop(worker)
             with contextlib.suppress(DispatcherError):
                 asyncio.run(delete_topics(list(spec.topics), bootstrap))
+            _delete_demo_data(s.settings)
         if started:
             click.echo("stopping: " + ", ".join(s.down(only=started)))
 
@@ -405,6 +408,12 @@ async def _delete_demo_topics(bootstrap: str) -> None:
     """Deletes what earlier demos left behind (one stopped by kill -9 could not)."""
     names = [t for t in await topic_names(bootstrap) if t.startswith(DEMO_PREFIX)]
     await delete_topics(names, bootstrap)
+
+
+def _delete_demo_data(settings: Settings) -> None:
+    """Deletes the Faust data directories of demo workers (see WorkerConfig.datadir)."""
+    for path in (settings.state_dir / "faust").glob(f"{DEMO_PREFIX}*"):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _start_worker(
@@ -682,7 +691,7 @@ def worker_cmd(app_id: str, web_port: int, tick_ms: int, topic_prefix: str, logl
         bootstrap=s.kafka_bootstrap or s.local_bootstrap,
         redis_url=s.redis_url or s.local_redis_url,
         app_id=app_id, web_port=web_port, tick_ms=tick_ms,
-        topics=TopicNames.prefixed(topic_prefix),
+        topics=TopicNames.prefixed(topic_prefix), datadir=s.state_dir / "faust",
     )  # fmt: skip
     Worker(build_app(cfg), loglevel=loglevel, quiet=True).execute_from_commandline()
 

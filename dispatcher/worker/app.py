@@ -26,10 +26,12 @@ import contextlib
 import gc
 import inspect
 import logging
+import tempfile
 import time
 import types
 from collections.abc import Coroutine, Generator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -63,6 +65,9 @@ class WorkerConfig:
     batch_within_s: float = 0.002  # how long a micro-batch waits to fill
     # A worker killed without leaving holds its partitions until this expires.
     session_timeout_s: float = 10.0
+    # Where Faust keeps its files (the tables live in memory: it writes little). Faust's
+    # default is the working directory.
+    datadir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "dispatcher-faust")
 
 
 class Worker(faust.Worker):
@@ -250,7 +255,7 @@ def build_app(cfg: WorkerConfig) -> faust.App:
         producer_acks=-1, broker_commit_interval=0.5, consumer_auto_offset_reset="earliest",
         broker_session_timeout=cfg.session_timeout_s,
         broker_heartbeat_interval=cfg.session_timeout_s / 4,
-        stream_buffer_maxsize=4 * cfg.batch,
+        stream_buffer_maxsize=4 * cfg.batch, datadir=str(cfg.datadir / "{conf.name}-data"),
     ))  # fmt: skip
     inputs = app.topic(t.load_arrival, t.agent_availability, t.task_results, t.ticks)
     policies = app.topic(t.policy_update)

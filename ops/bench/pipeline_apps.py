@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,12 @@ from dispatcher.worker.app import Worker, low_latency
 
 
 def build(kind: str, bootstrap: str, topics: TopicNames, app_id: str) -> faust.App:
+    datadir = Path(tempfile.gettempdir()) / "dispatcher-faust" / app_id
     app = faust.App(app_id, broker=f"kafka://{bootstrap}", key_serializer="raw",
                     value_serializer="raw", store="memory://", web_enabled=False,
                     topic_allow_declare=False, topic_disable_leader=True,
-                    consumer_auto_offset_reset="earliest")  # fmt: skip
+                    consumer_auto_offset_reset="earliest",
+                    datadir=str(datadir))  # fmt: skip
     low_latency(app)
     codec = Codec()
     t = topics

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -110,17 +111,20 @@ class Contender:
         self.prefix = f"pb{uuid.uuid4().hex[:6]}-"
         self.topics = TopicNames.prefixed(self.prefix)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.state_dir = LOGS / f"{self.prefix}state"  # the worker's Faust data
 
     async def create_topics(self) -> None:
         await apply_topics(load_topics().prefixed(self.prefix), self.bootstrap)
 
     async def remove(self) -> None:
-        """Stops the process and deletes its topics."""
+        """Stops the process and deletes its topics and files."""
         self.stop()
+        shutil.rmtree(self.state_dir, ignore_errors=True)
         await delete_topics(list(load_topics().prefixed(self.prefix).topics), self.bootstrap)
 
     def start(self) -> None:
-        env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap}
+        env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+                            "DISPATCHER_STATE_DIR": str(self.state_dir)}  # fmt: skip
         app_id = f"{self.prefix}app"
         if self.kind == "worker":
             cmd = [sys.executable, "-m", "dispatcher", "worker", "--topic-prefix", self.prefix,

@@ -57,7 +57,8 @@ class Pipeline:
     def start_worker(self, *, wait: bool = True, timeout_s: float = 90.0) -> subprocess.Popen[Any]:
         n = len(self.workers)
         log = self.logs / f"worker-{n}.log"
-        env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "REDIS_URL": self.redis_url}
+        env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "REDIS_URL": self.redis_url,
+                            "DISPATCHER_STATE_DIR": str(self.logs / "state")}  # fmt: skip
         with log.open("wb") as out:  # the child keeps its own copy of the descriptor
             proc = subprocess.Popen(
                 [sys.executable, "-m", "dispatcher", "worker", "--app-id", self.app_id,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
+from pathlib import Path
 from typing import Any
 
 from dispatcher.worker.app import FETCH_MAX_WAIT_MS, Worker, WorkerConfig, build_app
@@ -99,3 +101,13 @@ def test_a_delivery_with_room_runs_in_place_and_one_that_waits_is_raced_as_befor
         assert log[-1] == "cancelled"
 
     asyncio.run(check())
+
+
+def test_faust_keeps_its_files_where_the_config_says_not_in_the_working_directory(
+    tmp_path: Path,
+) -> None:
+    async def datadir() -> Path:
+        app = build_app(dataclasses.replace(CFG, app_id="w1", datadir=tmp_path))
+        return Path(app.conf.datadir)
+
+    assert asyncio.run(datadir()) == tmp_path / "w1-data"
