@@ -242,6 +242,13 @@ class Dispatcher:
         return fold
 
 
+def _datadir(cfg: WorkerConfig) -> str:
+    """Faust's datadir setting: ``<cfg.datadir>/<app id>-data``; Faust makes only the last
+    directory, so this makes the one above."""
+    cfg.datadir.mkdir(parents=True, exist_ok=True)
+    return str(cfg.datadir / "{conf.name}-data")
+
+
 def build_app(cfg: WorkerConfig) -> faust.App:
     """The Faust app of one dispatcher worker."""
     d = Dispatcher(cfg)
@@ -255,7 +262,7 @@ def build_app(cfg: WorkerConfig) -> faust.App:
         producer_acks=-1, broker_commit_interval=0.5, consumer_auto_offset_reset="earliest",
         broker_session_timeout=cfg.session_timeout_s,
         broker_heartbeat_interval=cfg.session_timeout_s / 4,
-        stream_buffer_maxsize=4 * cfg.batch, datadir=str(cfg.datadir / "{conf.name}-data"),
+        stream_buffer_maxsize=4 * cfg.batch, datadir=_datadir(cfg),
     ))  # fmt: skip
     inputs = app.topic(t.load_arrival, t.agent_availability, t.task_results, t.ticks)
     policies = app.topic(t.policy_update)

@@ -29,6 +29,7 @@ from dispatcher.worker.app import Worker, low_latency
 
 def build(kind: str, bootstrap: str, topics: TopicNames, app_id: str) -> faust.App:
     datadir = Path(tempfile.gettempdir()) / "dispatcher-faust" / app_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     app = faust.App(app_id, broker=f"kafka://{bootstrap}", key_serializer="raw",
                     value_serializer="raw", store="memory://", web_enabled=False,
                     topic_allow_declare=False, topic_disable_leader=True,

@@ -107,7 +107,9 @@ def test_faust_keeps_its_files_where_the_config_says_not_in_the_working_director
     tmp_path: Path,
 ) -> None:
     async def datadir() -> Path:
-        app = build_app(dataclasses.replace(CFG, app_id="w1", datadir=tmp_path))
+        app = build_app(dataclasses.replace(CFG, app_id="w1", datadir=tmp_path / "faust"))
         return Path(app.conf.datadir)
 
-    assert asyncio.run(datadir()) == tmp_path / "w1-data"
+    path = asyncio.run(datadir())
+    assert path == tmp_path / "faust" / "w1-data"
+    path.mkdir()  # what Faust does at start: the directory above must exist
