@@ -13,12 +13,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from aiokafka import TopicPartition
 
 from dispatcher import core
 from dispatcher.codecs import models as m
+from dispatcher.codecs.adapt import encode_decision, to_records
 from dispatcher.codecs.codec import Codec, CodecError
 from dispatcher.reading import PROGRESS_EVERY, partitions, read_partition
 from dispatcher.topics import TopicNames
@@ -50,7 +52,12 @@ class PartitionAudit:
     mismatches: list[Mismatch] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # decided on replay, absent from the log
     unexplained: list[str] = field(default_factory=list)  # in the log, no input decides it
-    records: list[m.DecisionRecord] = field(default_factory=list)  # the expected ones, in order
+    decisions: list[core.Decision] = field(default_factory=list)  # the expected ones, in order
+
+    @cached_property
+    def records(self) -> list[m.DecisionRecord]:
+        """The expected decisions as the records the log should hold."""
+        return [to_records(d)[0] for d in self.decisions]
 
     @property
     def ok(self) -> bool:
@@ -84,7 +91,7 @@ async def audit(
     for tp in await partitions(bootstrap, topics.input_sequence):
         res = PartitionAudit(tp.partition)
         fold = PartitionFold(topics.input_sequence, tp.partition, codec, policy)
-        expected: list[tuple[bytes, m.DecisionRecord]] = []
+        expected: list[tuple[bytes, core.Decision]] = []
         for r in await read_partition(bootstrap, tp):
             res.inputs += 1
             replayed += 1
@@ -94,26 +101,27 @@ async def audit(
                 out = fold.apply(r.value, r.offset)
             except CodecError:
                 continue  # the worker dead-lettered it
-            expected += [(codec.encode(rec), rec) for rec, _ in out.records]
+            expected += [(encode_decision(codec, d)[0], d) for d in out]
         log_tp = TopicPartition(topics.decision_log, tp.partition)
         logged = _distinct(await read_partition(bootstrap, log_tp), expected, codec, res)
         res.expected, res.logged = len(expected), len(logged)
-        res.records = [rec for _, rec in expected]
-        expected_ids = {rec.decision_id for _, rec in expected}
-        for i, ((eb, erec), (lb, _)) in enumerate(zip(expected, logged, strict=False)):
+        res.decisions = [d for _, d in expected]
+        expected_ids = {d.decision_id for _, d in expected}
+        for i, ((eb, ed), (lb, _)) in enumerate(zip(expected, logged, strict=False)):
             if eb == lb:
                 res.matched += 1
                 continue
+            erec = to_records(ed)[0]
             name, want, got = _first_difference(erec, _decode(codec, lb))
-            res.mismatches.append(Mismatch(i, erec.decision_id, name, want, got, _input(erec)))
-        res.missing = [rec.decision_id for _, rec in expected[len(logged) :]]
+            res.mismatches.append(Mismatch(i, ed.decision_id, name, want, got, _input(erec)))
+        res.missing = [d.decision_id for _, d in expected[len(logged) :]]
         res.unexplained = [i for _, i in logged if i not in expected_ids]
         results.append(res)
     return results
 
 
 def _distinct(
-    log: list[Any], expected: list[tuple[bytes, m.DecisionRecord]], codec: Codec,
+    log: list[Any], expected: list[tuple[bytes, core.Decision]], codec: Codec,
     res: PartitionAudit,
 ) -> list[tuple[bytes, str]]:  # fmt: skip
     """The log's distinct decisions (bytes, id), in order; repeats are counted in ``res``,

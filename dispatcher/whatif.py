@@ -126,7 +126,7 @@ def compare(
             except CodecError:
                 continue
             event = to_event(record, (topic, partition, offset))
-            rec_out.observe(event, recorded.apply_event(record, event).decisions)
+            rec_out.observe(event, recorded.apply_event(record, event))
             if isinstance(record, m.PolicyUpdate):
                 continue  # the policy under test holds throughout
             if isinstance(event, core.TaskReported):
@@ -134,7 +134,7 @@ def compare(
                 if held is None or held[2] is None:
                     continue  # nobody holds it in the alternative run
                 event = replace(event, decision_id=held[1], agent_id=held[2])
-            out = alt.apply_event(record, event).decisions
+            out = alt.apply_event(record, event)
             for d in out:
                 if d.outcome is core.Outcome.ASSIGNED:
                     holder[d.load_id] = (d.attempt, d.decision_id, d.agent_id)

@@ -123,15 +123,21 @@ class Codec:
         self, record: Record, *, framing: Literal["confluent", "single-object"] = CONFLUENT
     ) -> bytes:
         """Frames and encodes a validated edge model."""
-        name = self._by_model[type(record)]
+        return self.encode_datum(self._by_model[type(record)], record.model_dump(),
+                                 framing=framing)  # fmt: skip
+
+    def encode_datum(
+        self, name: str, datum: dict[str, Any],
+        *, framing: Literal["confluent", "single-object"] = CONFLUENT,
+    ) -> bytes:  # fmt: skip
+        """Frames and encodes record ``name`` from the datum its model would dump, unchecked:
+        for records made by our own code (``encode`` validates through the model)."""
         reg = self.registry.latest[name]
-        out = io.BytesIO()
         if framing == CONFLUENT:
-            out.write(bytes([_CONFLUENT_MAGIC]) + reg.id.to_bytes(4, "big"))
+            head = bytes([_CONFLUENT_MAGIC]) + reg.id.to_bytes(4, "big")
         else:
-            out.write(_SINGLE_OBJECT_MAGIC + reg.fingerprint)
-        out.write(self._write(name, self._current[name], record.model_dump()))
-        return out.getvalue()
+            head = _SINGLE_OBJECT_MAGIC + reg.fingerprint
+        return head + self._write(name, self._current[name], datum)
 
     def _write(self, name: str, schema: Any, datum: dict[str, Any]) -> bytes:
         # Name the branch of ["null", record] unions, so fastavro need not try

@@ -29,7 +29,7 @@ import logging
 import tempfile
 import time
 import types
-from collections.abc import Coroutine, Generator
+from collections.abc import Coroutine, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from mode.services import WaitResults
 
 from dispatcher import core
 from dispatcher.codecs import models as m
+from dispatcher.codecs.adapt import encode_decision
 from dispatcher.codecs.codec import Codec, CodecError, dead_letter
 from dispatcher.topics import TopicNames
 from dispatcher.worker.fold import PartitionFold
@@ -199,6 +200,16 @@ class Dispatcher:
             self._sequence_partitions = len(parts)
         return self._sequence_partitions
 
+    def outputs(self, decisions: list[core.Decision]) -> Iterator[tuple[str, bytes, bytes]]:
+        """What ``decisions`` send: (topic, key, value) of each decision record, and of
+        each assignment."""
+        t = self.cfg.topics
+        for decision in decisions:
+            record, assignment = encode_decision(self.codec, decision)
+            yield t.decision_log, decision.pool.encode(), record
+            if assignment is not None:
+                yield t.assignments, str(decision.agent_id).encode(), assignment
+
     def dead_letter_bytes(self, exc: CodecError, key: bytes | None, timestamp: float) -> bytes:
         record = dead_letter(exc, failed_at_ms=_now_ms(), source_key=key,
                              source_timestamp_ms=int(timestamp * 1000))  # fmt: skip
@@ -317,12 +328,9 @@ def build_app(cfg: WorkerConfig) -> faust.App:
                     value = d.dead_letter_bytes(exc, ev.key, ev.message.timestamp)
                     await send(t.dead_letter, t.input_sequence.encode(), value)
                     continue
-                for decision, (record, assignment) in zip(out.decisions, out.records, strict=True):
-                    await send(t.decision_log, decision.pool.encode(), d.codec.encode(record))
-                    if assignment is not None:
-                        await send(t.assignments, assignment.agent_id.encode(),
-                                   d.codec.encode(assignment))  # fmt: skip
-                emitted += out.decisions
+                for topic, key, value in d.outputs(out):
+                    await send(topic, key, value)
+                emitted += out
             d.readmodel.publish(d.folds, emitted)
 
     @app.timer(interval=cfg.tick_ms / 1000)  # type: ignore[untyped-decorator]  # faust is untyped

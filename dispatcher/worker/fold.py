@@ -10,24 +10,14 @@ the partition, in pool-name order, and to the pools that appear later.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from dispatcher import core
 from dispatcher.codecs import models as m
-from dispatcher.codecs.adapt import to_event, to_records
+from dispatcher.codecs.adapt import to_event
 from dispatcher.codecs.codec import Codec
 
-__all__ = ["Emitted", "PartitionFold"]
+__all__ = ["PartitionFold"]
 
 _POOLED = (m.AgentEvent, m.LoadEvent, m.TaskResult, m.Tick)  # inputs that name their pool
-
-
-@dataclass(slots=True)
-class Emitted:
-    """What one input record caused: its decisions, as the records that go out."""
-
-    decisions: list[core.Decision] = field(default_factory=list)
-    records: list[tuple[m.DecisionRecord, m.Assignment | None]] = field(default_factory=list)
 
 
 class PartitionFold:
@@ -41,8 +31,8 @@ class PartitionFold:
         self.pools: dict[str, core.PoolState] = {}
         self.next_offset = 0  # the offset of the next record to apply
 
-    def apply(self, value: bytes, offset: int) -> Emitted:
-        """Applies the record at ``offset``.
+    def apply(self, value: bytes, offset: int) -> list[core.Decision]:
+        """Applies the record at ``offset``; returns the decisions it caused.
 
         Raises:
             CodecError: the bytes do not decode (the caller dead-letters them; the
@@ -55,20 +45,18 @@ class PartitionFold:
         )
         return self.apply_event(record, to_event(record, (self.topic, self.partition, offset)))
 
-    def apply_event(self, record: m.Record, event: core.Event) -> Emitted:
+    def apply_event(self, record: m.Record, event: core.Event) -> list[core.Decision]:
         """Applies a decoded input (``whatif`` rewrites some events before they apply)."""
-        out = Emitted()
         if isinstance(event, core.PolicyChanged):
             if isinstance(event.policy, core.Policy) and event.policy.version > self.policy.version:
                 self.policy = event.policy
+            out: list[core.Decision] = []
             for name in sorted(self.pools):
-                out.decisions += self.pools[name].apply(event)
-        else:
-            assert isinstance(record, _POOLED)  # noqa: S101 - to_event accepted it as an input
-            pool = record.pool
-            state = self.pools.get(pool)
-            if state is None:
-                state = self.pools[pool] = core.PoolState(pool, self.policy)
-            out.decisions = state.apply(event)
-        out.records = [to_records(d) for d in out.decisions]
-        return out
+                out += self.pools[name].apply(event)
+            return out
+        assert isinstance(record, _POOLED)  # noqa: S101 - to_event accepted it as an input
+        pool = record.pool
+        state = self.pools.get(pool)
+        if state is None:
+            state = self.pools[pool] = core.PoolState(pool, self.policy)
+        return state.apply(event)

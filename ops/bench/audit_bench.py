@@ -27,6 +27,7 @@ from dispatcher import core
 from dispatcher.audit import audit
 from dispatcher.codecs import Codec
 from dispatcher.codecs import models as m
+from dispatcher.codecs.adapt import to_records
 from dispatcher.demo import agent_profile, load_event, policy_update
 from dispatcher.reading import partitions, read_partition
 from dispatcher.settings import Settings
@@ -46,8 +47,8 @@ def recording(topic: str, agents: int, loads: int) -> tuple[list[bytes], list[by
     def add(record: m.Record) -> list[core.Decision]:
         inputs.append(CODEC.encode(record))
         out = fold.apply(inputs[-1], len(inputs) - 1)
-        log.extend(CODEC.encode(rec) for rec, _ in out.records)
-        return out.decisions
+        log.extend(CODEC.encode(to_records(d)[0]) for d in out)  # the validated path
+        return out
 
     add(policy_update(1, ack_ms=60_000, heartbeat_ms=3_600_000))
     for i in range(agents):

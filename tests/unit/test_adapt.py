@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from enum import Enum
+from typing import Any
 
 import pytest
 
 from dispatcher import core
 from dispatcher.codecs import Codec
 from dispatcher.codecs import models as m
-from dispatcher.codecs.adapt import policy_from, to_event, to_records
+from dispatcher.codecs.adapt import encode_decision, policy_from, to_event, to_records
+from dispatcher.sim import SCENARIOS, SIM_POLICY
+from dispatcher.sim.engine import Simulation
 from tests.samples import SAMPLES
 
 CODEC = Codec()
@@ -96,3 +100,31 @@ def test_records_through_the_core_and_back_to_records() -> None:
     queued, none = to_records(core.PoolState("p").apply(to_event(SAMPLES["LoadEvent"][0]))[0])
     assert (queued.outcome, none) == (m.DecisionOutcome.QUEUED, None)
     assert queued.input.partition == -1
+
+
+class _Recording(Simulation):
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.seen: list[core.Decision] = []
+
+    def _observe(self, d: core.Decision, t: int) -> None:
+        self.seen.append(dataclasses.replace(d, source=("input-sequence", 2, len(self.seen))))
+        super()._observe(d, t)
+
+
+@pytest.mark.parametrize("scenario", ["deadline-crunch", "tenant-flood", "agent-churn"])
+def test_decisions_encode_to_the_bytes_of_their_validated_records(scenario: str) -> None:
+    sim = _Recording(SCENARIOS[scenario].scaled(agents=40, duration_s=4), 1, SIM_POLICY)
+    sim.run(None)
+    outcomes = {d.outcome for d in sim.seen}
+    assert {core.Outcome.ASSIGNED, core.Outcome.QUEUED, core.Outcome.COMPLETED} <= outcomes
+    some = next(d for d in sim.seen if d.outcome is core.Outcome.ASSIGNED)
+    unset = dataclasses.replace(
+        some, agent_id=None, score=None, score_parts=(), runner_up=None, margin=None,
+        ack_by_ms=None, deadline_ms=None, excluded=(),
+    )  # fmt: skip
+    others = [dataclasses.replace(x, outcome=o) for o in core.Outcome for x in (some, unset)]
+    for d in [*sim.seen, *others]:
+        record, assignment = to_records(d)
+        want = (CODEC.encode(record), CODEC.encode(assignment) if assignment else None)
+        assert encode_decision(CODEC, d) == want, d

@@ -80,7 +80,7 @@ def recorded_run(policy: m.PolicyUpdate, steps: int = 60) -> list[tuple[int, byt
     def add(record: m.Record) -> list[core.Decision]:
         offset = len(records)
         records.append((offset, CODEC.encode(record)))
-        return fold.apply(records[-1][1], offset).decisions
+        return fold.apply(records[-1][1], offset)
 
     add(policy)
     for i in range(2):
