@@ -26,8 +26,9 @@ Floats = npt.NDArray[np.float64]
 Floats2 = npt.NDArray[np.float64]  # two-dimensional
 
 _GRID = 2.0**20  # embeddings are rounded to multiples of 1 / _GRID (see ``unit``)
-# Bytes of agent columns kept per kind of load (saves gathering them per load); kinds
-# beyond it gather theirs each time.
+# Bytes of agent columns the kinds of load may keep (saves gathering them per load), per
+# agent of the pool and at most; kinds beyond it gather theirs each time.
+_COLS_BUDGET_PER_AGENT = 2 << 10
 _COLS_BUDGET = 64 << 20
 
 
@@ -336,7 +337,8 @@ class AgentTable:
             cand = rows[stage == 2]
             no_clearance, no_region = rows[stage == 0], rows[stage == 1]
             size = cand.size * (8 * self.embedding.shape[1] + 28)  # what _nbytes will count
-            cols = self.columns(cand) if self._cols_bytes + size <= _COLS_BUDGET else None
+            budget = min(_COLS_BUDGET, _COLS_BUDGET_PER_AGENT * self.n)
+            cols = self.columns(cand) if self._cols_bytes + size <= budget else None
             self._cols_bytes += _nbytes(cols)
             kind = self._kinds[key] = _Kind(no_clearance, no_region, cand, cols)
         return kind

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dispatcher.core import Outcome, Policy, PoolState, Sensitivity, explain
+from dispatcher.core import Outcome, Policy, PoolState, Sensitivity, agents, explain
 from dispatcher.core.agents import unit
 from tests.unit.core.builders import arrive, available, register
 
@@ -149,3 +149,23 @@ def test_the_chosen_agent_scores_alike_alone_and_among_many() -> None:
         # the agent took the load) are the match's, to the last bit.
         (verdict,) = explain(state, d.load_id, (str(d.agent_id),)).verdicts
         assert verdict.parts[:2] == d.score_parts[:2]
+
+
+def test_kinds_without_cached_columns_decide_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    def run() -> list[str]:
+        rng = np.random.default_rng(9)
+        caps = ["python", "sql", "go", "rust"]
+        state = pool(*((f"a{i}", {"capabilities": frozenset(rng.choice(caps, 2, replace=False)),
+                                  "personality": tuple(rng.normal(size=4)), "capacity": 3})
+                       for i in range(60)))  # fmt: skip
+        out = []
+        for j in range(80):
+            need = frozenset(rng.choice(caps, int(rng.integers(0, 2)), replace=False))
+            load = arrive(f"L{j}", 1 + j, required=need, intent=tuple(rng.normal(size=4)))
+            out += [repr(d) for d in state.apply(load)]
+        return out
+
+    cached = run()
+    monkeypatch.setattr(agents, "_COLS_BUDGET", 0)  # every kind gathers its columns per load
+    assert run() == cached
+    assert any("ASSIGNED" in d for d in cached)
