@@ -103,24 +103,9 @@ def to_event(  # noqa: PLR0911 - one return per kind of input
 
 def to_records(d: core.Decision) -> tuple[m.DecisionRecord, m.Assignment | None]:
     """The decision-log record of a decision, and the assignment it makes, if any."""
-    topic, partition, offset = d.source
-    record = m.DecisionRecord(
-        decision_id=d.decision_id, pool=d.pool, load_id=d.load_id, attempt=d.attempt,
-        outcome=m.DecisionOutcome[d.outcome.value], reason_code=d.reason, agent_id=d.agent_id,
-        policy_version=d.policy_version, event_time_ms=d.time_ms,
-        input=m.InputPosition(topic=topic or "?", partition=partition, offset=offset),
-        score=d.score, score_parts=dict(d.score_parts), candidates=d.candidates,
-        excluded=dict(d.excluded), runner_up=d.runner_up, margin=d.margin,
-    )  # fmt: skip
-    if d.outcome is not core.Outcome.ASSIGNED or d.agent_id is None or d.ack_by_ms is None:
-        return record, None
-    assignment = m.Assignment(
-        decision_id=d.decision_id, load_id=d.load_id, agent_id=d.agent_id, pool=d.pool,
-        tenant=d.tenant, attempt=d.attempt, policy_version=d.policy_version,
-        priority=m.Priority[d.priority.name], event_time_ms=d.time_ms, deadline_ms=d.deadline_ms,
-        ack_by_ms=d.ack_by_ms,
-    )  # fmt: skip
-    return record, assignment
+    record, assignment = _datums(d)
+    out = m.Assignment.model_validate(assignment) if assignment is not None else None
+    return m.DecisionRecord.model_validate(record), out
 
 
 def encode_decision(codec: Codec, d: core.Decision) -> tuple[bytes, bytes | None]:
@@ -131,6 +116,13 @@ def encode_decision(codec: Codec, d: core.Decision) -> tuple[bytes, bytes | None
     already keep (a test holds these bytes equal to the validated path's over
     simulated decisions of every outcome).
     """
+    record, assignment = _datums(d)
+    out = codec.encode_datum("Assignment", assignment) if assignment is not None else None
+    return codec.encode_datum("DecisionRecord", record), out
+
+
+def _datums(d: core.Decision) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The Avro datums of the DecisionRecord of ``d``, and of its Assignment, if any."""
     topic, partition, offset = d.source
     record: dict[str, Any] = {
         "decision_id": d.decision_id, "pool": d.pool, "load_id": d.load_id, "attempt": d.attempt,
@@ -140,13 +132,12 @@ def encode_decision(codec: Codec, d: core.Decision) -> tuple[bytes, bytes | None
         "score": d.score, "score_parts": dict(d.score_parts), "candidates": d.candidates,
         "excluded": dict(d.excluded), "runner_up": d.runner_up, "margin": d.margin,
     }  # fmt: skip
-    decision = codec.encode_datum("DecisionRecord", record)
     if d.outcome is not core.Outcome.ASSIGNED or d.agent_id is None or d.ack_by_ms is None:
-        return decision, None
+        return record, None
     assignment: dict[str, Any] = {
         "decision_id": d.decision_id, "load_id": d.load_id, "agent_id": d.agent_id,
         "pool": d.pool, "tenant": d.tenant, "attempt": d.attempt,
         "policy_version": d.policy_version, "priority": d.priority.name,
         "event_time_ms": d.time_ms, "deadline_ms": d.deadline_ms, "ack_by_ms": d.ack_by_ms,
     }  # fmt: skip
-    return decision, codec.encode_datum("Assignment", assignment)
+    return record, assignment
