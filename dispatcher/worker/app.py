@@ -118,7 +118,7 @@ class _Consumer(faust_kafka.Consumer):
 
         Faust hands every record to the streams with ``wait_first(deliver(record),
         suspend_flow.wait())``, and wait_first makes four tasks to race them: about
-        half of what a worker spends per record when the streams do nothing. A
+        a third of what a worker spends per record when the streams do nothing. A
         delivery finishes without waiting whenever the stream's buffer has room;
         while the flow is not suspended, it is started in place, and only one that
         must wait (a full buffer) is raced as before.
