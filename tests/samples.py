@@ -23,6 +23,7 @@ POLICY_DOC = m.PolicyDocument(
     tenant_deny={"globex": ["agent-7"]}, timeouts_ms={"ack": 5000, "heartbeat": 15000},
     retry=m.RetryPolicy(max_attempts=3, backoff_base_ms=100, backoff_max_ms=10_000),
     backpressure=m.Backpressure(max_pending=10_000, high_watermark=8_000, low_watermark=6_000),
+    fair_share_reserve=0.25,
 )  # fmt: skip
 
 SAMPLES: dict[str, list[m.Record]] = {

@@ -45,6 +45,7 @@ def policy_from(update: m.PolicyUpdate) -> core.Policy:
         max_pending=doc.backpressure.max_pending,
         high_watermark=doc.backpressure.high_watermark,
         low_watermark=doc.backpressure.low_watermark,
+        fair_share_reserve=doc.fair_share_reserve,
         **timeouts,  # type: ignore[arg-type]  # field names checked by TIMEOUTS
     )
 

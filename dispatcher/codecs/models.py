@@ -278,6 +278,7 @@ class PolicyDocument(Record):
     timeouts_ms: Annotated[dict[Name, DurationMs], Field(max_length=MAX_MAP_ITEMS)]
     retry: RetryPolicy
     backpressure: Backpressure
+    fair_share_reserve: Annotated[float, Field(ge=0, lt=1)] = 0.1
 
 
 class PolicyUpdate(Record):

@@ -209,7 +209,8 @@ class PoolState:
             # A full queue sheds from the tenant holding most of it for its weight, so
             # one tenant's flood cannot crowd the others out of admission.
             self._finish(victim, Outcome.SHED, "QUEUE_FULL_EVICTED", e.source, out)
-        if len(self.pending) >= p.high_watermark and spec.priority is Priority.LOW:
+        if (len(self.pending) >= p.high_watermark and spec.priority is Priority.LOW
+                and self._queue_hog(spec.tenant)):  # fmt: skip
             ls.status = LoadStatus.DEFERRED
             self.deferred += 1
             self._enqueue(ls)
@@ -241,6 +242,8 @@ class PoolState:
             reason = "BATCH_WINDOW"
         elif ls.spec.tenant in self._at_quota():
             reason = "TENANT_QUOTA"
+        elif ls.spec.tenant in self._held(self.agents.open_count):
+            reason = "FAIR_SHARE_RESERVE"
         else:
             reason = "WAITING_TURN"
         return self._decision(ls, Outcome.QUEUED, reason, source, counted)
@@ -385,6 +388,15 @@ class PoolState:
                 return ls
         return None
 
+    def _queue_hog(self, tenant: str) -> bool:
+        """Whether ``tenant``, with one more load waiting, would hold at least its weighted
+        share of the waiting loads (a flood's low loads are deferred, not the others')."""
+        p = self.policy
+        mine = p.tenant_weight(tenant)
+        weights = mine + sum(p.tenant_weight(t) for t, c in self.backlog.items()
+                             if c and t != tenant)  # fmt: skip
+        return (self.backlog.get(tenant, 0) + 1) * weights >= (len(self.pending) + 1) * mine
+
     def _free_capacity(self) -> bool:
         return self.agents.open_count > 0
 
@@ -404,7 +416,7 @@ class PoolState:
         while free and tries < limit:
             load_id = self.queue.pop(
                 self.served, tenant_first=self.policy.tenant_first, critical_only=critical_only,
-                skip=self._at_quota(),
+                skip=self._at_quota() | self._held(self.agents.open_count),
             )  # fmt: skip
             if load_id is None:
                 break
@@ -416,6 +428,25 @@ class PoolState:
                 self.parked_epoch = self.epoch
             else:
                 free = self._free_capacity()
+
+    def _held(self, open_agents: int, extra: dict[str, int] | None = None) -> frozenset[str]:
+        """The tenants that may not take the last open agents (policy ``fair_share_reserve``):
+        with ``open_agents`` down to the reserve, those whose loads in flight (plus
+        ``extra``) are above their weighted share of all loads in flight, among the
+        tenants with loads in flight or waiting. Their loads wait, critical ones too
+        (they come first again once an agent beyond the reserve is free)."""
+        p = self.policy
+        if open_agents > p.fair_share_reserve * self.agents.available_count:
+            return frozenset()
+        extra = extra or {}
+        running = {t: self.running.get(t, 0) + extra.get(t, 0)
+                   for t in (*self.running, *self.backlog, *extra)}  # fmt: skip
+        active = [t for t, n in running.items() if n or self.backlog.get(t)]
+        if len(active) < 2:
+            return frozenset()
+        total = sum(running[t] for t in active)
+        weights = sum(p.tenant_weight(t) for t in active)
+        return frozenset(t for t in active if running[t] * weights > total * p.tenant_weight(t))
 
     def _at_quota(self, extra: dict[str, int] | None = None) -> frozenset[str]:
         """Tenants whose loads in flight (plus ``extra``) have reached their quota."""
@@ -507,8 +538,10 @@ class PoolState:
         loads: list[LoadState] = []
         taken: dict[str, int] = {}
         while len(loads) < min(slots, p.batch_max_loads):
+            # Each load taken may close an open agent: the reserve counts it so.
+            skip = self._at_quota(taken) | self._held(len(open_rows) - len(loads), taken)
             load_id = self.queue.pop(self.served, tenant_first=p.tenant_first,
-                                     skip=self._at_quota(taken))  # fmt: skip
+                                     skip=skip)  # fmt: skip
             if load_id is None:
                 break
             ls = self.pending[load_id]

@@ -56,6 +56,11 @@ class Policy:
     # tenant's high-priority work cannot starve another); False: classes strict.
     tenant_first: bool = True
     tenant_weights: Mapping[str, float] = field(default_factory=_frozen)
+    # When no more than this share of the pool's available agents can take a load, they
+    # are kept for tenants at or below their weighted share of the loads in flight: a
+    # tenant above it waits (but for its critical loads), so the others' next loads start
+    # at once instead of queueing behind its flood. 0: every free agent goes to the queue.
+    fair_share_reserve: float = 0.1
     tenant_quotas: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     tenant_deny: Mapping[str, frozenset[str]] = field(default_factory=lambda: MappingProxyType({}))
     ack_timeout_ms: int = 30_000
@@ -78,6 +83,8 @@ class Policy:
     active_weights: tuple[tuple[str, float], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.fair_share_reserve < 1.0:
+            raise ValueError(f"fair_share_reserve {self.fair_share_reserve} is not in [0, 1)")
         # Read-only views of private copies: a policy cannot change under a decision.
         for name in ("weights", "tenant_weights", "tenant_quotas", "tenant_deny"):
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))

@@ -73,6 +73,7 @@ def test_a_policy_update_becomes_a_core_policy() -> None:
     assert policy.tenant_quotas == {"acme": 100}
     assert (policy.ack_timeout_ms, policy.heartbeat_timeout_ms) == (5000, 15000)
     assert (policy.max_attempts, policy.max_pending, policy.low_watermark) == (3, 10_000, 6_000)
+    assert policy.fair_share_reserve == 0.25
 
 
 def test_records_through_the_core_and_back_to_records() -> None:

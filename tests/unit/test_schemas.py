@@ -225,3 +225,18 @@ def test_a_registered_version_that_does_not_resolve_is_a_codec_error(tmp_path) -
         codec.decode(old_tick, "Tick")
     assert info.value.reason is m.DeadLetterReason.INVALID
     assert "does not resolve" in info.value.detail
+
+
+def test_old_policy_updates_read_with_the_current_schema() -> None:
+    """PolicyDocument gained `fair_share_reserve` (default 0.1) after id 6."""
+    codec = Codec()
+    old = REGISTRY.by_id[6]
+    assert old.name == "PolicyUpdate"
+    assert '"fair_share_reserve"' not in old.canonical
+    record = SAMPLES["PolicyUpdate"][0].model_dump()
+    del record["document"]["fair_share_reserve"]
+    body = io.BytesIO()
+    schemaless_writer(body, old.parsed, record)
+    decoded = codec.decode(b"\x00" + old.id.to_bytes(4, "big") + body.getvalue(), "PolicyUpdate")
+    assert isinstance(decoded, m.PolicyUpdate)
+    assert decoded.document.fair_share_reserve == 0.1

@@ -74,3 +74,18 @@ def test_critical_loads_do_not_wait_for_the_batch() -> None:
     batched = _two_agents(Policy(mode="batched", batch_window_ms=10_000))
     (d,) = batched.apply(arrive("urgent", 1, priority=Priority.CRITICAL))
     assert d.outcome is Outcome.ASSIGNED
+
+
+def test_a_batch_keeps_the_fair_share_reserve() -> None:
+    state = PoolState("p", Policy(mode="batched", batch_window_ms=100, fair_share_reserve=0.2))
+    for i in range(10):
+        state.apply(register(f"x{i}"))
+        state.apply(available(f"x{i}"))
+    state.apply(arrive("g0", 1, tenant="globex"))
+    for i in range(10):
+        state.apply(arrive(f"a{i}", 2 + i, tenant="acme"))
+    first = [d.tenant for d in state.apply(tick(150)) if d.outcome is Outcome.ASSIGNED]
+    assert sorted(first) == ["acme"] * 8 + ["globex"]  # globex took 1 of the 2 kept open
+    state.apply(arrive("g1", 200, tenant="globex"))
+    later = [d.load_id for d in state.apply(tick(300)) if d.outcome is Outcome.ASSIGNED]
+    assert later == ["g1"]

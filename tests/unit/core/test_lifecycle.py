@@ -205,6 +205,59 @@ def test_backpressure_defers_low_sheds_at_the_limit_and_admits_critical() -> Non
     assert state.apply(arrive("crit", 6, priority=Priority.CRITICAL))[0].outcome is Outcome.QUEUED
 
 
+def test_the_high_watermark_defers_the_flooding_tenants_low_loads_not_the_others() -> None:
+    state = PoolState("p", Policy(max_pending=10, high_watermark=3, low_watermark=1))
+    for i in range(3):  # no agents: acme fills the queue to the watermark
+        state.apply(arrive(f"a{i}", i, tenant="acme"))
+    (mine,) = state.apply(arrive("a-low", 5, tenant="acme", priority=Priority.LOW))
+    assert (mine.outcome, mine.reason) == (Outcome.DEFERRED, "HIGH_WATERMARK")
+    (theirs,) = state.apply(arrive("g-low", 6, tenant="globex", priority=Priority.LOW))
+    assert theirs.outcome is Outcome.QUEUED  # globex holds less than its share of the queue
+
+
+def ten_agents(reserve: float) -> PoolState:
+    state = PoolState("p", Policy(fair_share_reserve=reserve))
+    for i in range(10):
+        state.apply(register(f"x{i}"))
+        state.apply(available(f"x{i}"))
+    return state
+
+
+def test_the_last_open_agents_are_kept_for_tenants_below_their_share() -> None:
+    state = ten_agents(0.2)  # 2 of 10 agents
+    state.apply(arrive("g0", 0, tenant="globex"))
+    for i in range(9):
+        state.apply(arrive(f"a{i}", 1 + i, tenant="acme"))
+    assert len(state.in_flight) == 8  # globex 1, acme 7; acme is above its share (1 of 2)
+    (held,) = state.apply(arrive("a-crit", 20, tenant="acme", priority=Priority.CRITICAL))
+    assert (held.outcome, held.reason) == (Outcome.QUEUED, "FAIR_SHARE_RESERVE")
+    assert assigned(state, "g1", 21, tenant="globex").agent_id is not None  # at once
+    a0 = state.in_flight["a0"]
+    freed = state.apply(report(a0.decision_id or "", "a0", a0.agent or "", TaskOutcome.SUCCESS,
+                               time_ms=30))  # fmt: skip
+    # acme 6 in flight of 8 now, still above its share; the agent freed is the reserve's.
+    assert [(d.load_id, d.outcome) for d in freed] == [("a0", Outcome.COMPLETED)]
+    assert assigned(state, "g2", 31, tenant="globex").agent_id is not None
+
+
+def test_without_a_reserve_every_free_agent_serves_the_queue() -> None:
+    state = ten_agents(0.0)
+    state.apply(arrive("g0", 0, tenant="globex"))
+    for i in range(9):
+        state.apply(arrive(f"a{i}", 1 + i, tenant="acme"))
+    assert len(state.in_flight) == 10
+    (waits,) = state.apply(arrive("g1", 21, tenant="globex"))
+    assert (waits.outcome, waits.reason) == (Outcome.QUEUED, "NO_CANDIDATE")  # all busy
+
+
+def test_a_tenant_alone_may_use_every_agent() -> None:
+    state = ten_agents(0.5)
+    for i in range(10):
+        assigned(state, f"a{i}", i, tenant="acme")
+    with pytest.raises(ValueError, match="fair_share_reserve"):
+        Policy(fair_share_reserve=1.0)
+
+
 def test_a_full_queue_sheds_the_flooding_tenant_not_the_newcomer() -> None:
     state = PoolState("p", Policy(max_pending=4, high_watermark=4, low_watermark=3))
     for i in range(4):  # no agents: acme fills the queue
