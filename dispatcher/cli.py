@@ -676,12 +676,18 @@ def policy_publish(path: Path, topic_prefix: str) -> None:
 @click.option("--tick-ms", type=int, default=200, show_default=True,
               help="How often each owned pool gets a Tick on the ticks topic.")  # fmt: skip
 @click.option("--topic-prefix", default="", help="Prefix of every topic name (topics.yaml's).")
+@click.option("--snapshot-every", type=int, default=100_000, show_default=True,
+              help="Records between snapshots of a partition's state (0: none).")  # fmt: skip
 @click.option("--loglevel", default="warning", show_default=True)
-def worker_cmd(app_id: str, web_port: int, tick_ms: int, topic_prefix: str, loglevel: str) -> None:
+def worker_cmd(  # noqa: PLR0917 - one option each
+    app_id: str, web_port: int, tick_ms: int, topic_prefix: str, snapshot_every: int,
+    loglevel: str,
+) -> None:  # fmt: skip
     """Run a dispatcher worker (Faust) against the configured broker and Redis.
 
     Uses KAFKA_BOOTSTRAP_SERVERS and REDIS_URL, or the project's own servers
-    (`dispatcher stack up`). Runs until SIGINT or SIGTERM.
+    (`dispatcher stack up`). Runs until SIGINT or SIGTERM. State snapshots go
+    under the state directory (DISPATCHER_STATE_DIR), in `snapshots/`.
     """
     # Only this command pays for importing faust.
     from dispatcher.worker.app import Worker, WorkerConfig, build_app  # noqa: PLC0415
@@ -692,6 +698,7 @@ def worker_cmd(app_id: str, web_port: int, tick_ms: int, topic_prefix: str, logl
         redis_url=s.redis_url or s.local_redis_url,
         app_id=app_id, web_port=web_port, tick_ms=tick_ms,
         topics=TopicNames.prefixed(topic_prefix), datadir=s.state_dir / "faust",
+        snapshot_dir=s.state_dir / "snapshots", snapshot_every=snapshot_every,
     )  # fmt: skip
     Worker(build_app(cfg), loglevel=loglevel, quiet=True).execute_from_commandline()
 

@@ -151,6 +151,12 @@ class AgentTable:
         self._caps_vocab, self._region_vocab, self._zone_vocab = _Vocab(), _Vocab(), _Vocab()
         self._alloc(max(8, capacity_hint), cap_words=1, region_words=1, dims=0)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Snapshots leave out what is rebuilt on demand (it decides nothing).
+        state = dict(self.__dict__)
+        state.update(_kinds={}, _cols_bytes=0, _cap_array={})
+        return state
+
     def _alloc(self, rows: int, *, cap_words: int, region_words: int, dims: int) -> None:
         def grow(old: Any, shape: tuple[int, ...], dtype: type, fill: float = 0) -> Any:
             new: Any = np.full(shape, fill, dtype=dtype)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = ["CONSTRAINTS", "DEFAULT_POLICY", "SCORE_TERMS", "Policy"]
 
@@ -92,6 +92,12 @@ class Policy:
         object.__setattr__(self, "all_weights", every)
         object.__setattr__(self, "active_weights", tuple((t, w) for t, w in every if w))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Read-only views do not pickle (state snapshots do): rebuild from plain copies.
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        return (_rebuild, ({k: dict(v) if isinstance(v, MappingProxyType) else v
+                            for k, v in values.items()},))  # fmt: skip
+
     def weight(self, term: str) -> float:
         return float(self.weights.get(term, 0.0))
 
@@ -107,3 +113,7 @@ class Policy:
 
 
 DEFAULT_POLICY = Policy()
+
+
+def _rebuild(values: dict[str, Any]) -> Policy:
+    return Policy(**values)

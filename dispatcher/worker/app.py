@@ -47,6 +47,7 @@ from dispatcher.codecs.codec import Codec, CodecError, dead_letter
 from dispatcher.topics import TopicNames
 from dispatcher.worker.fold import PartitionFold
 from dispatcher.worker.readmodel import ReadModel
+from dispatcher.worker.snapshots import Snapshots
 
 __all__ = ["Worker", "WorkerConfig", "build_app", "low_latency"]
 
@@ -69,6 +70,10 @@ class WorkerConfig:
     # Where Faust keeps its files (the tables live in memory: it writes little). Faust's
     # default is the working directory.
     datadir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "dispatcher-faust")
+    # Where the folds' snapshots go (None: none are written, a restart folds the whole
+    # log), and how many records apart.
+    snapshot_dir: Path | None = None
+    snapshot_every: int = 100_000
 
 
 class Worker(faust.Worker):
@@ -183,6 +188,10 @@ class Dispatcher:
         self.codec = Codec()
         self.folds: dict[int, PartitionFold] = {}
         self.readmodel = ReadModel(cfg.redis_url, cfg.app_id)
+        self.snapshots = (
+            Snapshots(cfg.snapshot_dir, cfg.topics.input_sequence, cfg.snapshot_every)
+            if cfg.snapshot_dir is not None and cfg.snapshot_every > 0 else None
+        )  # fmt: skip
         self._sequence_partitions: int | None = None
         t = cfg.topics
         self.expect = {t.load_arrival: "LoadEvent", t.agent_availability: "AgentEvent",
@@ -210,6 +219,13 @@ class Dispatcher:
             if assignment is not None:
                 yield t.assignments, str(decision.agent_id).encode(), assignment
 
+    def after_batch(self, emitted: list[core.Decision], touched: set[int]) -> None:
+        """Publishes the read model; snapshots the partitions the batch moved on, if due."""
+        self.readmodel.publish(self.folds, emitted)
+        if self.snapshots is not None:
+            for partition in touched & self.folds.keys():
+                self.snapshots.maybe_write(self.folds[partition])
+
     def dead_letter_bytes(self, exc: CodecError, key: bytes | None, timestamp: float) -> bytes:
         record = dead_letter(exc, failed_at_ms=_now_ms(), source_key=key,
                              source_timestamp_ms=int(timestamp * 1000))  # fmt: skip
@@ -220,11 +236,14 @@ class Dispatcher:
 
         Folds silently: decisions below ``upto`` were emitted by whoever applied
         them (Faust commits an offset only after flushing what came before it).
+        Starts from the newest snapshot below ``upto`` if there is one.
         """
         fold = self.folds.get(partition)
         if fold is None or fold.next_offset > upto:
-            fold = PartitionFold(self.cfg.topics.input_sequence, partition, self.codec,
-                                 self.cfg.policy)  # fmt: skip
+            fold = (self.snapshots and self.snapshots.load(partition, upto, self.codec)) or (
+                PartitionFold(self.cfg.topics.input_sequence, partition, self.codec,
+                              self.cfg.policy)
+            )  # fmt: skip
         started, replayed = time.perf_counter(), 0
         if fold.next_offset < upto:
             consumer = AIOKafkaConsumer(bootstrap_servers=self.cfg.bootstrap,
@@ -314,8 +333,10 @@ def build_app(cfg: WorkerConfig) -> faust.App:
     async def dispatch(stream: Any) -> None:
         async for batch in stream.take_events(cfg.batch, within=cfg.batch_within_s):
             emitted: list[core.Decision] = []
+            touched: set[int] = set()
             for ev in batch:
                 partition, offset = ev.message.partition, ev.message.offset
+                touched.add(partition)
                 fold = d.folds.get(partition)
                 if fold is None or offset > fold.next_offset:
                     fold = await d.catch_up(partition, offset)
@@ -331,7 +352,7 @@ def build_app(cfg: WorkerConfig) -> faust.App:
                 for topic, key, value in d.outputs(out):
                     await send(topic, key, value)
                 emitted += out
-            d.readmodel.publish(d.folds, emitted)
+            d.after_batch(emitted, touched)
 
     @app.timer(interval=cfg.tick_ms / 1000)  # type: ignore[untyped-decorator]  # faust is untyped
     async def tick() -> None:

@@ -39,6 +39,7 @@ class Pipeline:
     prefix: str
     logs: Path
     workers: list[subprocess.Popen[Any]] = field(default_factory=list)
+    worker_args: list[str] = field(default_factory=list)  # more `dispatcher worker` options
 
     @property
     def topics(self) -> TopicNames:
@@ -63,7 +64,7 @@ class Pipeline:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "dispatcher", "worker", "--app-id", self.app_id,
                  "--topic-prefix", self.prefix, "--web-port", str(free_port()),
-                 "--loglevel", "info"],
+                 "--loglevel", "info", *self.worker_args],
                 stdout=out, stderr=subprocess.STDOUT, env=env,
             )  # fmt: skip
         self.workers.append(proc)

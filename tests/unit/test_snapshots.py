@@ -1,0 +1,89 @@
+"""Snapshots of a partition's fold: a restored fold decides exactly as one folded from the start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dispatcher import core
+from dispatcher.codecs import Codec
+from dispatcher.demo import policy_update
+from dispatcher.worker import snapshots
+from dispatcher.worker.fold import PartitionFold
+from dispatcher.worker.snapshots import Snapshots
+from tests.unit.test_policy_whatif import recorded_run
+
+CODEC = Codec()
+TOPIC = "input-sequence"
+
+
+def fold_through(fold: PartitionFold, records: list[tuple[int, bytes]]) -> list[core.Decision]:
+    out: list[core.Decision] = []
+    for offset, value in records:
+        out += fold.apply(value, offset)
+    return out
+
+
+@pytest.fixture(scope="module")
+def records() -> list[tuple[int, bytes]]:
+    return recorded_run(policy_update(1), steps=40)
+
+
+def test_a_fold_restored_from_a_snapshot_decides_as_the_fold_from_the_start(
+    tmp_path: Path, records: list[tuple[int, bytes]]
+) -> None:
+    cut = len(records) // 2
+    whole = PartitionFold(TOPIC, 0, CODEC)
+    fold_through(whole, records[:cut])
+    snaps = Snapshots(tmp_path, TOPIC, every=cut)
+    assert snaps.maybe_write(whole)  # written by a forked child
+    snaps.wait()
+    (written,) = (tmp_path / f"{TOPIC}-0").glob("*.snap")
+    assert written.name == f"{cut:020d}.snap"
+    later = fold_through(whole, records[cut:])  # the parent went on meanwhile
+
+    restored = Snapshots(tmp_path, TOPIC, every=cut).load(0, len(records), CODEC)
+    assert restored is not None
+    assert restored.next_offset == cut
+    again = fold_through(restored, records[cut:])
+    assert len(later) > 50
+    assert again == later
+    assert [repr(d) for d in again] == [repr(d) for d in later]
+
+
+def test_a_snapshot_past_the_offset_wanted_is_not_used(
+    tmp_path: Path, records: list[tuple[int, bytes]]
+) -> None:
+    fold = PartitionFold(TOPIC, 0, CODEC)
+    snaps = Snapshots(tmp_path, TOPIC, every=100)
+    fold_through(fold, records[:99])
+    assert not snaps.maybe_write(fold)  # not due yet
+    fold_through(fold, records[99:100])
+    assert snaps.maybe_write(fold)
+    snaps.wait()
+    assert snaps.load(0, 99, CODEC) is None
+    restored = snaps.load(0, 100, CODEC)
+    assert restored is not None
+    assert restored.next_offset == 100
+
+
+def test_damaged_or_foreign_snapshots_are_passed_over_for_older_ones(
+    tmp_path: Path, records: list[tuple[int, bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fold = PartitionFold(TOPIC, 0, CODEC)
+    snaps = Snapshots(tmp_path, TOPIC, every=50, keep=3)
+    for end in (50, 100, 150, 200):
+        fold_through(fold, records[end - 50 : end])
+        assert snaps.maybe_write(fold)
+        snaps.wait()
+    kept = sorted((tmp_path / f"{TOPIC}-0").glob("*.snap"))
+    assert [p.name for p in kept] == [f"{n:020d}.snap" for n in (100, 150, 200)]
+    newest = bytearray(kept[-1].read_bytes())
+    newest[-10] ^= 0xFF
+    kept[-1].write_bytes(bytes(newest))
+    restored = snaps.load(0, 10_000, CODEC)
+    assert restored is not None
+    assert restored.next_offset == 150  # the damaged one was skipped
+    monkeypatch.setattr(snapshots, "FINGERPRINT", b"\0" * 32)  # as if the code had changed
+    assert snaps.load(0, 10_000, CODEC) is None
