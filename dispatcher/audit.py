@@ -101,7 +101,7 @@ async def audit(
                 out = fold.apply(r.value, r.offset)
             except CodecError:
                 continue  # the worker dead-lettered it
-            expected += [(encode_decision(codec, d)[0], d) for d in out]
+            expected += [(encode_decision(codec, d, assignment=False)[0], d) for d in out]
         log_tp = TopicPartition(topics.decision_log, tp.partition)
         logged = _distinct(await read_partition(bootstrap, log_tp), expected, codec, res)
         res.expected, res.logged = len(expected), len(logged)

@@ -109,16 +109,19 @@ def to_records(d: core.Decision) -> tuple[m.DecisionRecord, m.Assignment | None]
     return m.DecisionRecord.model_validate(record), out
 
 
-def encode_decision(codec: Codec, d: core.Decision) -> tuple[bytes, bytes | None]:
-    """The encoded records of ``to_records(d)``, without building the models.
+def encode_decision(
+    codec: Codec, d: core.Decision, *, assignment: bool = True
+) -> tuple[bytes, bytes | None]:
+    """The encoded records of ``to_records(d)``, without building the models; with
+    ``assignment=False`` the decision record alone (the audit compares only the log).
 
     The worker and audit encode every decision; the models' validation cost
     as much as the encoding itself, and checks nothing the core does not
     already keep (a test holds these bytes equal to the validated path's over
     simulated decisions of every outcome).
     """
-    record, assignment = _datums(d)
-    out = codec.encode_datum("Assignment", assignment) if assignment is not None else None
+    record, datum = _datums(d)
+    out = codec.encode_datum("Assignment", datum) if assignment and datum is not None else None
     return codec.encode_datum("DecisionRecord", record), out
 
 

@@ -129,3 +129,4 @@ def test_decisions_encode_to_the_bytes_of_their_validated_records(scenario: str)
         record, assignment = to_records(d)
         want = (CODEC.encode(record), CODEC.encode(assignment) if assignment else None)
         assert encode_decision(CODEC, d) == want, d
+        assert encode_decision(CODEC, d, assignment=False) == (want[0], None)
