@@ -179,7 +179,8 @@ async def explain_load(
     """The logged decisions about ``load_id``; with ``agents``, how each stood against it.
 
     The verdicts come from folding the load's partition up to (and including)
-    the input of its last decision, then asking the core (``core.explain``).
+    the input of its last assignment (or, never assigned, of its last
+    decision), then asking the core (``core.explain``).
     """
     codec = Codec()
     decisions: list[m.DecisionRecord] = []
@@ -193,7 +194,8 @@ async def explain_load(
                 decisions.append(rec)
     verdicts: list[dict[str, Any]] = []
     if decisions and agents:
-        last = decisions[-1]
+        assigned = [d for d in decisions if d.outcome is m.DecisionOutcome.ASSIGNED]
+        last = (assigned or decisions)[-1]
         tp = TopicPartition(topics.input_sequence, last.input.partition)
         fold = PartitionFold(topics.input_sequence, tp.partition, codec, policy)
         for r in await read_partition(bootstrap, tp):

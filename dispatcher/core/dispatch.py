@@ -606,6 +606,9 @@ class PoolState:
         self._release(ls)
         self._dequeue(ls)
         ls.status, ls.final, ls.finished_ms = LoadStatus.FINAL, outcome, self.now_ms
+        # Kept for the dedupe window, a finished load needs no match: its score parts and
+        # exclusions were most of what it held (about 0.9 of 3 KB).
+        ls.last_match = None
         self.finished.append((self.now_ms, ls.spec.load_id))
         out.append(self._decision(ls, outcome, reason, source, agent=agent))
 

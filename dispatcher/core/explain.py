@@ -39,6 +39,9 @@ class Explanation:
 def explain(state: PoolState, load_id: str, agent_ids: tuple[str, ...] = ()) -> Explanation:
     """Explains ``load_id``'s last match, and how each of ``agent_ids`` stands against it now.
 
+    A finished load no longer keeps its last match (the decision log has it):
+    its verdicts come without the gap to the chosen agent.
+
     Raises:
         KeyError: the pool does not know the load (never seen, or pruned).
     """
