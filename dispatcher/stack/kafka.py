@@ -18,7 +18,7 @@ from dispatcher.errors import StackError
 from dispatcher.settings import KAFKA_VERSION, LOOPBACK, PROJECT_ROOT, Settings
 from dispatcher.stack.process import LogScan, ManagedProcess, port_open
 
-__all__ = ["READY_MARKER", "LocalKafka", "broker_config"]
+__all__ = ["READY_MARKER", "LocalKafka", "broker_config", "new_cluster_id"]
 
 READY_MARKER = "Kafka Server started"
 POM = PROJECT_ROOT / "ops" / "kafka" / "pom.xml"
@@ -65,6 +65,16 @@ def broker_config(settings: Settings, data_dir: Path | str) -> dict[str, str]:
         # Topics come from topics.yaml (`dispatcher topics apply`), never by accident.
         "auto.create.topics.enable": "false",
     }
+
+
+def new_cluster_id() -> str:
+    """A random KRaft cluster id: a UUID in URL-safe base64, as ``kafka-storage random-uuid``
+    makes, and like it never starting with "-" (1 in 64 would: the storage tool then
+    reads it as an option and refuses to format)."""
+    while True:
+        raw = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not raw.startswith("-"):
+            return raw
 
 
 class LocalKafka:
@@ -161,9 +171,8 @@ class LocalKafka:
         if (self.data_dir / "meta.properties").exists():
             return
         cluster_file = self.home / "cluster.id"
-        if not cluster_file.exists():
-            raw = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-            cluster_file.write_text(raw + "\n")
+        if not cluster_file.exists() or cluster_file.read_text().startswith("-"):
+            cluster_file.write_text(new_cluster_id() + "\n")
         cluster_id = cluster_file.read_text().strip()
         result = subprocess.run(
             self._jvm(FORMAT_CLASS, "format", "--ignore-formatted",

@@ -1,0 +1,105 @@
+"""Memory under a flood: the core's state while loads arrive at 10x what the agents can do.
+
+    .venv/bin/python ops/bench/flood_bench.py [--agents 200] [--factor 10] [--minutes 3]
+                                              [--window-s 60]
+
+Drives one pool through the core on a virtual clock: agents with 2 slots,
+each load taking 1 s, loads arriving at ``factor`` x 70% of what the agents
+can serve, a tick every 200 ms. Prints, every tenth of the run: loads
+arrived, loads waiting (bounded by the policy's max_pending; the rest are shed
+with a decision), loads and event keys remembered for duplicates (for the
+policy's dedupe window, ``window_s``), and the process's resident memory.
+Nothing else grows: the benchmark keeps only the loads in flight. Once the
+window has passed, what is forgotten balances what arrives and memory stays
+flat, at about the arrival rate x the window x the bytes per load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import heapq
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from core_bench import pool, world
+
+from dispatcher.core import Outcome, Policy, TaskOutcome, TaskReported, Tick
+from dispatcher.core.types import LoadArrived
+
+SLOTS, RUN_MS, TICK_MS = 2, 1_000, 200
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", type=int, default=200)
+    parser.add_argument("--factor", type=float, default=10.0)
+    parser.add_argument("--minutes", type=float, default=3.0)
+    parser.add_argument("--window-s", type=float, default=60.0)
+    args = parser.parse_args()
+    agents, specs = world(args.agents, 512)
+    agents = [(a, dataclasses.replace(p, capacity=SLOTS)) for a, p in agents]
+    state = pool(agents)
+    state.policy = Policy(max_pending=50_000, high_watermark=40_000, low_watermark=30_000,
+                          dedupe_window_ms=int(args.window_s * 1000))  # fmt: skip
+    rate = args.factor * 0.7 * args.agents * SLOTS / (RUN_MS / 1000)  # loads/s
+    end_ms = int(args.minutes * 60_000)
+    print(f"{args.agents} agents x {SLOTS} slots, loads of {RUN_MS} ms arriving at {rate:,.0f}/s "
+          f"({args.factor:g}x 70% of what they serve) for {args.minutes:g} min (virtual); dedupe "
+          f"window {args.window_s:g} s, max_pending {state.policy.max_pending:,}")  # fmt: skip
+    print(f"{'virtual s':>9} {'arrived':>9} {'waiting':>8} {'remembered':>10} {'keys':>9} "
+          f"{'RSS MB':>7}")  # fmt: skip
+    rng = np.random.default_rng(3)
+    due: list[tuple[int, int, TaskReported]] = []  # (time, order, report)
+    arrived = assigned = shed = order = 0
+    next_arrival, next_tick, next_print = 0.0, 0, end_ms // 10
+
+    def handle(decisions: list, now: int) -> None:  # type: ignore[type-arg]
+        nonlocal assigned, shed, order
+        for d in decisions:
+            if d.outcome is Outcome.SHED:
+                shed += 1
+            if d.outcome is not Outcome.ASSIGNED:
+                continue
+            assigned += 1
+            for at, outcome in ((now, TaskOutcome.ACCEPTED), (now + RUN_MS, TaskOutcome.SUCCESS)):
+                report = TaskReported(f"{d.decision_id}:{outcome.value}", at, d.decision_id,
+                                      d.load_id, d.agent_id or "", outcome, False)  # fmt: skip
+                heapq.heappush(due, (at, order, report))
+                order += 1
+
+    while True:
+        now = min(int(next_arrival), next_tick, due[0][0] if due else end_ms)
+        if now >= end_ms:
+            break
+        if due and due[0][0] == now:
+            handle(state.apply(heapq.heappop(due)[2]), now)
+        elif next_tick == now:
+            handle(state.apply(Tick(now)), now)
+            next_tick += TICK_MS
+        else:
+            spec = specs[arrived % len(specs)]
+            spec = dataclasses.replace(spec, load_id=f"L{arrived}", created_ms=now)
+            handle(state.apply(LoadArrived(f"e{arrived}", now, spec)), now)
+            arrived += 1
+            next_arrival += float(rng.exponential(1000.0 / rate))
+        if now >= next_print:
+            print(f"{now / 1000:>9.0f} {arrived:>9,} {len(state.pending):>8,} "
+                  f"{len(state.loads):>10,} {len(state.seen):>9,} {rss_mb():>7.0f}")  # fmt: skip
+            next_print += end_ms // 10
+    print(f"assigned {assigned:,}, shed {shed:,}")
+
+
+if __name__ == "__main__":
+    main()
