@@ -68,9 +68,17 @@ class LoadState:
     last_match: Match | None = None
 
 
-def decision_id(pool: str, load_id: str, attempt: int, policy_version: int, n: int) -> str:
-    """A hash of pool, load, attempt, policy version and the load's decision count."""
-    text = f"{pool}\0{load_id}\0{attempt}\0{policy_version}\0{n}\0"  # each part ends in NUL
+def decision_id(  # noqa: PLR0917 - the parts of the id, in order
+    pool: str, load_id: str, attempt: int, policy_version: int, arrival: int, n: int
+) -> str:
+    """A hash of pool, load, attempt, policy version, the load's arrival number in the pool
+    and its decision count (or, about an unknown load id, the pool's count of those).
+
+    The arrival number keeps the ids of a load id seen again after the dedupe
+    window (a new load) apart from the first one's, which readers would drop
+    as repeats.
+    """
+    text = f"{pool}\0{load_id}\0{attempt}\0{policy_version}\0{arrival}\0{n}\0"  # NUL-ended
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
@@ -112,7 +120,7 @@ class PoolState:
         self.backlog: dict[str, int] = {}  # tenant -> pending loads
         self.tenant_pending: dict[str, dict[str, LoadState]] = {}  # the same, in arrival order
         self.seen: dict[str, int] = {}  # event key -> event time (duplicates change nothing)
-        self.orphans: dict[str, int] = {}  # decisions about unknown load ids, per id
+        self.orphans = 0  # decisions about unknown load ids (not remembered per id)
         self.finished: deque[tuple[int, str]] = deque()  # (finish time, load id), oldest first
         self.ack_due: deque[tuple[int, str, str]] = deque()  # (accept by, load id, decision id)
         self.deferred = 0
@@ -623,7 +631,7 @@ class PoolState:
         ls.decisions += 1
         assigned = outcome is Outcome.ASSIGNED
         return Decision(
-            decision_id=decision_id(self.pool, spec.load_id, ls.attempt, p.version, n),
+            decision_id=decision_id(self.pool, spec.load_id, ls.attempt, p.version, ls.seq, n),
             pool=self.pool, load_id=spec.load_id, attempt=ls.attempt, outcome=outcome,
             reason=reason, agent_id=agent, policy_version=p.version, time_ms=self.now_ms,
             source=source,
@@ -638,10 +646,10 @@ class PoolState:
         )  # fmt: skip
 
     def _orphan(self, load_id: str, outcome: Outcome, reason: str, source: Source) -> Decision:
-        n = self.orphans.get(load_id, 0)
-        self.orphans[load_id] = n + 1
+        n = self.orphans
+        self.orphans += 1
         return Decision(
-            decision_id=decision_id(self.pool, load_id, 1, self.policy.version, -1 - n),
+            decision_id=decision_id(self.pool, load_id, 1, self.policy.version, -1, n),
             pool=self.pool, load_id=load_id, attempt=1, outcome=outcome, reason=reason,
             agent_id=None, policy_version=self.policy.version, time_ms=self.now_ms, source=source,
         )  # fmt: skip

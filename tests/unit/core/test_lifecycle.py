@@ -308,3 +308,16 @@ def test_event_keys_and_finished_loads_are_forgotten_after_the_window() -> None:
     assert first.key not in state.seen
     assert "L1" not in state.loads
     assert len(state.finished) == 0
+    # Seen again, the id is a new load, and its decisions have ids of their own: readers
+    # drop repeats by id, so the first load's would hide them.
+    again = state.apply(first)[0]
+    assert (again.outcome, again.attempt) == (Outcome.ASSIGNED, 1)
+    assert again.decision_id != d.decision_id
+
+
+def test_decisions_about_unknown_load_ids_have_distinct_ids_and_leave_nothing_behind() -> None:
+    state = one_agent()
+    out = [state.apply(LoadCancelled(key(), i, "ghost"))[0] for i in range(3)]
+    assert {d.reason for d in out} == {"UNKNOWN_LOAD"}
+    assert len({d.decision_id for d in out}) == 3
+    assert "ghost" not in state.loads
