@@ -411,9 +411,11 @@ async def _delete_demo_topics(bootstrap: str) -> None:
 
 
 def _delete_demo_data(settings: Settings) -> None:
-    """Deletes the Faust data directories of demo workers (see WorkerConfig.datadir)."""
-    for path in (settings.state_dir / "faust").glob(f"{DEMO_PREFIX}*"):
-        shutil.rmtree(path, ignore_errors=True)
+    """Deletes the Faust data directories and state snapshots of demo workers (see
+    WorkerConfig.datadir and snapshot_dir)."""
+    for kind in ("faust", "snapshots"):
+        for path in (settings.state_dir / kind).glob(f"{DEMO_PREFIX}*"):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _start_worker(

@@ -177,5 +177,9 @@ def _read(path: Path) -> tuple[Any, ...] | None:
     if hashlib.sha256(body).digest() != data[head + 32 : head + 64]:
         log.warning("snapshot %s: damaged (checksum), not used", path)
         return None
-    state = pickle.loads(zlib.decompress(body))  # noqa: S301 - our own file, see the module doc
+    try:
+        state = pickle.loads(zlib.decompress(body))  # noqa: S301 - our own file: module doc
+    except Exception as exc:  # whatever it is, fold from further back
+        log.warning("snapshot %s: does not load (%s), not used", path, exc)
+        return None
     return state if isinstance(state, tuple) and len(state) == 5 else None

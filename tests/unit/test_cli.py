@@ -80,3 +80,18 @@ def test_codec_cli_reports_each_bad_line_and_keeps_going() -> None:
 def test_schemas_check_says_every_schema_is_registered() -> None:
     result = dispatcher("schemas", "check")
     assert result.returncode == 0, result.stderr
+
+
+def test_run_deletes_its_demos_faust_files_and_snapshots_only(tmp_path: Path) -> None:
+    from dispatcher.cli import _delete_demo_data  # noqa: PLC0415 - the helper under test
+    from dispatcher.settings import Settings  # noqa: PLC0415
+
+    demo = [
+        tmp_path / "faust/demo-1a2b-app-data",
+        tmp_path / "snapshots/demo-1a2b-input-sequence-0",
+    ]
+    kept = [tmp_path / "faust/dispatcher-data", tmp_path / "snapshots/input-sequence-0"]
+    for path in demo + kept:
+        path.mkdir(parents=True)
+    _delete_demo_data(Settings.from_env({"DISPATCHER_STATE_DIR": str(tmp_path)}))
+    assert [p.exists() for p in demo + kept] == [False, False, True, True]
