@@ -421,10 +421,14 @@ class PoolState:
         limit, tries = self.policy.drain_limit, 0
         free = self._free_capacity()  # changes only when this loop assigns
         critical_only = self.policy.mode == "batched"  # the rest waits for the batch
+        reserve = self.policy.fair_share_reserve * self.agents.available_count
         while free and tries < limit:
+            skip = self._at_quota()
+            if self.agents.open_count <= reserve:  # (checked here: most pops are far from it)
+                skip |= self._held(self.agents.open_count)
             load_id = self.queue.pop(
                 self.served, tenant_first=self.policy.tenant_first, critical_only=critical_only,
-                skip=self._at_quota() | self._held(self.agents.open_count),
+                skip=skip,
             )  # fmt: skip
             if load_id is None:
                 break
