@@ -145,7 +145,7 @@ def main() -> None:
     header = ("agents", "greedy/s", "batched/s", "naive/s", "greedy x", "batched x", "same")
     print("{:>8} {:>10} {:>10} {:>9} {:>9} {:>10} {:>6}".format(*header))
     for n in args.sizes:
-        loads = max(1024, args.loads * 1000 // n) if n > 1000 else args.loads
+        loads = args.loads
         agents, specs = world(n, loads)
         greedy, core_pick = bench_core(agents, specs)
         batched = bench_batched(agents, specs)
