@@ -114,7 +114,8 @@ class PoolState:
         self.backing_off: list[tuple[int, int, str]] = []
         self.in_flight: dict[str, LoadState] = {}  # ASSIGNED and RUNNING, in assignment order
         self.held: dict[str, dict[str, None]] = {}  # agent -> its loads in flight
-        self.sessions: dict[str, str] = {}  # session -> the agent that served it last
+        # session -> (the agent that served it last, when), least recently served first
+        self.sessions: dict[str, tuple[str, int]] = {}
         self.served: dict[str, float] = {}  # tenant -> assignments / weight (fair share)
         self.running: dict[str, int] = {}  # tenant -> loads in flight (quotas)
         self.backlog: dict[str, int] = {}  # tenant -> pending loads
@@ -333,9 +334,9 @@ class PoolState:
         self._drain(e.source, out)
 
     def _prune(self, before_ms: int) -> None:
-        """Forgets event keys and finished loads older than the dedupe window.
+        """Forgets event keys, finished loads and sessions older than the dedupe window.
 
-        Both are visited oldest first and only as far as they are old, so a
+        Each is visited oldest first and only as far as they are old, so a
         tick costs what it removes, not the size of the window.
         """
         while self.seen:
@@ -343,6 +344,11 @@ class PoolState:
             if t >= before_ms:
                 break
             del self.seen[key]
+        while self.sessions:
+            session, (_, t) = next(iter(self.sessions.items()))
+            if t >= before_ms:
+                break
+            del self.sessions[session]
         while self.finished and self.finished[0][0] < before_ms:
             _, load_id = self.finished.popleft()
             ls = self.loads.get(load_id)
@@ -488,7 +494,8 @@ class PoolState:
     def _match(self, ls: LoadState) -> tuple[Match, bool]:
         """The best agent for ``ls`` now, and whether hard affinity holds it for another."""
         spec, p, t = ls.spec, self.policy, self.agents
-        session_agent = self.sessions.get(spec.session_id) if spec.session_id else None
+        last = self.sessions.get(spec.session_id) if spec.session_id else None
+        session_agent = last[0] if last is not None else None
         affinity_row = t.row.get(session_agent) if session_agent else None
         denied = p.tenant_deny.get(spec.tenant, frozenset())
         m = t.match(spec, p, self.now_ms, denied=denied, affinity_row=affinity_row)
@@ -528,7 +535,8 @@ class PoolState:
         weight = self.policy.tenant_weight(spec.tenant)
         self.served[spec.tenant] = self.served.get(spec.tenant, 0.0) + 1.0 / weight
         if spec.session_id:
-            self.sessions[spec.session_id] = agent_id
+            self.sessions.pop(spec.session_id, None)  # to the end: the order is by last use
+            self.sessions[spec.session_id] = (agent_id, self.now_ms)
         d = self._decision(ls, Outcome.ASSIGNED, reason, source, m, agent=agent_id)
         ls.decision_id = d.decision_id
         self.ack_due.append((self.now_ms + self.policy.ack_timeout_ms, spec.load_id, d.decision_id))

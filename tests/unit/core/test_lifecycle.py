@@ -296,17 +296,19 @@ def test_quotas_hold_in_batched_mode_too() -> None:
     assert [d.load_id for d in out if d.outcome is Outcome.ASSIGNED] == ["a0"]
 
 
-def test_event_keys_and_finished_loads_are_forgotten_after_the_window() -> None:
+def test_event_keys_finished_loads_and_sessions_are_forgotten_after_the_window() -> None:
     state = one_agent(Policy(dedupe_window_ms=1000, heartbeat_timeout_ms=10**9))
-    first = arrive("L1", 0)
+    first = arrive("L1", 0, session_id="chat-1")
     d = state.apply(first)[0]
     state.apply(report(d.decision_id, "L1", "a1", TaskOutcome.SUCCESS, time_ms=10))
     state.apply(tick(500))
     assert state.apply(first) == []  # still remembered
     assert "L1" in state.loads
+    assert "chat-1" in state.sessions
     state.apply(tick(2000))
     assert first.key not in state.seen
     assert "L1" not in state.loads
+    assert "chat-1" not in state.sessions  # sessions come and go: not kept for ever
     assert len(state.finished) == 0
     # Seen again, the id is a new load, and its decisions have ids of their own: readers
     # drop repeats by id, so the first load's would hide them.
