@@ -27,18 +27,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from core_bench import pool, world
+from procstat import rss_mb
 
 from dispatcher.core import Outcome, Policy, TaskOutcome, TaskReported, Tick
 from dispatcher.core.types import LoadArrived
 
 SLOTS, RUN_MS, TICK_MS = 2, 1_000, 200
-
-
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main() -> None:

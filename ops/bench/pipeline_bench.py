@@ -42,6 +42,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from procstat import rss_mb
 
 from dispatcher.codecs import Codec
 from dispatcher.codecs import models as m
@@ -176,10 +178,7 @@ class Contender:
 
     def rss_mb(self) -> float:
         assert self.proc is not None  # noqa: S101
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        return rss_mb(self.proc.pid)
 
 
 async def drain_rate(
