@@ -80,12 +80,17 @@ class Snapshots:
             return False
         self.base[fold.partition] = fold.next_offset
         directory = self._dir(fold.partition)
-        directory.mkdir(parents=True, exist_ok=True)
         state = (fold.topic, fold.partition, fold.next_offset, fold.policy, fold.pools)
-        if not hasattr(os, "fork"):
-            _write(directory, state, self.keep)
-            return True
-        pid = os.fork()
+        try:  # a snapshot is an optimisation: failing to take one must not stop the worker
+            directory.mkdir(parents=True, exist_ok=True)
+            if not hasattr(os, "fork"):
+                _write(directory, state, self.keep)
+                return True
+            pid = os.fork()
+        except OSError as exc:
+            log.warning("no snapshot of partition %d at %d: %s", fold.partition,
+                        fold.next_offset, exc)  # fmt: skip
+            return False
         if pid == 0:  # the child: write, and leave without running the parent's clean-up
             status = 1
             try:
@@ -103,7 +108,10 @@ class Snapshots:
         """Whether a snapshot is being written (reaps the writer once it is done)."""
         if self._child is None:
             return False
-        pid, status = os.waitpid(self._child, os.WNOHANG)
+        try:
+            pid, status = os.waitpid(self._child, os.WNOHANG)
+        except ChildProcessError:  # reaped by someone else: done
+            pid, status = self._child, 0
         if pid == 0:
             return True
         if os.waitstatus_to_exitcode(status) != 0:
@@ -115,7 +123,8 @@ class Snapshots:
     def wait(self) -> None:
         """Waits for the snapshot being written, if any."""
         if self._child is not None:
-            os.waitpid(self._child, 0)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self._child, 0)
             self._child = None
 
     def load(self, partition: int, upto: int, codec: Codec) -> PartitionFold | None:

@@ -87,3 +87,14 @@ def test_damaged_or_foreign_snapshots_are_passed_over_for_older_ones(
     assert restored.next_offset == 150  # the damaged one was skipped
     monkeypatch.setattr(snapshots, "FINGERPRINT", b"\0" * 32)  # as if the code had changed
     assert snaps.load(0, 10_000, CODEC) is None
+
+
+def test_a_snapshot_that_cannot_be_written_leaves_the_worker_going(
+    tmp_path: Path, records: list[tuple[int, bytes]]
+) -> None:
+    (tmp_path / "snaps").write_text("a file where the directory should be")
+    fold = PartitionFold(TOPIC, 0, CODEC)
+    fold_through(fold, records[:10])
+    snaps = Snapshots(tmp_path / "snaps", TOPIC, every=10)
+    assert not snaps.maybe_write(fold)  # logged, not raised
+    assert snaps.load(0, 10, CODEC) is None
