@@ -96,6 +96,10 @@ _RESULTS: dict[tuple[LoadStatus, TaskOutcome], str] = {
 }
 
 
+# A tenant running more than this times its weighted share is held back from the reserve.
+_OVER_SHARE = 1.25
+
+
 class PoolState:
     """Everything one pool's decisions depend on."""
 
@@ -450,9 +454,10 @@ class PoolState:
     def _held(self, open_agents: int, extra: dict[str, int] | None = None) -> frozenset[str]:
         """The tenants that may not take the last open agents (policy ``fair_share_reserve``):
         with ``open_agents`` down to the reserve, those whose loads in flight (plus
-        ``extra``) are above their weighted share of all loads in flight, among the
-        tenants with loads in flight or waiting. Their loads wait, critical ones too
-        (they come first again once an agent beyond the reserve is free)."""
+        ``extra``) are more than a quarter above their weighted share of all loads in
+        flight, among the tenants with loads in flight or waiting (tenants sharing the
+        pool evenly are not held back from each other). Their loads wait, critical ones
+        too (they come first again once an agent beyond the reserve is free)."""
         p = self.policy
         if open_agents > p.fair_share_reserve * self.agents.available_count:
             return frozenset()
@@ -463,7 +468,7 @@ class PoolState:
         if len(active) < 2:
             return frozenset()
         total = sum(running[t] for t in active)
-        weights = sum(p.tenant_weight(t) for t in active)
+        weights = sum(p.tenant_weight(t) for t in active) / _OVER_SHARE
         return frozenset(t for t in active if running[t] * weights > total * p.tenant_weight(t))
 
     def _at_quota(self, extra: dict[str, int] | None = None) -> frozenset[str]:

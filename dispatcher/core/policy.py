@@ -57,9 +57,10 @@ class Policy:
     tenant_first: bool = True
     tenant_weights: Mapping[str, float] = field(default_factory=_frozen)
     # When no more than this share of the pool's available agents can take a load, they
-    # are kept for tenants at or below their weighted share of the loads in flight: a
-    # tenant above it waits (its critical loads too), so the others' next loads start at
-    # once instead of queueing behind its flood. 0: every free agent goes to the queue.
+    # are kept from tenants running more than a quarter above their weighted share of the
+    # loads in flight: such a tenant waits (its critical loads too), so the others' next
+    # loads start at once instead of queueing behind its flood. 0: every free agent goes
+    # to the queue.
     fair_share_reserve: float = 0.1
     tenant_quotas: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     tenant_deny: Mapping[str, frozenset[str]] = field(default_factory=lambda: MappingProxyType({}))

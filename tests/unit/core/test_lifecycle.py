@@ -240,6 +240,16 @@ def test_the_last_open_agents_are_kept_for_tenants_below_their_share() -> None:
     assert assigned(state, "g2", 31, tenant="globex").agent_id is not None
 
 
+def test_tenants_sharing_the_pool_evenly_are_not_held_back_from_each_other() -> None:
+    state = ten_agents(0.2)
+    for i in range(3):
+        state.apply(arrive(f"g{i}", i, tenant="globex"))
+    for i in range(5):
+        state.apply(arrive(f"a{i}", 3 + i, tenant="acme"))
+    # 8 busy, 2 open (the reserve): acme runs 5 of 8, above half but not by a quarter.
+    assert assigned(state, "a5", 10, tenant="acme").agent_id is not None
+
+
 def test_without_a_reserve_every_free_agent_serves_the_queue() -> None:
     state = ten_agents(0.0)
     state.apply(arrive("g0", 0, tenant="globex"))
