@@ -222,8 +222,10 @@ async def _end_offsets(bootstrap: str, topic: str) -> int:
 
 
 async def latency(bootstrap: str, agent_values: list[bytes], load_values: list[bytes],
-                  rate: float) -> tuple[float, float, int]:  # fmt: skip
-    """p50 and p99 arrival -> assignment (ms) with loads sent at ``rate`` on a schedule."""
+                  rate: float) -> tuple[float, float, int, float, float]:  # fmt: skip
+    """p50 and p99 arrival -> assignment (ms) with loads sent at ``rate`` on a schedule,
+    the number of loads, and the p50 of the first and of the last quarter of them (a
+    worker that cannot keep up shows a backlog growing from one to the other)."""
     c = Contender("worker", bootstrap)
     await c.create_topics()
     await produce(bootstrap, c.topics.agent_availability, agent_values)
@@ -239,10 +241,12 @@ async def latency(bootstrap: str, agent_values: list[bytes], load_values: list[b
             got.setdefault(CODEC.decode(r.value).load_id, t)  # type: ignore[attr-defined]
     finally:
         await c.remove()
-    lat = [got[k] - sent[k] for k in got if k in sent]
+    lat = [got[k] - sent[k] for k in sorted(got, key=lambda k: sent.get(k, 0)) if k in sent]
     if not lat:
         raise SystemExit(f"no assignment within 5 s of the last of {len(sent):,} loads")
-    return float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), len(lat)
+    q = max(1, len(lat) // 4)
+    return (float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), len(lat),
+            float(np.percentile(lat[:q], 50)), float(np.percentile(lat[-q:], 50)))  # fmt: skip
 
 
 async def memory(bootstrap: str, agents: int) -> float:
@@ -292,9 +296,12 @@ async def main() -> None:
         agent_values, load_values = inputs(args.agents, args.loads)
         target = share * best["worker"]
         n = min(len(load_values), int(target * 20))
-        p50, p99, seen = await latency(bootstrap, agent_values, load_values[:n], target)
+        p50, p99, seen, early, late = await latency(bootstrap, agent_values, load_values[:n],
+                                                    target)  # fmt: skip
+        behind = "; the backlog grew: the worker fell behind" if late > 2 * early + 20 else ""
         print(f"latency at {target:,.0f} loads/s ({share:.0%} of the worker's): p50 {p50:.0f} ms,"
-              f" p99 {p99:.0f} ms over {seen:,} loads", flush=True)  # fmt: skip
+              f" p99 {p99:.0f} ms over {seen:,} loads (p50 of the first quarter {early:.0f} ms,"
+              f" of the last {late:.0f} ms{behind})", flush=True)  # fmt: skip
     rss = await memory(bootstrap, args.memory_agents)
     print(f"worker RSS with {args.memory_agents:,} agents: {rss:.0f} MB")
 
