@@ -15,8 +15,8 @@ copy-on-write view of memory (as Redis' BGSAVE does) while the worker goes
 on; one child at a time. A file is ``MAGIC``, the code fingerprint, the
 sha256 of the body and the zlib-compressed pickle; it appears under its name
 only once complete (written aside, then renamed). A snapshot of other code
-(``FINGERPRINT``: the sources that decide, and the versions of Python and
-numpy), a damaged one, or none at all means folding from further back, never
+(``FINGERPRINT``: the sources that decide, the schemas, and the versions of
+Python and numpy), a damaged one, or none at all means folding from further back, never
 a different state. The files are the worker's own, in its state directory:
 they are unpickled, so that directory must be writable by the worker alone.
 """
@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from dispatcher.codecs.codec import Codec
+from dispatcher.codecs.schemas import SCHEMA_DIR
 from dispatcher.worker.fold import PartitionFold
 
 __all__ = ["FINGERPRINT", "Snapshots"]
@@ -47,9 +48,12 @@ log = logging.getLogger("dispatcher.worker")
 MAGIC = b"dispatcher-snapshot-1\n"
 STALE_S = 600  # a half-written file this old has no writer left
 _ROOT = Path(__file__).resolve().parents[1]
-# The code a snapshot's state depends on: the core, and how records become events.
-_SOURCES = (*sorted((_ROOT / "core").glob("*.py")), _ROOT / "codecs" / "adapt.py",
-            _ROOT / "codecs" / "models.py", _ROOT / "worker" / "fold.py")  # fmt: skip
+# What a snapshot's state depends on: the core, how records decode (the schemas give old
+# records their defaults) and how they become events.
+_SOURCES = (*sorted((_ROOT / "core").glob("*.py")), *sorted(SCHEMA_DIR.glob("*.avsc")),
+            SCHEMA_DIR / "registry.json", _ROOT / "codecs" / "codec.py",
+            _ROOT / "codecs" / "adapt.py", _ROOT / "codecs" / "models.py",
+            _ROOT / "worker" / "fold.py")  # fmt: skip
 
 
 def _fingerprint() -> bytes:
