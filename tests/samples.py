@@ -23,7 +23,8 @@ POLICY_DOC = m.PolicyDocument(
     tenant_deny={"globex": ["agent-7"]}, timeouts_ms={"ack": 5000, "heartbeat": 15000},
     retry=m.RetryPolicy(max_attempts=3, backoff_base_ms=100, backoff_max_ms=10_000),
     backpressure=m.Backpressure(max_pending=10_000, high_watermark=8_000, low_watermark=6_000),
-    fair_share_reserve=0.25,
+    fair_share_reserve=0.25, tenant_first=False, deadline_margin=0.5, drain_limit=64,
+    batch_max_loads=128, batch_candidates=8,
 )  # fmt: skip
 
 SAMPLES: dict[str, list[m.Record]] = {

@@ -46,7 +46,12 @@ def policy_from(update: m.PolicyUpdate) -> core.Policy:
         high_watermark=doc.backpressure.high_watermark,
         low_watermark=doc.backpressure.low_watermark,
         fair_share_reserve=doc.fair_share_reserve,
-        **timeouts,  # type: ignore[arg-type]  # field names checked by TIMEOUTS
+        tenant_first=doc.tenant_first,
+        deadline_margin=doc.deadline_margin,
+        drain_limit=doc.drain_limit,
+        batch_max_loads=doc.batch_max_loads,
+        batch_candidates=doc.batch_candidates,
+        **timeouts,  # field names checked by TIMEOUTS
     )
 
 

@@ -279,6 +279,11 @@ class PolicyDocument(Record):
     retry: RetryPolicy
     backpressure: Backpressure
     fair_share_reserve: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    tenant_first: bool = True
+    deadline_margin: Annotated[float, Field(ge=0, le=100)] = 0.2
+    drain_limit: Annotated[int, Field(ge=1, le=2**31 - 1)] = 256
+    batch_max_loads: Annotated[int, Field(ge=1, le=2**31 - 1)] = 512
+    batch_candidates: Annotated[int, Field(ge=1, le=2**31 - 1)] = 16
 
 
 class PolicyUpdate(Record):

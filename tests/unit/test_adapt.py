@@ -74,6 +74,8 @@ def test_a_policy_update_becomes_a_core_policy() -> None:
     assert (policy.ack_timeout_ms, policy.heartbeat_timeout_ms) == (5000, 15000)
     assert (policy.max_attempts, policy.max_pending, policy.low_watermark) == (3, 10_000, 6_000)
     assert policy.fair_share_reserve == 0.25
+    assert (policy.tenant_first, policy.deadline_margin, policy.drain_limit) == (False, 0.5, 64)
+    assert (policy.batch_max_loads, policy.batch_candidates) == (128, 8)
 
 
 def test_records_through_the_core_and_back_to_records() -> None:
@@ -130,3 +132,16 @@ def test_decisions_encode_to_the_bytes_of_their_validated_records(scenario: str)
         want = (CODEC.encode(record), CODEC.encode(assignment) if assignment else None)
         assert encode_decision(CODEC, d) == want, d
         assert encode_decision(CODEC, d, assignment=False) == (want[0], None)
+
+
+def test_a_policy_document_leaving_out_a_field_gets_the_cores_default() -> None:
+    update = SAMPLES["PolicyUpdate"][0]
+    assert isinstance(update, m.PolicyUpdate)
+    added = ("fair_share_reserve", "tenant_first", "deadline_margin", "drain_limit",
+             "batch_max_loads", "batch_candidates")  # fmt: skip
+    doc = update.document.model_dump()
+    for name in added:
+        del doc[name]
+    bare = update.model_copy(update={"document": m.PolicyDocument.model_validate(doc)})
+    policy = policy_from(bare)
+    assert [getattr(policy, n) for n in added] == [getattr(core.DEFAULT_POLICY, n) for n in added]

@@ -228,15 +228,20 @@ def test_a_registered_version_that_does_not_resolve_is_a_codec_error(tmp_path) -
 
 
 def test_old_policy_updates_read_with_the_current_schema() -> None:
-    """PolicyDocument gained `fair_share_reserve` (default 0.1) after id 6."""
+    """PolicyDocument gained `fair_share_reserve` and five other core policy fields (with the
+    core's defaults) after id 6."""
     codec = Codec()
     old = REGISTRY.by_id[6]
     assert old.name == "PolicyUpdate"
     assert '"fair_share_reserve"' not in old.canonical
     record = SAMPLES["PolicyUpdate"][0].model_dump()
-    del record["document"]["fair_share_reserve"]
+    added = ("fair_share_reserve", "tenant_first", "deadline_margin", "drain_limit",
+             "batch_max_loads", "batch_candidates")  # fmt: skip
+    for name in added:
+        del record["document"][name]
     body = io.BytesIO()
     schemaless_writer(body, old.parsed, record)
     decoded = codec.decode(b"\x00" + old.id.to_bytes(4, "big") + body.getvalue(), "PolicyUpdate")
     assert isinstance(decoded, m.PolicyUpdate)
-    assert decoded.document.fair_share_reserve == 0.1
+    doc = decoded.document
+    assert [getattr(doc, name) for name in added] == [0.1, True, 0.2, 256, 512, 16]
