@@ -134,13 +134,9 @@ class Snapshots:
     def load(self, partition: int, upto: int, codec: Codec) -> PartitionFold | None:
         """The fold of ``partition`` from its newest usable snapshot at or below offset
         ``upto``, or None (fold from the start)."""
-        directory = self._dir(partition)
-        offsets = sorted((int(p.stem) for p in directory.glob("*.snap") if p.stem.isdigit()),
-                         reverse=True)  # fmt: skip
-        for offset in offsets:
-            if offset > upto:
+        for path in sorted(self._dir(partition).glob("*.snap"), reverse=True):  # newest first
+            if not path.stem.isdigit() or (offset := int(path.stem)) > upto:
                 continue
-            path = directory / f"{offset:020d}.snap"
             state = _read(path)
             if state is None:
                 continue

@@ -29,8 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from core_bench import pool, world
 from procstat import rss_mb
 
-from dispatcher.core import Outcome, Policy, TaskOutcome, TaskReported, Tick
-from dispatcher.core.types import LoadArrived
+from dispatcher.core import Decision, LoadArrived, Outcome, Policy, TaskOutcome, TaskReported, Tick
 
 SLOTS, RUN_MS, TICK_MS = 2, 1_000, 200
 
@@ -59,7 +58,7 @@ def main() -> None:
     arrived = assigned = shed = order = 0
     next_arrival, next_tick, next_print = 0.0, 0, end_ms // 10
 
-    def handle(decisions: list, now: int) -> None:  # type: ignore[type-arg]
+    def handle(decisions: list[Decision], now: int) -> None:
         nonlocal assigned, shed, order
         for d in decisions:
             if d.outcome is Outcome.SHED:
