@@ -9,7 +9,8 @@ input order.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, NamedTuple
 
@@ -47,7 +48,7 @@ class _Cols(NamedTuple):
     """Agent-only columns of some rows, gathered for scoring."""
 
     rows: npt.NDArray[np.intp]
-    embedding: Floats2
+    half_embedding: Floats2  # the rows' embeddings / 2 (exact), one column per row
     inv_caps: Floats
     zone: npt.NDArray[np.int32]
     speed_term: Floats
@@ -66,6 +67,9 @@ class _Kind:
     no_region: npt.NDArray[np.intp]
     cand: npt.NDArray[np.intp]
     cols: _Cols | None  # cand's columns, when the budget for them allowed keeping them
+    # With ``cols``: weighted score terms of cand on their profiles alone, by (term, the
+    # load's part of the term, weight).
+    static: dict[tuple[str, int, float], Floats] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +152,10 @@ class AgentTable:
         self._row_bits: list[list[int]] = []
         self._kinds: dict[tuple[frozenset[str] | None, int, str | None], _Kind] = {}
         self._cols_bytes = 0  # held by the kinds' columns
+        # At most every agent's risk room: loads within it skip the risk check. Loose once
+        # a room grew, made tight again when a load's risk exceeds it.
+        self._room_floor = math.inf
+        self._floor_loose = False
         self._caps_vocab, self._region_vocab, self._zone_vocab = _Vocab(), _Vocab(), _Vocab()
         self._alloc(max(8, capacity_hint), cap_words=1, region_words=1, dims=0)
 
@@ -255,7 +263,12 @@ class AgentTable:
     def _refresh(self, row: int) -> None:
         cap = int(self.capacity[row])
         self.balance[row] = 1.0 - int(self.active[row]) / max(cap, 1)
-        self.risk_room[row] = min(self.risk_budget[row] - self.risk_used[row], self.max_risk[row])
+        room = float(min(self.risk_budget[row] - self.risk_used[row], self.max_risk[row]))
+        if room > self.risk_room[row]:
+            self._floor_loose = True
+        if not room >= self._room_floor:  # (NaN too)
+            self._room_floor = room
+        self.risk_room[row] = room
         now_open = bool(self.status[row] == _AVAILABLE and self.active[row] < cap)
         self.open_count += int(now_open) - int(self.open[row])
         self.open[row] = now_open
@@ -284,31 +297,31 @@ class AgentTable:
         are looked at, and only on the agents that pass the static ones.
         """
         n = self.n
-        status_on, capacity_on = policy.enforced("status"), policy.enforced("capacity")
-        if status_on and capacity_on:  # the common case, from counts kept up to date
+        off = policy.disabled_constraints
+        if "status" not in off and "capacity" not in off:  # the common case, from counts kept
             base: Bool = self.open[:n]
             excluded = [("status", n - self.available_count),
                         ("capacity", self.available_count - self.open_count)]  # fmt: skip
             left = self.open_count
         else:
             mask = np.ones(n, np.bool_)
-            if status_on:
+            if "status" not in off:
                 mask &= self.status[:n] == _AVAILABLE
-            if capacity_on:
+            if "capacity" not in off:
                 mask &= self.active[:n] < self.capacity[:n]
             left = int(np.count_nonzero(mask))
-            excluded = [("status", n - left if status_on else 0), ("capacity", 0)]
+            excluded = [("status", n - left if "status" not in off else 0), ("capacity", 0)]
             base = mask
         kind = self._kind(load, policy)
         ok: Bool = base.take(kind.cand)
         now_left = int(np.count_nonzero(ok))
-        no_clearance = int(np.count_nonzero(base.take(kind.no_clearance)))
-        no_region = int(np.count_nonzero(base.take(kind.no_region)))
+        no_clearance = _count(base, kind.no_clearance)
+        no_region = _count(base, kind.no_region)
         excluded += [("capability", left - now_left - no_clearance - no_region),
                      ("clearance", no_clearance), ("region", no_region)]  # fmt: skip
         left = now_left
         for name, check in (("risk", self._risk_ok), ("tenant_deny", self._allowed)):
-            keep = check(load, denied, kind.cand) if left and policy.enforced(name) else None
+            keep = check(load, denied, kind.cand) if left and name not in off else None
             if keep is None:
                 excluded.append((name, 0))
                 continue
@@ -339,7 +352,7 @@ class AgentTable:
                 stage[self.clearance.take(rows) < int(load.sensitivity)] = 0
             if len(self._kinds) >= 4096:  # kinds of load: bounded, oldest go first
                 oldest = self._kinds.pop(next(iter(self._kinds)))
-                self._cols_bytes -= _nbytes(oldest.cols)
+                self._cols_bytes -= _nbytes(oldest.cols) + _nbytes(oldest.static.values())
             cand = rows[stage == 2]
             no_clearance, no_region = rows[stage == 0], rows[stage == 1]
             size = cand.size * (8 * self.embedding.shape[1] + 28)  # what _nbytes will count
@@ -351,10 +364,20 @@ class AgentTable:
 
     def columns(self, rows: npt.NDArray[np.intp]) -> _Cols:
         """The agent-only columns of ``rows``."""
-        return _Cols(rows, self.embedding.take(rows, axis=0), self.inv_caps.take(rows),
+        half = np.ascontiguousarray(self.embedding.take(rows, axis=0).T) / 2.0
+        return _Cols(rows, half, self.inv_caps.take(rows),
                      self.zone.take(rows), self.speed_term.take(rows))  # fmt: skip
 
-    def _risk_ok(self, load: LoadSpec, _: frozenset[str], rows: npt.NDArray[np.intp]) -> Bool:
+    def _risk_ok(
+        self, load: LoadSpec, _: frozenset[str], rows: npt.NDArray[np.intp]
+    ) -> Bool | None:
+        if load.risk <= self._room_floor:
+            return None  # every agent has room for it
+        if self._floor_loose:
+            self._floor_loose = False
+            self._room_floor = float(self.risk_room[: self.n].min()) if self.n else math.inf
+            if load.risk <= self._room_floor:
+                return None
         ok: Bool = self.risk_room.take(rows) >= load.risk
         return ok
 
@@ -394,40 +417,64 @@ class AgentTable:
         allowed: Bool = ~np.isin(rows, denied_rows)
         return allowed
 
-    def terms(
-        self, cols: _Cols, load: LoadSpec, policy: Policy, now_ms: int, affinity_row: int | None
-    ) -> dict[str, Floats]:
-        """The score terms (unweighted, in [0, 1]) of each of ``cols``' rows for ``load``;
-        a term left out is 0 for every row (adding it would change no sum).
+    def weighted(
+        self, cols: _Cols, load: LoadSpec, policy: Policy, now_ms: int, *,
+        affinity_row: int | None = None, kind: _Kind | None = None,
+    ) -> dict[str, Floats]:  # fmt: skip
+        """Each score term with a nonzero weight (the term in [0, 1] times its weight) of
+        each of ``cols``' rows for ``load``; a term left out is 0 for every row.
 
         Every term is computed element by element (the embedding's dot product
         exactly, see ``unit``), so a row's terms do not depend on which other
-        rows are scored with it, nor on the machine.
+        rows are scored with it, nor on the machine. The terms on the agents'
+        profiles alone (capability fit, locality) are kept with ``kind``, whose
+        candidates ``cols`` are.
         """
         rows = cols.rows
         out: dict[str, Floats] = {}
-        dims = self.embedding.shape[1]
-        if load.intent and dims:
-            intent = unit(load.intent, dims)
-            if intent.any():
-                out["embedding"] = (cols.embedding @ intent + 1.0) / 2.0
-        out["capability_fit"] = (1.0 + len(load.required)) * cols.inv_caps
-        out["balance"] = self.balance.take(rows)
-        zone = self._zone_vocab.index.get(load.zone) if load.zone else None
-        if zone is not None:
-            out["locality"] = (cols.zone == zone).astype(np.float64)
-        if affinity_row is not None:
-            out["affinity"] = (rows == affinity_row).astype(np.float64)
-        if load.deadline_ms is not None:
-            slack = load.deadline_ms - now_ms - load.duration_ms
-            tight = 1.0 if slack <= 0 else min(1.0, load.duration_ms / slack)
-            # speed = s / (1 + s), so duration / s = duration * (1 - speed) / speed
-            sp = cols.speed_term
-            finish = now_ms + load.duration_ms * (1.0 - sp) / sp * (1.0 + policy.deadline_margin)
-            if tight:
-                out["speed"] = tight * sp
-            out["deadline_fit"] = (finish <= load.deadline_ms).astype(np.float64)
+        for t, w in policy.active_weights:
+            if t == "embedding":
+                dims = self.embedding.shape[1]
+                intent = unit(load.intent, dims) if load.intent and dims else None
+                if intent is not None and intent.any():
+                    # (similarity + 1) / 2, exactly: (half the similarity) + 0.5
+                    term = intent @ cols.half_embedding
+                    term += 0.5
+                    term *= w
+                    out[t] = term
+            elif t == "capability_fit":
+                out[t] = self._static(kind, cols, t, len(load.required), w)
+            elif t == "balance":
+                term = self.balance.take(rows)
+                term *= w
+                out[t] = term
+            elif t == "locality":
+                zone = self._zone_vocab.index.get(load.zone) if load.zone else None
+                if zone is not None:
+                    out[t] = self._static(kind, cols, t, zone, w)
+            elif t == "affinity":
+                if affinity_row is not None:
+                    out[t] = w * (rows == affinity_row).astype(np.float64)
+            elif (late := _deadline_term(t, cols.speed_term, load, now_ms, policy)) is not None:
+                out[t] = w * late
         return out
+
+    def _static(self, kind: _Kind | None, cols: _Cols, term: str, part: int, w: float) -> Floats:
+        """A weighted term on the agents' profiles alone: capability fit for a load needing
+        ``part`` capabilities, or locality in zone ``part``; kept with ``kind``."""
+        cached = kind.static.get((term, part, w)) if kind is not None else None
+        if cached is not None:
+            return cached
+        if term == "capability_fit":
+            value = w * ((1.0 + part) * cols.inv_caps)
+        else:
+            value = w * (cols.zone == part).astype(np.float64)
+        if kind is not None and kind.cols is not None and len(kind.static) < 16:
+            size = value.nbytes
+            if self._cols_bytes + size <= min(_COLS_BUDGET, _COLS_BUDGET_PER_AGENT * self.n):
+                self._cols_bytes += size
+                kind.static[term, part, w] = value
+        return value
 
     def evaluate(
         self, load: LoadSpec, policy: Policy, now_ms: int, *,
@@ -442,8 +489,9 @@ class AgentTable:
         affinity_row: int | None = None, excluded: tuple[tuple[str, int], ...] = (),
     ) -> Scored:  # fmt: skip
         """The weighted score of ``rows`` for ``load`` (explain and batches use this)."""
-        terms = self.terms(self.columns(rows), load, policy, now_ms, affinity_row)
-        return Scored(rows, _total(terms, policy, len(rows)), terms, excluded, len(rows))
+        weighted = self.weighted(self.columns(rows), load, policy, now_ms,
+                                 affinity_row=affinity_row)  # fmt: skip
+        return Scored(rows, _total(weighted, len(rows)), weighted, excluded, len(rows))
 
     def match(
         self, load: LoadSpec, policy: Policy, now_ms: int, *,
@@ -460,24 +508,46 @@ class AgentTable:
         if not count:
             return Match(None, None, (), 0, excluded, None, None)
         cols = kind.cols or self.columns(kind.cand)
-        terms = self.terms(cols, load, policy, now_ms, affinity_row)
-        total = _total(terms, policy, len(ok))
+        weighted = self.weighted(cols, load, policy, now_ms, affinity_row=affinity_row, kind=kind)
+        total = _total(weighted, len(ok))
         if count < len(ok):
             total[~ok] = -np.inf
-        scored = Scored(kind.cand, total, terms, excluded, count)
+        scored = Scored(kind.cand, total, weighted, excluded, count)
         return scored.pick(int(total.argmax()), policy)  # the first maximum: lowest row
 
 
-def _nbytes(cols: _Cols | None) -> int:
-    return sum(a.nbytes for a in cols) if cols is not None else 0
+def _nbytes(arrays: Iterable[npt.NDArray[Any]] | None) -> int:
+    return sum(a.nbytes for a in arrays) if arrays is not None else 0
 
 
-def _total(terms: dict[str, Floats], policy: Policy, k: int) -> Floats:
-    total = np.zeros(k)
-    for t, w in policy.active_weights:  # a fixed order: float sums are not associative
-        term = terms.get(t)
-        if term is not None:
-            total += w * term
+def _count(mask: Bool, rows: npt.NDArray[np.intp]) -> int:
+    """How many of ``rows`` are set in ``mask``."""
+    return int(np.count_nonzero(mask.take(rows))) if rows.size else 0
+
+
+def _deadline_term(
+    term: str, speed: Floats, load: LoadSpec, now_ms: int, policy: Policy
+) -> Floats | None:
+    """The speed or deadline-fit term (None: 0 for every row, as without a deadline)."""
+    deadline_ms = load.deadline_ms
+    if deadline_ms is None:
+        return None
+    if term == "speed":
+        slack = deadline_ms - now_ms - load.duration_ms
+        tight = 1.0 if slack <= 0 else min(1.0, load.duration_ms / slack)
+        return tight * speed if tight else None
+    # speed = s / (1 + s), so duration / s = duration * (1 - speed) / speed
+    finish = now_ms + load.duration_ms * (1.0 - speed) / speed * (1.0 + policy.deadline_margin)
+    fits: Floats = (finish <= deadline_ms).astype(np.float64)
+    return fits
+
+
+def _total(weighted: dict[str, Floats], k: int) -> Floats:
+    """The sum of the weighted terms, in SCORE_TERMS order (float sums are not associative)."""
+    terms = iter(weighted.values())  # made in that order
+    total = next(terms, np.zeros(k)) + 0.0  # (a new array)
+    for term in terms:
+        total += term
     return total
 
 
@@ -511,7 +581,7 @@ class Scored:
 
     rows: npt.NDArray[np.intp]
     total: Floats
-    terms: dict[str, Floats]
+    weighted: dict[str, Floats]  # AgentTable.weighted
     excluded: tuple[tuple[str, int], ...]
     candidates: int
 
@@ -542,8 +612,8 @@ class Scored:
             row=int(self.rows[i]),
             score=float(self.total[i]),
             parts=tuple(
-                (t, w * float(term[i]) if (term := self.terms.get(t)) is not None else 0.0)
-                for t, w in policy.all_weights
+                (t, float(term[i]) if (term := self.weighted.get(t)) is not None else 0.0)
+                for t, _ in policy.all_weights
             ),
             candidates=self.candidates,
             excluded=self.excluded,

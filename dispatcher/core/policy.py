@@ -102,7 +102,7 @@ class Policy:
                             for k, v in values.items()},))  # fmt: skip
 
     def weight(self, term: str) -> float:
-        return float(self.weights.get(term, 0.0))
+        return float(self.weights.get(term, 0.0)) + 0.0  # + 0.0: no weight of -0.0
 
     def tenant_weight(self, tenant: str) -> float:
         return float(self.tenant_weights.get(tenant, 1.0))

@@ -48,7 +48,7 @@ def pairs(
     """The best ``k`` agents for ``spec`` at its arrival, by the pair score."""
     loose = dataclasses.replace(policy, disabled_constraints=frozenset({"status", "capacity"}))
     scored = table.evaluate(spec, loose, spec.created_ms)
-    pair = scored.total - sum(policy.weight(t) * scored.terms.get(t, 0.0) for t in HISTORY_TERMS)
+    pair = scored.total - sum(scored.weighted.get(t, 0.0) for t in HISTORY_TERMS)
     keep = np.argsort(-pair, kind="stable")[:k]
     return scored.rows[keep], pair[keep]
 

@@ -47,6 +47,31 @@ def test_a_hard_constraint_excludes_and_says_so(
         assert ok.outcome is Outcome.ASSIGNED
 
 
+def test_the_risk_check_follows_rooms_that_shrink_and_grow() -> None:
+    # Loads within every agent's risk room skip the per-agent check: the room they are
+    # measured against must follow each agent's room down and back up.
+    state = pool(
+        ("a", {"risk_budget": 10.0, "capacity": 5}), ("b", {"risk_budget": 3.0, "capacity": 5})
+    )
+    t, p = state.agents, state.policy
+    a, b = t.row["a"], t.row["b"]
+
+    def risk_excluded(risk: float) -> int:
+        m = t.match(arrive("X", risk=risk).load, p, 0)
+        return dict(m.excluded)["risk"]
+
+    assert risk_excluded(2.0) == 0
+    t.add_load(b, 2.0, 1)  # b's room: 1
+    assert risk_excluded(2.0) == 1
+    t.add_load(b, 2.0, -1)  # back to 3
+    assert risk_excluded(2.0) == 0
+    assert risk_excluded(3.5) == 1
+    t.add_load(a, 9.5, 1)  # a's room: 0.5
+    assert risk_excluded(2.0) == 1
+    assert risk_excluded(3.5) == 2
+    assert t.match(arrive("Y", risk=2.0).load, p, 0).row == b
+
+
 def test_status_and_tenant_deny_exclude() -> None:
     state = PoolState("p", Policy(tenant_deny={"acme": frozenset({"a2"})}))
     state.apply(register("a1"))  # registered, never available
