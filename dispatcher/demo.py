@@ -273,8 +273,8 @@ class DecisionTally:
         self.outcomes: dict[str, int] = {}
         self.finals: dict[str, set[str]] = {}  # load id -> final decision ids
         self.ids: set[str] = set()
-        self.first_at: float | None = None
-        self.last_at = 0.0
+        self.first_ms: int | None = None  # broker timestamps of the first and last decision
+        self.last_ms = 0
         self._consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
@@ -289,25 +289,27 @@ class DecisionTally:
         batch = await self._consumer.getmany(timeout_ms=10, max_records=5000)
         for records in batch.values():
             for r in records:
-                self._count(self.codec.decode(r.value, "DecisionRecord", trusted=True))
+                self._count(self.codec.decode(r.value, "DecisionRecord", trusted=True), r.timestamp)
 
-    def _count(self, d: m.Record) -> None:
+    def _count(self, d: m.Record, timestamp_ms: int) -> None:
         assert isinstance(d, m.DecisionRecord)  # noqa: S101 - decode checked the schema
         if d.decision_id in self.ids:
             return
         self.ids.add(d.decision_id)
-        now = time.monotonic()
-        self.first_at = self.first_at or now
-        self.last_at = now
+        if self.first_ms is None:
+            self.first_ms = timestamp_ms
+        self.last_ms = max(self.last_ms, timestamp_ms)
         self.outcomes[d.outcome.value] = self.outcomes.get(d.outcome.value, 0) + 1
         if d.outcome.value in FINAL:  # the load's end: each load must have exactly one
             self.finals.setdefault(d.load_id, set()).add(d.decision_id)
 
     @property
     def rate(self) -> float:
-        if self.first_at is None or self.last_at <= self.first_at:
+        """Decisions per second since the first, by the broker's clock (over a second at
+        least: the first records of a run do not make a rate of thousands)."""
+        if self.first_ms is None:
             return 0.0
-        return len(self.ids) / (self.last_at - self.first_at)
+        return len(self.ids) / max(1.0, (self.last_ms - self.first_ms) / 1000)
 
 
 async def reader_at_end(bootstrap: str, topic: str) -> AIOKafkaConsumer:
