@@ -481,14 +481,21 @@ class AgentTable:
         denied: frozenset[str] = frozenset(), affinity_row: int | None = None,
     ) -> Scored:  # fmt: skip
         """Every agent that qualifies for ``load``, with its weighted score."""
-        rows, excluded = self.feasible(load, policy, denied)
-        return self.scored(rows, load, policy, now_ms, affinity_row=affinity_row, excluded=excluded)
+        kind, ok, excluded = self._screen(load, policy, denied)
+        if kind.cols is None:  # gather the qualifying rows' columns only
+            return self.scored(kind.cand[ok], load, policy, now_ms, affinity_row=affinity_row,
+                               excluded=excluded)  # fmt: skip
+        s = self._score_kind(kind, ok, excluded, load, policy, now_ms, affinity_row)
+        if s.candidates in (0, len(ok)):  # none qualifies, or all do
+            return s
+        weighted = {t: term[ok] for t, term in s.weighted.items()}
+        return Scored(kind.cand[ok], s.total[ok], weighted, excluded, s.candidates)
 
     def scored(
         self, rows: npt.NDArray[np.intp], load: LoadSpec, policy: Policy, now_ms: int, *,
         affinity_row: int | None = None, excluded: tuple[tuple[str, int], ...] = (),
     ) -> Scored:  # fmt: skip
-        """The weighted score of ``rows`` for ``load`` (explain and batches use this)."""
+        """The weighted score of ``rows`` for ``load`` (explain uses this)."""
         weighted = self.weighted(self.columns(rows), load, policy, now_ms,
                                  affinity_row=affinity_row)  # fmt: skip
         return Scored(rows, _total(weighted, len(rows)), weighted, excluded, len(rows))
@@ -497,23 +504,29 @@ class AgentTable:
         self, load: LoadSpec, policy: Policy, now_ms: int, *,
         denied: frozenset[str] = frozenset(), affinity_row: int | None = None,
     ) -> Match:  # fmt: skip
-        """The best agent for ``load`` under ``policy``: ties go to the earliest registered.
-
-        Scores every agent of the load's kind (their columns are cached) and
-        leaves out those failing a hard constraint now: the same scores as
-        ``evaluate``'s, without gathering the qualifying rows' columns anew.
-        """
+        """The best agent for ``load`` under ``policy``: ties go to the earliest registered."""
         kind, ok, excluded = self._screen(load, policy, denied)
+        s = self._score_kind(kind, ok, excluded, load, policy, now_ms, affinity_row)
+        if not s.candidates:
+            return Match(None, None, (), 0, excluded, None, None)
+        return s.pick(int(s.total.argmax()), policy)  # the first maximum: lowest row
+
+    def _score_kind(  # noqa: PLR0917 - _screen's results and the load's
+        self, kind: _Kind, ok: Bool, excluded: tuple[tuple[str, int], ...], load: LoadSpec,
+        policy: Policy, now_ms: int, affinity_row: int | None,
+    ) -> Scored:  # fmt: skip
+        """Every agent of the load's kind scored (their columns are cached), those failing
+        a hard constraint now at -inf: the same scores as gathering the qualifying rows'
+        columns anew would give."""
         count = int(np.count_nonzero(ok))
         if not count:
-            return Match(None, None, (), 0, excluded, None, None)
+            return Scored(kind.cand[:0], np.zeros(0), {}, excluded, 0)
         cols = kind.cols or self.columns(kind.cand)
         weighted = self.weighted(cols, load, policy, now_ms, affinity_row=affinity_row, kind=kind)
         total = _total(weighted, len(ok))
         if count < len(ok):
             total[~ok] = -np.inf
-        scored = Scored(kind.cand, total, weighted, excluded, count)
-        return scored.pick(int(total.argmax()), policy)  # the first maximum: lowest row
+        return Scored(kind.cand, total, weighted, excluded, count)
 
 
 def _nbytes(arrays: Iterable[npt.NDArray[Any]] | None) -> int:
