@@ -362,7 +362,8 @@ def run(topics_file: Path, duration: float | None, rate: float, agents: int) -> 
         worker = _start_worker(s.settings, bootstrap, endpoints.redis_url, prefix)
         click.echo("Ctrl-C stops everything this command started.")
         asyncio.run(run_demo(bootstrap, topics=TopicNames.prefixed(prefix), agents=agents,
-                             rate=rate, duration_s=duration, echo=click.echo))  # fmt: skip
+                             rate=rate, duration_s=duration, echo=click.echo,
+                             policy_keys=s.settings.policy_keys))  # fmt: skip
     except KeyboardInterrupt:
         click.echo("\ninterrupted")
     finally:
@@ -398,7 +399,8 @@ def demo(duration: float | None, rate: float, agents: int, pools: int) -> None:
     s = _settings()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_demo(s.kafka_bootstrap or s.local_bootstrap, agents=agents, pools=pools,
-                             rate=rate, duration_s=duration, echo=click.echo))  # fmt: skip
+                             rate=rate, duration_s=duration, echo=click.echo,
+                             policy_keys=s.policy_keys))  # fmt: skip
 
 
 DEMO_PREFIX = "demo-"
@@ -654,16 +656,24 @@ def policy_validate(path: Path) -> None:
 
 @policy.command("publish")
 @click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--key-id", default=None,
+              help="Which DISPATCHER_POLICY_KEYS key signs (default: the only one).")  # fmt: skip
 @_prefix
-def policy_publish(path: Path, topic_prefix: str) -> None:
-    """Publish a valid policy whose version is newer than the current one."""
-    from dispatcher.policytool import load_policy_file, publish  # noqa: PLC0415
+def policy_publish(path: Path, key_id: str | None, topic_prefix: str) -> None:
+    """Publish a valid policy whose version is newer than the current one.
 
-    update = load_policy_file(path)
+    With DISPATCHER_POLICY_KEYS set, the policy is signed (workers holding the
+    keys apply only signed policies).
+    """
+    from dispatcher.policytool import load_policy_file, publish, signed  # noqa: PLC0415
+
+    keys = _settings().policy_keys
+    update = signed(load_policy_file(path), keys, key_id)
     partition, offset = asyncio.run(publish(_bootstrap(), TopicNames.prefixed(topic_prefix),
-                                            update))  # fmt: skip
+                                            update, keys))  # fmt: skip
+    how = f"signed with key {update.signature_key_id!r}" if update.signature else "unsigned"
     click.echo(
-        f"published {update.policy_id} version {update.version} "
+        f"published {update.policy_id} version {update.version}, {how} "
         f"(partition {partition}, offset {offset})"
     )
 
@@ -701,6 +711,7 @@ def worker_cmd(  # noqa: PLR0917 - one option each
         app_id=app_id, web_port=web_port, tick_ms=tick_ms,
         topics=TopicNames.prefixed(topic_prefix), datadir=s.state_dir / "faust",
         snapshot_dir=s.state_dir / "snapshots", snapshot_every=snapshot_every,
+        policy_keys=s.policy_keys,
     )  # fmt: skip
     Worker(build_app(cfg), loglevel=loglevel, quiet=True).execute_from_commandline()
 

@@ -9,10 +9,9 @@ seeded, so a run's inputs repeat (their interleaving on the topics does not).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import heapq
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +20,7 @@ from aiokafka import AIOKafkaConsumer
 
 from dispatcher.codecs import models as m
 from dispatcher.codecs.codec import Codec, CodecError
+from dispatcher.codecs.signing import content_hash, sign
 from dispatcher.core import DEFAULT_POLICY, FINAL_OUTCOMES
 from dispatcher.reading import partitions
 from dispatcher.sdk.producer import DispatcherProducer, now_ms
@@ -84,10 +84,9 @@ def policy_update(
         backpressure=m.Backpressure(max_pending=max_pending, high_watermark=max_pending * 8 // 10,
                                     low_watermark=max_pending * 6 // 10),
     )  # fmt: skip
-    digest = hashlib.sha256(doc.model_dump_json().encode()).hexdigest()
     return m.PolicyUpdate(
         policy_id="dispatch", version=version, author="demo", effective_from_ms=now_ms(),
-        document=doc, content_hash=digest,
+        document=doc, content_hash=content_hash(doc),
     )  # fmt: skip
 
 
@@ -360,10 +359,11 @@ def _ms(v: float | None) -> str:
 async def run_demo(
     bootstrap: str, *, topics: TopicNames | None = None, agents: int = 60, pools: int = 2,
     rate: float = 50.0, duration_s: float | None = None, seed: int = 1,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] = print, policy_keys: Mapping[str, bytes] | None = None,
 ) -> DemoReport:  # fmt: skip
-    """Publishes a policy, registers a fleet, sends loads at ``rate`` until ``duration_s``
-    (or until cancelled: Ctrl-C), printing progress every second and a summary at the end."""
+    """Publishes a policy (signed with the first of ``policy_keys``, if any), registers a
+    fleet, sends loads at ``rate`` until ``duration_s`` (or until cancelled: Ctrl-C),
+    printing progress every second and a summary at the end."""
     topics = topics or TopicNames()
     run = f"demo{int(time.time())}"
     rng = np.random.default_rng(seed)
@@ -372,7 +372,11 @@ async def run_demo(
                     for i in range(agents)}  # fmt: skip
     producer = DispatcherProducer(bootstrap, topics=topics)
     await producer.start()
-    await producer.publish_policy(policy_update(int(time.time())))
+    policy = policy_update(int(time.time()))
+    if policy_keys:
+        key_id = min(policy_keys)
+        policy = sign(policy, key_id, policy_keys[key_id])
+    await producer.publish_policy(policy)
     await producer.stop()
     tally = DecisionTally(bootstrap, topics)
     await tally.start()

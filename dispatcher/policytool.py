@@ -13,8 +13,8 @@ See ops/policies/example.yaml.
 
 from __future__ import annotations
 
-import hashlib
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
@@ -24,12 +24,13 @@ from dispatcher import core
 from dispatcher.codecs import models as m
 from dispatcher.codecs.adapt import TIMEOUTS
 from dispatcher.codecs.codec import Codec, CodecError
+from dispatcher.codecs.signing import content_hash, sign, verify
 from dispatcher.errors import ConfigError
 from dispatcher.reading import partitions, read_partition
 from dispatcher.sdk.producer import DispatcherProducer, now_ms
 from dispatcher.topics import TopicNames
 
-__all__ = ["current_version", "load_policy_file", "problems", "publish"]
+__all__ = ["current_version", "load_policy_file", "problems", "publish", "signed"]
 
 _SWITCHES = frozenset(core.CONSTRAINTS) | {"hard_affinity"}
 
@@ -48,10 +49,10 @@ def load_policy_file(path: Path, *, effective_from_ms: int | None = None) -> m.P
         raise ConfigError(f"{path}: a policy file maps policy_id, version, author and document")
     try:
         document = m.PolicyDocument.model_validate(doc["document"])
-        digest = hashlib.sha256(document.model_dump_json().encode()).hexdigest()
         return m.PolicyUpdate.model_validate({
             **{k: v for k, v in doc.items() if k != "document"}, "document": document,
-            "effective_from_ms": effective_from_ms or now_ms(), "content_hash": digest,
+            "effective_from_ms": effective_from_ms or now_ms(),
+            "content_hash": content_hash(document),
         })  # fmt: skip
     except ValidationError as exc:
         raise ConfigError(f"{path}: not a valid policy: {exc}") from exc
@@ -91,8 +92,31 @@ def _weight_problems(weights: dict[str, float]) -> list[str]:
     return out
 
 
-async def current_version(bootstrap: str, topics: TopicNames, policy_id: str) -> int | None:
-    """The newest version of ``policy_id`` on the policy topic, or None."""
+def signed(
+    update: m.PolicyUpdate, keys: Mapping[str, bytes], key_id: str | None = None
+) -> m.PolicyUpdate:
+    """``update`` signed with key ``key_id`` of ``keys`` (with the only key when None);
+    unchanged when there are no keys and no key id.
+
+    Raises:
+        ConfigError: ``key_id`` is not among ``keys``, or several keys and none chosen.
+    """
+    if not keys and key_id is None:
+        return update
+    if key_id is None:
+        if len(keys) > 1:
+            raise ConfigError(f"choose the signing key with --key-id: one of {sorted(keys)}")
+        (key_id,) = keys
+    if key_id not in keys:
+        raise ConfigError(f"no policy key {key_id!r} in DISPATCHER_POLICY_KEYS")
+    return sign(update, key_id, keys[key_id])
+
+
+async def current_version(
+    bootstrap: str, topics: TopicNames, policy_id: str, keys: Mapping[str, bytes] | None = None
+) -> int | None:
+    """The newest version of ``policy_id`` on the policy topic that workers holding
+    ``keys`` apply, or None (a refused one, say unsigned, does not hold a version back)."""
     codec, newest = Codec(), None
     for tp in await partitions(bootstrap, topics.policy_update):
         for r in await read_partition(bootstrap, tp):
@@ -100,21 +124,30 @@ async def current_version(bootstrap: str, topics: TopicNames, policy_id: str) ->
                 rec = codec.decode(r.value or b"", "PolicyUpdate")
             except CodecError:
                 continue  # dead-lettered by the worker
-            if isinstance(rec, m.PolicyUpdate) and rec.policy_id == policy_id:
+            if (isinstance(rec, m.PolicyUpdate) and rec.policy_id == policy_id
+                    and verify(rec, keys or {}) is None):  # fmt: skip
                 newest = max(newest or 0, rec.version)
     return newest
 
 
-async def publish(bootstrap: str, topics: TopicNames, update: m.PolicyUpdate) -> tuple[int, int]:
-    """Publishes ``update`` after checking it and that its version is newer.
+async def publish(
+    bootstrap: str, topics: TopicNames, update: m.PolicyUpdate,
+    keys: Mapping[str, bytes] | None = None,
+) -> tuple[int, int]:  # fmt: skip
+    """Publishes ``update`` after checking it and that its version is newer than the
+    newest one workers holding ``keys`` apply.
 
     Raises:
-        ConfigError: semantic problems, or a version not newer than the current one.
+        ConfigError: semantic problems, a wrong hash or signature, or a version not
+            newer than the current one.
     """
     found = problems(update)
+    refused = verify(update, keys or {})
+    if refused is not None:
+        found.append(f"workers would refuse it: {refused}")
     if found:
         raise ConfigError("refusing an invalid policy: " + "; ".join(found))
-    current = await current_version(bootstrap, topics, update.policy_id)
+    current = await current_version(bootstrap, topics, update.policy_id, keys)
     if current is not None and update.version <= current:
         raise ConfigError(
             f"refusing version {update.version} of {update.policy_id}: version {current} "

@@ -8,6 +8,9 @@ Every variable is optional:
   ``DISPATCHER_REDIS_PORT``: loopback ports of the servers the project starts.
 - ``DISPATCHER_STATE_DIR``: data, logs and pid files of those servers.
 - ``DISPATCHER_CACHE_DIR``: downloaded broker jars (kept across runs).
+- ``DISPATCHER_POLICY_KEYS``: ``id=secret[,id=secret...]``: workers apply only
+  policies signed with one of these keys, and ``dispatcher policy publish``
+  signs with one. Unset: policies are not signed, and workers say so.
 """
 
 from __future__ import annotations
@@ -68,6 +71,28 @@ def _redis_url(raw: str) -> str:
     return raw
 
 
+MIN_KEY_BYTES = 16
+
+
+def _policy_keys(raw: str) -> dict[str, bytes]:
+    keys: dict[str, bytes] = {}
+    for entry in filter(None, (e.strip() for e in raw.split(","))):
+        key_id, sep, secret = entry.partition("=")
+        key_id, secret = key_id.strip(), secret.strip()
+        if not sep or not key_id:
+            raise ConfigError(f"DISPATCHER_POLICY_KEYS: {key_id or entry!r} is not id=secret")
+        if len(secret.encode()) < MIN_KEY_BYTES:
+            raise ConfigError(
+                f"DISPATCHER_POLICY_KEYS: the secret of {key_id!r} has fewer than "
+                f"{MIN_KEY_BYTES} bytes (make one with: python -c "
+                "'import secrets; print(secrets.token_hex(32))')"
+            )
+        if key_id in keys:
+            raise ConfigError(f"DISPATCHER_POLICY_KEYS: key {key_id!r} is given twice")
+        keys[key_id] = secret.encode()
+    return keys
+
+
 def _dir(env: Mapping[str, str], name: str, xdg: str, fallback: str) -> Path:
     explicit = env.get(name, "").strip()
     if explicit:
@@ -87,6 +112,7 @@ class Settings:
     redis_port: int
     state_dir: Path
     cache_dir: Path
+    policy_keys: Mapping[str, bytes]  # key id -> secret
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -111,6 +137,7 @@ class Settings:
             redis_port=redis_port,
             state_dir=_dir(env, "DISPATCHER_STATE_DIR", "XDG_STATE_HOME", ".local/state"),
             cache_dir=_dir(env, "DISPATCHER_CACHE_DIR", "XDG_CACHE_HOME", ".cache"),
+            policy_keys=_policy_keys(env.get("DISPATCHER_POLICY_KEYS", "")),
         )
 
     @property

@@ -5,7 +5,9 @@ Two thin Faust agents, one app (the only place Faust is imported):
 1. **sequencer** reads the four dispatch inputs (and the policy topic),
    decodes each record strictly (poison goes to dead-letter with its source
    position) and appends the valid bytes, unchanged, to ``input-sequence``,
-   keyed by pool; a policy is appended to every partition. The order of that
+   keyed by pool; a policy whose content hash or signature is wrong goes to
+   dead-letter too (``codecs.signing``), a valid one is appended to every
+   partition. The order of that
    log is *the* order the core applies, recorded before anything is decided.
 2. **dispatch** reads ``input-sequence`` in micro-batches and folds each
    partition through the core (``PartitionFold``), sending every decision to
@@ -29,7 +31,7 @@ import logging
 import tempfile
 import time
 import types
-from collections.abc import Coroutine, Generator, Iterator
+from collections.abc import Coroutine, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ from mode.services import WaitResults
 
 from dispatcher import core
 from dispatcher.codecs import models as m
+from dispatcher.codecs import signing
 from dispatcher.codecs.adapt import encode_decision
 from dispatcher.codecs.codec import Codec, CodecError, dead_letter
 from dispatcher.topics import TopicNames
@@ -74,6 +77,8 @@ class WorkerConfig:
     # log), and how many records apart.
     snapshot_dir: Path | None = None
     snapshot_every: int = 100_000
+    # Policy keys (id -> secret): with any, only policies signed by one of them apply.
+    policy_keys: Mapping[str, bytes] = field(default_factory=dict)
 
 
 class Worker(faust.Worker):
@@ -186,6 +191,9 @@ class Dispatcher:
     def __init__(self, cfg: WorkerConfig) -> None:
         self.cfg = cfg
         self.codec = Codec()
+        if not cfg.policy_keys:
+            log.warning("policy signatures are not checked: DISPATCHER_POLICY_KEYS is not set, "
+                        "so any policy with a matching content hash applies")  # fmt: skip
         self.folds: dict[int, PartitionFold] = {}
         self.readmodel = ReadModel(cfg.redis_url, cfg.app_id)
         self.snapshots = (
@@ -225,6 +233,23 @@ class Dispatcher:
         if self.snapshots is not None:
             for partition in touched & self.folds.keys():
                 self.snapshots.maybe_write(self.folds[partition])
+
+    def decode_input(self, value: bytes, msg: Any) -> m.Record:
+        """Decodes an input record strictly; a policy must also pass ``codecs.signing``.
+
+        Raises:
+            CodecError: the bytes are not a valid record of their topic, or a policy's
+                hash or signature is wrong, or it is unsigned while this worker holds
+                keys (all go to dead-letter).
+        """
+        where = {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset}
+        record = self.codec.decode(value, self.expect[msg.topic], **where)
+        if isinstance(record, m.PolicyUpdate):
+            problem = signing.verify(record, self.cfg.policy_keys)
+            if problem is not None:
+                detail = f"policy {record.policy_id} version {record.version}: {problem}"
+                raise CodecError(m.DeadLetterReason.INVALID, detail, value, **where)
+        return record
 
     def dead_letter_bytes(self, exc: CodecError, key: bytes | None, timestamp: float) -> bytes:
         record = dead_letter(exc, failed_at_ms=_now_ms(), source_key=key,
@@ -306,8 +331,7 @@ def build_app(cfg: WorkerConfig) -> faust.App:
     async def validate(ev: EventT[Any]) -> m.Record | None:
         msg = ev.message
         try:
-            return d.codec.decode(ev.value, d.expect[msg.topic], topic=msg.topic,
-                                  partition=msg.partition, offset=msg.offset)  # fmt: skip
+            return d.decode_input(ev.value, msg)
         except CodecError as exc:
             log.warning("dead letter: %s", exc)
             await send(t.dead_letter, msg.topic.encode(),

@@ -40,6 +40,7 @@ class Pipeline:
     logs: Path
     workers: list[subprocess.Popen[Any]] = field(default_factory=list)
     worker_args: list[str] = field(default_factory=list)  # more `dispatcher worker` options
+    worker_env: dict[str, str] = field(default_factory=dict)  # more environment variables
 
     @property
     def topics(self) -> TopicNames:
@@ -58,8 +59,10 @@ class Pipeline:
     def start_worker(self, *, wait: bool = True, timeout_s: float = 90.0) -> subprocess.Popen[Any]:
         n = len(self.workers)
         log = self.logs / f"worker-{n}.log"
-        env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "REDIS_URL": self.redis_url,
-                            "DISPATCHER_STATE_DIR": str(self.logs / "state")}  # fmt: skip
+        env = os.environ | self.worker_env | {
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "REDIS_URL": self.redis_url,
+            "DISPATCHER_STATE_DIR": str(self.logs / "state"),
+        }  # fmt: skip
         with log.open("wb") as out:  # the child keeps its own copy of the descriptor
             proc = subprocess.Popen(
                 [sys.executable, "-m", "dispatcher", "worker", "--app-id", self.app_id,

@@ -1,0 +1,126 @@
+"""Signed policies on the real broker: a worker holding policy keys applies only policies
+signed by one of them; the rest go to dead-letter and hold no version back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from dispatcher.codecs import models as m
+from dispatcher.codecs.signing import content_hash, sign
+from dispatcher.demo import VOCAB, agent_profile, load_event, policy_update
+from dispatcher.reading import partitions, read_partition
+from dispatcher.sdk.producer import DispatcherProducer, now_ms
+from dispatcher.settings import PROJECT_ROOT
+from tests.integration.pipeline import CODEC, Pipeline
+
+SECRET = "0123456789abcdef0123456789abcdef"
+KEYS = {"DISPATCHER_POLICY_KEYS": f"ops={SECRET}"}
+POOL = "pool-s"
+
+
+def publish_cli(p: Pipeline, path: Path) -> subprocess.CompletedProcess[str]:
+    env = os.environ | KEYS | {"KAFKA_BOOTSTRAP_SERVERS": p.bootstrap}
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher", "policy", "publish", str(path),
+         "--topic-prefix", p.prefix],
+        env=env, text=True, capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+async def records(p: Pipeline, topic: str, name: str) -> list[m.Record]:
+    out = []
+    for tp in await partitions(p.bootstrap, topic):
+        out += [CODEC.decode(r.value, name) for r in await read_partition(p.bootstrap, tp)]
+    return out
+
+
+async def sequenced_versions(p: Pipeline) -> set[int]:
+    """Policy versions the worker appended to the input sequence (applied, in order)."""
+    out = set()
+    for tp in await partitions(p.bootstrap, p.topics.input_sequence):
+        for r in await read_partition(p.bootstrap, tp):
+            rec = CODEC.decode(r.value)
+            if isinstance(rec, m.PolicyUpdate):
+                out.add(rec.version)
+    return out
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 60.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.5)
+
+
+async def decided_version(p: Pipeline, producer: DispatcherProducer, load_id: str) -> int:
+    """Sends a load; the policy version of its first decision."""
+    rng = np.random.default_rng(len(load_id))
+    await producer.publish_load(load_event(rng, POOL, load_id, deadline=False))
+
+    async def decided() -> bool:
+        return any(isinstance(r, m.DecisionRecord) and r.load_id == load_id
+                   for r in await records(p, p.topics.decision_log, "DecisionRecord"))  # fmt: skip
+
+    await until(decided)
+    recs = await records(p, p.topics.decision_log, "DecisionRecord")
+    return next(r.policy_version for r in recs
+                if isinstance(r, m.DecisionRecord) and r.load_id == load_id)  # fmt: skip
+
+
+def test_only_signed_policies_apply(pipeline: Pipeline, tmp_path: Path) -> None:
+    p = pipeline
+    p.worker_env = dict(KEYS)
+    p.start_worker()
+    policy_file = yaml.safe_load((PROJECT_ROOT / "ops/policies/example.yaml").read_text())
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy_file | {"version": 2}))
+    published = publish_cli(p, path)  # signed by the CLI with the key from the environment
+    assert published.returncode == 0, published.stderr
+    assert "version 2, signed with key 'ops'" in published.stdout
+
+    async def scenario() -> tuple[int, int, list[m.Record]]:
+        async with DispatcherProducer(p.bootstrap, topics=p.topics) as producer:
+            await producer.publish_policy(policy_update(3))  # unsigned
+            genuine = sign(policy_update(4), "ops", SECRET.encode())
+            doc = genuine.document.model_copy(update={"batch_window_ms": 7})
+            forged = genuine.model_copy(update={"document": doc, "content_hash": content_hash(doc)})
+            await producer.publish_policy(forged)  # signed, then its document changed
+            await until(lambda: has(p.topics.dead_letter, "DeadLetter", 2))
+            assert await sequenced_versions(p) == {2}
+            profile = agent_profile(np.random.default_rng(1), capacity=5)
+            profile = profile.model_copy(update={"tools": sorted(VOCAB)})
+            for seq, kind in ((1, m.AgentEventKind.REGISTERED), (2, m.AgentEventKind.AVAILABLE)):
+                await producer.publish_agent_event(m.AgentEvent(
+                    event_id=f"s{seq}", kind=kind, agent_id="agent-s", pool=POOL, seq=seq,
+                    event_time_ms=now_ms(), profile=profile if seq == 1 else None))  # fmt: skip
+            first = await decided_version(p, producer, "L1")
+            # Version 3 is free: the unsigned version 3 never applied.
+            path.write_text(yaml.safe_dump(policy_file | {"version": 3}))
+            again = publish_cli(p, path)
+            assert again.returncode == 0, again.stderr
+            await until(lambda: sequenced(3))
+            second = await decided_version(p, producer, "L2")
+            return first, second, await records(p, p.topics.dead_letter, "DeadLetter")
+
+    async def has(topic: str, name: str, n: int) -> bool:
+        return len(await records(p, topic, name)) >= n
+
+    async def sequenced(version: int) -> bool:
+        return version in await sequenced_versions(p)
+
+    first, second, dead = asyncio.run(scenario())
+    assert (first, second) == (2, 3)
+    errors = sorted(d.error for d in dead if isinstance(d, m.DeadLetter))
+    assert len(errors) == 2
+    assert "policy dispatch version 3: unsigned" in errors[0]
+    assert "policy dispatch version 4: its signature by key 'ops' does not match" in errors[1]
+    assert all(isinstance(d, m.DeadLetter) and d.reason is m.DeadLetterReason.INVALID
+               for d in dead)  # fmt: skip
