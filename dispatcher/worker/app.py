@@ -25,6 +25,7 @@ the same ids, and readers drop the repeats by decision id.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import inspect
 import logging
@@ -38,6 +39,7 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import murmur2
 from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP, EventT
 from mode.services import WaitResults
@@ -181,6 +183,14 @@ def low_latency(app: faust.App) -> faust.App:
     return app
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives ``key`` (murmur2, as aiokafka and
+    Java do); remembered per key, since aiokafka hashes in Python, ~5% of a busy
+    worker's time when every record was hashed anew."""
+    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -200,22 +210,28 @@ class Dispatcher:
             Snapshots(cfg.snapshot_dir, cfg.topics.input_sequence, cfg.snapshot_every)
             if cfg.snapshot_dir is not None and cfg.snapshot_every > 0 else None
         )  # fmt: skip
-        self._sequence_partitions: int | None = None
+        self._partitions: dict[str, int] = {}
         t = cfg.topics
         self.expect = {t.load_arrival: "LoadEvent", t.agent_availability: "AgentEvent",
                        t.task_results: "TaskResult", t.ticks: "Tick",
                        t.policy_update: "PolicyUpdate"}  # fmt: skip
 
-    async def sequence_partitions(self) -> int:
-        if self._sequence_partitions is None:
+    async def partition_count(self, topic: str) -> int:
+        """How many partitions ``topic`` has (looked up once: `topics apply` never changes
+        a partition count)."""
+        count = self._partitions.get(topic)
+        if count is None:
             producer = AIOKafkaProducer(bootstrap_servers=self.cfg.bootstrap)
             await producer.start()
             try:
-                parts = await producer.partitions_for(self.cfg.topics.input_sequence)
+                count = self._partitions[topic] = len(await producer.partitions_for(topic))
             finally:
                 await producer.stop()
-            self._sequence_partitions = len(parts)
-        return self._sequence_partitions
+        return count
+
+    async def partition_of(self, topic: str, key: bytes) -> int:
+        """The partition of ``topic`` Kafka's default partitioner gives ``key``."""
+        return key_partition(key, await self.partition_count(topic))
 
     def outputs(self, decisions: list[core.Decision]) -> Iterator[tuple[str, bytes, bytes]]:
         """What ``decisions`` send: (topic, key, value) of each decision record, and of
@@ -326,7 +342,10 @@ def build_app(cfg: WorkerConfig) -> faust.App:
     async def send(topic: str, key: bytes, value: bytes, partition: int | None = None) -> None:
         # Faust's own producer (so its commit flushes these first), without the
         # per-record futures and callbacks of Topic.send.
-        await app.producer.send(topic, key, value, partition, None, None)
+        await app.producer.send(
+            topic, key, value, await d.partition_of(topic, key) if partition is None else partition,
+            None, None,
+        )  # fmt: skip
 
     async def validate(ev: EventT[Any]) -> m.Record | None:
         msg = ev.message
@@ -350,7 +369,7 @@ def build_app(cfg: WorkerConfig) -> faust.App:
     async def policy_fanout(stream: Any) -> None:
         async for ev in stream.events():
             if await validate(ev) is not None:
-                for partition in range(await d.sequence_partitions()):
+                for partition in range(await d.partition_count(t.input_sequence)):
                     await send(t.input_sequence, b"*", ev.value, partition)
 
     @app.agent(sequence)

@@ -9,7 +9,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from dispatcher.worker.app import FETCH_MAX_WAIT_MS, Worker, WorkerConfig, build_app
+import numpy as np
+from aiokafka.partitioner import DefaultPartitioner
+
+from dispatcher.sdk.agent import partition_for
+from dispatcher.worker.app import (
+    FETCH_MAX_WAIT_MS,
+    Worker,
+    WorkerConfig,
+    build_app,
+    key_partition,
+)
 
 CFG = WorkerConfig(bootstrap="127.0.0.1:1", web_port=6099)
 
@@ -113,3 +123,15 @@ def test_faust_keeps_its_files_where_the_config_says_not_in_the_working_director
     path = asyncio.run(datadir())
     assert path == tmp_path / "faust" / "w1-data"
     path.mkdir()  # what Faust does at start: the directory above must exist
+
+
+def test_the_workers_partition_of_a_key_is_kafkas_default() -> None:
+    # The worker hashes each output key once (aiokafka's murmur2 is pure Python); agents
+    # find their assignments with the partitioner Kafka's clients use.
+    rng = np.random.default_rng(3)
+    for _ in range(2000):
+        key = rng.bytes(int(rng.integers(0, 40)))
+        count = int(rng.choice((1, 3, 4, 12)))
+        everyone = list(range(count))
+        assert key_partition(key, count) == DefaultPartitioner()(key, everyone, everyone)
+    assert key_partition(b"agent-7", 4) == partition_for("agent-7", 4)
