@@ -10,8 +10,12 @@ identical, and only its first occurrence counts.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import multiprocessing
+import os
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -22,11 +26,14 @@ from dispatcher import core
 from dispatcher.codecs import models as m
 from dispatcher.codecs.adapt import encode_decision, to_records
 from dispatcher.codecs.codec import Codec, CodecError
-from dispatcher.reading import PROGRESS_EVERY, partitions, read_partition
+from dispatcher.reading import PROGRESS_EVERY, end_offsets, partitions, read_partition
 from dispatcher.topics import TopicNames
 from dispatcher.worker.fold import PartitionFold
 
 __all__ = ["Mismatch", "PartitionAudit", "audit", "explain_load"]
+
+# From this many inputs on, an audit with jobs=0 replays partitions in processes.
+PARALLEL_FROM = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,45 +86,112 @@ async def audit(
     policy: core.Policy = core.DEFAULT_POLICY,
     codec: Codec | None = None,
     progress: Callable[[int], None] | None = None,
+    jobs: int = 1,
 ) -> list[PartitionAudit]:
     """Audits every partition; ``policy`` is the workers' policy before the first update.
 
-    ``progress`` is called with the number of inputs replayed so far, now and then.
+    With ``jobs`` > 1, that many partitions at a time, each in a process of its
+    own (the replay is CPU-bound: one per core); 0: one per core when the input
+    sequence is long enough to repay starting them (about a second each), else
+    in this process. ``progress`` is called with the number of inputs replayed
+    so far, now and then.
     """
     topics = topics or TopicNames()
+    tps = await partitions(bootstrap, topics.input_sequence)
+    if jobs == 0:
+        records = sum((await end_offsets(bootstrap, tps)).values())
+        jobs = (os.cpu_count() or 1) if records >= PARALLEL_FROM else 1
+    jobs = min(jobs, len(tps))
+    if jobs > 1:
+        return await _in_processes(bootstrap, topics, [tp.partition for tp in tps], policy,
+                                   progress, jobs)  # fmt: skip
     codec = codec or Codec()
-    results = []
+    results: list[PartitionAudit] = []
     replayed = 0
-    for tp in await partitions(bootstrap, topics.input_sequence):
-        res = PartitionAudit(tp.partition)
-        fold = PartitionFold(topics.input_sequence, tp.partition, codec, policy)
-        expected: list[tuple[bytes, core.Decision]] = []
-        for r in await read_partition(bootstrap, tp):
-            res.inputs += 1
-            replayed += 1
-            if progress is not None and replayed % PROGRESS_EVERY == 0:
-                progress(replayed)
-            try:
-                out = fold.apply(r.value, r.offset)
-            except CodecError:
-                continue  # the worker dead-lettered it
-            expected += [(encode_decision(codec, d, assignment=False)[0], d) for d in out]
-        log_tp = TopicPartition(topics.decision_log, tp.partition)
-        logged = _distinct(await read_partition(bootstrap, log_tp), expected, codec, res)
-        res.expected, res.logged = len(expected), len(logged)
-        res.decisions = [d for _, d in expected]
-        expected_ids = {d.decision_id for _, d in expected}
-        for i, ((eb, ed), (lb, _)) in enumerate(zip(expected, logged, strict=False)):
-            if eb == lb:
-                res.matched += 1
-                continue
-            erec = to_records(ed)[0]
-            name, want, got = _first_difference(erec, _decode(codec, lb))
-            res.mismatches.append(Mismatch(i, ed.decision_id, name, want, got, _input(erec)))
-        res.missing = [d.decision_id for _, d in expected[len(logged) :]]
-        res.unexplained = [i for _, i in logged if i not in expected_ids]
-        results.append(res)
+
+    def report(n: int) -> None:
+        nonlocal replayed
+        replayed += n
+        if progress is not None:
+            progress(replayed)
+
+    for tp in tps:
+        results.append(await _audit_partition(bootstrap, topics, tp.partition, policy, codec,
+                                              report))  # fmt: skip
     return results
+
+
+_replayed: Any = None  # in an audit's worker process: the inputs replayed, over all of them
+
+
+def _share(counter: Any) -> None:
+    global _replayed  # noqa: PLW0603 - one per worker process, set when it starts
+    _replayed = counter
+
+
+def _audit_in_process(
+    bootstrap: str, topics: TopicNames, partition: int, policy: core.Policy
+) -> PartitionAudit:
+    def report(n: int) -> None:
+        with _replayed.get_lock():
+            _replayed.value += n
+
+    return asyncio.run(_audit_partition(bootstrap, topics, partition, policy, Codec(), report))
+
+
+async def _in_processes(  # noqa: PLR0917 - audit's arguments
+    bootstrap: str, topics: TopicNames, parts: list[int], policy: core.Policy,
+    progress: Callable[[int], None] | None, jobs: int,
+) -> list[PartitionAudit]:  # fmt: skip
+    ctx = multiprocessing.get_context("spawn")  # not fork: this process runs an event loop
+    counter = ctx.Value("q", 0)
+    loop = asyncio.get_running_loop()
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_share,
+                             initargs=(counter,)) as pool:  # fmt: skip
+        done = asyncio.gather(*(loop.run_in_executor(pool, _audit_in_process, bootstrap, topics,
+                                                     p, policy) for p in parts))  # fmt: skip
+        shown = 0
+        while not done.done():
+            await asyncio.wait({done}, timeout=0.5)
+            if progress is not None and counter.value != shown:
+                shown = counter.value
+                progress(shown)
+        return list(done.result())
+
+
+async def _audit_partition(  # noqa: PLR0917 - audit's arguments, for one partition
+    bootstrap: str, topics: TopicNames, partition: int, policy: core.Policy, codec: Codec,
+    report: Callable[[int], None],
+) -> PartitionAudit:  # fmt: skip
+    """Replays one partition of the input sequence and holds its decision log against it."""
+    res = PartitionAudit(partition)
+    tp = TopicPartition(topics.input_sequence, partition)
+    fold = PartitionFold(topics.input_sequence, partition, codec, policy)
+    expected: list[tuple[bytes, core.Decision]] = []
+    for r in await read_partition(bootstrap, tp):
+        res.inputs += 1
+        if res.inputs % PROGRESS_EVERY == 0:
+            report(PROGRESS_EVERY)
+        try:
+            out = fold.apply(r.value, r.offset)
+        except CodecError:
+            continue  # the worker dead-lettered it
+        expected += [(encode_decision(codec, d, assignment=False)[0], d) for d in out]
+    log_tp = TopicPartition(topics.decision_log, tp.partition)
+    logged = _distinct(await read_partition(bootstrap, log_tp), expected, codec, res)
+    res.expected, res.logged = len(expected), len(logged)
+    res.decisions = [d for _, d in expected]
+    expected_ids = {d.decision_id for _, d in expected}
+    for i, ((eb, ed), (lb, _)) in enumerate(zip(expected, logged, strict=False)):
+        if eb == lb:
+            res.matched += 1
+            continue
+        erec = to_records(ed)[0]
+        name, want, got = _first_difference(erec, _decode(codec, lb))
+        res.mismatches.append(Mismatch(i, ed.decision_id, name, want, got, _input(erec)))
+    res.missing = [d.decision_id for _, d in expected[len(logged) :]]
+    res.unexplained = [i for _, i in logged if i not in expected_ids]
+    return res
 
 
 def _distinct(

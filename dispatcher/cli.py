@@ -496,10 +496,15 @@ def _replay_progress() -> Callable[[int], None]:
 @click.option("--pool", default=None, help="Check only this pool's decisions.")
 @click.option("--from", "start", default=None, help="Input offset or ISO time to check from.")
 @click.option("--to", "end", default=None, help="Input offset or ISO time to check up to.")
+@click.option("--jobs", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Partitions replayed at a time, each in its own process (0: one per core "
+                   "for a long input sequence).")  # fmt: skip
 @_prefix
 @_as_json
-def audit_cmd(pool: str | None, start: str | None, end: str | None, topic_prefix: str,
-              as_json: bool) -> None:  # fmt: skip
+def audit_cmd(  # noqa: PLR0917 - one option each
+    pool: str | None, start: str | None, end: str | None, jobs: int, topic_prefix: str,
+    as_json: bool,
+) -> None:  # fmt: skip
     """Re-run the core on the recorded inputs and check every logged decision byte for byte.
 
     Exits 1 on any mismatch, missing or unexplained decision.
@@ -508,20 +513,20 @@ def audit_cmd(pool: str | None, start: str | None, end: str | None, topic_prefix
 
     lo, hi = _position(start), _position(end)
 
-    def wanted(rec: Any) -> bool:
-        at = {"offset": rec.input.offset, "time": rec.event_time_ms}
+    def wanted(d: Any) -> bool:  # a core.Decision
+        at = {"offset": d.source[2], "time": d.time_ms}
         after = lo is None or at[lo[0]] >= lo[1]
         before = hi is None or at[hi[0]] < hi[1]
-        return (pool is None or rec.pool == pool) and after and before
+        return (pool is None or d.pool == pool) and after and before
 
     started = time.monotonic()
     results = asyncio.run(audit(_bootstrap(), TopicNames.prefixed(topic_prefix),
-                                progress=_replay_progress()))  # fmt: skip
+                                progress=_replay_progress(), jobs=jobs))  # fmt: skip
     rows: list[dict[str, Any]] = []
     bad = 0
     for r in results:
         mism = [x for x in r.mismatches if pool is None or x.decision_id]
-        checked = sum(1 for rec in r.records if wanted(rec))
+        checked = sum(1 for d in r.decisions if wanted(d))
         bad += len(mism) + len(r.missing) + len(r.unexplained)
         rows.append({"partition": r.partition, "inputs": r.inputs, "checked": checked,
                      "matched": r.matched, "repeats": r.repeats, "mismatches": len(mism),

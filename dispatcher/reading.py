@@ -7,7 +7,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-__all__ = ["PROGRESS_EVERY", "partitions", "read_partition"]
+__all__ = ["PROGRESS_EVERY", "end_offsets", "partitions", "read_partition"]
 
 PROGRESS_EVERY = 20_000  # replays report their progress every this many inputs
 
@@ -21,6 +21,16 @@ async def partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
     finally:
         await producer.stop()
     return [TopicPartition(topic, p) for p in sorted(parts)]
+
+
+async def end_offsets(bootstrap: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """The end offset of each of ``tps``: how many records were ever written to it."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return dict(await consumer.end_offsets(tps))
+    finally:
+        await consumer.stop()
 
 
 async def read_partition(bootstrap: str, tp: TopicPartition) -> list[Any]:

@@ -109,6 +109,12 @@ def test_end_to_end_against_the_core_offline(pipeline: Pipeline, redis_url: str)
     results = asyncio.run(audit(p.bootstrap, p.topics))
     checked = assert_audit_clean(results)
     assert checked == sum(tally.outcomes.values())
+    # Partitions replayed in processes of their own reach the same verdicts and decisions.
+    apart = asyncio.run(audit(p.bootstrap, p.topics, jobs=2))
+    assert [(r.partition, r.matched, r.decisions) for r in apart] == [
+        (r.partition, r.matched, r.decisions) for r in results
+    ]
+    assert sum(1 for r in results if r.decisions) > 1  # more than one partition to share
     assert over_capacity(results, agents) == []
     assigned = {rec.decision_id for r in results for rec in r.records
                 if rec.outcome is m.DecisionOutcome.ASSIGNED}  # fmt: skip
