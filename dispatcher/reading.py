@@ -34,8 +34,15 @@ async def end_offsets(bootstrap: str, tps: list[TopicPartition]) -> dict[TopicPa
 
 
 async def read_partition(bootstrap: str, tp: TopicPartition) -> list[Any]:
-    """Every record of ``tp`` from the start up to its end when called."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    """Every record of ``tp`` from the start up to its end when called.
+
+    The broker may hold a fetch only briefly (aiokafka's 500 ms default held
+    the first one that long: most of the time of reading 25k records), and a
+    fetch may bring up to 16 MB.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                fetch_max_wait_ms=5, max_partition_fetch_bytes=16 << 20,
+                                fetch_max_bytes=64 << 20)  # fmt: skip
     await consumer.start()
     try:
         consumer.assign([tp])
