@@ -7,7 +7,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-__all__ = ["PROGRESS_EVERY", "end_offsets", "partitions", "read_partition"]
+__all__ = ["PROGRESS_EVERY", "end_offsets", "partitions", "read_partition", "replay_consumer"]
 
 PROGRESS_EVERY = 20_000  # replays report their progress every this many inputs
 
@@ -33,16 +33,21 @@ async def end_offsets(bootstrap: str, tps: list[TopicPartition]) -> dict[TopicPa
         await consumer.stop()
 
 
-async def read_partition(bootstrap: str, tp: TopicPartition) -> list[Any]:
-    """Every record of ``tp`` from the start up to its end when called.
+def replay_consumer(bootstrap: str) -> AIOKafkaConsumer:
+    """A consumer (not started, no group) for reading a log up to a known offset.
 
-    The broker may hold a fetch only briefly (aiokafka's 500 ms default held
-    the first one that long: most of the time of reading 25k records), and a
-    fetch may bring up to 16 MB.
+    The broker may hold a fetch only briefly: with aiokafka's 500 ms default
+    the first fetch after a seek waited that long (most of the time of reading
+    25k records). A fetch may bring up to 16 MB.
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                fetch_max_wait_ms=5, max_partition_fetch_bytes=16 << 20,
-                                fetch_max_bytes=64 << 20)  # fmt: skip
+    return AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                            fetch_max_wait_ms=5, max_partition_fetch_bytes=16 << 20,
+                            fetch_max_bytes=64 << 20)  # fmt: skip
+
+
+async def read_partition(bootstrap: str, tp: TopicPartition) -> list[Any]:
+    """Every record of ``tp`` from the start up to its end when called."""
+    consumer = replay_consumer(bootstrap)
     await consumer.start()
     try:
         consumer.assign([tp])

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
 from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP, EventT
@@ -49,6 +49,7 @@ from dispatcher.codecs import models as m
 from dispatcher.codecs import signing
 from dispatcher.codecs.adapt import encode_decision
 from dispatcher.codecs.codec import Codec, CodecError, dead_letter
+from dispatcher.reading import replay_consumer
 from dispatcher.topics import TopicNames
 from dispatcher.worker.fold import PartitionFold
 from dispatcher.worker.readmodel import ReadModel
@@ -287,8 +288,7 @@ class Dispatcher:
             )  # fmt: skip
         started, replayed = time.perf_counter(), 0
         if fold.next_offset < upto:
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.cfg.bootstrap,
-                                        enable_auto_commit=False)  # fmt: skip
+            consumer = replay_consumer(self.cfg.bootstrap)
             await consumer.start()
             try:
                 tp = TopicPartition(self.cfg.topics.input_sequence, partition)
