@@ -100,7 +100,7 @@ async def audit(
     tps = await partitions(bootstrap, topics.input_sequence)
     if jobs == 0:
         records = sum((await end_offsets(bootstrap, tps)).values())
-        jobs = (os.cpu_count() or 1) if records >= PARALLEL_FROM else 1
+        jobs = len(os.sched_getaffinity(0)) if records >= PARALLEL_FROM else 1
     jobs = min(jobs, len(tps))
     if jobs > 1:
         return await _in_processes(bootstrap, topics, [tp.partition for tp in tps], policy,

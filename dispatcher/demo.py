@@ -295,8 +295,7 @@ class DecisionTally:
         if d.decision_id in self.ids:
             return
         self.ids.add(d.decision_id)
-        if self.first_ms is None:
-            self.first_ms = timestamp_ms
+        self.first_ms = min(self.first_ms or timestamp_ms, timestamp_ms)
         self.last_ms = max(self.last_ms, timestamp_ms)
         self.outcomes[d.outcome.value] = self.outcomes.get(d.outcome.value, 0) + 1
         if d.outcome.value in FINAL:  # the load's end: each load must have exactly one

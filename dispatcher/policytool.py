@@ -112,11 +112,13 @@ def signed(
     return sign(update, key_id, keys[key_id])
 
 
-async def current_version(
-    bootstrap: str, topics: TopicNames, policy_id: str, keys: Mapping[str, bytes] | None = None
-) -> int | None:
-    """The newest version of ``policy_id`` on the policy topic that workers holding
-    ``keys`` apply, or None (a refused one, say unsigned, does not hold a version back)."""
+async def current_version(bootstrap: str, topics: TopicNames, policy_id: str) -> int | None:
+    """The newest version of ``policy_id`` on the policy topic, or None.
+
+    Policies the workers refused (unsigned, say) count too: which ones they
+    applied depends on the keys each held at the time, and a version below one
+    they applied would be ignored. A refused version is simply skipped.
+    """
     codec, newest = Codec(), None
     for tp in await partitions(bootstrap, topics.policy_update):
         for r in await read_partition(bootstrap, tp):
@@ -124,8 +126,7 @@ async def current_version(
                 rec = codec.decode(r.value or b"", "PolicyUpdate")
             except CodecError:
                 continue  # dead-lettered by the worker
-            if (isinstance(rec, m.PolicyUpdate) and rec.policy_id == policy_id
-                    and verify(rec, keys or {}) is None):  # fmt: skip
+            if isinstance(rec, m.PolicyUpdate) and rec.policy_id == policy_id:
                 newest = max(newest or 0, rec.version)
     return newest
 
@@ -134,8 +135,8 @@ async def publish(
     bootstrap: str, topics: TopicNames, update: m.PolicyUpdate,
     keys: Mapping[str, bytes] | None = None,
 ) -> tuple[int, int]:  # fmt: skip
-    """Publishes ``update`` after checking it and that its version is newer than the
-    newest one workers holding ``keys`` apply.
+    """Publishes ``update`` after checking it (workers holding ``keys`` must accept it) and
+    that its version is newer than every one published.
 
     Raises:
         ConfigError: semantic problems, a wrong hash or signature, or a version not
@@ -147,7 +148,7 @@ async def publish(
         found.append(f"workers would refuse it: {refused}")
     if found:
         raise ConfigError("refusing an invalid policy: " + "; ".join(found))
-    current = await current_version(bootstrap, topics, update.policy_id, keys)
+    current = await current_version(bootstrap, topics, update.policy_id)
     if current is not None and update.version <= current:
         raise ConfigError(
             f"refusing version {update.version} of {update.policy_id}: version {current} "

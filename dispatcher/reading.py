@@ -38,11 +38,11 @@ def replay_consumer(bootstrap: str) -> AIOKafkaConsumer:
 
     The broker may hold a fetch only briefly: with aiokafka's 500 ms default
     the first fetch after a seek waited that long (most of the time of reading
-    25k records). A fetch may bring up to 16 MB.
+    25k records). A fetch brings up to 4 MB.
     """
     return AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                            fetch_max_wait_ms=5, max_partition_fetch_bytes=16 << 20,
-                            fetch_max_bytes=64 << 20)  # fmt: skip
+                            fetch_max_wait_ms=5, max_partition_fetch_bytes=4 << 20,
+                            fetch_max_bytes=4 << 20)  # fmt: skip
 
 
 async def read_partition(bootstrap: str, tp: TopicPartition) -> list[Any]:

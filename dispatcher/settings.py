@@ -72,6 +72,7 @@ def _redis_url(raw: str) -> str:
 
 
 MIN_KEY_BYTES = 16
+MAX_KEY_ID = 128  # a PolicyUpdate's signature_key_id is a Name
 
 
 def _policy_keys(raw: str) -> dict[str, bytes]:
@@ -81,6 +82,9 @@ def _policy_keys(raw: str) -> dict[str, bytes]:
         key_id, secret = key_id.strip(), secret.strip()
         if not sep or not key_id:
             raise ConfigError(f"DISPATCHER_POLICY_KEYS: {key_id or entry!r} is not id=secret")
+        if len(key_id) > MAX_KEY_ID:
+            raise ConfigError(f"DISPATCHER_POLICY_KEYS: key id {key_id[:20]!r}... is longer "
+                              f"than {MAX_KEY_ID} characters")  # fmt: skip
         if len(secret.encode()) < MIN_KEY_BYTES:
             raise ConfigError(
                 f"DISPATCHER_POLICY_KEYS: the secret of {key_id!r} has fewer than "

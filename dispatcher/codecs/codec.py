@@ -102,6 +102,7 @@ class Codec:
             text = (self.registry.directory / f"{name}.avsc").read_text()
             self._current[name] = parse_schema(json.loads(text), named_schemas={})
         self._by_model = {model: name for name, model in MODELS.items()}
+        self._field_schemas: dict[tuple[int, str], Any] = {}  # (id(schema), field) -> parsed
         # Fields holding a ["null", record] union: naming the branch on write spares
         # fastavro from trying each branch against the datum (about 7 us a record).
         self._union_records = {
@@ -151,6 +152,43 @@ class Codec:
         out = io.BytesIO()
         schemaless_writer(out, schema, datum)
         return out.getvalue()
+
+    def field_digest(self, data: bytes, field: str) -> str:
+        """The hex SHA-256 of the canonical (Avro binary) encoding of field ``field`` of the
+        framed record ``data``, under the schema it was written with: what a PolicyUpdate's
+        ``content_hash`` holds for its document, computable in any language.
+
+        Raises:
+            CodecError: ``data`` is not a framed record that has ``field``.
+        """
+
+        def fail(reason: DeadLetterReason, detail: str) -> CodecError:
+            return CodecError(reason, detail, bytes(data))
+
+        writer, start = self._framing(data, fail)
+        buf = io.BytesIO(data)
+        buf.seek(start)
+        try:
+            raw: Any = schemaless_reader(buf, writer.parsed, None)
+            value = raw[field]
+        except Exception as exc:  # as in decode: fastavro raises many kinds
+            raise fail(DeadLetterReason.MALFORMED, f"no {field} to hash: {exc}"[:500]) from exc
+        return self._digest(writer.parsed, field, value)
+
+    def datum_digest(self, name: str, field: str, value: Any) -> str:
+        """``field_digest`` of a record ``name`` written now, whose ``field`` is ``value``
+        (as its model dumps it)."""
+        return self._digest(self._current[name], field, value)
+
+    def _digest(self, schema: Any, field: str, value: Any) -> str:
+        key = (id(schema), field)
+        sub = self._field_schemas.get(key)
+        if sub is None:
+            (ftype,) = [f["type"] for f in schema["fields"] if f["name"] == field]
+            sub = self._field_schemas[key] = parse_schema(ftype, named_schemas={})
+        out = io.BytesIO()
+        schemaless_writer(out, sub, value)
+        return hashlib.sha256(out.getvalue()).hexdigest()
 
     def decode(
         self,

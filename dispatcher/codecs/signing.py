@@ -1,9 +1,10 @@
 """Policy integrity and signatures.
 
 A policy changes every decision after it, so a worker applies a PolicyUpdate
-only when its ``content_hash`` is the SHA-256 of its document and, when the
-worker holds policy keys (``DISPATCHER_POLICY_KEYS``), when it carries a valid
-HMAC-SHA256 signature by one of them. The signature covers the policy id,
+only when its ``content_hash`` is the SHA-256 of its document's canonical
+(Avro binary) encoding and, when the worker holds policy keys
+(``DISPATCHER_POLICY_KEYS``), when it carries a valid HMAC-SHA256 signature
+by one of them. The signature covers the policy id,
 version, author, effective time and the content hash (so the document too).
 Keys have ids, so a new key can be added before the old one is retired.
 
@@ -14,21 +15,30 @@ sequencer); the sequence holds only policies that passed it, so replaying it
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
 from collections.abc import Mapping
 
 from dispatcher.codecs import models as m
+from dispatcher.codecs.codec import Codec
 
 __all__ = ["content_hash", "sign", "verify"]
 
 _DOMAIN = b"dispatcher-policy-v1\0"  # a signature over anything else never verifies here
 
 
+@functools.cache
+def _codec() -> Codec:
+    return Codec()
+
+
 def content_hash(document: m.PolicyDocument) -> str:
-    """The hex SHA-256 a PolicyUpdate carries for its document."""
-    return hashlib.sha256(document.model_dump_json().encode()).hexdigest()
+    """The ``content_hash`` of a PolicyUpdate written now with ``document``: the hex SHA-256
+    of the document's canonical (Avro binary) encoding under the current schema (what
+    the schema's doc says; a producer in any language can compute it)."""
+    return _codec().datum_digest("PolicyUpdate", "document", document.model_dump())
 
 
 def _signed_bytes(update: m.PolicyUpdate) -> bytes:
@@ -47,12 +57,17 @@ def sign(update: m.PolicyUpdate, key_id: str, key: bytes) -> m.PolicyUpdate:
     return update.model_copy(update={"signature": _mac(key, update), "signature_key_id": key_id})
 
 
-def verify(update: m.PolicyUpdate, keys: Mapping[str, bytes]) -> str | None:
+def verify(
+    update: m.PolicyUpdate, keys: Mapping[str, bytes], *, written: str | None = None
+) -> str | None:
     """What is wrong with ``update`` for a worker holding ``keys``, or None.
 
-    Without keys, only the content hash is checked (and any signature ignored).
+    ``written``: the hash of its document as written (``Codec.field_digest`` of
+    the record's bytes: an older schema encodes it differently); default: as
+    it would be written now. Without keys, only the content hash is checked
+    (and any signature ignored).
     """
-    if content_hash(update.document) != update.content_hash:
+    if (written or content_hash(update.document)) != update.content_hash:
         return "its content_hash is not the SHA-256 of its document"
     if not keys:
         return None

@@ -359,6 +359,8 @@ class AgentTable:
             budget = min(_COLS_BUDGET, _COLS_BUDGET_PER_AGENT * self.n)
             cols = self.columns(cand) if self._cols_bytes + size <= budget else None
             self._cols_bytes += _nbytes(cols)
+            for shared in (cand, no_clearance, no_region, *(cols or ())):
+                shared.setflags(write=False)  # kept for every load of the kind
             kind = self._kinds[key] = _Kind(no_clearance, no_region, cand, cols)
         return kind
 
@@ -473,6 +475,7 @@ class AgentTable:
             size = value.nbytes
             if self._cols_bytes + size <= min(_COLS_BUDGET, _COLS_BUDGET_PER_AGENT * self.n):
                 self._cols_bytes += size
+                value.setflags(write=False)  # shared by every load of the kind
                 kind.static[term, part, w] = value
         return value
 

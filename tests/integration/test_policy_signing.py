@@ -1,5 +1,5 @@
 """Signed policies on the real broker: a worker holding policy keys applies only policies
-signed by one of them; the rest go to dead-letter and hold no version back."""
+signed by one of them; the rest go to dead-letter."""
 
 from __future__ import annotations
 
@@ -102,11 +102,15 @@ def test_only_signed_policies_apply(pipeline: Pipeline, tmp_path: Path) -> None:
                     event_id=f"s{seq}", kind=kind, agent_id="agent-s", pool=POOL, seq=seq,
                     event_time_ms=now_ms(), profile=profile if seq == 1 else None))  # fmt: skip
             first = await decided_version(p, producer, "L1")
-            # Version 3 is free: the unsigned version 3 never applied.
+            # The refused versions count as taken: publishing version 3 again is refused.
             path.write_text(yaml.safe_dump(policy_file | {"version": 3}))
+            refused = publish_cli(p, path)
+            assert refused.returncode == 1
+            assert "version 4 is already published" in refused.stderr
+            path.write_text(yaml.safe_dump(policy_file | {"version": 5}))
             again = publish_cli(p, path)
             assert again.returncode == 0, again.stderr
-            await until(lambda: sequenced(3))
+            await until(lambda: sequenced(5))
             second = await decided_version(p, producer, "L2")
             return first, second, await records(p, p.topics.dead_letter, "DeadLetter")
 
@@ -117,7 +121,7 @@ def test_only_signed_policies_apply(pipeline: Pipeline, tmp_path: Path) -> None:
         return version in await sequenced_versions(p)
 
     first, second, dead = asyncio.run(scenario())
-    assert (first, second) == (2, 3)
+    assert (first, second) == (2, 5)
     errors = sorted(d.error for d in dead if isinstance(d, m.DeadLetter))
     assert len(errors) == 2
     assert "policy dispatch version 3: unsigned" in errors[0]

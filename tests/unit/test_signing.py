@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
+from fastavro import schemaless_writer
 
 from dispatcher.codecs import Codec
 from dispatcher.codecs import models as m
@@ -71,6 +74,36 @@ def test_keys_come_from_the_environment() -> None:
     assert Settings.from_env({}).policy_keys == {}
     for bad, problem in (("ops", "is not id=secret"), ("=abcdefabcdefabcdef", "is not id="),
                          ("ops=short", "fewer than 16 bytes"),
-                         ("a=0123456789abcdef,a=0123456789abcdef", "given twice")):  # fmt: skip
+                         ("a=0123456789abcdef,a=0123456789abcdef", "given twice"),
+                         ("k" * 129 + "=0123456789abcdef", "longer than 128")):  # fmt: skip
         with pytest.raises(ConfigError, match=problem):
             Settings.from_env({"DISPATCHER_POLICY_KEYS": bad})
+
+
+def test_a_policy_written_with_an_older_schema_is_hashed_as_written() -> None:
+    # The content hash covers the document's Avro encoding under the writer's schema: a
+    # producer on schema 6 (before the newer document fields) hashes what it wrote, and
+    # the worker, which reads the record resolved to the current schema, checks that.
+    codec = Codec()
+    old = codec.registry.by_id[6]
+    assert old.name == "PolicyUpdate"
+    (doc_schema,) = [f["type"] for f in old.parsed["fields"] if f["name"] == "document"]
+    known = {f["name"] for f in doc_schema["fields"]}
+    datum = policy_update(2).model_dump()
+    datum["document"] = {k: v for k, v in datum["document"].items() if k in known}
+    assert len(datum["document"]) < len(policy_update(2).document.model_dump())
+
+    def framed(d: dict[str, object]) -> bytes:
+        out = io.BytesIO()
+        schemaless_writer(out, old.parsed, d)
+        return b"\x00" + old.id.to_bytes(4, "big") + out.getvalue()
+
+    datum["content_hash"] = codec.field_digest(framed(datum), "document")
+    data = framed(datum)
+    rec = codec.decode(data, "PolicyUpdate")
+    assert isinstance(rec, m.PolicyUpdate)
+    written = codec.field_digest(data, "document")
+    assert content_hash(rec.document) != rec.content_hash  # the current encoding differs
+    assert verify(rec, {}, written=written) is None
+    assert verify(sign(rec, "ops", KEYS["ops"]), KEYS, written=written) is None
+    assert verify(rec, {}) is not None  # hashed as if written now, it would not match
