@@ -7,8 +7,8 @@ Two thin Faust agents, one app (the only place Faust is imported):
    position) and appends the valid bytes, unchanged, to ``input-sequence``,
    keyed by pool; a policy whose content hash or signature is wrong goes to
    dead-letter too (``codecs.signing``), a valid one is appended to every
-   partition. The order of that
-   log is *the* order the core applies, recorded before anything is decided.
+   partition. The order of that log is *the* order the core applies,
+   recorded before anything is decided.
 2. **dispatch** reads ``input-sequence`` in micro-batches and folds each
    partition through the core (``PartitionFold``), sending every decision to
    ``decision-log`` and every assignment to ``assignments``.
@@ -218,8 +218,8 @@ class Dispatcher:
                        t.policy_update: "PolicyUpdate"}  # fmt: skip
 
     async def partition_count(self, topic: str) -> int:
-        """How many partitions ``topic`` has (looked up once: `topics apply` never changes
-        a partition count)."""
+        """How many partitions ``topic`` has (looked up once, for the policies' fan-out:
+        `topics apply` never changes a partition count)."""
         count = self._partitions.get(topic)
         if count is None:
             producer = AIOKafkaProducer(bootstrap_servers=self.cfg.bootstrap)
@@ -235,10 +235,13 @@ class Dispatcher:
         producer: Any, topic: str, key: bytes, value: bytes, partition: int | None = None
     ) -> None:
         """Sends with Faust's own producer (so its commit flushes these first), without the
-        per-record futures and callbacks of Topic.send. Without ``partition``, the key's
-        by Kafka's default partitioner, from the producer's live metadata, hashed once
-        per key (aiokafka hashes in Python, each time; until it has the topic's
-        metadata, it picks)."""
+        per-record futures and callbacks of Topic.send.
+
+        Without ``partition``, the record goes where Kafka's default partitioner puts
+        its key, by the producer's live metadata, each key hashed once (aiokafka would
+        hash it in Python every time; before the producer has the topic's metadata,
+        aiokafka picks).
+        """
         if partition is None:
             partitions = producer._ensure_producer().client.cluster.partitions_for_topic(topic)
             partition = key_partition(key, len(partitions)) if partitions else None
