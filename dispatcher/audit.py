@@ -150,9 +150,9 @@ async def _in_processes(  # noqa: PLR0917 - audit's arguments
                              initargs=(counter,)) as pool:  # fmt: skip
         done = asyncio.gather(*(loop.run_in_executor(pool, _audit_in_process, bootstrap, topics,
                                                      p, policy) for p in parts))  # fmt: skip
-        shown = 0
-        while not done.done():
-            await asyncio.wait({done}, timeout=0.5)
+        shown, finished = 0, False
+        while not finished:
+            finished = bool((await asyncio.wait({done}, timeout=0.5))[0])
             if progress is not None and counter.value != shown:
                 shown = counter.value
                 progress(shown)
@@ -177,6 +177,8 @@ async def _audit_partition(  # noqa: PLR0917 - audit's arguments, for one partit
         except CodecError:
             continue  # the worker dead-lettered it
         expected += [(encode_decision(codec, d, assignment=False)[0], d) for d in out]
+    if res.inputs % PROGRESS_EVERY:
+        report(res.inputs % PROGRESS_EVERY)  # the rest, so the count ends exact
     log_tp = TopicPartition(topics.decision_log, tp.partition)
     logged = _distinct(await read_partition(bootstrap, log_tp), expected, codec, res)
     res.expected, res.logged = len(expected), len(logged)

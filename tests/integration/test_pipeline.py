@@ -106,14 +106,18 @@ def test_end_to_end_against_the_core_offline(pipeline: Pipeline, redis_url: str)
     assert fleet.stats.received == tally.outcomes["ASSIGNED"]
 
     # The log, the assignments and the core run offline on the recorded sequence agree.
-    results = asyncio.run(audit(p.bootstrap, p.topics))
+    counted: list[int] = []
+    results = asyncio.run(audit(p.bootstrap, p.topics, progress=counted.append))
     checked = assert_audit_clean(results)
     assert checked == sum(tally.outcomes.values())
+    assert counted[-1] == sum(r.inputs for r in results)
     # Partitions replayed in processes of their own reach the same verdicts and decisions.
-    apart = asyncio.run(audit(p.bootstrap, p.topics, jobs=2))
+    counted.clear()
+    apart = asyncio.run(audit(p.bootstrap, p.topics, jobs=2, progress=counted.append))
     assert [(r.partition, r.matched, r.decisions) for r in apart] == [
         (r.partition, r.matched, r.decisions) for r in results
     ]
+    assert counted[-1] == sum(r.inputs for r in apart)  # (ticks kept coming meanwhile)
     assert sum(1 for r in results if r.decisions) > 1  # more than one partition to share
     assert over_capacity(results, agents) == []
     assigned = {rec.decision_id for r in results for rec in r.records
