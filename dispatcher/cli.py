@@ -7,13 +7,14 @@ import base64
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -359,11 +360,15 @@ def run(topics_file: Path, duration: float | None, rate: float, agents: int) -> 
         _print_reports(asyncio.run(apply_topics(spec, bootstrap)))
         _print_status(s)
         click.echo(f"kafka: {bootstrap}   redis: {endpoints.redis_url}")
-        worker = _start_worker(s.settings, bootstrap, endpoints.redis_url, prefix)
+        # Policies are signed: with the keys of DISPATCHER_POLICY_KEYS, or a key of this run's.
+        keys = dict(s.settings.policy_keys) or {"demo": secrets.token_hex(32).encode()}
+        worker = _start_worker(s.settings, bootstrap, endpoints.redis_url, prefix, keys)
+        whose = "your DISPATCHER_POLICY_KEYS" if s.settings.policy_keys else "a key of this run"
+        click.echo(f"policies: the worker applies only those signed with {whose}")
         click.echo("Ctrl-C stops everything this command started.")
         asyncio.run(run_demo(bootstrap, topics=TopicNames.prefixed(prefix), agents=agents,
                              rate=rate, duration_s=duration, echo=click.echo,
-                             policy_keys=s.settings.policy_keys))  # fmt: skip
+                             policy_keys=keys))  # fmt: skip
     except KeyboardInterrupt:
         click.echo("\ninterrupted")
     finally:
@@ -421,8 +426,9 @@ def _delete_demo_data(settings: Settings) -> None:
 
 
 def _start_worker(
-    settings: Settings, bootstrap: str, redis_url: str, prefix: str
-) -> subprocess.Popen[bytes]:
+    settings: Settings, bootstrap: str, redis_url: str, prefix: str,
+    policy_keys: Mapping[str, bytes],
+) -> subprocess.Popen[bytes]:  # fmt: skip
     """A worker process on the demo's topics, in its own session (Ctrl-C reaches us, and
     we stop it); its app id (consumer group) is the demo's own."""
     log_path = settings.state_dir / "worker.log"
@@ -430,7 +436,9 @@ def _start_worker(
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         web_port = sock.getsockname()[1]
-    env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "REDIS_URL": redis_url}
+    keys = ",".join(f"{k}={v.decode()}" for k, v in policy_keys.items())
+    env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "REDIS_URL": redis_url,
+                        "DISPATCHER_POLICY_KEYS": keys}  # fmt: skip
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "dispatcher", "worker", "--web-port", str(web_port),
