@@ -20,8 +20,9 @@ from aiokafka import AIOKafkaConsumer
 
 from dispatcher.codecs import models as m
 from dispatcher.codecs.codec import Codec, CodecError
-from dispatcher.codecs.signing import content_hash, sign
+from dispatcher.codecs.signing import content_hash
 from dispatcher.core import DEFAULT_POLICY, FINAL_OUTCOMES
+from dispatcher.policytool import signed
 from dispatcher.reading import partitions
 from dispatcher.sdk.producer import DispatcherProducer, now_ms
 from dispatcher.topics import TopicNames
@@ -371,11 +372,10 @@ async def run_demo(
                     for i in range(agents)}  # fmt: skip
     producer = DispatcherProducer(bootstrap, topics=topics)
     await producer.start()
-    policy = policy_update(int(time.time()))
-    if policy_keys:
-        key_id = min(policy_keys)
-        policy = sign(policy, key_id, policy_keys[key_id])
-    await producer.publish_policy(policy)
+    keys = policy_keys or {}
+    await producer.publish_policy(
+        signed(policy_update(int(time.time())), keys, min(keys, default=None))
+    )
     await producer.stop()
     tally = DecisionTally(bootstrap, topics)
     await tally.start()

@@ -25,7 +25,7 @@ async def partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
 
 async def end_offsets(bootstrap: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
     """The end offset of each of ``tps``: how many records were ever written to it."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = replay_consumer(bootstrap)
     await consumer.start()
     try:
         return dict(await consumer.end_offsets(tps))

@@ -4,9 +4,9 @@ A policy changes every decision after it, so a worker applies a PolicyUpdate
 only when its ``content_hash`` is the SHA-256 of its document's canonical
 (Avro binary) encoding and, when the worker holds policy keys
 (``DISPATCHER_POLICY_KEYS``), when it carries a valid HMAC-SHA256 signature
-by one of them. The signature covers the policy id,
-version, author, effective time and the content hash (so the document too).
-Keys have ids, so a new key can be added before the old one is retired.
+by one of them. The signature covers the policy id, version, author,
+effective time and the content hash (so the document too). Keys have ids, so
+a new key can be added before the old one is retired.
 
 The check happens once, where policies enter the input sequence (the worker's
 sequencer); the sequence holds only policies that passed it, so replaying it
