@@ -91,16 +91,16 @@ async def audit(
     """Audits every partition; ``policy`` is the workers' policy before the first update.
 
     With ``jobs`` > 1, that many partitions at a time, each in a process of its
-    own (the replay is CPU-bound: one per core); 0: one per core when the input
-    sequence is long enough to repay starting them (about a second each), else
-    in this process. ``progress`` is called with the number of inputs replayed
-    so far, now and then.
+    own (the replay is CPU-bound: one per core), each with a codec of its own;
+    0: one per core when the input sequence is long enough to repay starting
+    them (about a second each), else in this process. ``progress`` is called
+    with the number of inputs replayed so far, now and then.
     """
     topics = topics or TopicNames()
     tps = await partitions(bootstrap, topics.input_sequence)
     if jobs == 0:
         records = sum((await end_offsets(bootstrap, tps)).values())
-        jobs = len(os.sched_getaffinity(0)) if records >= PARALLEL_FROM else 1
+        jobs = _cores() if records >= PARALLEL_FROM else 1
     jobs = min(jobs, len(tps))
     if jobs > 1:
         return await _in_processes(bootstrap, topics, [tp.partition for tp in tps], policy,
@@ -122,6 +122,13 @@ async def audit(
 
 
 _replayed: Any = None  # in an audit's worker process: the inputs replayed, over all of them
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):  # Linux
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _share(counter: Any) -> None:
