@@ -6,14 +6,21 @@ decision, and compare with the same partition of ``decision-log``, byte for
 byte and in order. The log may repeat a decision (a worker re-emits what it
 decided after the last committed offset when it restarts): a repeat must be
 identical, and only its first occurrence counts.
+
+Both topics are read a fetch at a time, side by side, and compared as they
+come: an audit keeps the ids of the decisions (for repeats, and for logged
+decisions no input explains) and what one side has that the other has not
+yet reached, not the partitions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import multiprocessing
 import os
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -26,11 +33,11 @@ from dispatcher import core
 from dispatcher.codecs import models as m
 from dispatcher.codecs.adapt import encode_decision, to_records
 from dispatcher.codecs.codec import Codec, CodecError
-from dispatcher.reading import PROGRESS_EVERY, end_offsets, partitions, read_partition
+from dispatcher.reading import PROGRESS_EVERY, end_offsets, partitions, read_chunks
 from dispatcher.topics import TopicNames
 from dispatcher.worker.fold import PartitionFold
 
-__all__ = ["Mismatch", "PartitionAudit", "audit", "explain_load"]
+__all__ = ["Mismatch", "PartitionAudit", "Scope", "audit", "explain_load"]
 
 # From this many inputs on, an audit with jobs=0 replays partitions in processes.
 PARALLEL_FROM = 100_000
@@ -48,10 +55,28 @@ class Mismatch:
     input: tuple[str, int, int]
 
 
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """The decisions an audit counts as checked: those of ``pool`` (None: all) whose input
+    lies from ``start`` up to (not including) ``end``, each ("offset", n) or ("time",
+    epoch ms), or open. Every decision is compared whatever the scope."""
+
+    pool: str | None = None
+    start: tuple[str, int] | None = None
+    end: tuple[str, int] | None = None
+
+    def covers(self, d: core.Decision) -> bool:
+        at = {"offset": d.source[2], "time": d.time_ms}
+        return ((self.pool is None or d.pool == self.pool)
+                and (self.start is None or at[self.start[0]] >= self.start[1])
+                and (self.end is None or at[self.end[0]] < self.end[1]))  # fmt: skip
+
+
 @dataclass
 class PartitionAudit:
     partition: int
     inputs: int = 0
+    checked: int = 0  # expected decisions in the audit's scope
     expected: int = 0
     logged: int = 0  # distinct decision ids in the log
     repeats: int = 0  # repeated records of a decision id, each identical
@@ -59,7 +84,8 @@ class PartitionAudit:
     mismatches: list[Mismatch] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # decided on replay, absent from the log
     unexplained: list[str] = field(default_factory=list)  # in the log, no input decides it
-    decisions: list[core.Decision] = field(default_factory=list)  # the expected ones, in order
+    # The expected decisions, in order (kept only when the audit is asked to).
+    decisions: list[core.Decision] = field(default_factory=list)
 
     @cached_property
     def records(self) -> list[m.DecisionRecord]:
@@ -87,8 +113,12 @@ async def audit(
     codec: Codec | None = None,
     progress: Callable[[int], None] | None = None,
     jobs: int = 1,
+    scope: Scope = Scope(),
+    keep: bool = False,
 ) -> list[PartitionAudit]:
     """Audits every partition; ``policy`` is the workers' policy before the first update.
+    Each result counts the decisions in ``scope`` as checked and, with ``keep``, holds
+    its partition's expected decisions.
 
     With ``jobs`` > 1, that many partitions at a time, each in a process of its
     own (the replay is CPU-bound: one per core), each with a codec of its own;
@@ -102,11 +132,10 @@ async def audit(
         records = sum((await end_offsets(bootstrap, tps)).values())
         jobs = _cores() if records >= PARALLEL_FROM else 1
     jobs = min(jobs, len(tps))
+    job = _Job(bootstrap, topics, policy, scope, keep)
     if jobs > 1:
-        return await _in_processes(bootstrap, topics, [tp.partition for tp in tps], policy,
-                                   progress, jobs)  # fmt: skip
+        return await _in_processes(job, [tp.partition for tp in tps], progress, jobs)
     codec = codec or Codec()
-    results: list[PartitionAudit] = []
     replayed = 0
 
     def report(n: int) -> None:
@@ -115,10 +144,7 @@ async def audit(
         if progress is not None:
             progress(replayed)
 
-    for tp in tps:
-        results.append(await _audit_partition(bootstrap, topics, tp.partition, policy, codec,
-                                              report))  # fmt: skip
-    return results
+    return [await job.run(tp.partition, codec, report) for tp in tps]
 
 
 _replayed: Any = None  # in an audit's worker process: the inputs replayed, over all of them
@@ -136,27 +162,24 @@ def _share(counter: Any) -> None:
     _replayed = counter
 
 
-def _audit_in_process(
-    bootstrap: str, topics: TopicNames, partition: int, policy: core.Policy
-) -> PartitionAudit:
+def _audit_in_process(job: _Job, partition: int) -> PartitionAudit:
     def report(n: int) -> None:
         with _replayed.get_lock():
             _replayed.value += n
 
-    return asyncio.run(_audit_partition(bootstrap, topics, partition, policy, Codec(), report))
+    return asyncio.run(job.run(partition, Codec(), report))
 
 
-async def _in_processes(  # noqa: PLR0917 - audit's arguments
-    bootstrap: str, topics: TopicNames, parts: list[int], policy: core.Policy,
-    progress: Callable[[int], None] | None, jobs: int,
-) -> list[PartitionAudit]:  # fmt: skip
+async def _in_processes(
+    job: _Job, parts: list[int], progress: Callable[[int], None] | None, jobs: int
+) -> list[PartitionAudit]:
     ctx = multiprocessing.get_context("spawn")  # not fork: this process runs an event loop
     counter = ctx.Value("q", 0)
     loop = asyncio.get_running_loop()
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_share,
                              initargs=(counter,)) as pool:  # fmt: skip
-        done = asyncio.gather(*(loop.run_in_executor(pool, _audit_in_process, bootstrap, topics,
-                                                     p, policy) for p in parts))  # fmt: skip
+        done = asyncio.gather(*(loop.run_in_executor(pool, _audit_in_process, job, p)
+                                for p in parts))  # fmt: skip
         shown, finished = 0, False
         while not finished:
             finished = bool((await asyncio.wait({done}, timeout=0.5))[0])
@@ -166,83 +189,128 @@ async def _in_processes(  # noqa: PLR0917 - audit's arguments
         return list(done.result())
 
 
-async def _audit_partition(  # noqa: PLR0917 - audit's arguments, for one partition
-    bootstrap: str, topics: TopicNames, partition: int, policy: core.Policy, codec: Codec,
-    report: Callable[[int], None],
-) -> PartitionAudit:  # fmt: skip
-    """Replays one partition of the input sequence and holds its decision log against it."""
-    res = PartitionAudit(partition)
-    tp = TopicPartition(topics.input_sequence, partition)
-    fold = PartitionFold(topics.input_sequence, partition, codec, policy)
-    expected: list[tuple[bytes, core.Decision]] = []
-    for r in await read_partition(bootstrap, tp):
-        res.inputs += 1
-        if res.inputs % PROGRESS_EVERY == 0:
-            report(PROGRESS_EVERY)
-        try:
-            out = fold.apply(r.value, r.offset)
-        except CodecError:
-            continue  # the worker dead-lettered it
-        expected += [(encode_decision(codec, d, assignment=False)[0], d) for d in out]
-    if res.inputs % PROGRESS_EVERY:
-        report(res.inputs % PROGRESS_EVERY)  # the rest, so the count ends exact
-    log_tp = TopicPartition(topics.decision_log, tp.partition)
-    logged = _distinct(await read_partition(bootstrap, log_tp), expected, codec, res)
-    res.expected, res.logged = len(expected), len(logged)
-    res.decisions = [d for _, d in expected]
-    expected_ids = {d.decision_id for _, d in expected}
-    for i, ((eb, ed), (lb, _)) in enumerate(zip(expected, logged, strict=False)):
-        if eb == lb:
-            res.matched += 1
-            continue
-        erec = to_records(ed)[0]
-        name, want, got = _first_difference(erec, _decode(codec, lb))
-        res.mismatches.append(Mismatch(i, ed.decision_id, name, want, got, _input(erec)))
-    res.missing = [d.decision_id for _, d in expected[len(logged) :]]
-    res.unexplained = [i for _, i in logged if i not in expected_ids]
-    return res
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """What auditing one partition takes (sent to the audit's processes)."""
+
+    bootstrap: str
+    topics: TopicNames
+    policy: core.Policy
+    scope: Scope
+    keep: bool
+
+    async def run(
+        self, partition: int, codec: Codec, report: Callable[[int], None]
+    ) -> PartitionAudit:
+        """Replays one partition of the input sequence and holds its decision log against it,
+        reading the log as far as the replay has got after each fetch of inputs."""
+        res = PartitionAudit(partition)
+        fold = PartitionFold(self.topics.input_sequence, partition, codec, self.policy)
+        check = _Comparison(codec, res)
+        log = aiter(read_chunks(self.bootstrap, TopicPartition(self.topics.decision_log,
+                                                                partition)))  # fmt: skip
+        log_read = False
+        inputs = read_chunks(self.bootstrap, TopicPartition(self.topics.input_sequence, partition))
+        async for chunk in inputs:
+            for r in chunk:
+                res.inputs += 1
+                if res.inputs % PROGRESS_EVERY == 0:
+                    report(PROGRESS_EVERY)
+                try:
+                    out = fold.apply(r.value, r.offset)
+                except CodecError:
+                    continue  # the worker dead-lettered it
+                for d in out:
+                    check.expect(encode_decision(codec, d, assignment=False)[0], d)
+                    res.checked += self.scope.covers(d)
+                if self.keep:
+                    res.decisions += out
+            while check.expected and not log_read:  # the log is behind the replay
+                records = await anext(log, None)
+                if records is None:
+                    log_read = True
+                for r in records or ():
+                    check.log(r)
+        if res.inputs % PROGRESS_EVERY:
+            report(res.inputs % PROGRESS_EVERY)  # the rest, so the count ends exact
+        async for records in log:
+            for r in records:
+                check.log(r)
+        check.finish()
+        return res
 
 
-def _distinct(
-    log: list[Any], expected: list[tuple[bytes, core.Decision]], codec: Codec,
-    res: PartitionAudit,
-) -> list[tuple[bytes, str]]:  # fmt: skip
-    """The log's distinct decisions (bytes, id), in order; repeats are counted in ``res``,
-    conflicting repeats and undecodable records reported there.
+class _Comparison:
+    """Expected decisions and logged ones, held against each other as they come.
 
-    A record equal to the next expected one is not decoded: its bytes say all
-    (most records, in a clean log).
+    The n-th distinct logged decision is compared with the n-th expected one.
+    Whichever side is ahead keeps its uncompared decisions (at most one side
+    has any); beyond that, only ids and a digest of each logged record are
+    kept.
     """
-    logged: list[tuple[bytes, str]] = []
-    ids: set[str] = set()
-    values: set[bytes] = set()
-    for r in log:
-        value = r.value
-        if value in values:
-            res.repeats += 1  # a decision logged again (a restarted worker), identical
-            continue
-        i = len(logged)
-        rec = None
-        if i < len(expected) and value == expected[i][0]:
-            decision_id = expected[i][1].decision_id
+
+    def __init__(self, codec: Codec, res: PartitionAudit) -> None:
+        self.codec, self.res = codec, res
+        self.expected: deque[tuple[bytes, core.Decision]] = deque()  # not yet compared
+        self.ahead: deque[tuple[bytes, str]] = deque()  # logged, not yet compared
+        self.expected_ids: set[str] = set()
+        self.logged: dict[str, bytes] = {}  # decision id -> its record's digest, in log order
+        self.compared = 0
+
+    def expect(self, value: bytes, d: core.Decision) -> None:
+        self.res.expected += 1
+        self.expected_ids.add(d.decision_id)
+        if self.ahead:
+            self._compare((value, d), self.ahead.popleft())
+        else:
+            self.expected.append((value, d))
+
+    def log(self, r: Any) -> None:
+        """Takes the next record of the log. One equal to the next expected decision is not
+        decoded: its bytes say all (most records, in a clean log)."""
+        value, res = r.value, self.res
+        digest = hashlib.blake2b(value, digest_size=16).digest()
+        if self.expected and value == self.expected[0][0]:
+            decision_id = self.expected[0][1].decision_id
+            rec = None
         else:
             try:
-                rec = _decode(codec, value)
+                rec = _decode(self.codec, value)
             except CodecError as exc:
                 where = (r.topic, r.partition, r.offset)
                 res.mismatches.append(Mismatch(-1, "?", "(undecodable)", None, exc.detail, where))
-                continue
+                return
             decision_id = rec.decision_id
-        if decision_id in ids:
-            rec = rec or _decode(codec, value)
-            res.mismatches.append(
-                Mismatch(-1, decision_id, "(conflicting repeat)", None, None, _input(rec))
-            )
-            continue
-        ids.add(decision_id)
-        values.add(value)
-        logged.append((value, decision_id))
-    return logged
+        first = self.logged.get(decision_id)
+        if first == digest:
+            res.repeats += 1  # a decision logged again (a restarted worker), identical
+            return
+        if first is not None:
+            res.mismatches.append(Mismatch(-1, decision_id, "(conflicting repeat)", None, None,
+                                           _input(rec or _decode(self.codec, value))))  # fmt: skip
+            return
+        self.logged[decision_id] = digest
+        res.logged += 1
+        if self.expected:
+            self._compare(self.expected.popleft(), (value, decision_id))
+        else:
+            self.ahead.append((value, decision_id))
+
+    def _compare(self, expected: tuple[bytes, core.Decision], logged: tuple[bytes, str]) -> None:
+        (eb, ed), (lb, _) = expected, logged
+        position, self.compared = self.compared, self.compared + 1
+        if eb == lb:
+            self.res.matched += 1
+            return
+        erec = to_records(ed)[0]
+        name, want, got = _first_difference(erec, _decode(self.codec, lb))
+        self.res.mismatches.append(Mismatch(position, ed.decision_id, name, want, got,
+                                            _input(erec)))  # fmt: skip
+
+    def finish(self) -> None:
+        """Reports the expected decisions the log lacks, and logged ones no input explains."""
+        self.res.missing = [d.decision_id for _, d in self.expected]
+        self.res.unexplained = [i for i in self.logged if i not in self.expected_ids]
 
 
 def _decode(codec: Codec, value: bytes) -> m.DecisionRecord:
@@ -268,24 +336,31 @@ async def explain_load(
     codec = Codec()
     decisions: list[m.DecisionRecord] = []
     seen: set[str] = set()
+    needle = load_id.encode()  # Avro writes a string as its UTF-8 bytes: in every record of it
     for tp in await partitions(bootstrap, topics.decision_log):
-        for r in await read_partition(bootstrap, tp):
-            rec = codec.decode(r.value, "DecisionRecord", trusted=True)
-            if (isinstance(rec, m.DecisionRecord) and rec.load_id == load_id
-                    and rec.decision_id not in seen):  # fmt: skip
-                seen.add(rec.decision_id)
-                decisions.append(rec)
+        async for records in read_chunks(bootstrap, tp):
+            for r in records:
+                if needle not in r.value:
+                    continue
+                with contextlib.suppress(CodecError):  # (audit reports undecodable records)
+                    rec = _decode(codec, r.value)
+                    if rec.load_id == load_id and rec.decision_id not in seen:
+                        seen.add(rec.decision_id)
+                        decisions.append(rec)
     verdicts: list[dict[str, Any]] = []
     if decisions and agents:
         assigned = [d for d in decisions if d.outcome is m.DecisionOutcome.ASSIGNED]
         last = (assigned or decisions)[-1]
         tp = TopicPartition(topics.input_sequence, last.input.partition)
         fold = PartitionFold(topics.input_sequence, tp.partition, codec, policy)
-        for r in await read_partition(bootstrap, tp):
-            if r.offset > last.input.offset:
-                break
-            with contextlib.suppress(CodecError):
-                fold.apply(r.value, r.offset)
+        async with contextlib.aclosing(read_chunks(bootstrap, tp)) as chunks:
+            async for records in chunks:
+                for r in records:
+                    if r.offset <= last.input.offset:
+                        with contextlib.suppress(CodecError):
+                            fold.apply(r.value, r.offset)
+                if records and records[-1].offset >= last.input.offset:
+                    break
         why = core.explain(fold.pools[last.pool], load_id, agents)
         verdicts = [{"agent_id": v.agent_id, "failed": list(v.failed), "score": v.score,
                      "gap": v.gap, "parts": dict(v.parts)} for v in why.verdicts]  # fmt: skip

@@ -517,26 +517,18 @@ def audit_cmd(  # noqa: PLR0917 - one option each
 
     Exits 1 on any mismatch, missing or unexplained decision.
     """
-    from dispatcher.audit import audit  # noqa: PLC0415 - kept off the import path of others
+    from dispatcher.audit import Scope, audit  # noqa: PLC0415 - kept off the import path of others
 
-    lo, hi = _position(start), _position(end)
-
-    def wanted(d: Any) -> bool:  # a core.Decision
-        at = {"offset": d.source[2], "time": d.time_ms}
-        after = lo is None or at[lo[0]] >= lo[1]
-        before = hi is None or at[hi[0]] < hi[1]
-        return (pool is None or d.pool == pool) and after and before
-
+    scope = Scope(pool, _position(start), _position(end))
     started = time.monotonic()
     results = asyncio.run(audit(_bootstrap(), TopicNames.prefixed(topic_prefix),
-                                progress=_replay_progress(), jobs=jobs))  # fmt: skip
+                                progress=_replay_progress(), jobs=jobs, scope=scope))  # fmt: skip
     rows: list[dict[str, Any]] = []
     bad = 0
     for r in results:
-        mism = [x for x in r.mismatches if pool is None or x.decision_id]
-        checked = sum(1 for d in r.decisions if wanted(d))
+        mism = r.mismatches
         bad += len(mism) + len(r.missing) + len(r.unexplained)
-        rows.append({"partition": r.partition, "inputs": r.inputs, "checked": checked,
+        rows.append({"partition": r.partition, "inputs": r.inputs, "checked": r.checked,
                      "matched": r.matched, "repeats": r.repeats, "mismatches": len(mism),
                      "missing": len(r.missing), "unexplained": len(r.unexplained),
                      "first_mismatch": asdict(mism[0]) if mism else None,

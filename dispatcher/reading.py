@@ -3,13 +3,22 @@ demo share."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-__all__ = ["PROGRESS_EVERY", "end_offsets", "partitions", "read_partition", "replay_consumer"]
+__all__ = [
+    "PROGRESS_EVERY",
+    "end_offsets",
+    "partitions",
+    "read_chunks",
+    "read_partition",
+    "replay_consumer",
+]
 
 PROGRESS_EVERY = 20_000  # replays report their progress every this many inputs
+CHUNK = 20_000  # records a read hands over at a time, at most
 
 
 async def partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
@@ -47,6 +56,12 @@ def replay_consumer(bootstrap: str) -> AIOKafkaConsumer:
 
 async def read_partition(bootstrap: str, tp: TopicPartition) -> list[Any]:
     """Every record of ``tp`` from the start up to its end when called."""
+    return [r async for chunk in read_chunks(bootstrap, tp) for r in chunk]
+
+
+async def read_chunks(bootstrap: str, tp: TopicPartition) -> AsyncGenerator[list[Any], None]:
+    """The records of ``tp`` from the start up to its end when called, a fetch at a time
+    (a reader that keeps nothing holds one fetch in memory, whatever the log's length)."""
     consumer = replay_consumer(bootstrap)
     await consumer.start()
     try:
@@ -54,13 +69,11 @@ async def read_partition(bootstrap: str, tp: TopicPartition) -> list[Any]:
         start = (await consumer.beginning_offsets([tp]))[tp]
         end = (await consumer.end_offsets([tp]))[tp]
         consumer.seek(tp, start)  # (seek_to_beginning is lazy: position() may not see it)
-        out: list[Any] = []
         nxt = start
         while nxt < end:
-            batch = await consumer.getmany(tp, timeout_ms=1000, max_records=20_000)
+            batch = await consumer.getmany(tp, timeout_ms=1000, max_records=CHUNK)
             records = batch.get(tp, [])
-            out += [r for r in records if r.offset < end]
+            yield [r for r in records if r.offset < end]
             nxt = records[-1].offset + 1 if records else await consumer.position(tp)
-        return out
     finally:
         await consumer.stop()

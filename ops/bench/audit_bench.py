@@ -10,7 +10,9 @@ alternating:
 - audit: ``dispatcher.audit.audit``: read, decode, fold through the core,
          encode, compare byte for byte, one partition after the other;
 - audit --jobs N: the same with N partitions at a time, each in its own process.
-Prints decisions/s for each and the ratio to the read floor.
+Prints decisions/s for each and the ratio to the read floor; then the peak
+RSS of a process auditing the recording (one partition after the other),
+beside that of a process that only imports the audit.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import subprocess
 import sys
 import time
 import uuid
@@ -80,6 +83,26 @@ def recording(
     return inputs, log
 
 
+# Run in a process of its own: prints its peak RSS (kB) after auditing, or after the imports.
+# (VmHWM: ru_maxrss would count the RSS of the process that started it.)
+PEAK_RSS = """
+import asyncio, re, sys
+from pathlib import Path
+from dispatcher.audit import audit
+from dispatcher.topics import TopicNames
+if sys.argv[1] != "-":
+    asyncio.run(audit(sys.argv[1], TopicNames.prefixed(sys.argv[2])))
+print(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text())[1])
+"""
+
+
+def peak_rss_mb(bootstrap: str, prefix: str) -> float:
+    root = str(Path(__file__).resolve().parents[2])
+    out = subprocess.run([sys.executable, "-c", PEAK_RSS, bootstrap, prefix], cwd=root,
+                         capture_output=True, text=True, check=True, timeout=1800)  # fmt: skip
+    return int(out.stdout.split()[-1]) / 1024
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=1000, help="agents per pool")
@@ -131,6 +154,9 @@ async def main() -> None:
                 line += (f"   audit --jobs {jobs} {checked / audit_s:>7,.0f}/s "
                          f"({read_s / audit_s:.2f}x read)")  # fmt: skip
             print(line + " decisions", flush=True)
+        audit_mb, bare_mb = peak_rss_mb(bootstrap, prefix), peak_rss_mb("-", prefix)
+        print(f"peak RSS of an audit process: {audit_mb:,.0f} MB "
+              f"({bare_mb:,.0f} MB of it the imports alone)")  # fmt: skip
     finally:
         await delete_topics(list(declared.topics), bootstrap)
 

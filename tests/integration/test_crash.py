@@ -81,7 +81,7 @@ def run_under_faults(p: Pipeline, faults: Callable[[float], Coroutine[Any, Any, 
     lost = LOADS - len(tally.finals)
     twice = [load for load, ids in tally.finals.items() if len(ids) > 1]
     assert (lost, twice) == (0, [])
-    results = asyncio.run(audit(p.bootstrap, p.topics))
+    results = asyncio.run(audit(p.bootstrap, p.topics, keep=True))
     checked = assert_audit_clean(results)
     assert checked == len(tally.ids)
     assert sum(r.repeats for r in results) >= 0  # repeats are allowed, and identical

@@ -107,13 +107,13 @@ def test_end_to_end_against_the_core_offline(pipeline: Pipeline, redis_url: str)
 
     # The log, the assignments and the core run offline on the recorded sequence agree.
     counted: list[int] = []
-    results = asyncio.run(audit(p.bootstrap, p.topics, progress=counted.append))
+    results = asyncio.run(audit(p.bootstrap, p.topics, progress=counted.append, keep=True))
     checked = assert_audit_clean(results)
     assert checked == sum(tally.outcomes.values())
     assert counted[-1] == sum(r.inputs for r in results)
     # Partitions replayed in processes of their own reach the same verdicts and decisions.
     counted.clear()
-    apart = asyncio.run(audit(p.bootstrap, p.topics, jobs=2, progress=counted.append))
+    apart = asyncio.run(audit(p.bootstrap, p.topics, jobs=2, progress=counted.append, keep=True))
     assert [(r.partition, r.matched, r.decisions) for r in apart] == [
         (r.partition, r.matched, r.decisions) for r in results
     ]
@@ -175,6 +175,9 @@ def operator_tools(p: Pipeline, results: list[PartitionAudit]) -> None:
     report = json.loads(audited.stdout)
     assert report["problems"] == 0
     assert report["checked"] == sum(len(r.records) for r in results)
+    one = json.loads(cli(p, "audit", "--json", "--pool", "pool-a").stdout)
+    assert one["checked"] == sum(rec.pool == "pool-a" for r in results for rec in r.records) > 0
+    assert one["checked"] < report["checked"]
 
     assigned = next(rec for r in results for rec in r.records
                     if rec.outcome is m.DecisionOutcome.ASSIGNED and rec.runner_up)  # fmt: skip

@@ -1,0 +1,159 @@
+"""Audit's comparison of the decisions a replay expects with the logged ones, as both arrive.
+
+The audit reads the input sequence and the decision log side by side, so the
+verdict must not depend on which side runs ahead: every interleaving gives
+the verdict of comparing the whole log with the whole replay at once.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dispatcher import core
+from dispatcher.audit import PartitionAudit, _Comparison
+from dispatcher.codecs import Codec, CodecError
+from dispatcher.codecs.adapt import encode_decision, to_records
+from dispatcher.demo import policy_update
+from dispatcher.worker.fold import PartitionFold
+from tests.unit.test_policy_whatif import recorded_run
+
+CODEC = Codec()
+
+
+def _expected() -> list[tuple[bytes, core.Decision]]:
+    fold = PartitionFold("input-sequence", 0, CODEC)
+    out: list[core.Decision] = []
+    for offset, value in recorded_run(policy_update(1), steps=6):
+        out += fold.apply(value, offset)
+    return [(encode_decision(CODEC, d, assignment=False)[0], d) for d in out]
+
+
+EXPECTED = _expected()
+
+
+def _forged(d: core.Decision) -> bytes:
+    """The record of ``d`` naming another agent."""
+    return CODEC.encode(to_records(d)[0].model_copy(update={"agent_id": "intruder"}))
+
+
+def _other() -> bytes:
+    """A decision no input of the run explains."""
+    _, d = EXPECTED[0]
+    return CODEC.encode(to_records(d)[0].model_copy(update={"decision_id": "f" * 32}))
+
+
+def reference(expected: list[tuple[bytes, core.Decision]], log: list[bytes]) -> dict[str, Any]:
+    """The verdict from the whole log and the whole replay: the n-th distinct logged decision
+    against the n-th expected one."""
+    logged: dict[str, bytes] = {}
+    repeats = conflicting = undecodable = 0
+    for value in log:
+        try:
+            decision_id = CODEC.decode(value, "DecisionRecord").decision_id  # type: ignore[attr-defined]
+        except CodecError:
+            undecodable += 1
+            continue
+        if decision_id in logged:
+            repeats += logged[decision_id] == value
+            conflicting += logged[decision_id] != value
+            continue
+        logged[decision_id] = value
+    pairs = list(zip(expected, logged.items(), strict=False))
+    ids = {d.decision_id for _, d in expected}
+    return {
+        "matched": sum(eb == lb for (eb, _), (_, lb) in pairs),
+        "differ": [(i, d.decision_id) for i, ((eb, d), (_, lb)) in enumerate(pairs) if eb != lb],
+        "repeats": repeats, "conflicting": conflicting, "undecodable": undecodable,
+        "missing": [d.decision_id for _, d in expected[len(logged):]],
+        "unexplained": [i for i in logged if i not in ids], "logged": len(logged),
+    }  # fmt: skip
+
+
+def streamed(
+    expected: list[tuple[bytes, core.Decision]], log: list[bytes], order: list[bool]
+) -> PartitionAudit:
+    """The verdict of ``_Comparison`` fed the two sides in ``order`` (True: the next expected
+    decision, False: the next log record; the rest of either side after that)."""
+    res = PartitionAudit(0)
+    check = _Comparison(CODEC, res)
+    e = iter(expected)
+    records = iter(SimpleNamespace(value=v, topic="decision-log", partition=0, offset=i)
+                   for i, v in enumerate(log))  # fmt: skip
+    for side in order:
+        if side:
+            if (x := next(e, None)) is not None:
+                check.expect(*x)
+        elif (r := next(records, None)) is not None:
+            check.log(r)
+    for x in e:
+        check.expect(*x)
+    for r in records:
+        check.log(r)
+    check.finish()
+    return res
+
+
+def verdict(res: PartitionAudit) -> dict[str, Any]:
+    kinds = [x.field for x in res.mismatches]
+    return {
+        "matched": res.matched,
+        "differ": [(x.position, x.decision_id) for x in res.mismatches if x.position >= 0],
+        "repeats": res.repeats, "conflicting": kinds.count("(conflicting repeat)"),
+        "undecodable": kinds.count("(undecodable)"), "missing": res.missing,
+        "unexplained": res.unexplained, "logged": res.logged,
+    }  # fmt: skip
+
+
+def test_a_clean_log_matches_in_every_order() -> None:
+    log = [v for v, _ in EXPECTED]
+    assert len(log) > 20
+    for order in ([True] * len(log), [False] * len(log), [True, False] * len(log)):
+        res = streamed(EXPECTED, log, order)
+        assert verdict(res) == reference(EXPECTED, log)
+        assert res.matched == res.expected == res.logged == len(log)
+        assert res.ok
+
+
+CHANGES = ["keep"] * 6 + ["drop", "repeat", "forge", "garbage", "stranger", "late"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_any_log_gets_the_verdict_of_the_whole_comparison_in_any_order(data: Any) -> None:
+    log: list[bytes] = []
+    for i, (value, d) in enumerate(EXPECTED):
+        change = data.draw(st.sampled_from(CHANGES), label=f"#{i}")
+        if change == "drop":
+            continue
+        log.append(_forged(d) if change == "forge" else value)
+        if change == "repeat":
+            log.append(value)
+        elif change == "garbage":
+            log.append(b"\x00garbage")
+        elif change == "stranger":
+            log.append(_other())
+        elif change == "late":  # a forged repeat: a conflicting one
+            log.append(_forged(d))
+    cut = data.draw(st.integers(0, len(EXPECTED)), label="replayed")  # a replay that stops early
+    expected = EXPECTED[:cut]
+    order = data.draw(st.lists(st.booleans(), max_size=2 * len(log) + cut), label="order")
+    assert verdict(streamed(expected, log, order)) == reference(expected, log)
+
+
+@pytest.mark.parametrize("behind", [True, False], ids=["log behind", "log ahead"])
+def test_a_mismatch_names_its_position_and_first_differing_field(behind: bool) -> None:
+    log = [v for v, _ in EXPECTED]
+    k = next(i for i, (_, d) in enumerate(EXPECTED) if d.agent_id is not None)
+    log[k] = _forged(EXPECTED[k][1])
+    res = streamed(EXPECTED, log, [behind] * len(log))  # all expected first, or all logged
+    (bad,) = res.mismatches
+    assert (bad.position, bad.decision_id, bad.field) == (k, EXPECTED[k][1].decision_id,
+                                                          "agent_id")  # fmt: skip
+    assert (bad.expected, bad.logged) == (EXPECTED[k][1].agent_id, "intruder")
+    assert bad.input == EXPECTED[k][1].source
+    assert res.matched == len(log) - 1
