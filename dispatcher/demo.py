@@ -74,9 +74,10 @@ def load_event(
 def policy_update(
     version: int, *, ack_ms: int = 2_000, heartbeat_ms: int = 5_000,
     mode: m.MatchingMode = m.MatchingMode.GREEDY, tenant_weights: dict[str, float] | None = None,
-    max_pending: int = 100_000,
+    max_pending: int = 100_000, effective_from_ms: int | None = None,
 ) -> m.PolicyUpdate:  # fmt: skip
-    """A complete policy document: the core's default weights, timeouts sized for a demo."""
+    """A complete policy document: the core's default weights, timeouts sized for a demo; in
+    effect from now (event time), or from ``effective_from_ms``."""
     doc = m.PolicyDocument(
         matching_mode=mode, batch_window_ms=50, weights=dict(DEFAULT_POLICY.weights),
         constraints={}, tenant_weights=tenant_weights or {}, tenant_quotas={}, tenant_deny={},
@@ -86,7 +87,8 @@ def policy_update(
                                     low_watermark=max_pending * 6 // 10),
     )  # fmt: skip
     return m.PolicyUpdate(
-        policy_id="dispatch", version=version, author="demo", effective_from_ms=now_ms(),
+        policy_id="dispatch", version=version, author="demo",
+        effective_from_ms=now_ms() if effective_from_ms is None else effective_from_ms,
         document=doc, content_hash=content_hash(doc),
     )  # fmt: skip
 

@@ -7,6 +7,7 @@ same order give the same decisions, byte for byte.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import heapq
 from collections import deque
@@ -131,6 +132,8 @@ class PoolState:
         self.deferred = 0
         self.last_batch_ms = -(10**18)
         self.epoch = 0  # grows whenever agents' ability to take loads may have grown
+        # Newer policies waiting for their time, by time (and in order of arrival).
+        self.scheduled: list[PolicyChanged] = []
         self.arrivals = 0
 
     # -- the fold ----------------------------------------------------------------------
@@ -140,12 +143,15 @@ class PoolState:
         key = getattr(event, "key", None)
         if key is not None and key in self.seen:
             return []
-        self.now_ms = max(self.now_ms, event.time_ms)
+        out: list[Decision] = []
+        if not isinstance(event, PolicyChanged):  # (a policy's time is when it takes effect)
+            self.now_ms = max(self.now_ms, event.time_ms)
+            if self.scheduled and self.scheduled[0].time_ms <= self.now_ms:
+                self._policy_due(event.source, out)
         if key is not None:
             # Stamped with the pool's clock, which never goes back: the oldest key is
             # always first, so pruning reads from the front.
             self.seen[key] = self.now_ms
-        out: list[Decision] = []
         match event:
             case AgentRegistered():
                 self._on_agent_registered(event, out)
@@ -330,12 +336,25 @@ class PoolState:
         self._drain(e.source, out)
 
     def _on_policy_changed(self, e: PolicyChanged, out: list[Decision]) -> None:
-        policy = e.policy
-        if not isinstance(policy, Policy) or policy.version <= self.policy.version:
+        """Applies a newer policy from its time on: now, or at the first event at or after
+        it (the pool's clock does not move to a time a policy names)."""
+        if not isinstance(e.policy, Policy) or e.policy.version <= self.policy.version:
             return  # policies only move forward; a replayed older one changes nothing
-        self.policy = policy
-        self.epoch += 1
-        self._drain(e.source, out)
+        bisect.insort(self.scheduled, e, key=lambda x: x.time_ms)  # after those due as early
+        if e.time_ms <= self.now_ms:
+            self._policy_due(e.source, out)
+
+    def _policy_due(self, source: Source, out: list[Decision]) -> None:
+        """Applies the scheduled policies whose time has come (a newer version only)."""
+        changed = False
+        while self.scheduled and self.scheduled[0].time_ms <= self.now_ms:
+            policy = self.scheduled.pop(0).policy
+            assert isinstance(policy, Policy)  # noqa: S101 - checked when scheduled
+            if policy.version > self.policy.version:
+                self.policy, changed = policy, True
+        if changed:
+            self.epoch += 1
+            self._drain(source, out)
 
     def _prune(self, before_ms: int) -> None:
         """Forgets event keys, finished loads and sessions older than the dedupe window.

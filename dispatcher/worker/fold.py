@@ -4,8 +4,9 @@ No Faust and no I/O here: the worker, ``dispatcher audit`` and the tests all
 fold the same bytes through this class, so they reach the same decisions.
 
 A partition holds many pools. Each record names its pool; a PolicyUpdate
-(fanned out to every partition by the sequencer) applies to every pool of
-the partition, in pool-name order, and to the pools that appear later.
+(fanned out to every partition by the sequencer) goes to every pool of the
+partition, in pool-name order, and to the pools that appear later; each pool
+applies it from its effective time on (``core.PoolState``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ class PartitionFold:
         self, topic: str, partition: int, codec: Codec, policy: core.Policy = core.DEFAULT_POLICY
     ) -> None:
         self.topic, self.partition, self.codec = topic, partition, codec
-        self.policy = policy  # the newest policy seen; new pools start with it
+        self.policy = policy  # new pools start with it, then get ``policies``
+        # The policy updates seen, less those a newer version no later makes moot.
+        self.policies: list[core.PolicyChanged] = []
         self.pools: dict[str, core.PoolState] = {}
         self.next_offset = 0  # the offset of the next record to apply
 
@@ -48,8 +51,7 @@ class PartitionFold:
     def apply_event(self, record: m.Record, event: core.Event) -> list[core.Decision]:
         """Applies a decoded input (``whatif`` rewrites some events before they apply)."""
         if isinstance(event, core.PolicyChanged):
-            if isinstance(event.policy, core.Policy) and event.policy.version > self.policy.version:
-                self.policy = event.policy
+            self._remember(event)
             out: list[core.Decision] = []
             for name in sorted(self.pools):
                 out += self.pools[name].apply(event)
@@ -59,4 +61,17 @@ class PartitionFold:
         state = self.pools.get(pool)
         if state is None:
             state = self.pools[pool] = core.PoolState(pool, self.policy)
+            for update in self.policies:  # (an empty pool: no decisions)
+                state.apply(update)
         return state.apply(event)
+
+    def _remember(self, e: core.PolicyChanged) -> None:
+        def moot(old: core.PolicyChanged, new: core.PolicyChanged) -> bool:
+            return _version(new) > _version(old) and new.time_ms <= old.time_ms
+
+        if _version(e) > self.policy.version and not any(moot(e, x) for x in self.policies):
+            self.policies = [x for x in self.policies if not moot(x, e)] + [e]
+
+
+def _version(e: core.PolicyChanged) -> int:
+    return e.policy.version if isinstance(e.policy, core.Policy) else -1

@@ -84,7 +84,8 @@ class Snapshots:
             return False
         self.base[fold.partition] = fold.next_offset
         directory = self._dir(fold.partition)
-        state = (fold.topic, fold.partition, fold.next_offset, fold.policy, fold.pools)
+        state = (fold.topic, fold.partition, fold.next_offset, fold.policy, fold.policies,
+                 fold.pools)  # fmt: skip
         try:  # a snapshot is an optimisation: failing to take one must not stop the worker
             directory.mkdir(parents=True, exist_ok=True)
             if not hasattr(os, "fork"):
@@ -140,13 +141,13 @@ class Snapshots:
             state = _read(path)
             if state is None:
                 continue
-            topic, part, next_offset, policy, pools = state
+            topic, part, next_offset, policy, policies, pools = state
             if (topic, part, next_offset) != (self.topic, partition, offset):
                 log.warning("snapshot %s is of %s-%s at %s: ignored", path, topic, part,
                             next_offset)  # fmt: skip
                 continue
             fold = PartitionFold(self.topic, partition, codec, policy)
-            fold.pools, fold.next_offset = pools, offset
+            fold.policies, fold.pools, fold.next_offset = policies, pools, offset
             self.base[partition] = offset
             log.info("partition %d: starts from the snapshot at offset %d", partition, offset)
             return fold
@@ -191,4 +192,4 @@ def _read(path: Path) -> tuple[Any, ...] | None:
     except Exception as exc:  # whatever it is, fold from further back
         log.warning("snapshot %s: does not load (%s), not used", path, exc)
         return None
-    return state if isinstance(state, tuple) and len(state) == 5 else None
+    return state if isinstance(state, tuple) and len(state) == 6 else None

@@ -61,7 +61,7 @@ def recording(
         log.extend(CODEC.encode(to_records(d)[0]) for d in out)  # the validated path
         return out
 
-    add(policy_update(1, ack_ms=60_000, heartbeat_ms=3_600_000))
+    add(policy_update(1, ack_ms=60_000, heartbeat_ms=3_600_000, effective_from_ms=0))
     for i in range(agents):
         profile = agent_profile(rng, capacity=2)
         for seq, kind in ((1, m.AgentEventKind.REGISTERED), (2, m.AgentEventKind.AVAILABLE)):

@@ -71,8 +71,9 @@ def test_schema_problems_are_refused(tmp_path: Path, change: dict[str, Any]) -> 
 
 
 def recorded_run(policy: m.PolicyUpdate, steps: int = 60) -> list[tuple[int, bytes]]:
-    """An input sequence as the worker records it: two agents (capacity 1), tenant acme
-    sending three loads per step and globex one, agents finishing work a step later."""
+    """An input sequence as the worker records it: ``policy`` (in effect from time 0), two
+    agents (capacity 1), tenant acme sending three loads per step and globex one, agents
+    finishing work a step later."""
     rng = np.random.default_rng(3)
     fold = PartitionFold("input-sequence", 0, CODEC)
     records: list[tuple[int, bytes]] = []
@@ -82,7 +83,7 @@ def recorded_run(policy: m.PolicyUpdate, steps: int = 60) -> list[tuple[int, byt
         records.append((offset, CODEC.encode(record)))
         return fold.apply(records[-1][1], offset)
 
-    add(policy)
+    add(policy.model_copy(update={"effective_from_ms": 0}))
     for i in range(2):
         profile = agent_profile(rng, capacity=1)
         for seq, kind in ((1, m.AgentEventKind.REGISTERED), (2, m.AgentEventKind.AVAILABLE)):
