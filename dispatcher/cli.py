@@ -695,10 +695,13 @@ def policy_publish(path: Path, key_id: str | None, topic_prefix: str) -> None:
 @click.option("--topic-prefix", default="", help="Prefix of every topic name (topics.yaml's).")
 @click.option("--snapshot-every", type=int, default=100_000, show_default=True,
               help="Records between snapshots of a partition's state (0: none).")  # fmt: skip
+@click.option("--max-ahead-ms", type=click.IntRange(min=0), default=10_000, show_default=True,
+              help="Inputs stamped further ahead of this worker's clock go to dead-letter "
+                   "(a pool's clock is the newest event time it saw).")  # fmt: skip
 @click.option("--loglevel", default="warning", show_default=True)
 def worker_cmd(  # noqa: PLR0917 - one option each
     app_id: str, web_port: int, tick_ms: int, topic_prefix: str, snapshot_every: int,
-    loglevel: str,
+    max_ahead_ms: int, loglevel: str,
 ) -> None:  # fmt: skip
     """Run a dispatcher worker (Faust) against the configured broker and Redis.
 
@@ -716,7 +719,7 @@ def worker_cmd(  # noqa: PLR0917 - one option each
         app_id=app_id, web_port=web_port, tick_ms=tick_ms,
         topics=TopicNames.prefixed(topic_prefix), datadir=s.state_dir / "faust",
         snapshot_dir=s.state_dir / "snapshots", snapshot_every=snapshot_every,
-        policy_keys=s.policy_keys,
+        policy_keys=s.policy_keys, max_ahead_ms=max_ahead_ms,
     )  # fmt: skip
     Worker(build_app(cfg), loglevel=loglevel, quiet=True).execute_from_commandline()
 

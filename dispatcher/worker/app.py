@@ -82,6 +82,8 @@ class WorkerConfig:
     snapshot_every: int = 100_000
     # Policy keys (id -> secret): with any, only policies signed by one of them apply.
     policy_keys: Mapping[str, bytes] = field(default_factory=dict)
+    # An input whose event time is further ahead of this worker's clock is dead-lettered.
+    max_ahead_ms: int = 10_000
 
 
 class Worker(faust.Worker):
@@ -265,12 +267,18 @@ class Dispatcher:
                 self.snapshots.maybe_write(self.folds[partition])
 
     def decode_input(self, value: bytes, msg: Any) -> m.Record:
-        """Decodes an input record strictly; a policy must also pass ``codecs.signing``.
+        """Decodes an input record strictly; a policy must also pass ``codecs.signing``, any
+        other input must not come from further ahead than ``cfg.max_ahead_ms``.
+
+        A pool's clock is the newest event time it has seen (the core reads no
+        clock), so one record stamped an hour ahead would time out every agent's
+        heartbeat and forget every dedupe key at the next tick. A policy's time
+        is when it takes effect, and may lie ahead.
 
         Raises:
             CodecError: the bytes are not a valid record of their topic, or a policy's
                 hash or signature is wrong, or it is unsigned while this worker holds
-                keys (all go to dead-letter).
+                keys, or the event time is too far ahead (all go to dead-letter).
         """
         where = {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset}
         record = self.codec.decode(value, self.expect[msg.topic], **where)
@@ -279,6 +287,12 @@ class Dispatcher:
             problem = signing.verify(record, self.cfg.policy_keys, written=written)
             if problem is not None:
                 detail = f"policy {record.policy_id} version {record.version}: {problem}"
+                raise CodecError(m.DeadLetterReason.INVALID, detail, value, **where)
+        else:
+            t: int = record.event_time_ms  # type: ignore[attr-defined]  # every other input has one
+            if (ahead := t - _now_ms()) > self.cfg.max_ahead_ms:
+                detail = (f"event time {t} is {ahead} ms ahead of this worker's clock (at most "
+                          f"{self.cfg.max_ahead_ms} ms allowed)")  # fmt: skip
                 raise CodecError(m.DeadLetterReason.INVALID, detail, value, **where)
         return record
 

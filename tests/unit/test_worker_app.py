@@ -6,15 +6,22 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import time
+import types
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
+from dispatcher.codecs import Codec, CodecError
+from dispatcher.codecs import models as m
+from dispatcher.demo import load_event, policy_update
 from dispatcher.sdk.agent import partition_for
 from dispatcher.worker.app import (
     FETCH_MAX_WAIT_MS,
+    Dispatcher,
     Worker,
     WorkerConfig,
     build_app,
@@ -22,6 +29,7 @@ from dispatcher.worker.app import (
 )
 
 CFG = WorkerConfig(bootstrap="127.0.0.1:1", web_port=6099)
+CODEC = Codec()
 
 
 def test_the_workers_consumer_lets_the_broker_hold_a_fetch_only_briefly() -> None:
@@ -135,3 +143,24 @@ def test_the_workers_partition_of_a_key_is_kafkas_default() -> None:
         everyone = list(range(count))
         assert key_partition(key, count) == DefaultPartitioner()(key, everyone, everyone)
     assert key_partition(b"agent-7", 4) == partition_for("agent-7", 4)
+
+
+def test_an_input_stamped_too_far_ahead_is_refused_and_a_policy_for_later_is_not() -> None:
+    d = Dispatcher(dataclasses.replace(CFG, max_ahead_ms=10_000))
+    topics = CFG.topics
+    msg = types.SimpleNamespace(topic=topics.load_arrival, partition=0, offset=7)
+    now = int(time.time() * 1000)
+
+    def load(at: int) -> bytes:
+        ev = load_event(np.random.default_rng(1), "p", "L1", deadline=False)
+        return CODEC.encode(ev.model_copy(update={"event_time_ms": at}))
+
+    assert isinstance(d.decode_input(load(now + 5_000), msg), m.LoadEvent)
+    with pytest.raises(CodecError) as refused:
+        d.decode_input(load(now + 3_600_000), msg)
+    assert refused.value.reason is m.DeadLetterReason.INVALID
+    assert "ms ahead of this worker's clock (at most 10000 ms allowed)" in refused.value.detail
+    assert refused.value.offset == 7
+    later = policy_update(2, effective_from_ms=now + 86_400_000)
+    policy_msg = types.SimpleNamespace(topic=topics.policy_update, partition=0, offset=0)
+    assert d.decode_input(CODEC.encode(later), policy_msg) == later
