@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -663,22 +663,32 @@ def policy_validate(path: Path) -> None:
 @click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--key-id", default=None,
               help="Which DISPATCHER_POLICY_KEYS key signs (default: the only one).")  # fmt: skip
+@click.option("--at", default=None,
+              help="ISO 8601 time (event time) from which it applies; default: now.")  # fmt: skip
 @_prefix
-def policy_publish(path: Path, key_id: str | None, topic_prefix: str) -> None:
+def policy_publish(path: Path, key_id: str | None, at: str | None, topic_prefix: str) -> None:
     """Publish a valid policy whose version is newer than the current one.
 
     With DISPATCHER_POLICY_KEYS set, the policy is signed (workers holding the
-    keys apply only signed policies).
+    keys apply only signed policies). Each pool applies it from the first
+    input stamped at or after its time.
     """
     from dispatcher.policytool import load_policy_file, publish, signed  # noqa: PLC0415
 
     keys = _settings().policy_keys
-    update = signed(load_policy_file(path), keys, key_id)
+    when = None
+    if at is not None:
+        try:
+            when = round(datetime.fromisoformat(at).timestamp() * 1000)
+        except ValueError as exc:
+            raise click.BadParameter(f"{at!r}: not an ISO 8601 time", param_hint="--at") from exc
+    update = signed(load_policy_file(path, effective_from_ms=when), keys, key_id)
     partition, offset = asyncio.run(publish(_bootstrap(), TopicNames.prefixed(topic_prefix),
                                             update, keys))  # fmt: skip
     how = f"signed with key {update.signature_key_id!r}" if update.signature else "unsigned"
+    start = datetime.fromtimestamp(update.effective_from_ms / 1000, UTC).isoformat()
     click.echo(
-        f"published {update.policy_id} version {update.version}, {how} "
+        f"published {update.policy_id} version {update.version}, {how}, in effect from {start} "
         f"(partition {partition}, offset {offset})"
     )
 

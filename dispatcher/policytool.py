@@ -51,7 +51,7 @@ def load_policy_file(path: Path, *, effective_from_ms: int | None = None) -> m.P
         document = m.PolicyDocument.model_validate(doc["document"])
         return m.PolicyUpdate.model_validate({
             **{k: v for k, v in doc.items() if k != "document"}, "document": document,
-            "effective_from_ms": effective_from_ms or now_ms(),
+            "effective_from_ms": now_ms() if effective_from_ms is None else effective_from_ms,
             "content_hash": content_hash(document),
         })  # fmt: skip
     except ValidationError as exc:

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +27,11 @@ KEYS = {"DISPATCHER_POLICY_KEYS": f"ops={SECRET}"}
 POOL = "pool-s"
 
 
-def publish_cli(p: Pipeline, path: Path) -> subprocess.CompletedProcess[str]:
+def publish_cli(p: Pipeline, path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = os.environ | KEYS | {"KAFKA_BOOTSTRAP_SERVERS": p.bootstrap}
     return subprocess.run(
         [sys.executable, "-m", "dispatcher", "policy", "publish", str(path),
-         "--topic-prefix", p.prefix],
+         "--topic-prefix", p.prefix, *args],
         env=env, text=True, capture_output=True, timeout=120, check=False,
     )  # fmt: skip
 
@@ -112,6 +113,22 @@ def test_only_signed_policies_apply(pipeline: Pipeline, tmp_path: Path) -> None:
             assert again.returncode == 0, again.stderr
             await until(lambda: sequenced(5))
             second = await decided_version(p, producer, "L2")
+            # A policy for later applies from its time on; until then pools keep their clocks.
+            at = (now_ms() // 1000 + 5) * 1000  # whole seconds, 4-5 s from now
+            path.write_text(yaml.safe_dump(policy_file | {"version": 6}))
+            iso = datetime.fromtimestamp(at / 1000, UTC).isoformat()
+            scheduled = publish_cli(p, path, "--at", iso)
+            assert scheduled.returncode == 0, scheduled.stderr
+            assert f"in effect from {iso}" in scheduled.stdout
+            await until(lambda: sequenced(6))
+            assert now_ms() < at
+            assert await decided_version(p, producer, "L3") == 5
+            await asyncio.sleep(max(0.0, (at - now_ms()) / 1000 + 0.5))
+            assert await decided_version(p, producer, "L4") == 6
+            # An input stamped an hour ahead would move the pool's clock there: refused.
+            ahead = load_event(np.random.default_rng(9), POOL, "L5", deadline=False)
+            await producer.publish_load(ahead.model_copy(update={"event_time_ms": at + 3_600_000}))
+            await until(lambda: has(p.topics.dead_letter, "DeadLetter", 3))
             return first, second, await records(p, p.topics.dead_letter, "DeadLetter")
 
     async def has(topic: str, name: str, n: int) -> bool:
@@ -123,8 +140,9 @@ def test_only_signed_policies_apply(pipeline: Pipeline, tmp_path: Path) -> None:
     first, second, dead = asyncio.run(scenario())
     assert (first, second) == (2, 5)
     errors = sorted(d.error for d in dead if isinstance(d, m.DeadLetter))
-    assert len(errors) == 2
-    assert "policy dispatch version 3: unsigned" in errors[0]
-    assert "policy dispatch version 4: its signature by key 'ops' does not match" in errors[1]
+    assert len(errors) == 3
+    assert "ms ahead of this worker's clock" in errors[0]
+    assert "policy dispatch version 3: unsigned" in errors[1]
+    assert "policy dispatch version 4: its signature by key 'ops' does not match" in errors[2]
     assert all(isinstance(d, m.DeadLetter) and d.reason is m.DeadLetterReason.INVALID
                for d in dead)  # fmt: skip

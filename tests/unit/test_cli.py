@@ -95,3 +95,10 @@ def test_run_deletes_its_demos_faust_files_and_snapshots_only(tmp_path: Path) ->
         path.mkdir(parents=True)
     _delete_demo_data(Settings.from_env({"DISPATCHER_STATE_DIR": str(tmp_path)}))
     assert [p.exists() for p in demo + kept] == [False, False, True, True]
+
+
+def test_policy_publish_refuses_a_time_that_is_none() -> None:
+    example = str(Path(__file__).resolve().parents[2] / "ops/policies/example.yaml")
+    result = dispatcher("policy", "publish", example, "--at", "next tuesday")
+    assert result.returncode == 2
+    assert "'next tuesday': not an ISO 8601 time" in result.stderr
