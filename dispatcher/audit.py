@@ -207,68 +207,75 @@ class _Job:
         res = PartitionAudit(partition)
         fold = PartitionFold(self.topics.input_sequence, partition, codec, self.policy)
         check = _Comparison(codec, res)
-        log = aiter(read_chunks(self.bootstrap, TopicPartition(self.topics.decision_log,
-                                                                partition)))  # fmt: skip
-        log_read = False
-        inputs = read_chunks(self.bootstrap, TopicPartition(self.topics.input_sequence, partition))
-        async for chunk in inputs:
-            for r in chunk:
-                res.inputs += 1
-                if res.inputs % PROGRESS_EVERY == 0:
-                    report(PROGRESS_EVERY)
-                try:
-                    out = fold.apply(r.value, r.offset)
-                except CodecError:
-                    continue  # the worker dead-lettered it
-                for d in out:
-                    check.expect(encode_decision(codec, d, assignment=False)[0], d)
-                    res.checked += self.scope.covers(d)
-                if self.keep:
-                    res.decisions += out
-            while check.expected and not log_read:  # the log is behind the replay
-                records = await anext(log, None)
-                if records is None:
-                    log_read = True
-                for r in records or ():
+        log_tp = TopicPartition(self.topics.decision_log, partition)
+        input_tp = TopicPartition(self.topics.input_sequence, partition)
+        async with (
+            contextlib.aclosing(read_chunks(self.bootstrap, log_tp)) as log,
+            contextlib.aclosing(read_chunks(self.bootstrap, input_tp)) as inputs,
+        ):
+            async for chunk in inputs:
+                for r in chunk:
+                    res.inputs += 1
+                    if res.inputs % PROGRESS_EVERY == 0:
+                        report(PROGRESS_EVERY)
+                    try:
+                        out = fold.apply(r.value, r.offset)
+                    except CodecError:
+                        continue  # the worker dead-lettered it
+                    for d in out:
+                        check.expect(encode_decision(codec, d, assignment=False)[0], d)
+                        res.checked += self.scope.covers(d)
+                    if self.keep:
+                        res.decisions += out
+                while check.expected and (records := await anext(log, None)) is not None:
+                    for r in records:  # (the log was behind the replay)
+                        check.log(r)
+            if res.inputs % PROGRESS_EVERY:
+                report(res.inputs % PROGRESS_EVERY)  # the rest, so the count ends exact
+            async for records in log:
+                for r in records:
                     check.log(r)
-        if res.inputs % PROGRESS_EVERY:
-            report(res.inputs % PROGRESS_EVERY)  # the rest, so the count ends exact
-        async for records in log:
-            for r in records:
-                check.log(r)
         check.finish()
         return res
 
 
 class _Comparison:
-    """Expected decisions and logged ones, held against each other as they come.
+    """Expected decisions and logged records, held against each other as they come.
 
     The n-th distinct logged decision is compared with the n-th expected one.
-    Whichever side is ahead keeps its uncompared decisions (at most one side
-    has any); beyond that, only ids and a digest of each logged record are
+    A log record waits until the replay has reached it (then, equal to the
+    decision expected there, it needs no decoding: most records, in a clean
+    log), and an expected decision until the log has; at most one side has
+    any waiting. Beyond that, only ids and a digest of each logged record are
     kept.
     """
 
     def __init__(self, codec: Codec, res: PartitionAudit) -> None:
         self.codec, self.res = codec, res
         self.expected: deque[tuple[bytes, core.Decision]] = deque()  # not yet compared
-        self.ahead: deque[tuple[bytes, str]] = deque()  # logged, not yet compared
+        self.waiting: deque[Any] = deque()  # log records the replay has not reached
         self.expected_ids: set[str] = set()
         self.logged: dict[str, bytes] = {}  # decision id -> its record's digest, in log order
         self.compared = 0
+        self.unreadable: list[Mismatch] = []  # undecodable, conflicting repeats: in log order
+        self.differing: list[Mismatch] = []  # in order of position
 
     def expect(self, value: bytes, d: core.Decision) -> None:
         self.res.expected += 1
         self.expected_ids.add(d.decision_id)
-        if self.ahead:
-            self._compare((value, d), self.ahead.popleft())
-        else:
-            self.expected.append((value, d))
+        self.expected.append((value, d))
+        while self.waiting and self.expected:
+            self._take(self.waiting.popleft())
 
     def log(self, r: Any) -> None:
-        """Takes the next record of the log. One equal to the next expected decision is not
-        decoded: its bytes say all (most records, in a clean log)."""
-        value, res = r.value, self.res
+        """Takes the next record of the log (a ConsumerRecord)."""
+        if self.expected:  # (then none waits)
+            self._take(r)
+        else:
+            self.waiting.append(r)
+
+    def _take(self, r: Any) -> None:
+        value = r.value
         digest = hashlib.blake2b(value, digest_size=16).digest()
         if self.expected and value == self.expected[0][0]:
             decision_id = self.expected[0][1].decision_id
@@ -278,37 +285,38 @@ class _Comparison:
                 rec = _decode(self.codec, value)
             except CodecError as exc:
                 where = (r.topic, r.partition, r.offset)
-                res.mismatches.append(Mismatch(-1, "?", "(undecodable)", None, exc.detail, where))
+                self.unreadable.append(Mismatch(-1, "?", "(undecodable)", None, exc.detail, where))
                 return
             decision_id = rec.decision_id
         first = self.logged.get(decision_id)
         if first == digest:
-            res.repeats += 1  # a decision logged again (a restarted worker), identical
+            self.res.repeats += 1  # a decision logged again (a restarted worker), identical
             return
         if first is not None:
-            res.mismatches.append(Mismatch(-1, decision_id, "(conflicting repeat)", None, None,
-                                           _input(rec or _decode(self.codec, value))))  # fmt: skip
+            self.unreadable.append(Mismatch(-1, decision_id, "(conflicting repeat)", None, None,
+                                            _input(rec or _decode(self.codec, value))))  # fmt: skip
             return
         self.logged[decision_id] = digest
-        res.logged += 1
-        if self.expected:
-            self._compare(self.expected.popleft(), (value, decision_id))
-        else:
-            self.ahead.append((value, decision_id))
+        self.res.logged += 1
+        if self.expected:  # (else: beyond the replay, compared with nothing)
+            self._compare(self.expected.popleft(), value)
 
-    def _compare(self, expected: tuple[bytes, core.Decision], logged: tuple[bytes, str]) -> None:
-        (eb, ed), (lb, _) = expected, logged
+    def _compare(self, expected: tuple[bytes, core.Decision], logged: bytes) -> None:
+        eb, ed = expected
         position, self.compared = self.compared, self.compared + 1
-        if eb == lb:
+        if eb == logged:
             self.res.matched += 1
             return
         erec = to_records(ed)[0]
-        name, want, got = _first_difference(erec, _decode(self.codec, lb))
-        self.res.mismatches.append(Mismatch(position, ed.decision_id, name, want, got,
-                                            _input(erec)))  # fmt: skip
+        name, want, got = _first_difference(erec, _decode(self.codec, logged))
+        self.differing.append(Mismatch(position, ed.decision_id, name, want, got, _input(erec)))
 
     def finish(self) -> None:
-        """Reports the expected decisions the log lacks, and logged ones no input explains."""
+        """Takes the log records left; reports the problems, the expected decisions the log
+        lacks, and logged ones no input explains."""
+        while self.waiting:
+            self._take(self.waiting.popleft())
+        self.res.mismatches = self.unreadable + self.differing
         self.res.missing = [d.decision_id for _, d in self.expected]
         self.res.unexplained = [i for i in self.logged if i not in self.expected_ids]
 

@@ -273,7 +273,10 @@ class Dispatcher:
         A pool's clock is the newest event time it has seen (the core reads no
         clock), so one record stamped an hour ahead would time out every agent's
         heartbeat and forget every dedupe key at the next tick. A policy's time
-        is when it takes effect, and may lie ahead.
+        is when it takes effect, and may lie ahead. (This check reads the clock:
+        a record refused and read again after a crash, before the offset was
+        committed, may pass the second time; it is then in the input sequence
+        and on dead-letter both.)
 
         Raises:
             CodecError: the bytes are not a valid record of their topic, or a policy's

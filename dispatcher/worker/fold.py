@@ -29,7 +29,7 @@ class PartitionFold:
     ) -> None:
         self.topic, self.partition, self.codec = topic, partition, codec
         self.policy = policy  # new pools start with it, then get ``policies``
-        # The policy updates seen, less those a newer version no later makes moot.
+        # The policy updates seen, less those a version as new and no later makes moot.
         self.policies: list[core.PolicyChanged] = []
         self.pools: dict[str, core.PoolState] = {}
         self.next_offset = 0  # the offset of the next record to apply
@@ -67,7 +67,8 @@ class PartitionFold:
 
     def _remember(self, e: core.PolicyChanged) -> None:
         def moot(old: core.PolicyChanged, new: core.PolicyChanged) -> bool:
-            return _version(new) > _version(old) and new.time_ms <= old.time_ms
+            """Whether ``old`` can never apply where ``new`` is known (a copy of it, too)."""
+            return _version(new) >= _version(old) and new.time_ms <= old.time_ms
 
         if _version(e) > self.policy.version and not any(moot(e, x) for x in self.policies):
             self.policies = [x for x in self.policies if not moot(x, e)] + [e]

@@ -66,7 +66,7 @@ def test_a_scheduled_policy_a_newer_version_overtook_changes_nothing() -> None:
 
 def test_a_pool_that_appears_later_gets_the_policies_at_their_times() -> None:
     fold = PartitionFold("t", 0, Codec())
-    for version, at in ((2, 1_000), (3, DAY), (4, DAY)):  # 4 makes 3 moot
+    for version, at in ((2, 1_000), (3, DAY), (4, DAY), (4, DAY)):  # 4 makes 3 moot; a copy
         fold.apply_event(m.Tick(pool="p", event_time_ms=0), policy(version, at))
     assert [(p.time_ms, p.policy.version) for p in fold.policies] == [(1_000, 2), (DAY, 4)]  # type: ignore[attr-defined]
     for pool, at, version in (("q", 2_000, 2), ("r", DAY, 4)):
