@@ -567,19 +567,23 @@ def whatif_cmd(policy_file: Path, topic_prefix: str, as_json: bool) -> None:
     """Replay the recorded inputs under another policy and report what would change."""
     from dispatcher.codecs.adapt import policy_from  # noqa: PLC0415
     from dispatcher.policytool import load_policy_file  # noqa: PLC0415
-    from dispatcher.reading import partitions, read_partition  # noqa: PLC0415
-    from dispatcher.whatif import compare  # noqa: PLC0415
+    from dispatcher.reading import partitions, read_chunks  # noqa: PLC0415
+    from dispatcher.whatif import Replay  # noqa: PLC0415
 
     policy = policy_from(load_policy_file(policy_file))
     topics = TopicNames.prefixed(topic_prefix)
+    replay = Replay(policy, topic=topics.input_sequence, progress=_replay_progress())
 
-    async def recorded() -> list[tuple[int, list[tuple[int, bytes]]]]:
+    async def run() -> None:  # a fetch at a time: the runs keep what they decided, not inputs
         bootstrap = _bootstrap()
-        return [(tp.partition, [(r.offset, r.value) for r in await read_partition(bootstrap, tp)])
-                for tp in await partitions(bootstrap, topics.input_sequence)]  # fmt: skip
+        for tp in await partitions(bootstrap, topics.input_sequence):
+            replay.start(tp.partition)
+            async for records in read_chunks(bootstrap, tp):
+                for r in records:
+                    replay.feed(r.offset, r.value)
 
-    report = compare(asyncio.run(recorded()), policy, topic=topics.input_sequence,
-                     progress=_replay_progress())  # fmt: skip
+    asyncio.run(run())
+    report = replay.result()
     if as_json:
         click.echo(json.dumps(asdict(report), indent=2, default=str))
         return

@@ -24,7 +24,7 @@ from dispatcher.codecs.codec import Codec, CodecError
 from dispatcher.reading import PROGRESS_EVERY
 from dispatcher.worker.fold import PartitionFold
 
-__all__ = ["Outcomes", "WhatIf", "compare"]
+__all__ = ["Outcomes", "Replay", "WhatIf", "compare"]
 
 
 @dataclass
@@ -38,27 +38,30 @@ class _Load:
     final: str | None = None
     final_ms: int | None = None
     trail: list[tuple[str, str | None]] = field(default_factory=list)  # (outcome, agent)
+    why: dict[str, Any] | None = None  # the first assignment's score parts, runner-up, ...
 
 
 @dataclass
 class Outcomes:
-    """What one run decided, per load."""
+    """What one run decided, per load (a run keeps no decision whole)."""
 
     loads: dict[str, _Load] = field(default_factory=dict)
-    decisions: list[core.Decision] = field(default_factory=list)
+    contents: set[tuple[Any, ...]] = field(default_factory=set)  # of its decisions (_content)
 
     def observe(self, event: core.Event, decisions: list[core.Decision]) -> None:
         if isinstance(event, core.LoadArrived) and event.load.load_id not in self.loads:
             spec = event.load
             self.loads[spec.load_id] = _Load(spec.tenant, event.time_ms, spec.deadline_ms)
         for d in decisions:
-            self.decisions.append(d)
+            self.contents.add(_content(d))
             ld = self.loads.get(d.load_id)
             if ld is None:
                 continue
             ld.trail.append((d.outcome.value, d.agent_id))
             if d.outcome is core.Outcome.ASSIGNED and ld.first_agent is None:
                 ld.first_agent, ld.first_ms, ld.first_score = d.agent_id, d.time_ms, d.score or 0.0
+                ld.why = {"score_parts": dict(d.score_parts), "runner_up": d.runner_up,
+                          "margin": d.margin, "candidates": d.candidates}  # fmt: skip
             if d.outcome in core.FINAL_OUTCOMES:
                 ld.final, ld.final_ms = d.outcome.value, d.time_ms
 
@@ -110,44 +113,68 @@ def compare(
 
     ``progress`` is called with the number of inputs replayed so far, now and then.
     """
-    codec = codec or Codec()
-    rec_out, alt_out = Outcomes(), Outcomes()
-    replayed = 0
+    replay = Replay(policy, base_policy=base_policy, topic=topic, codec=codec,
+                    progress=progress)  # fmt: skip
     for partition, records in partitions:
-        recorded = PartitionFold(topic, partition, codec, base_policy)
-        alt = PartitionFold(topic, partition, codec, policy)
-        holder: dict[str, tuple[int, str, str | None]] = {}  # load -> (attempt, decision, agent)
+        replay.start(partition)
         for offset, value in records:
-            replayed += 1
-            if progress is not None and replayed % PROGRESS_EVERY == 0:
-                progress(replayed)
-            try:
-                record = codec.decode(value, trusted=True)
-            except CodecError:
-                continue
-            event = to_event(record, (topic, partition, offset))
-            rec_out.observe(event, recorded.apply_event(record, event))
-            if isinstance(record, m.PolicyUpdate):
-                continue  # the policy under test holds throughout
-            if isinstance(event, core.TaskReported):
-                held = holder.get(event.load_id)
-                if held is None or held[2] is None:
-                    continue  # nobody holds it in the alternative run
-                event = replace(event, decision_id=held[1], agent_id=held[2])
-            out = alt.apply_event(record, event)
-            for d in out:
-                if d.outcome is core.Outcome.ASSIGNED:
-                    holder[d.load_id] = (d.attempt, d.decision_id, d.agent_id)
-            alt_out.observe(event, out)
-    changed = [i for i, ld in rec_out.loads.items()
-               if ld.trail != alt_out.loads.get(i, _Load()).trail]  # fmt: skip
-    key = _content
-    rec_keys, alt_keys = {key(d) for d in rec_out.decisions}, {key(d) for d in alt_out.decisions}
-    return WhatIf(
-        recorded=rec_out.summary(), alternative=alt_out.summary(), changed=len(changed),
-        decisions_changed=len(rec_keys ^ alt_keys),
-        examples=[_example(i, rec_out, alt_out) for i in changed[:examples]],
-    )  # fmt: skip
+            replay.feed(offset, value)
+    return replay.result(examples)
+
+
+class Replay:
+    """The two runs of a what-if, fed one partition's records after another's."""
+
+    def __init__(
+        self, policy: core.Policy, *, base_policy: core.Policy = core.DEFAULT_POLICY,
+        topic: str = "input-sequence", codec: Codec | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:  # fmt: skip
+        self.policy, self.base_policy, self.topic = policy, base_policy, topic
+        self.codec, self.progress = codec or Codec(), progress
+        self.rec_out, self.alt_out = Outcomes(), Outcomes()
+        self.replayed = 0
+
+    def start(self, partition: int) -> None:
+        """Starts replaying ``partition``."""
+        self.partition = partition
+        self.recorded = PartitionFold(self.topic, partition, self.codec, self.base_policy)
+        self.alt = PartitionFold(self.topic, partition, self.codec, self.policy)
+        self.holder: dict[str, tuple[int, str, str | None]] = {}  # load: attempt, decision, agent
+
+    def feed(self, offset: int, value: bytes) -> None:
+        """Replays the partition's record at ``offset`` in both runs."""
+        self.replayed += 1
+        if self.progress is not None and self.replayed % PROGRESS_EVERY == 0:
+            self.progress(self.replayed)
+        try:
+            record = self.codec.decode(value, trusted=True)
+        except CodecError:
+            return
+        event = to_event(record, (self.topic, self.partition, offset))
+        self.rec_out.observe(event, self.recorded.apply_event(record, event))
+        if isinstance(record, m.PolicyUpdate):
+            return  # the policy under test holds throughout
+        if isinstance(event, core.TaskReported):
+            held = self.holder.get(event.load_id)
+            if held is None or held[2] is None:
+                return  # nobody holds it in the alternative run
+            event = replace(event, decision_id=held[1], agent_id=held[2])
+        out = self.alt.apply_event(record, event)
+        for d in out:
+            if d.outcome is core.Outcome.ASSIGNED:
+                self.holder[d.load_id] = (d.attempt, d.decision_id, d.agent_id)
+        self.alt_out.observe(event, out)
+
+    def result(self, examples: int = 5) -> WhatIf:
+        rec_out, alt_out = self.rec_out, self.alt_out
+        changed = [i for i, ld in rec_out.loads.items()
+                   if ld.trail != alt_out.loads.get(i, _Load()).trail]  # fmt: skip
+        return WhatIf(
+            recorded=rec_out.summary(), alternative=alt_out.summary(), changed=len(changed),
+            decisions_changed=len(rec_out.contents ^ alt_out.contents),
+            examples=[_example(i, rec_out, alt_out) for i in changed[:examples]],
+        )  # fmt: skip
 
 
 def _content(d: core.Decision) -> tuple[Any, ...]:
@@ -157,15 +184,11 @@ def _content(d: core.Decision) -> tuple[Any, ...]:
 
 def _example(load_id: str, a: Outcomes, b: Outcomes) -> dict[str, Any]:
     ra, rb = a.loads[load_id], b.loads.get(load_id, _Load())
-    why = next((d for d in b.decisions if d.load_id == load_id and d.agent_id == rb.first_agent
-                and d.outcome is core.Outcome.ASSIGNED), None)  # fmt: skip
     return {
         "load": load_id, "tenant": ra.tenant,
         "recorded": {"agent": ra.first_agent, "score": ra.first_score, "final": ra.final,
                      "wait_ms": None if ra.first_ms is None else ra.first_ms - ra.arrived_ms},
         "alternative": {"agent": rb.first_agent, "score": rb.first_score, "final": rb.final,
                         "wait_ms": None if rb.first_ms is None else rb.first_ms - rb.arrived_ms},
-        "why": None if why is None else {
-            "score_parts": dict(why.score_parts), "runner_up": why.runner_up,
-            "margin": why.margin, "candidates": why.candidates},
+        "why": rb.why,
     }  # fmt: skip
