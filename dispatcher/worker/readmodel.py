@@ -7,7 +7,8 @@ and tries again a little later.
 Keys, under the worker's app id ``A``:
 
 - ``A:pool:<pool>`` (hash): agents, available, pending, in_flight, queued per
-  priority class, policy_version, now_ms;
+  priority class, policy_version, the next policy waiting for its time
+  (policy_next_version, policy_next_ms), now_ms;
 - ``A:recent`` (list, newest first, 200 kept): recent decisions as JSON;
 - ``A:counters`` (hash): decisions per outcome;
 - ``A:sla:<pool>`` (hash): deadline loads completed ``met`` / ``missed``.
@@ -124,6 +125,7 @@ def _gauges(state: core.PoolState) -> dict[str, int]:
     for ls in state.pending.values():
         queued[ls.spec.priority.name.lower()] += 1
     t = state.agents
+    nxt = state.scheduled[0] if state.scheduled else None  # a policy waiting for its time
     return {
         "agents": t.n,
         "available": t.available_count,
@@ -132,5 +134,7 @@ def _gauges(state: core.PoolState) -> dict[str, int]:
         "in_flight": len(state.in_flight),
         **{f"queued_{k}": v for k, v in queued.items()},
         "policy_version": state.policy.version,
+        "policy_next_version": getattr(nxt.policy, "version", 0) if nxt else 0,
+        "policy_next_ms": nxt.time_ms if nxt else 0,
         "now_ms": state.now_ms,
     }

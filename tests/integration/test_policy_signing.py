@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import redis
 import yaml
 
 from dispatcher.codecs import models as m
@@ -114,7 +115,7 @@ def test_only_signed_policies_apply(pipeline: Pipeline, tmp_path: Path) -> None:
             await until(lambda: sequenced(5))
             second = await decided_version(p, producer, "L2")
             # A policy for later applies from its time on; until then pools keep their clocks.
-            at = (now_ms() // 1000 + 5) * 1000  # whole seconds, 4-5 s from now
+            at = (now_ms() // 1000 + 8) * 1000  # whole seconds, 7-8 s from now
             path.write_text(yaml.safe_dump(policy_file | {"version": 6}))
             iso = datetime.fromtimestamp(at / 1000, UTC).isoformat()
             scheduled = publish_cli(p, path, "--at", iso)
@@ -123,6 +124,7 @@ def test_only_signed_policies_apply(pipeline: Pipeline, tmp_path: Path) -> None:
             await until(lambda: sequenced(6))
             assert now_ms() < at
             assert await decided_version(p, producer, "L3") == 5
+            await until(lambda: waiting(6, at))  # the read model shows it coming
             await asyncio.sleep(max(0.0, (at - now_ms()) / 1000 + 0.5))
             assert await decided_version(p, producer, "L4") == 6
             # An input stamped an hour ahead would move the pool's clock there: refused.
@@ -133,6 +135,14 @@ def test_only_signed_policies_apply(pipeline: Pipeline, tmp_path: Path) -> None:
 
     async def has(topic: str, name: str, n: int) -> bool:
         return len(await records(p, topic, name)) >= n
+
+    async def waiting(version: int, at: int) -> bool:
+        r = redis.Redis.from_url(p.redis_url, decode_responses=True)
+        gauges = r.hgetall(f"{p.app_id}:pool:{POOL}")
+        return (gauges.get("policy_next_version"), gauges.get("policy_next_ms")) == (
+            str(version),
+            str(at),
+        )
 
     async def sequenced(version: int) -> bool:
         return version in await sequenced_versions(p)
