@@ -60,7 +60,7 @@ async def read_partition(bootstrap: str, tp: TopicPartition) -> list[Any]:
 
 
 async def read_chunks(bootstrap: str, tp: TopicPartition) -> AsyncGenerator[list[Any], None]:
-    """The records of ``tp`` from the start up to its end when called, a fetch at a time
+    """The records of ``tp`` from the start up to its end when first read, a fetch at a time
     (a reader that keeps nothing holds one fetch in memory, whatever the log's length)."""
     consumer = replay_consumer(bootstrap)
     await consumer.start()
