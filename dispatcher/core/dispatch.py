@@ -438,13 +438,9 @@ class PoolState:
         return self.agents.open_count > 0
 
     def _drain(self, source: Source, out: list[Decision]) -> None:
-        """Serves waiting loads, in order of service, while agents have room."""
-        if self.deferred and len(self.pending) < self.policy.low_watermark:
-            for ls in [x for x in self.pending.values() if x.status is LoadStatus.DEFERRED]:
-                ls.status = LoadStatus.PENDING
-                self.deferred -= 1
-                self._push(ls)
-                out.append(self._decision(ls, Outcome.QUEUED, "READMITTED", source))
+        """Serves waiting loads, in order of service, while agents have room (readmitting the
+        deferred ones as soon as it may)."""
+        self._readmit(source, out)
         self._unpark()
         self.queue.escalate(self.now_ms)
         limit, tries = self.policy.drain_limit, 0
@@ -469,6 +465,17 @@ class PoolState:
                 self.parked_epoch = self.epoch
             else:
                 free = self._free_capacity()
+                self._readmit(source, out)
+
+    def _readmit(self, source: Source, out: list[Decision]) -> None:
+        """Readmits the deferred loads once the others waiting are below the low watermark
+        (counting the deferred ones, more of them than the watermark never left)."""
+        if self.deferred and len(self.pending) - self.deferred < self.policy.low_watermark:
+            for ls in [x for x in self.pending.values() if x.status is LoadStatus.DEFERRED]:
+                ls.status = LoadStatus.PENDING
+                self.deferred -= 1
+                self._push(ls)
+                out.append(self._decision(ls, Outcome.QUEUED, "READMITTED", source))
 
     def _held(self, open_agents: int, extra: dict[str, int] | None = None) -> frozenset[str]:
         """The tenants that may not take the last open agents (policy ``fair_share_reserve``):

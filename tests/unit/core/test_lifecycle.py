@@ -215,6 +215,22 @@ def test_the_high_watermark_defers_the_flooding_tenants_low_loads_not_the_others
     assert theirs.outcome is Outcome.QUEUED  # globex holds less than its share of the queue
 
 
+def test_deferred_loads_are_readmitted_when_the_others_are_below_the_low_watermark() -> None:
+    # More deferred loads than the low watermark: counting them as waiting kept them out.
+    state = PoolState("p", Policy(max_pending=20, high_watermark=2, low_watermark=1))
+    for i in range(2):
+        state.apply(arrive(f"n{i}", i))
+    for i in range(5):
+        (d,) = state.apply(arrive(f"low{i}", 10 + i, priority=Priority.LOW))
+        assert d.outcome is Outcome.DEFERRED
+    state.apply(register("a1", time_ms=20, capacity=10))
+    out = state.apply(available("a1", time_ms=20))
+    assert sorted(d.load_id for d in out if d.reason == "READMITTED") == [f"low{i}" for i in
+                                                                        range(5)]  # fmt: skip
+    assert len([d for d in out if d.outcome is Outcome.ASSIGNED]) == 7
+    assert (len(state.pending), state.deferred) == (0, 0)
+
+
 def ten_agents(reserve: float) -> PoolState:
     state = PoolState("p", Policy(fair_share_reserve=reserve))
     for i in range(10):
