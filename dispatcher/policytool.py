@@ -13,16 +13,14 @@ See ops/policies/example.yaml.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
 from pydantic import ValidationError
 
-from dispatcher import core
 from dispatcher.codecs import models as m
-from dispatcher.codecs.adapt import TIMEOUTS
+from dispatcher.codecs.adapt import policy_problems as problems
 from dispatcher.codecs.codec import Codec, CodecError
 from dispatcher.codecs.signing import content_hash, sign, verify
 from dispatcher.errors import ConfigError
@@ -31,8 +29,6 @@ from dispatcher.sdk.producer import DispatcherProducer, now_ms
 from dispatcher.topics import TopicNames
 
 __all__ = ["current_version", "load_policy_file", "problems", "publish", "signed"]
-
-_SWITCHES = frozenset(core.CONSTRAINTS) | {"hard_affinity"}
 
 
 def load_policy_file(path: Path, *, effective_from_ms: int | None = None) -> m.PolicyUpdate:
@@ -56,40 +52,6 @@ def load_policy_file(path: Path, *, effective_from_ms: int | None = None) -> m.P
         })  # fmt: skip
     except ValidationError as exc:
         raise ConfigError(f"{path}: not a valid policy: {exc}") from exc
-
-
-def problems(update: m.PolicyUpdate) -> list[str]:
-    """Semantic problems: what the schema allows but no sane dispatcher should run."""
-    doc = update.document
-    out = _weight_problems(doc.weights)
-    out += [f"constraints.{c}: unknown ({', '.join(sorted(_SWITCHES))})"
-            for c in sorted(doc.constraints) if c not in _SWITCHES]  # fmt: skip
-    out += [f"constraints.{c}: cannot be disabled (agents would be double-booked, or work "
-            "would go to agents that are not there)"
-            for c in ("status", "capacity") if doc.constraints.get(c) is False]  # fmt: skip
-    out += [f"timeouts_ms.{t}: unknown ({', '.join(sorted(TIMEOUTS))})"
-            for t in sorted(doc.timeouts_ms) if t not in TIMEOUTS]  # fmt: skip
-    out += [f"tenant_quotas.{t}: 0, so none of its loads can ever run"
-            for t, q in sorted(doc.tenant_quotas.items()) if q == 0]  # fmt: skip
-    r = doc.retry
-    if r.backoff_base_ms > r.backoff_max_ms:
-        out.append(f"retry: backoff_base_ms {r.backoff_base_ms} > "
-                   f"backoff_max_ms {r.backoff_max_ms}")  # fmt: skip
-    if doc.matching_mode is m.MatchingMode.BATCHED and doc.batch_window_ms == 0:
-        out.append("batch_window_ms: 0 in batched mode (every tick a batch of one)")
-    return out
-
-
-def _weight_problems(weights: dict[str, float]) -> list[str]:
-    out = []
-    for name, w in sorted(weights.items()):
-        if name not in core.SCORE_TERMS:
-            out.append(f"weights.{name}: not a score term ({', '.join(core.SCORE_TERMS)})")
-        elif not math.isfinite(w) or w < 0:
-            out.append(f"weights.{name}: {w} (weights are finite and >= 0)")
-    if not any(w > 0 for w in weights.values()):
-        out.append("weights: none is positive, so every agent scores 0 and ties decide")
-    return out
 
 
 def signed(

@@ -14,7 +14,14 @@ from dispatcher import core
 from dispatcher.codecs import models as m
 from dispatcher.codecs.codec import Codec
 
-__all__ = ["TIMEOUTS", "encode_decision", "policy_from", "to_event", "to_records"]
+__all__ = [
+    "TIMEOUTS",
+    "encode_decision",
+    "policy_from",
+    "policy_problems",
+    "to_event",
+    "to_records",
+]
 
 TIMEOUTS = {  # PolicyDocument.timeouts_ms key -> core.Policy field
     "ack": "ack_timeout_ms",
@@ -53,6 +60,62 @@ def policy_from(update: m.PolicyUpdate) -> core.Policy:
         batch_candidates=doc.batch_candidates,
         **timeouts,  # field names checked by TIMEOUTS
     )
+
+
+# Bounds no sane policy comes near, and past which sums overflow or times leave the int range.
+_MAX_WEIGHT = 1e6
+_MAX_TIMEOUT_MS = 366 * 86_400_000
+_MAX_BATCH_LOADS = 10_000  # a batch solves a loads x slots matrix
+_MAX_BATCH_CANDIDATES = 1_000
+_SWITCHES = frozenset(core.CONSTRAINTS) | {"hard_affinity"}
+_NONZERO = ("ack", "heartbeat", "dedupe_window")  # timeouts that may not be 0
+
+
+def policy_problems(update: m.PolicyUpdate) -> list[str]:
+    """Semantic problems: what the schema allows but no sane dispatcher should run (the
+    workers refuse such a policy, and ``policy publish`` does not publish it)."""
+    doc = update.document
+    out = _weight_problems(doc.weights)
+    out += [f"constraints.{c}: unknown ({', '.join(sorted(_SWITCHES))})"
+            for c in sorted(doc.constraints) if c not in _SWITCHES]  # fmt: skip
+    out += [f"constraints.{c}: cannot be disabled (agents would be double-booked, or work "
+            "would go to agents that are not there)"
+            for c in ("status", "capacity") if doc.constraints.get(c) is False]  # fmt: skip
+    out += [f"timeouts_ms.{t}: unknown ({', '.join(sorted(TIMEOUTS))})"
+            for t in sorted(doc.timeouts_ms) if t not in TIMEOUTS]  # fmt: skip
+    timeouts = sorted(doc.timeouts_ms.items())
+    out += [f"timeouts_ms.{t}: {v} ms, more than a year" for t, v in timeouts
+            if v > _MAX_TIMEOUT_MS]  # fmt: skip
+    out += [f"timeouts_ms.{t}: 0 (every load would time out at once, or duplicates pass)"
+            for t, v in timeouts if v == 0 and t in _NONZERO]  # fmt: skip
+    out += [f"tenant_quotas.{t}: 0, so none of its loads can ever run"
+            for t, q in sorted(doc.tenant_quotas.items()) if q == 0]  # fmt: skip
+    r = doc.retry
+    if r.backoff_base_ms > r.backoff_max_ms:
+        out.append(f"retry: backoff_base_ms {r.backoff_base_ms} > "
+                   f"backoff_max_ms {r.backoff_max_ms}")  # fmt: skip
+    if r.backoff_max_ms > _MAX_TIMEOUT_MS:
+        out.append(f"retry: backoff_max_ms {r.backoff_max_ms}, more than a year")
+    if doc.matching_mode is m.MatchingMode.BATCHED and doc.batch_window_ms == 0:
+        out.append("batch_window_ms: 0 in batched mode (every tick a batch of one)")
+    if doc.batch_max_loads > _MAX_BATCH_LOADS:
+        out.append(f"batch_max_loads: {doc.batch_max_loads} (at most {_MAX_BATCH_LOADS:,})")
+    if doc.batch_candidates > _MAX_BATCH_CANDIDATES:
+        out.append(f"batch_candidates: {doc.batch_candidates} "
+                   f"(at most {_MAX_BATCH_CANDIDATES:,})")  # fmt: skip
+    return out
+
+
+def _weight_problems(weights: dict[str, float]) -> list[str]:
+    out = []
+    for name, w in sorted(weights.items()):
+        if name not in core.SCORE_TERMS:
+            out.append(f"weights.{name}: not a score term ({', '.join(core.SCORE_TERMS)})")
+        elif not 0 <= w <= _MAX_WEIGHT:  # (NaN too)
+            out.append(f"weights.{name}: {w} (weights are from 0 to {_MAX_WEIGHT:g})")
+    if not any(w > 0 for w in weights.values()):
+        out.append("weights: none is positive, so every agent scores 0 and ties decide")
+    return out
 
 
 def to_event(  # noqa: PLR0911 - one return per kind of input

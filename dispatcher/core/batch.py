@@ -31,7 +31,7 @@ def solve(candidates: list[list[tuple[int, float]]], free: dict[int, int]) -> li
     first: dict[int, tuple[int, int]] = {}  # agent row -> (first column, columns)
     width = 0
     for row, count in wanted.items():
-        first[row] = (width, min(free[row], count))
+        first[row] = (width, min(max(free[row], 0), count))  # (over capacity: none)
         width += first[row][1]
     if width == 0:
         return [None] * len(candidates)

@@ -47,7 +47,7 @@ from mode.services import WaitResults
 from dispatcher import core
 from dispatcher.codecs import models as m
 from dispatcher.codecs import signing
-from dispatcher.codecs.adapt import encode_decision
+from dispatcher.codecs.adapt import encode_decision, policy_problems
 from dispatcher.codecs.codec import Codec, CodecError, dead_letter
 from dispatcher.reading import replay_consumer
 from dispatcher.topics import TopicNames
@@ -267,8 +267,9 @@ class Dispatcher:
                 self.snapshots.maybe_write(self.folds[partition])
 
     def decode_input(self, value: bytes, msg: Any) -> m.Record:
-        """Decodes an input record strictly; a policy must also pass ``codecs.signing``, any
-        other input must not come from further ahead than ``cfg.max_ahead_ms``.
+        """Decodes an input record strictly; a policy must also pass ``codecs.signing`` and
+        have no semantic problem (``policy_problems``), any other input must not come from
+        further ahead than ``cfg.max_ahead_ms``.
 
         A pool's clock is the newest event time it has seen (the core reads no
         clock), so one record stamped an hour ahead would time out every agent's
@@ -281,15 +282,17 @@ class Dispatcher:
         Raises:
             CodecError: the bytes are not a valid record of their topic, or a policy's
                 hash or signature is wrong, or it is unsigned while this worker holds
-                keys, or the event time is too far ahead (all go to dead-letter).
+                keys, or it has a semantic problem, or the event time is too far ahead
+                (all go to dead-letter).
         """
         where = {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset}
         record = self.codec.decode(value, self.expect[msg.topic], **where)
         if isinstance(record, m.PolicyUpdate):
             written = self.codec.field_digest(value, "document")
             problem = signing.verify(record, self.cfg.policy_keys, written=written)
-            if problem is not None:
-                detail = f"policy {record.policy_id} version {record.version}: {problem}"
+            found = [problem] if problem is not None else policy_problems(record)
+            if found:  # (policy publish refuses these too; a worker must not trust it did)
+                detail = f"policy {record.policy_id} version {record.version}: {'; '.join(found)}"
                 raise CodecError(m.DeadLetterReason.INVALID, detail, value, **where)
         else:
             t: int = record.event_time_ms  # type: ignore[attr-defined]  # every other input has one

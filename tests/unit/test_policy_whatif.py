@@ -53,6 +53,11 @@ def test_the_example_policy_is_valid() -> None:
         ({"document.timeouts_ms": {"lunch": 5}}, "timeouts_ms.lunch: unknown"),
         ({"document.tenant_quotas": {"acme": 0}}, "tenant_quotas.acme: 0"),
         ({"document.retry.backoff_base_ms": 10**6}, "backoff_base_ms 1000000 > backoff_max_ms"),
+        ({"document.weights.embedding": 1e308}, "weights.embedding: 1e+308 (weights are from"),
+        ({"document.timeouts_ms": {"ack": 0}}, "timeouts_ms.ack: 0"),
+        ({"document.timeouts_ms": {"dedupe_window": 0}}, "timeouts_ms.dedupe_window: 0"),
+        ({"document.timeouts_ms": {"ack": 2**53}}, "more than a year"),
+        ({"document.batch_max_loads": 2**31 - 1}, "batch_max_loads: 2147483647 (at most"),
     ],
 )
 def test_semantic_problems_are_named(tmp_path: Path, change: dict[str, Any], problem: str) -> None:

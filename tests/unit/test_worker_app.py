@@ -17,6 +17,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from dispatcher.codecs import Codec, CodecError
 from dispatcher.codecs import models as m
+from dispatcher.codecs.signing import content_hash
 from dispatcher.demo import load_event, policy_update
 from dispatcher.sdk.agent import partition_for
 from dispatcher.worker.app import (
@@ -164,3 +165,17 @@ def test_an_input_stamped_too_far_ahead_is_refused_and_a_policy_for_later_is_not
     later = policy_update(2, effective_from_ms=now + 86_400_000)
     policy_msg = types.SimpleNamespace(topic=topics.policy_update, partition=0, offset=0)
     assert d.decode_input(CODEC.encode(later), policy_msg) == later
+
+
+def test_a_policy_with_a_semantic_problem_is_refused_even_if_published_around_the_cli() -> None:
+    d = Dispatcher(CFG)
+    msg = types.SimpleNamespace(topic=CFG.topics.policy_update, partition=0, offset=3)
+    update = policy_update(2)
+    doc = update.document.model_copy(update={"constraints": {"capacity": False}})
+    bad = update.model_copy(update={"document": doc, "content_hash": content_hash(doc)})
+    with pytest.raises(CodecError) as refused:
+        d.decode_input(CODEC.encode(bad), msg)
+    assert refused.value.reason is m.DeadLetterReason.INVALID
+    assert "policy dispatch version 2: constraints.capacity: cannot be disabled" in (
+        refused.value.detail
+    )

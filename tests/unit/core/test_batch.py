@@ -23,6 +23,7 @@ def test_solve_fills_slots_and_leaves_the_rest() -> None:
     assert solve([[(0, 0.5)], [(0, 0.4)], [(0, 0.3)]], {0: 2}) == [0, 0, None]
     assert solve([[], [(3, 1.0)]], {3: 1}) == [None, 3]
     assert solve([[]], {}) == [None]
+    assert solve([[(0, 1.0)], [(1, 0.5)]], {0: -2, 1: 1}) == [None, 1]  # 0 is over capacity
 
 
 @given(
