@@ -217,6 +217,8 @@ class AgentTable:
             self.ids.append(agent_id)
             self.row[agent_id] = row
             self._row_bits.append([])
+        else:  # a profile update is a sign of life, not a clock going back
+            time_ms = max(time_ms, int(self.last_seen[row]))
         cap_bits = self._caps_vocab.bits(profile.capabilities)
         for bit in self._row_bits[row]:
             self._cap_rows[bit].discard(row)

@@ -16,6 +16,7 @@ from dispatcher.core import (
     Priority,
     TaskOutcome,
 )
+from dispatcher.core.agents import AgentStatus
 from tests.unit.core.builders import arrive, available, key, register, report, status, tick
 
 
@@ -349,3 +350,13 @@ def test_decisions_about_unknown_load_ids_have_distinct_ids_and_leave_nothing_be
     assert {d.reason for d in out} == {"UNKNOWN_LOAD"}
     assert len({d.decision_id for d in out}) == 3
     assert "ghost" not in state.loads
+
+
+def test_a_profile_update_stamped_in_the_past_does_not_make_a_live_agent_lost() -> None:
+    state = PoolState("p", Policy(heartbeat_timeout_ms=10_000))
+    state.apply(register("a1", time_ms=1_000))
+    state.apply(available("a1", time_ms=1_000))
+    state.apply(status("a1", AgentStatusKind.HEARTBEAT, 3, time_ms=50_000))
+    state.apply(register("a1", seq=4, time_ms=0, capacity=2))  # a producer's stale clock
+    assert state.apply(tick(55_000)) == []
+    assert state.agents.status[state.agents.row["a1"]] == AgentStatus.AVAILABLE
