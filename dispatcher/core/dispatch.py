@@ -128,7 +128,10 @@ class PoolState:
         self.seen: dict[str, int] = {}  # event key -> event time (duplicates change nothing)
         self.orphans = 0  # decisions about unknown load ids (not remembered per id)
         self.finished: deque[tuple[int, str]] = deque()  # (finish time, load id), oldest first
-        self.ack_due: deque[tuple[int, str, str]] = deque()  # (accept by, load id, decision id)
+        # (accept by, assignment number, load id, decision id), a heap: a policy may shorten
+        # the ack timeout, and later assignments then fall due before earlier ones.
+        self.ack_due: list[tuple[int, int, str, str]] = []
+        self.assignments = 0
         self.deferred = 0
         self.last_batch_ms = -(10**18)
         self.epoch = 0  # grows whenever agents' ability to take loads may have grown
@@ -319,7 +322,7 @@ class PoolState:
             t.set_status(int(row), AgentStatus.LOST)
             self._requeue_agent(t.ids[row], "AGENT_LOST", e.source, out)
         while self.ack_due and self.ack_due[0][0] < now:
-            _, load_id, decision = self.ack_due.popleft()
+            _, _, load_id, decision = heapq.heappop(self.ack_due)
             ls = self.loads.get(load_id)
             # Only if it still waits for the acceptance of that same assignment.
             if ls is not None and ls.status is LoadStatus.ASSIGNED and ls.decision_id == decision:
@@ -570,7 +573,9 @@ class PoolState:
             self.sessions[spec.session_id] = (agent_id, self.now_ms)
         d = self._decision(ls, Outcome.ASSIGNED, reason, source, m, agent=agent_id)
         ls.decision_id = d.decision_id
-        self.ack_due.append((self.now_ms + self.policy.ack_timeout_ms, spec.load_id, d.decision_id))
+        self.assignments += 1
+        heapq.heappush(self.ack_due, (self.now_ms + self.policy.ack_timeout_ms, self.assignments,
+                                      spec.load_id, d.decision_id))  # fmt: skip
         out.append(d)
 
     def _batch(self, source: Source, out: list[Decision]) -> None:

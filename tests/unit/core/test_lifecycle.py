@@ -12,6 +12,7 @@ from dispatcher.core import (
     LoadCancelled,
     Outcome,
     Policy,
+    PolicyChanged,
     PoolState,
     Priority,
     TaskOutcome,
@@ -360,3 +361,19 @@ def test_a_profile_update_stamped_in_the_past_does_not_make_a_live_agent_lost() 
     state.apply(register("a1", seq=4, time_ms=0, capacity=2))  # a producer's stale clock
     assert state.apply(tick(55_000)) == []
     assert state.agents.status[state.agents.row["a1"]] == AgentStatus.AVAILABLE
+
+
+def test_a_shorter_ack_timeout_applies_to_later_assignments_at_once() -> None:
+    day = 86_400_000
+    state = PoolState("p", Policy(ack_timeout_ms=day, heartbeat_timeout_ms=10 * day))
+    state.apply(register("a1", capacity=2))
+    state.apply(available("a1"))
+    state.apply(arrive("L1", 1))
+    state.apply(PolicyChanged(2, Policy(version=2, ack_timeout_ms=30_000,
+                                        heartbeat_timeout_ms=10 * day)))  # fmt: skip
+    state.apply(arrive("L2", 3))
+    out = state.apply(tick(60_000))  # L1 is due in a day, first in line: L2 does not wait
+    assert [(d.load_id, d.outcome, d.reason) for d in out][:1] == [
+        ("L2", Outcome.REQUEUED, "ACK_TIMEOUT")
+    ]
+    assert state.loads["L1"].status.value == "ASSIGNED"
