@@ -266,6 +266,13 @@ class Dispatcher:
             for partition in touched & self.folds.keys():
                 self.snapshots.maybe_write(self.folds[partition])
 
+    def ticking(self) -> list[str]:
+        """The pools the timer ticks: those with agents or loads, the only ones a tick can
+        change (any record naming a new pool makes one; thousands of empty ones would
+        cost a core in ticks)."""
+        return [pool for fold in list(self.folds.values())
+                for pool, s in sorted(fold.pools.items()) if s.agents.n or s.loads]  # fmt: skip
+
     def decode_input(self, value: bytes, msg: Any) -> m.Record:
         """Decodes an input record strictly; a policy must also pass ``codecs.signing`` and
         have no semantic problem (``policy_problems``), any other input must not come from
@@ -429,10 +436,9 @@ def build_app(cfg: WorkerConfig) -> faust.App:
     @app.timer(interval=cfg.tick_ms / 1000)  # type: ignore[untyped-decorator]  # faust is untyped
     async def tick() -> None:
         now = _now_ms()
-        for fold in list(d.folds.values()):
-            for pool in sorted(fold.pools):
-                value = d.codec.encode(m.Tick(pool=pool, event_time_ms=now))
-                await send(t.ticks, pool.encode(), value)
+        for pool in d.ticking():
+            value = d.codec.encode(m.Tick(pool=pool, event_time_ms=now))
+            await send(t.ticks, pool.encode(), value)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # faust's signal stubs
     async def forget(app: faust.App, assigned: set[TP], **_: Any) -> None:

@@ -18,7 +18,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from dispatcher.codecs import Codec, CodecError
 from dispatcher.codecs import models as m
 from dispatcher.codecs.signing import content_hash
-from dispatcher.demo import load_event, policy_update
+from dispatcher.demo import agent_profile, load_event, policy_update
 from dispatcher.sdk.agent import partition_for
 from dispatcher.worker.app import (
     FETCH_MAX_WAIT_MS,
@@ -28,6 +28,7 @@ from dispatcher.worker.app import (
     build_app,
     key_partition,
 )
+from dispatcher.worker.fold import PartitionFold
 
 CFG = WorkerConfig(bootstrap="127.0.0.1:1", web_port=6099)
 CODEC = Codec()
@@ -179,3 +180,18 @@ def test_a_policy_with_a_semantic_problem_is_refused_even_if_published_around_th
     assert "policy dispatch version 2: constraints.capacity: cannot be disabled" in (
         refused.value.detail
     )
+
+
+def test_the_timer_ticks_pools_with_agents_or_loads_not_the_empty_ones_records_made() -> None:
+    d = Dispatcher(CFG)
+    fold = d.folds[0] = PartitionFold(CFG.topics.input_sequence, 0, CODEC)
+    profile = agent_profile(np.random.default_rng(1), capacity=1)
+    records: list[m.Record] = [
+        m.AgentEvent(event_id="r", kind=m.AgentEventKind.REGISTERED, agent_id="a", pool="busy",
+                     seq=1, event_time_ms=1, profile=profile),
+        *(m.Tick(pool=f"junk-{i}", event_time_ms=1) for i in range(3)),
+    ]  # fmt: skip
+    for offset, record in enumerate(records):
+        fold.apply(CODEC.encode(record), offset)
+    assert len(fold.pools) == 4
+    assert d.ticking() == ["busy"]
