@@ -97,6 +97,11 @@ _RESULTS: dict[tuple[LoadStatus, TaskOutcome], str] = {
 }
 
 
+# Event keys are unique per input topic: an agent's heartbeat keyed "cancel:7" is no
+# duplicate of the cancel of load 7.
+_KEY_SPACE = {AgentRegistered: "agent\0", AgentStatusChanged: "agent\0", LoadArrived: "load\0",
+              LoadCancelled: "load\0", TaskReported: "result\0"}  # fmt: skip
+
 # A tenant running more than this times its weighted share is held back from the reserve.
 _OVER_SHARE = 1.25
 
@@ -144,8 +149,10 @@ class PoolState:
     def apply(self, event: Event) -> list[Decision]:
         """Applies one event; returns the decisions it caused, in order."""
         key = getattr(event, "key", None)
-        if key is not None and key in self.seen:
-            return []
+        if key is not None:
+            key = _KEY_SPACE[type(event)] + key
+            if key in self.seen:
+                return []
         out: list[Decision] = []
         if not isinstance(event, PolicyChanged):  # (a policy's time is when it takes effect)
             self.now_ms = max(self.now_ms, event.time_ms)

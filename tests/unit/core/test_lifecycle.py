@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 
 from dispatcher.core import (
+    AgentStatusChanged,
     AgentStatusKind,
     Decision,
     LoadCancelled,
@@ -377,3 +378,17 @@ def test_a_shorter_ack_timeout_applies_to_later_assignments_at_once() -> None:
         ("L2", Outcome.REQUEUED, "ACK_TIMEOUT")
     ]
     assert state.loads["L1"].status.value == "ASSIGNED"
+
+
+def test_event_keys_of_different_inputs_do_not_collide() -> None:
+    # The SDK keys a heartbeat "<agent>:<seq>" and a cancel "cancel:<load>": an agent named
+    # "cancel" sending heartbeat 7 must not swallow the cancel of load "7".
+    state = PoolState("p")
+    state.apply(register("cancel"))
+    state.apply(available("cancel"))
+    state.apply(arrive("7", 1, required=frozenset({"cobol"})))  # waits: nobody can run it
+    beat = AgentStatusChanged("cancel:7", "cancel", 7, 2, AgentStatusKind.HEARTBEAT)
+    assert state.apply(beat) == []
+    (d,) = state.apply(LoadCancelled("cancel:7", 3, "7"))
+    assert (d.load_id, d.outcome) == ("7", Outcome.CANCELLED)
+    assert state.apply(LoadCancelled("cancel:7", 4, "7")) == []  # a true duplicate
