@@ -54,9 +54,12 @@ MAX_EMBEDDING_DIM = 4096
 MAX_LIST_ITEMS = 1024
 MAX_MAP_ITEMS = 1024
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-Code = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+# No control characters in ids and names: the core joins them with NUL into decision ids
+# (pool "a" + load "b\0c" and pool "a\0b" + load "c" would share one), and they show in logs.
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+Id = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=_PRINTABLE)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=_PRINTABLE)]
+Code = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_PRINTABLE)]
 Topic = Annotated[str, StringConstraints(min_length=1, max_length=249)]  # Kafka's limit
 EpochMs = Annotated[int, Field(ge=0, le=2**53)]
 DurationMs = Annotated[int, Field(ge=0, le=2**53)]

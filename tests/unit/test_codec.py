@@ -172,6 +172,13 @@ FAILURES = [
         m.DeadLetterReason.INVALID,
         "pool",
     ),
+    (
+        "NUL in an id",  # decision ids join pool and load id with NUL
+        _raw("LoadEvent", {**_load_event(), "load_id": "b\x00c"}),
+        None,
+        m.DeadLetterReason.INVALID,
+        "load_id: String should match pattern",
+    ),
 ]
 
 
