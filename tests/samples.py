@@ -18,7 +18,7 @@ LOAD = m.LoadSpec(
 )  # fmt: skip
 POLICY_DOC = m.PolicyDocument(
     matching_mode=m.MatchingMode.BATCHED, batch_window_ms=50,
-    weights={"embedding": 1.0, "balance": 0.5}, constraints={"risk_budget": True},
+    weights={"embedding": 1.0, "balance": 0.5}, constraints={"risk": True},
     tenant_weights={"acme": 2.0, "globex": 1.0}, tenant_quotas={"acme": 100},
     tenant_deny={"globex": ["agent-7"]}, timeouts_ms={"ack": 5000, "heartbeat": 15000},
     retry=m.RetryPolicy(max_attempts=3, backoff_base_ms=100, backoff_max_ms=10_000),

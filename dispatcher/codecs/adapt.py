@@ -98,6 +98,8 @@ def policy_problems(update: m.PolicyUpdate) -> list[str]:
         out.append(f"retry: backoff_max_ms {r.backoff_max_ms}, more than a year")
     if doc.matching_mode is m.MatchingMode.BATCHED and doc.batch_window_ms == 0:
         out.append("batch_window_ms: 0 in batched mode (every tick a batch of one)")
+    if doc.batch_window_ms > _MAX_TIMEOUT_MS:
+        out.append(f"batch_window_ms: {doc.batch_window_ms}, more than a year")
     if doc.batch_max_loads > _MAX_BATCH_LOADS:
         out.append(f"batch_max_loads: {doc.batch_max_loads} (at most {_MAX_BATCH_LOADS:,})")
     if doc.batch_candidates > _MAX_BATCH_CANDIDATES:

@@ -1,11 +1,7 @@
 """The agents of one pool as numpy columns, and vectorised matching against them.
 
 One row per agent, in registration order (rows are never reused, so row
-order, and with it every tie-break, depends only on the input order). The
-first agent with a personality sets the pool's embedding dimension; longer
-personalities and intents are cut to it, shorter ones padded with zeros (one
-agent's 4,096 floats would otherwise widen every agent's row, and make every
-match copy them).
+order, and with it every tie-break, depends only on the input order).
 Capabilities and regions are bitmasks over vocabularies that also grow in
 input order.
 """
@@ -236,7 +232,7 @@ class AgentTable:
         region_bits = self._region_vocab.bits(profile.regions)
         self._fit(rows=row + 1, cap_words=len(self._caps_vocab.index) // 64 + 1,
                   region_words=len(self._region_vocab.index) // 64 + 1,
-                  dims=self.embedding.shape[1] or len(profile.personality))  # fmt: skip
+                  dims=len(profile.personality))  # fmt: skip
         self.caps[row] = _mask(cap_bits, self.caps.shape[1])
         self.cap_count[row] = len(cap_bits)
         self.regions[row] = _mask(region_bits, self.regions.shape[1])

@@ -448,8 +448,8 @@ class PoolState:
         return self.agents.open_count > 0
 
     def _drain(self, source: Source, out: list[Decision]) -> None:
-        """Serves waiting loads, in order of service, while agents have room (readmitting the
-        deferred ones as soon as it may)."""
+        """Serves waiting loads, in order of service, while agents have room (first readmits
+        the deferred ones, if it may)."""
         self._readmit(source, out)
         self._unpark()
         self.queue.escalate(self.now_ms)
@@ -475,12 +475,13 @@ class PoolState:
                 self.parked_epoch = self.epoch
             else:
                 free = self._free_capacity()
-                self._readmit(source, out)
 
     def _readmit(self, source: Source, out: list[Decision]) -> None:
-        """Readmits the deferred loads once the others waiting are below the low watermark
-        (counting the deferred ones, more of them than the watermark never left)."""
-        if self.deferred and len(self.pending) - self.deferred < self.policy.low_watermark:
+        """Readmits the deferred loads once the others waiting are below the low watermark,
+        or none waits (counting the deferred ones, or with a watermark of 0, they never
+        left)."""
+        others = len(self.pending) - self.deferred
+        if self.deferred and others < max(self.policy.low_watermark, 1):
             for ls in [x for x in self.pending.values() if x.status is LoadStatus.DEFERRED]:
                 ls.status = LoadStatus.PENDING
                 self.deferred -= 1

@@ -269,7 +269,8 @@ class Dispatcher:
     def ticking(self) -> list[str]:
         """The pools the timer ticks: those with agents or loads, the only ones a tick can
         change (any record naming a new pool makes one; thousands of empty ones would
-        cost a core in ticks)."""
+        cost a core in ticks). An empty pool's event keys stay until it has agents or
+        loads again."""
         return [pool for fold in list(self.folds.values())
                 for pool, s in sorted(fold.pools.items()) if s.agents.n or s.loads]  # fmt: skip
 

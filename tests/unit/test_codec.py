@@ -173,6 +173,13 @@ FAILURES = [
         "pool",
     ),
     (
+        "personality too wide",  # a pool's rows are as wide as its widest agent's
+        _raw("AgentEvent", _agent_event(personality=[0.5] * 1025)),
+        None,
+        m.DeadLetterReason.INVALID,
+        "profile.personality: List should have at most 1024 items",
+    ),
+    (
         "NUL in an id",  # decision ids join pool and load id with NUL
         _raw("LoadEvent", {**_load_event(), "load_id": "b\x00c"}),
         None,

@@ -227,11 +227,25 @@ def test_deferred_loads_are_readmitted_when_the_others_are_below_the_low_waterma
         (d,) = state.apply(arrive(f"low{i}", 10 + i, priority=Priority.LOW))
         assert d.outcome is Outcome.DEFERRED
     state.apply(register("a1", time_ms=20, capacity=10))
-    out = state.apply(available("a1", time_ms=20))
+    out = state.apply(available("a1", time_ms=20))  # the others go
+    out += state.apply(tick(30))  # the deferred follow
     assert sorted(d.load_id for d in out if d.reason == "READMITTED") == [f"low{i}" for i in
                                                                         range(5)]  # fmt: skip
     assert len([d for d in out if d.outcome is Outcome.ASSIGNED]) == 7
     assert (len(state.pending), state.deferred) == (0, 0)
+
+
+def test_with_a_low_watermark_of_0_deferred_loads_are_readmitted_once_none_else_waits() -> None:
+    state = PoolState("p", Policy(max_pending=20, high_watermark=2, low_watermark=0))
+    for i in range(2):
+        state.apply(arrive(f"n{i}", i))
+    (d,) = state.apply(arrive("low", 5, priority=Priority.LOW))
+    assert d.outcome is Outcome.DEFERRED
+    state.apply(register("a1", time_ms=20, capacity=10))
+    state.apply(available("a1", time_ms=20))
+    out = state.apply(tick(30))
+    assert [(x.load_id, x.outcome) for x in out] == [("low", Outcome.QUEUED),
+                                                     ("low", Outcome.ASSIGNED)]  # fmt: skip
 
 
 def ten_agents(reserve: float) -> PoolState:
@@ -335,7 +349,7 @@ def test_event_keys_finished_loads_and_sessions_are_forgotten_after_the_window()
     assert "L1" in state.loads
     assert "chat-1" in state.sessions
     state.apply(tick(2000))
-    assert first.key not in state.seen
+    assert not state.seen  # every event key forgotten
     assert "L1" not in state.loads
     assert "chat-1" not in state.sessions  # sessions come and go: not kept for ever
     assert len(state.finished) == 0

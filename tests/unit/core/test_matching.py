@@ -194,15 +194,3 @@ def test_kinds_without_cached_columns_decide_alike(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(agents, "_COLS_BUDGET", 0)  # every kind gathers its columns per load
     assert run() == cached
     assert any("ASSIGNED" in d for d in cached)
-
-
-def test_the_first_personality_sets_the_pools_embedding_dimension() -> None:
-    state = PoolState("p")
-    state.apply(register("a1", personality=(1.0, 0.0)))
-    state.apply(register("wide", personality=(0.0, 1.0) + (1.0,) * 4094))  # cut to 2
-    state.apply(available("a1"))
-    state.apply(available("wide", seq=2))
-    assert state.agents.embedding.shape[1] == 2
-    assert state.agents.embedding[1].tolist() == [0.0, 1.0]
-    (d,) = state.apply(arrive("L1", 1, intent=(0.0, 1.0, 5.0)))  # cut to 2 as well
-    assert d.agent_id == "wide"
