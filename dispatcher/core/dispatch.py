@@ -448,9 +448,16 @@ class PoolState:
         return self.agents.open_count > 0
 
     def _drain(self, source: Source, out: list[Decision]) -> None:
-        """Serves waiting loads, in order of service, while agents have room (first readmits
-        the deferred ones, if it may)."""
-        self._readmit(source, out)
+        """Serves waiting loads, in order of service, while agents have room; first readmits
+        the deferred ones if the others waiting are below the low watermark, or none waits
+        (counting the deferred ones, or with a watermark of 0, they never left)."""
+        others = len(self.pending) - self.deferred
+        if self.deferred and others < max(self.policy.low_watermark, 1):
+            for ls in [x for x in self.pending.values() if x.status is LoadStatus.DEFERRED]:
+                ls.status = LoadStatus.PENDING
+                self.deferred -= 1
+                self._push(ls)
+                out.append(self._decision(ls, Outcome.QUEUED, "READMITTED", source))
         self._unpark()
         self.queue.escalate(self.now_ms)
         limit, tries = self.policy.drain_limit, 0
@@ -475,18 +482,6 @@ class PoolState:
                 self.parked_epoch = self.epoch
             else:
                 free = self._free_capacity()
-
-    def _readmit(self, source: Source, out: list[Decision]) -> None:
-        """Readmits the deferred loads once the others waiting are below the low watermark,
-        or none waits (counting the deferred ones, or with a watermark of 0, they never
-        left)."""
-        others = len(self.pending) - self.deferred
-        if self.deferred and others < max(self.policy.low_watermark, 1):
-            for ls in [x for x in self.pending.values() if x.status is LoadStatus.DEFERRED]:
-                ls.status = LoadStatus.PENDING
-                self.deferred -= 1
-                self._push(ls)
-                out.append(self._decision(ls, Outcome.QUEUED, "READMITTED", source))
 
     def _held(self, open_agents: int, extra: dict[str, int] | None = None) -> frozenset[str]:
         """The tenants that may not take the last open agents (policy ``fair_share_reserve``):
