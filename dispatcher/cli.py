@@ -477,6 +477,15 @@ def _bootstrap() -> str:
     return s.kafka_bootstrap or s.local_bootstrap
 
 
+def _epoch_ms(iso: str) -> int:
+    """An ISO 8601 time as epoch ms (without an offset: local time).
+
+    Raises:
+        ValueError: not an ISO 8601 time.
+    """
+    return round(datetime.fromisoformat(iso).timestamp() * 1000)
+
+
 def _position(value: str | None) -> tuple[str, int] | None:
     """An offset (an integer) or a time (ISO 8601, as epoch ms)."""
     if value is None:
@@ -484,7 +493,7 @@ def _position(value: str | None) -> tuple[str, int] | None:
     if value.isdigit():
         return ("offset", int(value))
     try:
-        return ("time", int(datetime.fromisoformat(value).timestamp() * 1000))
+        return ("time", _epoch_ms(value))
     except ValueError as exc:
         raise click.BadParameter(f"{value!r}: an offset or an ISO 8601 time") from exc
 
@@ -683,7 +692,7 @@ def policy_publish(path: Path, key_id: str | None, at: str | None, topic_prefix:
     when = None
     if at is not None:
         try:
-            when = round(datetime.fromisoformat(at).timestamp() * 1000)
+            when = _epoch_ms(at)
         except ValueError as exc:
             raise click.BadParameter(f"{at!r}: not an ISO 8601 time", param_hint="--at") from exc
     update = signed(load_policy_file(path, effective_from_ms=when), keys, key_id)
