@@ -47,6 +47,7 @@ class Outcomes:
 
     loads: dict[str, _Load] = field(default_factory=dict)
     contents: set[tuple[Any, ...]] = field(default_factory=set)  # of its decisions (_content)
+    why: bool = False  # keep why each load got its first agent (examples show the what-if run's)
 
     def observe(self, event: core.Event, decisions: list[core.Decision]) -> None:
         if isinstance(event, core.LoadArrived) and event.load.load_id not in self.loads:
@@ -60,8 +61,9 @@ class Outcomes:
             ld.trail.append((d.outcome.value, d.agent_id))
             if d.outcome is core.Outcome.ASSIGNED and ld.first_agent is None:
                 ld.first_agent, ld.first_ms, ld.first_score = d.agent_id, d.time_ms, d.score or 0.0
-                ld.why = {"score_parts": dict(d.score_parts), "runner_up": d.runner_up,
-                          "margin": d.margin, "candidates": d.candidates}  # fmt: skip
+                if self.why:
+                    ld.why = {"score_parts": dict(d.score_parts), "runner_up": d.runner_up,
+                              "margin": d.margin, "candidates": d.candidates}  # fmt: skip
             if d.outcome in core.FINAL_OUTCOMES:
                 ld.final, ld.final_ms = d.outcome.value, d.time_ms
 
@@ -132,7 +134,7 @@ class Replay:
     ) -> None:  # fmt: skip
         self.policy, self.base_policy, self.topic = policy, base_policy, topic
         self.codec, self.progress = codec or Codec(), progress
-        self.rec_out, self.alt_out = Outcomes(), Outcomes()
+        self.rec_out, self.alt_out = Outcomes(), Outcomes(why=True)
         self.replayed = 0
 
     def start(self, partition: int) -> None:
