@@ -331,6 +331,14 @@ def _input(rec: m.DecisionRecord) -> tuple[str, int, int]:
     return (rec.input.topic, rec.input.partition, rec.input.offset)
 
 
+def _moment(decisions: list[m.DecisionRecord]) -> m.DecisionRecord:
+    """The decision explain looks from: the load's last assignment, or never assigned, its
+    last decision while it waited (a finished load no longer holds its needs), or its first."""
+    waiting = (m.DecisionOutcome.QUEUED, m.DecisionOutcome.DEFERRED)
+    assigned = [d for d in decisions if d.outcome is m.DecisionOutcome.ASSIGNED]
+    return (assigned or [d for d in decisions if d.outcome in waiting] or decisions[:1])[-1]
+
+
 async def explain_load(
     bootstrap: str, topics: TopicNames, load_id: str, agents: tuple[str, ...] = (),
     *, policy: core.Policy = core.DEFAULT_POLICY,
@@ -338,8 +346,8 @@ async def explain_load(
     """The logged decisions about ``load_id``; with ``agents``, how each stood against it.
 
     The verdicts come from folding the load's partition up to (and including)
-    the input of its last assignment (or, never assigned, of its last
-    decision), then asking the core (``core.explain``).
+    the input of the decision ``_moment`` picks, then asking the core
+    (``core.explain``).
     """
     codec = Codec()
     decisions: list[m.DecisionRecord] = []
@@ -357,8 +365,7 @@ async def explain_load(
                         decisions.append(rec)
     verdicts: list[dict[str, Any]] = []
     if decisions and agents:
-        assigned = [d for d in decisions if d.outcome is m.DecisionOutcome.ASSIGNED]
-        last = (assigned or decisions)[-1]
+        last = _moment(decisions)
         tp = TopicPartition(topics.input_sequence, last.input.partition)
         fold = PartitionFold(topics.input_sequence, tp.partition, codec, policy)
         async with contextlib.aclosing(read_chunks(bootstrap, tp)) as chunks:
@@ -369,8 +376,10 @@ async def explain_load(
                             fold.apply(r.value, r.offset)
                 if records and records[-1].offset >= last.input.offset:
                     break
-        why = core.explain(fold.pools[last.pool], load_id, agents)
-        verdicts = [{"agent_id": v.agent_id, "failed": list(v.failed), "score": v.score,
-                     "gap": v.gap, "parts": dict(v.parts)} for v in why.verdicts]  # fmt: skip
+        state = fold.pools.get(last.pool)
+        if state is not None and load_id in state.loads:  # (not: decisions about an unknown id)
+            why = core.explain(state, load_id, agents)
+            verdicts = [{"agent_id": v.agent_id, "failed": list(v.failed), "score": v.score,
+                         "gap": v.gap, "parts": dict(v.parts)} for v in why.verdicts]  # fmt: skip
     return {"load_id": load_id, "decisions": [d.model_dump(mode="json") for d in decisions],
             "verdicts": verdicts}  # fmt: skip

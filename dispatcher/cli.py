@@ -647,8 +647,11 @@ def explain_cmd(load_id: str, agents: tuple[str, ...], topic_prefix: str, as_jso
             click.echo(f"  score {d['score']:.3f} = {parts}")
             click.echo(f"  runner-up {d['runner_up']} by {d['margin']}")
     for v in found["verdicts"]:
-        why = (f"fails {', '.join(v['failed'])}" if v["failed"] else
-               f"scores {v['score']:.3f}, {v['gap']:.3f} below the chosen one")  # fmt: skip
+        if v["failed"]:
+            why = f"fails {', '.join(v['failed'])}"
+        else:
+            gap = "" if v["gap"] is None else f", {v['gap']:.3f} below the chosen one"
+            why = f"scores {v['score']:.3f}{gap}"
         click.echo(f"why not {v['agent_id']}: {why}")
 
 

@@ -39,8 +39,9 @@ class Explanation:
 def explain(state: PoolState, load_id: str, agent_ids: tuple[str, ...] = ()) -> Explanation:
     """Explains ``load_id``'s last match, and how each of ``agent_ids`` stands against it now.
 
-    A finished load no longer keeps its last match (the decision log has it):
-    its verdicts come without the gap to the chosen agent.
+    A load not matched yet has no gap to the chosen agent. A finished load keeps
+    neither its last match nor its needs (the decision log has them): each agent's
+    verdict is ``load_finished``.
 
     Raises:
         KeyError: the pool does not know the load (never seen, or pruned).
@@ -52,8 +53,9 @@ def explain(state: PoolState, load_id: str, agent_ids: tuple[str, ...] = ()) -> 
     verdicts = []
     for agent_id in agent_ids:
         row = t.row.get(agent_id)
-        if row is None:
-            verdicts.append(AgentVerdict(agent_id, ("unknown_agent",), None, (), None))
+        if row is None or ls.final is not None:
+            why = "unknown_agent" if row is None else "load_finished"
+            verdicts.append(AgentVerdict(agent_id, (why,), None, (), None))
             continue
         failed = _failed(state, row, spec, denied)
         score: float | None = None

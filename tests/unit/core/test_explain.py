@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dispatcher.core import Outcome, Policy, PoolState, Sensitivity, explain
+from dispatcher.core import LoadCancelled, Outcome, Policy, PoolState, Sensitivity, explain
 from tests.unit.core.builders import arrive, available, register
 
 
@@ -42,3 +42,16 @@ def test_explain_scores_an_agent_exactly_as_matching_did() -> None:
     # but for the balance term, which moved when "a" took the load.
     assert verdict.parts[:2] == d.score_parts[:2]
     assert dict(verdict.parts)["balance"] < dict(d.score_parts)["balance"]
+
+
+def test_explain_of_a_finished_load_says_so_for_every_agent() -> None:
+    state = PoolState("p", Policy())
+    state.apply(register("a"))
+    state.apply(available("a"))
+    state.apply(arrive("L1", required=frozenset({"cobol"})))  # nobody can run it: it waits
+    (waiting,) = explain(state, "L1", ("a",)).verdicts
+    assert waiting.failed == ("capability",)
+    state.apply(LoadCancelled("c1", 1, "L1"))
+    why = explain(state, "L1", ("a", "ghost"))
+    assert why.status == "CANCELLED"
+    assert [v.failed for v in why.verdicts] == [("load_finished",), ("unknown_agent",)]

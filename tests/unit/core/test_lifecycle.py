@@ -406,3 +406,41 @@ def test_event_keys_of_different_inputs_do_not_collide() -> None:
     (d,) = state.apply(LoadCancelled("cancel:7", 3, "7"))
     assert (d.load_id, d.outcome) == ("7", Outcome.CANCELLED)
     assert state.apply(LoadCancelled("cancel:7", 4, "7")) == []  # a true duplicate
+
+
+def test_agent_events_are_not_remembered_by_key_their_repeats_are_stale() -> None:
+    # A pool's heartbeats would otherwise fill its memory for the dedupe window.
+    state = one_agent()
+    beats = [status("a1", AgentStatusKind.HEARTBEAT, seq, time_ms=seq) for seq in range(3, 503)]
+    for beat in beats:
+        state.apply(beat)
+    assert not state.seen
+    # Repeats change nothing: a registration or going offline again, under its old key.
+    offline = status("a1", AgentStatusKind.OFFLINE, 600, time_ms=600)
+    state.apply(offline)
+    state.apply(available("a1", seq=601, time_ms=601))
+    assert state.apply(offline) == []
+    assert state.apply(register("a1", seq=1, capacity=5)) == []
+    assert state.agents.status[0] == AgentStatus.AVAILABLE
+    assert int(state.agents.capacity[0]) == 1
+    assert assigned(state, "L1", 602).agent_id == "a1"
+
+
+def test_a_finished_load_keeps_only_what_decisions_about_it_name() -> None:
+    state = one_agent()
+    d = assigned(state, "L1", tenant="globex", priority=Priority.HIGH, deadline_ms=9_000,
+                 session_id="chat-1", zone="z1")  # fmt: skip
+    (done,) = state.apply(report(d.decision_id, "L1", "a1", TaskOutcome.SUCCESS, time_ms=5))
+    assert done.outcome is Outcome.COMPLETED
+    kept = state.loads["L1"].spec
+    assert (kept.intent, kept.required, kept.session_id, kept.zone) == ((), frozenset(), None, None)
+    (late,) = state.apply(LoadCancelled(key(), 6, "L1"))  # still a known, finished load
+    assert (late.outcome, late.reason) == (Outcome.REJECTED, "ALREADY_FINAL")
+    assert (late.tenant, late.priority, late.deadline_ms, late.attempt) == (
+        "globex",
+        Priority.HIGH,
+        9_000,
+        1,
+    )
+    (dup,) = state.apply(arrive("L1", 7))
+    assert dup.reason == "DUPLICATE_LOAD_ID"

@@ -1,0 +1,44 @@
+"""Which moment `dispatcher explain` folds up to before it asks the core why not an agent."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dispatcher import core
+from dispatcher.audit import _moment
+from dispatcher.codecs import Codec
+from dispatcher.codecs import models as m
+from dispatcher.codecs.adapt import to_records
+from dispatcher.demo import agent_profile, load_event
+from dispatcher.worker.fold import PartitionFold
+
+CODEC = Codec()
+
+
+def test_a_load_cancelled_while_it_waited_is_explained_as_it_waited() -> None:
+    rng = np.random.default_rng(1)
+    inputs: list[m.Record] = [
+        m.AgentEvent(event_id="r", kind=m.AgentEventKind.REGISTERED, agent_id="a", pool="p",
+                     seq=1, event_time_ms=1, profile=agent_profile(rng)),
+        m.AgentEvent(event_id="u", kind=m.AgentEventKind.AVAILABLE, agent_id="a", pool="p",
+                     seq=2, event_time_ms=1),
+    ]  # fmt: skip
+    load = load_event(rng, "p", "L1")
+    assert load.load is not None
+    needs = load.load.model_copy(update={"required_capabilities": ["cobol"]})  # nobody has it
+    inputs.append(load.model_copy(update={"load": needs, "event_time_ms": 2}))
+    inputs.append(m.LoadEvent(idempotency_key="c", kind=m.LoadEventKind.CANCEL, load_id="L1",
+                              pool="p", tenant=load.tenant, event_time_ms=3))  # fmt: skip
+    fold = PartitionFold("input-sequence", 0, CODEC)
+    decisions = [to_records(d)[0] for i, rec in enumerate(inputs)
+                 for d in fold.apply(CODEC.encode(rec), i)]  # fmt: skip
+    assert [d.outcome for d in decisions] == [m.DecisionOutcome.QUEUED,
+                                              m.DecisionOutcome.CANCELLED]  # fmt: skip
+
+    moment = _moment(decisions)
+    assert moment.outcome is m.DecisionOutcome.QUEUED
+    replay = PartitionFold("input-sequence", 0, CODEC)
+    for i, rec in enumerate(inputs[: moment.input.offset + 1]):
+        replay.apply(CODEC.encode(rec), i)
+    (verdict,) = core.explain(replay.pools["p"], "L1", ("a",)).verdicts
+    assert verdict.failed == ("capability",)  # not "load_finished": its needs are known then
