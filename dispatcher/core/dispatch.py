@@ -673,8 +673,9 @@ class PoolState:
         # name (tenant, priority, deadline): its last match (about 0.9 of 3 KB), its needs
         # and its intent (about 0.4 of the 1.8 KB left) go.
         ls.last_match = None
-        ls.spec = replace(ls.spec, required=_NOTHING, intent=(), region="", session_id=None,
-                          zone=None)  # fmt: skip
+        s = ls.spec  # (built directly: dataclasses.replace takes twice as long)
+        ls.spec = LoadSpec(s.load_id, s.tenant, s.priority, _NOTHING, (), s.sensitivity, "",
+                           s.created_ms, s.deadline_ms, s.duration_ms, s.risk)  # fmt: skip
         self.finished.append((self.now_ms, ls.spec.load_id))
         out.append(self._decision(ls, outcome, reason, source, agent=agent))
 
