@@ -81,6 +81,9 @@ class PartitionAudit:
     logged: int = 0  # distinct decision ids in the log
     repeats: int = 0  # repeated records of a decision id, each identical
     matched: int = 0
+    # Decided before the first record the log still holds (retention deleted the older
+    # ones): not compared, nor counted as checked.
+    expired: int = 0
     mismatches: list[Mismatch] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # decided on replay, absent from the log
     unexplained: list[str] = field(default_factory=list)  # in the log, no input decides it
@@ -206,7 +209,7 @@ class _Job:
         reading the log as far as the replay has got after each fetch of inputs."""
         res = PartitionAudit(partition)
         fold = PartitionFold(self.topics.input_sequence, partition, codec, self.policy)
-        check = _Comparison(codec, res)
+        check = _Comparison(codec, res, self.scope)
         log_tp = TopicPartition(self.topics.decision_log, partition)
         input_tp = TopicPartition(self.topics.input_sequence, partition)
         async with (
@@ -248,10 +251,16 @@ class _Comparison:
     log), and an expected decision until the log has; at most one side has
     any waiting. Beyond that, only ids and a digest of each logged record are
     kept.
+
+    A log that no longer starts at offset 0 lost its oldest records to
+    retention: the expected decisions before the one its first record holds
+    are counted as expired, and the comparison starts there.
     """
 
-    def __init__(self, codec: Codec, res: PartitionAudit) -> None:
-        self.codec, self.res = codec, res
+    def __init__(self, codec: Codec, res: PartitionAudit, scope: Scope = Scope()) -> None:
+        self.codec, self.res, self.scope = codec, res, scope
+        self.started = False  # whether the log's first record came
+        self.seek: str | None = None  # the decision a truncated log starts with, until found
         self.expected: deque[tuple[bytes, core.Decision]] = deque()  # not yet compared
         self.waiting: deque[Any] = deque()  # log records the replay has not reached
         self.expected_ids: set[str] = set()
@@ -264,11 +273,28 @@ class _Comparison:
         self.res.expected += 1
         self.expected_ids.add(d.decision_id)
         self.expected.append((value, d))
+        self._expire()
         while self.waiting and self.expected:
             self._take(self.waiting.popleft())
 
+    def _expire(self) -> None:
+        """Drops the expected decisions before the first one a truncated log holds."""
+        while self.seek is not None and self.expected:
+            if self.expected[0][1].decision_id == self.seek:
+                self.seek = None
+                return
+            _, d = self.expected.popleft()
+            self.res.expired += 1
+            self.res.checked -= self.scope.covers(d)
+
     def log(self, r: Any) -> None:
         """Takes the next record of the log (a ConsumerRecord)."""
+        if not self.started:
+            self.started = True
+            if r.offset > 0:  # retention deleted the head of the log
+                with contextlib.suppress(CodecError):  # (undecodable: compared as it is)
+                    self.seek = _decode(self.codec, r.value).decision_id
+                    self._expire()
         if self.expected:  # (then none waits)
             self._take(r)
         else:

@@ -540,7 +540,7 @@ def audit_cmd(  # noqa: PLR0917 - one option each
         rows.append({"partition": r.partition, "inputs": r.inputs, "checked": r.checked,
                      "matched": r.matched, "repeats": r.repeats, "mismatches": len(mism),
                      "missing": len(r.missing), "unexplained": len(r.unexplained),
-                     "first_mismatch": asdict(mism[0]) if mism else None,
+                     "expired": r.expired, "first_mismatch": asdict(mism[0]) if mism else None,
                      "missing_ids": r.missing[:5],
                      "unexplained_ids": r.unexplained[:5]})  # fmt: skip
     total = sum(x["checked"] for x in rows)
@@ -555,6 +555,9 @@ def audit_cmd(  # noqa: PLR0917 - one option each
             click.echo(f"{x['partition']:>4} {x['inputs']:>8,} {x['checked']:>8,} "
                        f"{x['matched']:>8,} {x['repeats']:>7,} {x['mismatches']:>8} "
                        f"{x['missing']:>7} {x['unexplained']:>7}")  # fmt: skip
+            if x["expired"]:
+                click.echo(f"     {x['expired']:,} decisions older than the log's first record "
+                           "(deleted by its retention) not checked")  # fmt: skip
             if x["first_mismatch"]:
                 f = x["first_mismatch"]
                 click.echo(f"     first mismatch: decision {f['decision_id']} field {f['field']}: "

@@ -78,15 +78,17 @@ def reference(expected: list[tuple[bytes, core.Decision]], log: list[bytes]) -> 
 
 
 def streamed(
-    expected: list[tuple[bytes, core.Decision]], log: list[bytes], order: list[bool]
-) -> PartitionAudit:
+    expected: list[tuple[bytes, core.Decision]], log: list[bytes], order: list[bool],
+    first_offset: int = 0,
+) -> PartitionAudit:  # fmt: skip
     """The verdict of ``_Comparison`` fed the two sides in ``order`` (True: the next expected
-    decision, False: the next log record; the rest of either side after that)."""
+    decision, False: the next log record; the rest of either side after that), the log's
+    records from ``first_offset`` on."""
     res = PartitionAudit(0)
     check = _Comparison(CODEC, res)
     e = iter(expected)
     records = iter(SimpleNamespace(value=v, topic="decision-log", partition=0, offset=i)
-                   for i, v in enumerate(log))  # fmt: skip
+                   for i, v in enumerate(log, first_offset))  # fmt: skip
     for side in order:
         if side:
             if (x := next(e, None)) is not None:
@@ -162,3 +164,22 @@ def test_a_mismatch_names_its_position_and_first_differing_field(behind: bool) -
     assert (bad.expected, bad.logged) == (EXPECTED[k][1].agent_id, "intruder")
     assert bad.input == EXPECTED[k][1].source
     assert res.matched == len(log) - 1
+
+
+def test_a_log_whose_oldest_records_retention_deleted_is_compared_from_its_first() -> None:
+    log = [v for v, _ in EXPECTED[5:]]
+    orders = ([True] * len(EXPECTED), [False] * len(log), [True, False] * len(EXPECTED))
+    for order in orders:
+        res = streamed(EXPECTED, log, order, first_offset=5)
+        assert (res.expired, res.matched, res.missing) == (5, len(log), [])
+        assert res.ok
+    # What is left is still checked: a forged record, or a first record no input decides.
+    forged = [*log[:3], _forged(EXPECTED[8][1]), *log[4:]]
+    assert [x.decision_id for x in streamed(EXPECTED, forged, orders[2], 5).mismatches] == [
+        EXPECTED[8][1].decision_id
+    ]
+    stranger = streamed(EXPECTED, [_other(), *log], orders[0], first_offset=4)
+    assert not stranger.ok
+    assert stranger.unexplained[:1] == ["f" * 32]
+    # A log from offset 0 that lacks its first decisions is missing them, as before.
+    assert streamed(EXPECTED, log, orders[0]).expired == 0
