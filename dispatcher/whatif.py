@@ -3,10 +3,14 @@
 Open loop: the same arrivals, agent events and ticks, in the recorded order.
 The recorded policy updates are left out of the alternative run (the policy
 under test holds throughout). Agents' answers refer to the recorded run's
-assignments; in the alternative run each answer is given to whoever holds the
-load there (same load, same attempt), or dropped if nobody does, so a load
-still completes when its agent reports it done. That is an approximation:
-a different agent would have taken a different time.
+assignments; in the alternative run an answer about a load's current
+assignment there is given to whoever holds the same attempt of the load, so a
+load still completes when its agent reports it done; it is dropped if nobody
+holds the load, and passed as recorded otherwise (the core rejects it, as it
+did an answer about an earlier attempt in the recorded run). That is an
+approximation: a different agent would have taken a different time.
+
+Loads are told apart by pool and load id (two pools may use the same id).
 """
 
 from __future__ import annotations
@@ -41,21 +45,25 @@ class _Load:
     why: dict[str, Any] | None = None  # the first assignment's score parts, runner-up, ...
 
 
+_Key = tuple[str, str]  # (pool, load id)
+
+
 @dataclass
 class Outcomes:
     """What one run decided, per load (a run keeps no decision whole)."""
 
-    loads: dict[str, _Load] = field(default_factory=dict)
+    loads: dict[_Key, _Load] = field(default_factory=dict)
     contents: set[tuple[Any, ...]] = field(default_factory=set)  # of its decisions (_content)
     why: bool = False  # keep why each load got its first agent (examples show the what-if run's)
 
     def observe(self, event: core.Event, decisions: list[core.Decision]) -> None:
-        if isinstance(event, core.LoadArrived) and event.load.load_id not in self.loads:
+        if isinstance(event, core.LoadArrived) and decisions:  # (none: a repeated arrival)
             spec = event.load
-            self.loads[spec.load_id] = _Load(spec.tenant, event.time_ms, spec.deadline_ms)
+            self.loads.setdefault((decisions[0].pool, spec.load_id),
+                                  _Load(spec.tenant, event.time_ms, spec.deadline_ms))  # fmt: skip
         for d in decisions:
             self.contents.add(_content(d))
-            ld = self.loads.get(d.load_id)
+            ld = self.loads.get((d.pool, d.load_id))
             if ld is None:
                 continue
             ld.trail.append((d.outcome.value, d.agent_id))
@@ -142,7 +150,7 @@ class Replay:
         self.partition = partition
         self.recorded = PartitionFold(self.topic, partition, self.codec, self.base_policy)
         self.alt = PartitionFold(self.topic, partition, self.codec, self.policy)
-        self.holder: dict[str, tuple[int, str, str | None]] = {}  # load: attempt, decision, agent
+        self.holder: dict[_Key, tuple[int, str, str | None]] = {}  # attempt, decision, agent
 
     def feed(self, offset: int, value: bytes) -> None:
         """Replays the partition's record at ``offset`` in both runs."""
@@ -154,19 +162,32 @@ class Replay:
         except CodecError:
             return
         event = to_event(record, (self.topic, self.partition, offset))
-        self.rec_out.observe(event, self.recorded.apply_event(record, event))
+        alt_event: core.Event | None = event
         if isinstance(record, m.PolicyUpdate):
-            return  # the policy under test holds throughout
-        if isinstance(event, core.TaskReported):
-            held = self.holder.get(event.load_id)
-            if held is None or held[2] is None:
-                return  # nobody holds it in the alternative run
-            event = replace(event, decision_id=held[1], agent_id=held[2])
-        out = self.alt.apply_event(record, event)
+            alt_event = None  # the policy under test holds throughout
+        elif isinstance(event, core.TaskReported) and isinstance(record, m.TaskResult):
+            alt_event = self._answer(record.pool, event)  # (before the recorded run moves on)
+        self.rec_out.observe(event, self.recorded.apply_event(record, event))
+        if alt_event is None:
+            return
+        out = self.alt.apply_event(record, alt_event)
         for d in out:
             if d.outcome is core.Outcome.ASSIGNED:
-                self.holder[d.load_id] = (d.attempt, d.decision_id, d.agent_id)
-        self.alt_out.observe(event, out)
+                self.holder[d.pool, d.load_id] = (d.attempt, d.decision_id, d.agent_id)
+        self.alt_out.observe(alt_event, out)
+
+    def _answer(self, pool: str, e: core.TaskReported) -> core.TaskReported | None:
+        """The answer ``e`` as the alternative run gets it (None: dropped)."""
+        held = self.holder.get((pool, e.load_id))
+        if held is None or held[2] is None:
+            return None  # nobody holds it in the alternative run
+        state = self.recorded.pools.get(pool)
+        ls = state.loads.get(e.load_id) if state is not None else None
+        if ls is None or (ls.decision_id, ls.agent) != (e.decision_id, e.agent_id):
+            return e  # not about the load's assignment in the recorded run either
+        if held[0] != ls.attempt:
+            return e  # about an attempt the alternative run's holder is not on
+        return replace(e, decision_id=held[1], agent_id=held[2])
 
     def result(self, examples: int = 5) -> WhatIf:
         rec_out, alt_out = self.rec_out, self.alt_out
@@ -184,10 +205,10 @@ def _content(d: core.Decision) -> tuple[Any, ...]:
     return (d.pool, d.load_id, d.attempt, d.outcome, d.reason, d.agent_id, d.time_ms, d.score)
 
 
-def _example(load_id: str, a: Outcomes, b: Outcomes) -> dict[str, Any]:
-    ra, rb = a.loads[load_id], b.loads.get(load_id, _Load())
+def _example(key: _Key, a: Outcomes, b: Outcomes) -> dict[str, Any]:
+    ra, rb = a.loads[key], b.loads.get(key, _Load())
     return {
-        "load": load_id, "tenant": ra.tenant,
+        "pool": key[0], "load": key[1], "tenant": ra.tenant,
         "recorded": {"agent": ra.first_agent, "score": ra.first_score, "final": ra.final,
                      "wait_ms": None if ra.first_ms is None else ra.first_ms - ra.arrived_ms},
         "alternative": {"agent": rb.first_agent, "score": rb.first_score, "final": rb.final,

@@ -148,3 +148,66 @@ def test_the_policy_file_and_the_core_policy_agree() -> None:
     p = policy_from(load_policy_file(EXAMPLE))
     assert p.tenant_weight("acme") == 2.0
     assert (p.ack_timeout_ms, p.heartbeat_timeout_ms, p.version) == (30_000, 60_000, 2)
+
+
+class _Log:
+    """A small input sequence, built record by record, folded as the worker would."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[int, bytes]] = []
+        self.fold = PartitionFold("input-sequence", 0, CODEC)
+        self.add(policy_update(1).model_copy(update={"effective_from_ms": 0}))
+
+    def add(self, record: m.Record) -> list[core.Decision]:
+        self.records.append((len(self.records), CODEC.encode(record)))
+        return self.fold.apply(*self.records[-1][::-1])
+
+    def agent(self, pool: str, agent_id: str) -> None:
+        profile = agent_profile(np.random.default_rng(1), capacity=1)
+        for seq, kind in ((1, m.AgentEventKind.REGISTERED), (2, m.AgentEventKind.AVAILABLE)):
+            self.add(m.AgentEvent(event_id=f"{agent_id}:{seq}", kind=kind, agent_id=agent_id,
+                                  pool=pool, seq=seq, event_time_ms=1_000,
+                                  profile=profile if seq == 1 else None))  # fmt: skip
+
+    def load(self, pool: str, load_id: str, t: int) -> core.Decision:
+        ev = load_event(np.random.default_rng(2), pool, load_id, tenant="acme", deadline=False)
+        spec = ev.load.model_copy(update={"required_capabilities": []})  # type: ignore[union-attr]
+        (d,) = self.add(ev.model_copy(update={"event_time_ms": t, "load": spec}))
+        assert d.outcome is core.Outcome.ASSIGNED
+        return d
+
+    def answer(self, d: core.Decision, outcome: m.TaskOutcome, t: int) -> list[core.Decision]:
+        return self.add(m.TaskResult(event_id=f"{d.decision_id}:{outcome.value}",
+                                     decision_id=d.decision_id, load_id=d.load_id,
+                                     agent_id=d.agent_id or "", pool=d.pool, outcome=outcome,
+                                     retryable=False, event_time_ms=t))  # fmt: skip
+
+
+def test_whatif_tells_apart_loads_of_two_pools_with_the_same_id() -> None:
+    log = _Log()
+    assigned = []
+    for pool in ("pa", "pb"):
+        log.agent(pool, f"agent-{pool}")
+        assigned.append(log.load(pool, "L1", 2_000))
+    for d in assigned:
+        for outcome in (m.TaskOutcome.ACCEPTED, m.TaskOutcome.SUCCESS):
+            log.answer(d, outcome, 3_000)
+    report = compare([(0, log.records)], policy_from(policy_update(1)))
+    assert (report.changed, report.decisions_changed) == (0, 0)
+    assert report.alternative["loads"] == 2
+    assert report.alternative["finals"] == {"COMPLETED": 2}
+
+
+def test_whatif_gives_a_late_answer_about_an_earlier_attempt_to_nobody() -> None:
+    log = _Log()
+    log.agent("p", "a1")
+    first = log.load("p", "L1", 2_000)
+    log.answer(first, m.TaskOutcome.DECLINED, 2_100)
+    (second,) = [d for d in log.add(m.Tick(pool="p", event_time_ms=5_000))
+                 if d.outcome is core.Outcome.ASSIGNED]  # fmt: skip
+    assert second.attempt == 2
+    (late,) = log.answer(first, m.TaskOutcome.SUCCESS, 5_100)  # about attempt 1
+    assert late.reason == "ZOMBIE_RESULT"
+    report = compare([(0, log.records)], policy_from(policy_update(1)))
+    assert (report.changed, report.decisions_changed) == (0, 0)
+    assert report.alternative["finals"] == {}  # attempt 2 still runs, as recorded
