@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import math
 import os
 import secrets
 import shutil
@@ -266,8 +267,10 @@ def codec_decode(name: str | None, fmt: str) -> None:
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--policy", "policy_file", type=click.Path(path_type=Path, dir_okay=False),
               default=None, help="YAML file of Policy fields to change.")  # fmt: skip
-@click.option("--agents", type=int, default=None, help="Override the scenario's agent count.")
-@click.option("--duration", type=float, default=None, help="Override the simulated seconds.")
+@click.option("--agents", type=click.IntRange(min=1), default=None,
+              help="Override the scenario's agent count.")  # fmt: skip
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True, max=7 * 86_400),
+              default=None, help="Override the simulated seconds (a week at most).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def simulate_cmd(  # noqa: PLR0917 - click passes options by position
     name: str,
@@ -284,6 +287,8 @@ def simulate_cmd(  # noqa: PLR0917 - click passes options by position
     """
     from dispatcher.sim import SCENARIOS, SIM_POLICY, load_policy, simulate  # noqa: PLC0415
 
+    if duration is not None and math.isnan(duration):  # (NaN passes FloatRange)
+        raise click.BadParameter("not a number", param_hint="'--duration'")
     sc = SCENARIOS[name].scaled(agents=agents, duration_s=duration)
     policy = load_policy(policy_file, SIM_POLICY) if policy_file else SIM_POLICY
     show = not as_json and sys.stderr.isatty()
@@ -490,7 +495,7 @@ def _position(value: str | None) -> tuple[str, int] | None:
     """An offset (an integer) or a time (ISO 8601, as epoch ms)."""
     if value is None:
         return None
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # ("²".isdigit() is true)
         return ("offset", int(value))
     try:
         return ("time", _epoch_ms(value))

@@ -3,10 +3,14 @@ demo share."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from dispatcher.errors import BrokerError
 
 __all__ = [
     "PROGRESS_EVERY",
@@ -22,22 +26,39 @@ CHUNK = 20_000  # records a read hands over at a time, at most
 
 
 async def partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
-    """The partitions of ``topic``, from fresh metadata."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    await producer.start()
+    """The partitions of ``topic``, from fresh metadata.
+
+    Raises:
+        BrokerError: the broker cannot be reached, or has no such topic (after a
+            couple of seconds, for one created just now).
+    """
+    consumer = replay_consumer(bootstrap)
     try:
-        parts = await producer.partitions_for(topic)
+        await consumer.start()
+        for _ in range(10):
+            if topic in await consumer.topics():  # (fresh metadata, each time)
+                parts = consumer.partitions_for_topic(topic) or set()
+                return [TopicPartition(topic, p) for p in sorted(parts)]
+            await asyncio.sleep(0.3)
+    except KafkaError as exc:
+        raise BrokerError(f"reading the partitions of {topic!r} at {bootstrap}: {exc!r}") from exc
     finally:
-        await producer.stop()
-    return [TopicPartition(topic, p) for p in sorted(parts)]
+        await consumer.stop()
+    raise BrokerError(f"no topic {topic!r} at {bootstrap} (is the topic prefix right?)")
 
 
 async def end_offsets(bootstrap: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-    """The end offset of each of ``tps``: how many records were ever written to it."""
+    """The end offset of each of ``tps``: how many records were ever written to it.
+
+    Raises:
+        BrokerError: the broker cannot be reached or fails the request.
+    """
     consumer = replay_consumer(bootstrap)
-    await consumer.start()
     try:
+        await consumer.start()
         return dict(await consumer.end_offsets(tps))
+    except KafkaError as exc:
+        raise BrokerError(f"reading end offsets at {bootstrap}: {exc!r}") from exc
     finally:
         await consumer.stop()
 
@@ -61,10 +82,14 @@ async def read_partition(bootstrap: str, tp: TopicPartition) -> list[Any]:
 
 async def read_chunks(bootstrap: str, tp: TopicPartition) -> AsyncGenerator[list[Any], None]:
     """The records of ``tp`` from the start up to its end when first read, a fetch at a time
-    (a reader that keeps nothing holds one fetch in memory, whatever the log's length)."""
+    (a reader that keeps nothing holds one fetch in memory, whatever the log's length).
+
+    Raises:
+        BrokerError: the broker cannot be reached or fails a request.
+    """
     consumer = replay_consumer(bootstrap)
-    await consumer.start()
     try:
+        await consumer.start()
         consumer.assign([tp])
         start = (await consumer.beginning_offsets([tp]))[tp]
         end = (await consumer.end_offsets([tp]))[tp]
@@ -75,5 +100,7 @@ async def read_chunks(bootstrap: str, tp: TopicPartition) -> AsyncGenerator[list
             records = batch.get(tp, [])
             yield [r for r in records if r.offset < end]
             nxt = records[-1].offset + 1 if records else await consumer.position(tp)
+    except KafkaError as exc:
+        raise BrokerError(f"reading {tp.topic}[{tp.partition}] at {bootstrap}: {exc!r}") from exc
     finally:
         await consumer.stop()

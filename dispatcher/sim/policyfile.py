@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import TypeAdapter, ValidationError
 
 from dispatcher.core import Policy
 from dispatcher.errors import ConfigError
@@ -30,12 +32,14 @@ def load_policy(path: Path, base: Policy) -> Policy:
     unknown = sorted(set(doc) - set(fields))
     if unknown:
         raise ConfigError(f"{path}: unknown policy field(s): {', '.join(unknown)}")
-    values: dict[str, Any] = dict(doc)
-    for name in ("disabled_constraints",):
-        if name in values:
-            values[name] = frozenset(values[name])
-    if "tenant_deny" in values:
-        values["tenant_deny"] = {t: frozenset(a) for t, a in values["tenant_deny"].items()}
+    types = typing.get_type_hints(Policy)
+    values: dict[str, Any] = {}
+    for name, value in doc.items():
+        try:  # (a list becomes a frozenset, "10" an int; a value of another kind is refused)
+            values[name] = TypeAdapter(types[name]).validate_python(value)
+        except ValidationError as exc:
+            problem = "; ".join(e["msg"] for e in exc.errors())
+            raise ConfigError(f"{path}: {name}: {problem}") from exc
     try:
         return dataclasses.replace(base, **values)
     except (TypeError, ValueError) as exc:

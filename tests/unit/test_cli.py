@@ -102,3 +102,60 @@ def test_policy_publish_refuses_a_time_that_is_none() -> None:
     result = dispatcher("policy", "publish", example, "--at", "next tuesday")
     assert result.returncode == 2
     assert "'next tuesday': not an ISO 8601 time" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--agents", "0"], "'--agents': 0 is not in the range x>=1"),
+        (["--duration", "0"], "'--duration': 0.0 is not in the range"),
+        (["--duration", "nan"], "'--duration': not a number"),
+        (["--duration", "inf"], "'--duration': inf is not in the range"),
+    ],
+)
+def test_simulate_refuses_sizes_it_cannot_run(args: list[str], says: str) -> None:
+    result = dispatcher("simulate", "--scenario", "steady", *args)
+    assert result.returncode == 2
+    assert says in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("mode: fast\n", "mode: Input should be 'greedy' or 'batched'"),
+        ("tenant_deny: {acme: 5}\n", "tenant_deny: Input should be a valid frozenset"),
+        ("max_pending: [1]\n", "max_pending: Input should be a valid integer"),
+    ],
+)
+def test_simulate_names_the_policy_field_of_the_wrong_kind(
+    tmp_path: Path, text: str, says: str
+) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text(text)
+    result = dispatcher("simulate", "--scenario", "steady", "--policy", str(policy),
+                        "--duration", "1", "--agents", "5")  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: {policy}: {says}")
+
+
+@pytest.mark.parametrize(
+    "args", [["audit"], ["audit", "--from", "²"], ["explain", "L1"], ["whatif", "--policy", "P"]]
+)
+def test_replays_without_a_broker_fail_clearly(tmp_path: Path, args: list[str]) -> None:
+    example = str(Path(__file__).resolve().parents[2] / "ops/policies/example.yaml")
+    result = subprocess.run(
+        [sys.executable, "-m", "dispatcher", *[example if a == "P" else a for a in args]],
+        capture_output=True, text=True, check=False, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+             "HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert "Traceback" not in result.stderr
+    if "²" in args:
+        assert result.returncode == 2
+        assert "'²': an offset or an ISO 8601 time" in result.stderr
+    else:
+        assert result.returncode == 1
+        assert "error: reading the partitions of" in result.stderr
+        assert "127.0.0.1:1" in result.stderr
+        assert "Unclosed" not in result.stderr
