@@ -53,7 +53,7 @@ from dispatcher.reading import replay_consumer
 from dispatcher.topics import TopicNames
 from dispatcher.worker.fold import PartitionFold
 from dispatcher.worker.readmodel import ReadModel
-from dispatcher.worker.snapshots import Snapshots
+from dispatcher.worker.snapshots import Snapshots, record_digest
 
 __all__ = ["Worker", "WorkerConfig", "build_app", "low_latency"]
 
@@ -323,20 +323,25 @@ class Dispatcher:
         Starts from the newest snapshot below ``upto`` if there is one.
         """
         fold = self.folds.get(partition)
+        restored = None
         if fold is None or fold.next_offset > upto:
-            fold = (self.snapshots and self.snapshots.load(partition, upto, self.codec)) or (
-                PartitionFold(self.cfg.topics.input_sequence, partition, self.codec,
-                              self.cfg.policy)
-            )  # fmt: skip
+            restored = self.snapshots and self.snapshots.load(partition, upto, self.codec)
+            fold = restored.fold if restored else self._fresh(partition)
         started, replayed = time.perf_counter(), 0
-        if fold.next_offset < upto:
+        if fold.next_offset < upto or restored:
             consumer = replay_consumer(self.cfg.bootstrap)
             await consumer.start()
             try:
                 tp = TopicPartition(self.cfg.topics.input_sequence, partition)
                 consumer.assign([tp])
+                if restored and not await _holds(consumer, tp, fold.next_offset - 1,
+                                                 restored.last):  # fmt: skip
+                    log.warning("partition %d: the snapshot at offset %d is of another log (a "
+                                "topic deleted and created again?): folding from the start",
+                                partition, fold.next_offset)  # fmt: skip
+                    fold = self._fresh(partition)
                 consumer.seek(tp, fold.next_offset)
-                done = False
+                done = fold.next_offset >= upto
                 while not done:
                     batch = await consumer.getmany(tp, timeout_ms=1000, max_records=10_000)
                     for msg in batch.get(tp, []):
@@ -353,6 +358,20 @@ class Dispatcher:
         log.info("partition %d: folded %d records up to offset %d in %.2fs",
                  partition, replayed, upto, time.perf_counter() - started)  # fmt: skip
         return fold
+
+    def _fresh(self, partition: int) -> PartitionFold:
+        return PartitionFold(self.cfg.topics.input_sequence, partition, self.codec,
+                             self.cfg.policy)  # fmt: skip
+
+
+async def _holds(consumer: Any, tp: TopicPartition, offset: int, digest: bytes) -> bool:
+    """Whether the record at ``offset`` of ``tp`` is the one ``digest`` names."""
+    consumer.seek(tp, offset)
+    for _ in range(30):  # (a fetch may come back empty; the record is there)
+        records = (await consumer.getmany(tp, timeout_ms=1000, max_records=1)).get(tp, [])
+        if records:
+            return bool(records[0].offset == offset and record_digest(records[0].value) == digest)
+    return False
 
 
 def _datadir(cfg: WorkerConfig) -> str:

@@ -33,6 +33,7 @@ class PartitionFold:
         self.policies: list[core.PolicyChanged] = []
         self.pools: dict[str, core.PoolState] = {}
         self.next_offset = 0  # the offset of the next record to apply
+        self.last: bytes = b""  # the bytes of the record applied last (snapshots name it)
 
     def apply(self, value: bytes, offset: int) -> list[core.Decision]:
         """Applies the record at ``offset``; returns the decisions it caused.
@@ -42,7 +43,7 @@ class PartitionFold:
                 same bytes fail the same way on every replay, so skipping them is
                 deterministic).
         """
-        self.next_offset = offset + 1
+        self.next_offset, self.last = offset + 1, value
         record = self.codec.decode(
             value, topic=self.topic, partition=self.partition, offset=offset, trusted=True
         )

@@ -8,7 +8,10 @@ records the worker writes the fold (its pools, policy and next offset) to
 starts from the newest snapshot at or below the offset it must reach and
 folds the rest from the log, silently as before. A snapshot at offset N is
 the state after records 0..N-1 whoever wrote it (the fold is a pure function
-of the log), so it stays valid across crashes, restarts and rebalances.
+of the log), so it stays valid across crashes, restarts and rebalances. It
+names the record before its offset (a digest): a worker restoring it checks
+that record in the log, so a topic deleted and created again under the same
+name (another log) is folded from its start.
 
 Writing does not stop the worker: a forked child pickles the state from its
 copy-on-write view of memory (as Redis' BGSAVE does) while the worker goes
@@ -32,6 +35,7 @@ import signal
 import sys
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +45,7 @@ from dispatcher.codecs.codec import Codec
 from dispatcher.codecs.schemas import SCHEMA_DIR
 from dispatcher.worker.fold import PartitionFold
 
-__all__ = ["FINGERPRINT", "Snapshots"]
+__all__ = ["FINGERPRINT", "Restored", "Snapshots", "record_digest"]
 
 log = logging.getLogger("dispatcher.worker")
 
@@ -66,6 +70,17 @@ def _fingerprint() -> bytes:
 FINGERPRINT = _fingerprint()
 
 
+def record_digest(value: bytes) -> bytes:
+    """What a snapshot keeps of the record before its offset, to know its log again."""
+    return hashlib.blake2b(value, digest_size=16).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    fold: PartitionFold
+    last: bytes  # ``record_digest`` of the record at ``fold.next_offset - 1`` when written
+
+
 class Snapshots:
     """The snapshots of one input-sequence topic's partitions under ``root``."""
 
@@ -85,7 +100,7 @@ class Snapshots:
         self.base[fold.partition] = fold.next_offset
         directory = self._dir(fold.partition)
         state = (fold.topic, fold.partition, fold.next_offset, fold.policy, fold.policies,
-                 fold.pools)  # fmt: skip
+                 fold.pools, record_digest(fold.last))  # fmt: skip
         try:  # a snapshot is an optimisation: failing to take one must not stop the worker
             directory.mkdir(parents=True, exist_ok=True)
             if not hasattr(os, "fork"):
@@ -132,16 +147,17 @@ class Snapshots:
                 os.waitpid(self._child, 0)
             self._child = None
 
-    def load(self, partition: int, upto: int, codec: Codec) -> PartitionFold | None:
+    def load(self, partition: int, upto: int, codec: Codec) -> Restored | None:
         """The fold of ``partition`` from its newest usable snapshot at or below offset
-        ``upto``, or None (fold from the start)."""
+        ``upto``, or None (fold from the start). The caller checks ``Restored.last``
+        against its log."""
         for path in sorted(self._dir(partition).glob("*.snap"), reverse=True):  # newest first
             if not path.stem.isdigit() or (offset := int(path.stem)) > upto:
                 continue
             state = _read(path)
             if state is None:
                 continue
-            topic, part, next_offset, policy, policies, pools = state
+            topic, part, next_offset, policy, policies, pools, last = state
             if (topic, part, next_offset) != (self.topic, partition, offset):
                 log.warning("snapshot %s is of %s-%s at %s: ignored", path, topic, part,
                             next_offset)  # fmt: skip
@@ -150,7 +166,7 @@ class Snapshots:
             fold.policies, fold.pools, fold.next_offset = policies, pools, offset
             self.base[partition] = offset
             log.info("partition %d: starts from the snapshot at offset %d", partition, offset)
-            return fold
+            return Restored(fold, last)
         return None
 
 
@@ -192,4 +208,4 @@ def _read(path: Path) -> tuple[Any, ...] | None:
     except Exception as exc:  # whatever it is, fold from further back
         log.warning("snapshot %s: does not load (%s), not used", path, exc)
         return None
-    return state if isinstance(state, tuple) and len(state) == 6 else None
+    return state if isinstance(state, tuple) and len(state) == 7 else None

@@ -45,8 +45,11 @@ def test_a_fold_restored_from_a_snapshot_decides_as_the_fold_from_the_start(
 
     restored = Snapshots(tmp_path, TOPIC, every=cut).load(0, len(records), CODEC)
     assert restored is not None
-    assert restored.next_offset == cut
-    again = fold_through(restored, records[cut:])
+    assert restored.fold.next_offset == cut
+    # It names the record before its offset, so a worker can tell its log from another.
+    assert restored.last == snapshots.record_digest(records[cut - 1][1])
+    assert restored.last != snapshots.record_digest(records[cut][1])
+    again = fold_through(restored.fold, records[cut:])
     assert len(later) > 50
     assert again == later
     assert [repr(d) for d in again] == [repr(d) for d in later]
@@ -65,7 +68,7 @@ def test_a_snapshot_past_the_offset_wanted_is_not_used(
     assert snaps.load(0, 99, CODEC) is None
     restored = snaps.load(0, 100, CODEC)
     assert restored is not None
-    assert restored.next_offset == 100
+    assert restored.fold.next_offset == 100
 
 
 def test_damaged_or_foreign_snapshots_are_passed_over_for_older_ones(
@@ -84,7 +87,7 @@ def test_damaged_or_foreign_snapshots_are_passed_over_for_older_ones(
     kept[-1].write_bytes(bytes(newest))
     restored = snaps.load(0, 10_000, CODEC)
     assert restored is not None
-    assert restored.next_offset == 150  # the damaged one was skipped
+    assert restored.fold.next_offset == 150  # the damaged one was skipped
     monkeypatch.setattr(snapshots, "FINGERPRINT", b"\0" * 32)  # as if the code had changed
     assert snaps.load(0, 10_000, CODEC) is None
 
