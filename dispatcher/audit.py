@@ -359,7 +359,14 @@ def _input(rec: m.DecisionRecord) -> tuple[str, int, int]:
 
 def _moment(decisions: list[m.DecisionRecord]) -> m.DecisionRecord:
     """The decision explain looks from: the load's last assignment, or never assigned, its
-    last decision while it waited (a finished load no longer holds its needs), or its first."""
+    last decision while it waited (a finished load no longer holds its needs), or its first.
+
+    Raises:
+        ValueError: the decisions are about loads of several pools (ids may repeat).
+    """
+    if len(pools := sorted({d.pool for d in decisions})) > 1:
+        raise ValueError(f"pools {', '.join(pools)} each have a load {decisions[0].load_id}: "
+                         "name one")  # fmt: skip
     waiting = (m.DecisionOutcome.QUEUED, m.DecisionOutcome.DEFERRED)
     assigned = [d for d in decisions if d.outcome is m.DecisionOutcome.ASSIGNED]
     return (assigned or [d for d in decisions if d.outcome in waiting] or decisions[:1])[-1]
@@ -367,13 +374,17 @@ def _moment(decisions: list[m.DecisionRecord]) -> m.DecisionRecord:
 
 async def explain_load(
     bootstrap: str, topics: TopicNames, load_id: str, agents: tuple[str, ...] = (),
-    *, policy: core.Policy = core.DEFAULT_POLICY,
+    *, policy: core.Policy = core.DEFAULT_POLICY, pool: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """The logged decisions about ``load_id``; with ``agents``, how each stood against it.
+    """The logged decisions about ``load_id`` (in ``pool``, if given); with ``agents``, how
+    each stood against it.
 
     The verdicts come from folding the load's partition up to (and including)
     the input of the decision ``_moment`` picks, then asking the core
     (``core.explain``).
+
+    Raises:
+        ValueError: ``agents`` are asked about, and pools name the load id alike.
     """
     codec = Codec()
     decisions: list[m.DecisionRecord] = []
@@ -386,7 +397,8 @@ async def explain_load(
                     continue
                 with contextlib.suppress(CodecError):  # (audit reports undecodable records)
                     rec = _decode(codec, r.value)
-                    if rec.load_id == load_id and rec.decision_id not in seen:
+                    if (rec.load_id == load_id and rec.decision_id not in seen
+                            and pool in (None, rec.pool)):  # fmt: skip
                         seen.add(rec.decision_id)
                         decisions.append(rec)
     verdicts: list[dict[str, Any]] = []

@@ -629,14 +629,20 @@ def _num(v: float | None) -> str:
 @cli.command("explain")
 @click.argument("load_id")
 @click.option("--agent", "agents", multiple=True, help="Also say why not this agent (repeat).")
+@click.option("--pool", default=None, help="Only the load of this pool (ids may repeat).")
 @_prefix
 @_as_json
-def explain_cmd(load_id: str, agents: tuple[str, ...], topic_prefix: str, as_json: bool) -> None:
+def explain_cmd(
+    load_id: str, agents: tuple[str, ...], pool: str | None, topic_prefix: str, as_json: bool
+) -> None:  # fmt: skip
     """Show the decisions about LOAD_ID: candidates, exclusions, score parts, runner-up."""
     from dispatcher.audit import explain_load  # noqa: PLC0415
 
-    found = asyncio.run(explain_load(_bootstrap(), TopicNames.prefixed(topic_prefix), load_id,
-                                     agents))  # fmt: skip
+    try:
+        found = asyncio.run(explain_load(_bootstrap(), TopicNames.prefixed(topic_prefix),
+                                         load_id, agents, pool=pool))  # fmt: skip
+    except ValueError as exc:
+        raise click.UsageError(f"{exc} with --pool") from exc
     if not found["decisions"]:
         raise click.ClickException(f"no decision about load {load_id} in the decision log")
     if as_json:
@@ -644,7 +650,8 @@ def explain_cmd(load_id: str, agents: tuple[str, ...], topic_prefix: str, as_jso
         return
     for d in found["decisions"]:
         where = d["input"]
-        click.echo(f"{d['outcome']:<13} attempt {d['attempt']} reason {d['reason_code']} "
+        click.echo(f"{d['outcome']:<13} pool {d['pool']} attempt {d['attempt']} "
+                   f"reason {d['reason_code']} "
                    f"agent {d['agent_id']} policy v{d['policy_version']} "
                    f"input {where['topic']}[{where['partition']}]@{where['offset']}")  # fmt: skip
         if d["candidates"] or d["excluded"]:

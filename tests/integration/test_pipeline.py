@@ -181,10 +181,15 @@ def operator_tools(p: Pipeline, results: list[PartitionAudit]) -> None:
 
     assigned = next(rec for r in results for rec in r.records
                     if rec.outcome is m.DecisionOutcome.ASSIGNED and rec.runner_up)  # fmt: skip
-    explained = cli(p, "explain", assigned.load_id, "--agent", assigned.runner_up or "")
+    explained = cli(p, "explain", assigned.load_id, "--agent", assigned.runner_up or "",
+                    "--pool", assigned.pool)  # fmt: skip
     assert explained.returncode == 0, explained.stderr
+    assert f"pool {assigned.pool} attempt 1" in explained.stdout
     assert f"agent {assigned.agent_id}" in explained.stdout
     assert f"why not {assigned.runner_up}" in explained.stdout
+    elsewhere = cli(p, "explain", assigned.load_id, "--pool", "no-such-pool")
+    assert elsewhere.returncode == 1
+    assert f"no decision about load {assigned.load_id}" in elsewhere.stderr
 
     policy_file = Path(p.logs) / "p3.yaml"
     doc = yaml.safe_load((PROJECT_ROOT / "ops/policies/example.yaml").read_text())

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
+import pytest
 
 from dispatcher import core
 from dispatcher.audit import _moment
@@ -42,3 +45,12 @@ def test_a_load_cancelled_while_it_waited_is_explained_as_it_waited() -> None:
         replay.apply(CODEC.encode(rec), i)
     (verdict,) = core.explain(replay.pools["p"], "L1", ("a",)).verdicts
     assert verdict.failed == ("capability",)  # not "load_finished": its needs are known then
+
+
+def test_explain_asks_which_pool_when_two_have_the_load() -> None:
+    def logged(pool: str, outcome: m.DecisionOutcome) -> m.DecisionRecord:
+        return SimpleNamespace(pool=pool, load_id="L1", outcome=outcome)  # type: ignore[return-value]
+
+    assert _moment([logged("a", m.DecisionOutcome.QUEUED)]).pool == "a"
+    with pytest.raises(ValueError, match="pools a, b each have a load L1"):
+        _moment([logged("a", m.DecisionOutcome.QUEUED), logged("b", m.DecisionOutcome.ASSIGNED)])
