@@ -8,6 +8,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from dispatcher.errors import BrokerError
@@ -23,28 +24,34 @@ __all__ = [
 
 PROGRESS_EVERY = 20_000  # replays report their progress every this many inputs
 CHUNK = 20_000  # records a read hands over at a time, at most
+_UNKNOWN_TOPIC = 3  # Kafka's UNKNOWN_TOPIC_OR_PARTITION
 
 
 async def partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
     """The partitions of ``topic``, from fresh metadata.
 
     Raises:
-        BrokerError: the broker cannot be reached, or has no such topic (after a
-            couple of seconds, for one created just now).
+        BrokerError: the broker cannot be reached, or has no such topic (after 3 s,
+            for one created just now), or its partitions have no leader after 30 s.
     """
-    consumer = replay_consumer(bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     try:
-        await consumer.start()
-        for _ in range(10):
-            if topic in await consumer.topics():  # (fresh metadata, each time)
-                parts = consumer.partitions_for_topic(topic) or set()
-                return [TopicPartition(topic, p) for p in sorted(parts)]
+        await admin.start()
+        for attempt in range(100):
+            (found,) = await admin.describe_topics([topic])
+            parts = [p for p in found["partitions"] if p["leader"] >= 0]
+            if found["error_code"] == 0 and parts and len(parts) == len(found["partitions"]):
+                return [TopicPartition(topic, p["partition"]) for p in
+                        sorted(parts, key=lambda p: p["partition"])]  # fmt: skip
+            if found["error_code"] == _UNKNOWN_TOPIC and attempt >= 10:
+                break
             await asyncio.sleep(0.3)
     except KafkaError as exc:
         raise BrokerError(f"reading the partitions of {topic!r} at {bootstrap}: {exc!r}") from exc
     finally:
-        await consumer.stop()
-    raise BrokerError(f"no topic {topic!r} at {bootstrap} (is the topic prefix right?)")
+        await admin.close()
+    raise BrokerError(f"no topic {topic!r} with partitions at {bootstrap} (is the topic "
+                      "prefix right?)")  # fmt: skip
 
 
 async def end_offsets(bootstrap: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
