@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+from collections import Counter
+
 import numpy as np
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dispatcher.core import Outcome, Policy, PoolState, Priority
@@ -34,6 +37,35 @@ def test_best_k_is_the_prefix_of_a_stable_sort(scores: list[float], k: int) -> N
     total = np.array(scores)
     s = Scored(np.arange(len(scores)), total, {}, (), len(scores))
     assert s.best(k).tolist() == np.argsort(-total, kind="stable")[:k].tolist()
+
+
+def _brute(candidates: list[list[tuple[int, float]]], free: dict[int, int]) -> tuple[int, float]:
+    """The most loads served, and of those, the greatest total score, by trying every way."""
+    best = (0, 0.0)
+    for choice in itertools.product(*[[None, *(r for r, _ in pairs)] for pairs in candidates]):
+        used = Counter(r for r in choice if r is not None)
+        if all(n <= free[r] for r, n in used.items()):
+            total = sum(dict(pairs)[r] for pairs, r in zip(candidates, choice, strict=True)
+                        if r is not None)  # fmt: skip
+            best = max(best, (len(list(used.elements())), round(total, 9)))
+    return best
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.dictionaries(st.integers(0, 3), st.sampled_from([0.0, 0.1, 0.5, 0.9, 1.7]),
+                             max_size=4), min_size=1, max_size=4),
+    st.lists(st.integers(0, 2), min_size=4, max_size=4),
+)  # fmt: skip
+def test_solve_serves_the_most_loads_then_scores_the_most(
+    wants: list[dict[int, float]], slots: list[int]
+) -> None:
+    candidates = [sorted(w.items()) for w in wants]
+    free = dict(enumerate(slots))
+    chosen = solve(candidates, free)
+    assert all(n <= free[r] for r, n in Counter(r for r in chosen if r is not None).items())
+    score = sum(dict(c)[r] for c, r in zip(candidates, chosen, strict=True) if r is not None)
+    assert (sum(r is not None for r in chosen), round(score, 9)) == _brute(candidates, free)
 
 
 def test_solve_opens_no_more_columns_than_loads_want() -> None:
