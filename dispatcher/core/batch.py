@@ -7,6 +7,7 @@ from scipy.optimize import linear_sum_assignment
 
 __all__ = ["solve"]
 
+
 def solve(candidates: list[list[tuple[int, float]]], free: dict[int, int]) -> list[int | None]:
     """Chooses an agent for each load so that as many loads as can be get one, and of
     those choices, the total score is greatest.

@@ -16,7 +16,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from dispatcher.core.agents import AgentStatus, AgentTable, Match
+from dispatcher.core.agents import AgentStatus, AgentTable, Match, Scored
 from dispatcher.core.batch import solve
 from dispatcher.core.policy import DEFAULT_POLICY, Policy
 from dispatcher.core.queue import ServiceQueue, latest_start
@@ -482,8 +482,7 @@ class PoolState:
             tries += 1
             self._try_assign(ls, source, out)
             if ls.status is LoadStatus.PENDING:
-                self.parked.append(ls)  # until agents change
-                self.parked_epoch = self.epoch
+                self._park(ls)
             else:
                 free = self._free_capacity()
 
@@ -532,34 +531,45 @@ class PoolState:
             if due is not None and due.status is LoadStatus.PENDING and load_id not in self.queue:
                 self._push(due)
 
-    def _match(self, ls: LoadState) -> tuple[Match, bool]:
-        """The best agent for ``ls`` now, and whether hard affinity holds it for another."""
-        spec, p, t = ls.spec, self.policy, self.agents
+    def _affinity(self, spec: LoadSpec) -> tuple[int | None, bool]:
+        """The row of the agent that served the load's session last (None: none known), and
+        whether hard affinity holds the load for that agent now."""
+        p, t = self.policy, self.agents
         last = self.sessions.get(spec.session_id) if spec.session_id else None
-        session_agent = last[0] if last is not None else None
-        affinity_row = t.row.get(session_agent) if session_agent else None
-        denied = p.tenant_deny.get(spec.tenant, frozenset())
-        m = t.match(spec, p, self.now_ms, denied=denied, affinity_row=affinity_row)
+        row = t.row.get(last[0]) if last is not None else None
         waiting = (
             p.hard_affinity
-            and affinity_row is not None
-            and t.status[affinity_row] in (AgentStatus.AVAILABLE, AgentStatus.DRAINING)
+            and row is not None
+            and t.status[row] in (AgentStatus.AVAILABLE, AgentStatus.DRAINING)
             and self.now_ms < spec.created_ms + p.affinity_wait_ms
         )
+        return row, waiting
+
+    def _match(self, ls: LoadState) -> tuple[Match, bool]:
+        """The best agent for ``ls`` now, and whether hard affinity holds it for another."""
+        spec, p = ls.spec, self.policy
+        affinity_row, waiting = self._affinity(spec)
+        denied = p.tenant_deny.get(spec.tenant, frozenset())
+        m = self.agents.match(spec, p, self.now_ms, denied=denied, affinity_row=affinity_row)
         if waiting and m.row != affinity_row:
             m = replace(m, row=None)  # the session's agent is busy: wait for it
         return m, waiting
 
     def _try_assign(self, ls: LoadState, source: Source, out: list[Decision]) -> None:
         m, waiting = self._match(ls)
-        ls.last_match = m
         if m.row is None:
-            ls.failed_epoch = self.epoch
-            if waiting:  # parked until agents change, or until the wait for its agent ends
-                ends = ls.spec.created_ms + self.policy.affinity_wait_ms
-                heapq.heappush(self.backing_off, (ends, ls.seq, ls.spec.load_id))
+            self._unmatched(ls, m, waiting)
             return
+        ls.last_match = m
         self._assign(ls, m, "AFFINITY" if waiting else "BEST_SCORE", source, out)
+
+    def _unmatched(self, ls: LoadState, m: Match, waiting: bool) -> None:
+        """Notes that ``ls`` found no agent at this epoch (the caller parks it); held by hard
+        affinity, it is also tried again when the wait for its agent ends."""
+        ls.last_match, ls.failed_epoch = m, self.epoch
+        if waiting:
+            ends = ls.spec.created_ms + self.policy.affinity_wait_ms
+            heapq.heappush(self.backing_off, (ends, ls.seq, ls.spec.load_id))
 
     def _assign(self, ls: LoadState, m: Match, reason: str, source: Source,
                 out: list[Decision]) -> None:  # fmt: skip
@@ -590,7 +600,10 @@ class PoolState:
 
         Up to one load per free slot is taken in service order (so a batch never
         reorders classes or tenants); each keeps its best ``batch_candidates``
-        agents, and ``batch.solve`` picks the pairs.
+        agents (held by hard affinity, its session's agent only), and
+        ``batch.solve`` picks the pairs. A load no agent can take now waits
+        outside the batch, so it does not keep the loads behind it from the
+        slots (at most ``batch_max_loads + drain_limit`` loads are looked at).
         """
         p, t = self.policy, self.agents
         self.parked_epoch = -1  # the batch looks at every waiting load again
@@ -598,42 +611,52 @@ class PoolState:
         self.queue.escalate(self.now_ms)
         open_rows = np.flatnonzero(t.open[: t.n])
         slots = int((t.capacity[open_rows] - t.active[open_rows]).sum())
-        loads: list[LoadState] = []
+        batch: list[tuple[LoadState, Scored, bool]] = []
+        candidates: list[list[tuple[int, float]]] = []
         taken: dict[str, int] = {}
-        while len(loads) < min(slots, p.batch_max_loads):
+        for _ in range(p.batch_max_loads + p.drain_limit):
+            if len(batch) >= min(slots, p.batch_max_loads):
+                break
             # Each load taken may close an open agent: the reserve counts it so.
-            skip = self._at_quota(taken) | self._held(len(open_rows) - len(loads), taken)
+            skip = self._at_quota(taken) | self._held(len(open_rows) - len(batch), taken)
             load_id = self.queue.pop(self.served, tenant_first=p.tenant_first,
                                      skip=skip)  # fmt: skip
             if load_id is None:
                 break
             ls = self.pending[load_id]
+            affinity_row, waiting = self._affinity(ls.spec)
+            s = t.evaluate(ls.spec, p, self.now_ms, affinity_row=affinity_row,
+                           denied=p.tenant_deny.get(ls.spec.tenant, frozenset()))  # fmt: skip
+            if waiting:
+                pairs = [(int(r), float(x)) for r, x in zip(s.rows, s.total, strict=True)
+                         if r == affinity_row]  # fmt: skip
+            else:
+                pairs = [(int(s.rows[i]), float(s.total[i])) for i in s.best(p.batch_candidates)]
+            if not pairs:
+                self._unmatched(ls, Match(None, None, (), s.candidates, s.excluded, None, None),
+                                waiting)  # fmt: skip
+                self._park(ls)
+                continue
             taken[ls.spec.tenant] = taken.get(ls.spec.tenant, 0) + 1
-            loads.append(ls)
-        if not loads:
-            return
-        scored = [
-            t.evaluate(
-                ls.spec, p, self.now_ms, denied=p.tenant_deny.get(ls.spec.tenant, frozenset())
-            )
-            for ls in loads
-        ]
-        candidates = [
-            [(int(s.rows[i]), float(s.total[i])) for i in s.best(p.batch_candidates)]
-            for s in scored
-        ]
+            batch.append((ls, s, waiting))
+            candidates.append(pairs)
         free = {
             row: int(t.capacity[row] - t.active[row]) for pairs in candidates for row, _ in pairs
         }
-        for ls, s, row in zip(loads, scored, solve(candidates, free), strict=True):
+        for (ls, s, waiting), row in zip(batch, solve(candidates, free), strict=True):
             if row is None:
-                ls.last_match = Match(None, None, (), len(s.rows), s.excluded, None, None)
-                ls.failed_epoch = self.epoch
-                self.parked.append(ls)
-                self.parked_epoch = self.epoch
+                self._unmatched(ls, Match(None, None, (), s.candidates, s.excluded, None, None),
+                                waiting)  # fmt: skip
+                self._park(ls)
             else:
                 i = int(np.flatnonzero(s.rows == row)[0])
-                self._assign(ls, s.pick(i, p), "BATCH_OPTIMAL", source, out)
+                reason = "AFFINITY" if waiting else "BATCH_OPTIMAL"
+                self._assign(ls, s.pick(i, p), reason, source, out)
+
+    def _park(self, ls: LoadState) -> None:
+        """Keeps ``ls`` out of the queue until agents change."""
+        self.parked.append(ls)
+        self.parked_epoch = self.epoch
 
     # -- endings and requeues --------------------------------------------------------------
 

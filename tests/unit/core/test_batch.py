@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dispatcher.core import Outcome, Policy, PoolState, Priority
+from dispatcher.core import Decision, Outcome, Policy, PoolState, Priority
 from dispatcher.core.agents import Scored
 from dispatcher.core.batch import solve
 from tests.unit.core.builders import arrive, available, register, tick
@@ -122,3 +122,46 @@ def test_a_batch_keeps_the_fair_share_reserve() -> None:
     state.apply(arrive("g1", 200, tenant="globex"))
     later = [d.load_id for d in state.apply(tick(300)) if d.outcome is Outcome.ASSIGNED]
     assert later == ["g1"]
+
+
+def test_loads_no_agent_can_take_do_not_hold_a_batch_from_the_loads_behind() -> None:
+    state = PoolState("p", Policy(mode="batched", fair_share_reserve=0.0))
+    state.apply(register("A"))  # python only, one slot
+    state.apply(available("A"))
+    state.apply(arrive("Y", 1, required=frozenset({"rust"}), priority=Priority.HIGH))
+    state.apply(arrive("X", 2))  # behind Y in service order, and A can run it
+    (d,) = [d for d in state.apply(tick(100)) if d.outcome is Outcome.ASSIGNED]
+    assert (d.load_id, d.agent_id, d.reason) == ("X", "A", "BATCH_OPTIMAL")
+    assert state.loads["Y"].last_match is not None
+    assert dict(state.loads["Y"].last_match.excluded)["capability"] == 1
+
+
+def _session_pool(hard: bool) -> tuple[PoolState, list[Decision]]:
+    """A session served by B once; its next load leans towards A, and B is busy."""
+    state = PoolState("p", Policy(mode="batched", hard_affinity=hard, fair_share_reserve=0.0,
+                                  weights={"embedding": 1.0, "affinity": 0.5}))  # fmt: skip
+    for agent, towards in (("A", (1.0, 0.0)), ("B", (0.0, 1.0))):
+        state.apply(register(agent, personality=towards, capacity=2))
+        state.apply(available(agent))
+    state.apply(arrive("L1", 1, intent=(0.0, 1.0), session_id="S"))
+    (first,) = state.apply(tick(100))
+    assert first.agent_id == "B"
+    state.apply(arrive("L2", 200, intent=(1.0, 0.3), session_id="S"))
+    return state, state.apply(tick(300))
+
+
+def test_a_batch_counts_session_affinity() -> None:
+    _, out = _session_pool(hard=False)
+    (d,) = out
+    assert (d.load_id, d.agent_id) == ("L2", "B")  # 0.5 for the session outweighs the intent
+    assert dict(d.score_parts)["affinity"] == 0.5
+
+
+def test_under_hard_affinity_a_batch_gives_the_load_to_its_sessions_agent() -> None:
+    state, out = _session_pool(hard=True)
+    (d,) = out
+    assert (d.load_id, d.agent_id, d.reason) == ("L2", "B", "AFFINITY")
+    # With B full, the session's next load waits for B, not for A.
+    state.apply(arrive("L3", 400, intent=(1.0, 0.0), session_id="S"))
+    assert [x.agent_id for x in state.apply(tick(500)) if x.outcome is Outcome.ASSIGNED] == []
+    assert state.pending["L3"].last_match is not None
