@@ -26,16 +26,18 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.optimize import linprog
 from scipy.sparse import coo_array
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from dispatcher.core import LoadSpec, Policy
+from dispatcher.core import Event, LoadArrived, LoadSpec, Policy
 from dispatcher.core.agents import AgentStatus, AgentTable
 from dispatcher.sim import SCENARIOS, SIM_POLICY
 from dispatcher.sim.engine import Simulation, _agents
+from dispatcher.sim.scenarios import Scenario
 
 # Terms that depend on what was decided before (the agent's load, the session's last
 # agent), not on the pair: left out of the pair score.
@@ -86,13 +88,28 @@ def optimum(
     return float(full @ x), float(pair_s @ x), float(x.sum())
 
 
+class _Recording(Simulation):
+    """The simulation, keeping each load's spec as it arrived (the pool keeps only what
+    decisions name of a finished load)."""
+
+    def __init__(self, sc: Scenario, seed: int, policy: Policy) -> None:
+        super().__init__(sc, seed, policy)
+        self.specs: dict[str, LoadSpec] = {}
+
+    def _event(self, t: int, item: Any) -> Event | None:
+        event = super()._event(t, item)
+        if isinstance(event, LoadArrived):
+            self.specs.setdefault(event.load.load_id, event.load)
+        return event
+
+
 def compare(label: str, policy: Policy, args: argparse.Namespace) -> None:
     sc = SCENARIOS["steady"].scaled(agents=args.agents, duration_s=args.duration)
-    runs = {}
+    runs: dict[str, tuple[_Recording, float]] = {}
     for name, p in (("greedy", policy),
                     ("batched", dataclasses.replace(policy, mode="batched",
                                                     batch_window_ms=200))):  # fmt: skip
-        sim = Simulation(sc, args.seed, p)
+        sim = _Recording(sc, args.seed, p)
         t0 = time.perf_counter()
         sim.run(None)
         runs[name] = (sim, time.perf_counter() - t0)
@@ -100,7 +117,7 @@ def compare(label: str, policy: Policy, args: argparse.Namespace) -> None:
     for agent_id, profile in _agents(sc, np.random.default_rng(args.seed)):
         row = table.upsert(agent_id, 1, 0, profile)
         table.set_status(row, AgentStatus.AVAILABLE)
-    specs = [ls.spec for ls in runs["greedy"][0].state.loads.values()]
+    specs = list(runs["greedy"][0].specs.values())
     t0 = time.perf_counter()
     opt_full, opt_pair, opt_n = optimum(table, specs, policy, k=args.candidates,
                                         window_ms=args.window_ms)  # fmt: skip
