@@ -67,6 +67,7 @@ class LoadState:
     final: Outcome | None = None
     finished_ms: int = 0
     last_match: Match | None = None
+    affinity_row: int | None = None  # its session's agent when it was last matched
 
 
 def decision_id(  # noqa: PLR0917 - the parts of the id, in order
@@ -549,6 +550,7 @@ class PoolState:
         """The best agent for ``ls`` now, and whether hard affinity holds it for another."""
         spec, p = ls.spec, self.policy
         affinity_row, waiting = self._affinity(spec)
+        ls.affinity_row = affinity_row
         denied = p.tenant_deny.get(spec.tenant, frozenset())
         m = self.agents.match(spec, p, self.now_ms, denied=denied, affinity_row=affinity_row)
         if waiting and m.row != affinity_row:
@@ -625,6 +627,7 @@ class PoolState:
                 break
             ls = self.pending[load_id]
             affinity_row, waiting = self._affinity(ls.spec)
+            ls.affinity_row = affinity_row
             s = t.evaluate(ls.spec, p, self.now_ms, affinity_row=affinity_row,
                            denied=p.tenant_deny.get(ls.spec.tenant, frozenset()))  # fmt: skip
             if waiting:

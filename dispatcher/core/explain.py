@@ -62,7 +62,8 @@ def explain(state: PoolState, load_id: str, agent_ids: tuple[str, ...] = ()) -> 
         parts: tuple[tuple[str, float], ...] = ()
         gap: float | None = None
         if not failed:
-            alone = t.scored(np.array([row]), spec, policy, state.now_ms)
+            alone = t.scored(np.array([row]), spec, policy, state.now_ms,
+                             affinity_row=ls.affinity_row)  # fmt: skip
             score, parts = float(alone.total[0]), alone.pick(0, policy).parts
             gap = (m.score - score) if m is not None and m.score is not None else None
         verdicts.append(AgentVerdict(agent_id, failed, score, parts, gap))

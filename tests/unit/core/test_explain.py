@@ -55,3 +55,16 @@ def test_explain_of_a_finished_load_says_so_for_every_agent() -> None:
     why = explain(state, "L1", ("a", "ghost"))
     assert why.status == "CANCELLED"
     assert [v.failed for v in why.verdicts] == [("load_finished",), ("unknown_agent",)]
+
+
+def test_explain_counts_session_affinity_as_the_match_did() -> None:
+    state = PoolState("p", Policy(weights={"embedding": 1.0, "affinity": 0.5}))
+    for agent, towards in (("A", (1.0, 0.0)), ("B", (0.0, 1.0))):
+        state.apply(register(agent, personality=towards, capacity=3))
+        state.apply(available(agent))
+    state.apply(arrive("L1", 1, intent=(0.0, 1.0), session_id="S"))  # to B
+    (d,) = state.apply(arrive("L2", 2, intent=(1.0, 0.3), session_id="S"))
+    assert (d.agent_id, d.runner_up, dict(d.score_parts)["affinity"]) == ("B", "A", 0.5)
+    a, b = explain(state, "L2", ("A", "B")).verdicts
+    assert (b.score, b.parts) == (d.score, d.score_parts)
+    assert a.gap == d.margin
