@@ -74,8 +74,9 @@ def signed(
     return sign(update, key_id, keys[key_id])
 
 
-async def current_version(bootstrap: str, topics: TopicNames, policy_id: str) -> int | None:
-    """The newest version of ``policy_id`` on the policy topic, or None.
+async def current_version(bootstrap: str, topics: TopicNames) -> int | None:
+    """The newest policy version on the policy topic, whatever its ``policy_id`` (workers
+    order every policy by version alone), or None.
 
     Policies the workers refused (unsigned, say) count too: which ones they
     applied depends on the keys each held at the time, and a version below one
@@ -88,7 +89,7 @@ async def current_version(bootstrap: str, topics: TopicNames, policy_id: str) ->
                 rec = codec.decode(r.value or b"", "PolicyUpdate")
             except CodecError:
                 continue  # dead-lettered by the worker
-            if isinstance(rec, m.PolicyUpdate) and rec.policy_id == policy_id:
+            if isinstance(rec, m.PolicyUpdate):
                 newest = max(newest or 0, rec.version)
     return newest
 
@@ -110,7 +111,7 @@ async def publish(
         found.append(f"workers would refuse it: {refused}")
     if found:
         raise ConfigError("refusing an invalid policy: " + "; ".join(found))
-    current = await current_version(bootstrap, topics, update.policy_id)
+    current = await current_version(bootstrap, topics)
     if current is not None and update.version <= current:
         raise ConfigError(
             f"refusing version {update.version} of {update.policy_id}: version {current} "

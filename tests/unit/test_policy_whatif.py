@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 import yaml
 
-from dispatcher import core
+from dispatcher import core, policytool
 from dispatcher.codecs import Codec
 from dispatcher.codecs import models as m
 from dispatcher.codecs.adapt import policy_from
@@ -17,6 +19,7 @@ from dispatcher.demo import agent_profile, load_event, policy_update
 from dispatcher.errors import ConfigError
 from dispatcher.policytool import load_policy_file, problems
 from dispatcher.settings import PROJECT_ROOT
+from dispatcher.topics import TopicNames
 from dispatcher.whatif import compare
 from dispatcher.worker.fold import PartitionFold
 
@@ -211,3 +214,28 @@ def test_whatif_gives_a_late_answer_about_an_earlier_attempt_to_nobody() -> None
     report = compare([(0, log.records)], policy_from(policy_update(1)))
     assert (report.changed, report.decisions_changed) == (0, 0)
     assert report.alternative["finals"] == {}  # attempt 2 still runs, as recorded
+
+
+def test_publish_refuses_a_version_below_any_published_whatever_its_policy_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Workers order policies by version alone: "dispatch" v3 after "experiment" v10 would
+    # never apply, so publish must refuse it.
+    doc = yaml.safe_load((PROJECT_ROOT / "ops/policies/example.yaml").read_text())
+    updates = []
+    for policy_id, version in (("experiment", 10), ("dispatch", 3)):
+        path = tmp_path / f"{policy_id}.yaml"
+        path.write_text(yaml.safe_dump(doc | {"policy_id": policy_id, "version": version}))
+        updates.append(load_policy_file(path, effective_from_ms=0))
+    topic = [CODEC.encode(updates[0])]
+
+    async def partitions(*_: object) -> list[str]:
+        return ["policy-update-0"]
+
+    async def read_partition(*_: object) -> list[SimpleNamespace]:
+        return [SimpleNamespace(value=v) for v in topic]
+
+    monkeypatch.setattr(policytool, "partitions", partitions)
+    monkeypatch.setattr(policytool, "read_partition", read_partition)
+    with pytest.raises(ConfigError, match="version 10 is already published"):
+        asyncio.run(policytool.publish("unused:9092", TopicNames(), updates[1]))
