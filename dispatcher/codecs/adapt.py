@@ -88,6 +88,10 @@ def policy_problems(update: m.PolicyUpdate) -> list[str]:
             if v > _MAX_TIMEOUT_MS]  # fmt: skip
     out += [f"timeouts_ms.{t}: 0 (every load would time out at once, or duplicates pass)"
             for t, v in timeouts if v == 0 and t in _NONZERO]  # fmt: skip
+    out += [f"tenant_weights.{t}: {w} (tenant weights are from {1 / _MAX_WEIGHT:g} to "
+            f"{_MAX_WEIGHT:g}: fair share counts 1 / weight per load)"
+            for t, w in sorted(doc.tenant_weights.items())
+            if not 1 / _MAX_WEIGHT <= w <= _MAX_WEIGHT]  # fmt: skip
     out += [f"tenant_quotas.{t}: 0, so none of its loads can ever run"
             for t, q in sorted(doc.tenant_quotas.items()) if q == 0]  # fmt: skip
     r = doc.retry
