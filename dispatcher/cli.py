@@ -269,8 +269,8 @@ def codec_decode(name: str | None, fmt: str) -> None:
               default=None, help="YAML file of Policy fields to change.")  # fmt: skip
 @click.option("--agents", type=click.IntRange(min=1), default=None,
               help="Override the scenario's agent count.")  # fmt: skip
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True, max=7 * 86_400),
-              default=None, help="Override the simulated seconds (a week at most).")  # fmt: skip
+@click.option("--duration", type=click.FloatRange(min=0.001, max=7 * 86_400),
+              default=None, help="Override the simulated seconds (1 ms to a week).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def simulate_cmd(  # noqa: PLR0917 - click passes options by position
     name: str,

@@ -108,7 +108,7 @@ def test_policy_publish_refuses_a_time_that_is_none() -> None:
     ("args", "says"),
     [
         (["--agents", "0"], "'--agents': 0 is not in the range x>=1"),
-        (["--duration", "0"], "'--duration': 0.0 is not in the range"),
+        (["--duration", "0.0001"], "'--duration': 0.0001 is not in the range"),
         (["--duration", "nan"], "'--duration': not a number"),
         (["--duration", "inf"], "'--duration': inf is not in the range"),
     ],
