@@ -132,6 +132,7 @@ class PoolState:
         # session -> (the agent that served it last, when), least recently served first
         self.sessions: dict[str, tuple[str, int]] = {}
         self.served: dict[str, float] = {}  # tenant -> assignments / weight (fair share)
+        self.vtime = 0.0  # the served count of the last load's tenant when it was served
         self.running: dict[str, int] = {}  # tenant -> loads in flight (quotas)
         self.backlog: dict[str, int] = {}  # tenant -> pending loads
         self.tenant_pending: dict[str, dict[str, LoadState]] = {}  # the same, in arrival order
@@ -399,9 +400,11 @@ class PoolState:
         tenant = ls.spec.tenant
         if not self.backlog.get(tenant):
             # A tenant coming back from idle starts at the least service among the
-            # tenants still waiting, not with credit it saved while it was away.
+            # tenants still waiting (none waiting: where service has got to), not with
+            # credit it saved while it was away, nor owing what others got meanwhile.
             floor = min(
-                (self.served.get(u, 0.0) for u, c in self.backlog.items() if c), default=0.0
+                (self.served.get(u, 0.0) for u, c in self.backlog.items() if c),
+                default=self.vtime,
             )
             self.served[tenant] = max(self.served.get(tenant, 0.0), floor)
         self.backlog[tenant] = self.backlog.get(tenant, 0) + 1
@@ -586,7 +589,9 @@ class PoolState:
         self.held.setdefault(agent_id, {})[spec.load_id] = None
         self.running[spec.tenant] = self.running.get(spec.tenant, 0) + 1
         weight = self.policy.tenant_weight(spec.tenant)
-        self.served[spec.tenant] = self.served.get(spec.tenant, 0.0) + 1.0 / weight
+        before = self.served.get(spec.tenant, 0.0)
+        self.vtime = max(self.vtime, before)
+        self.served[spec.tenant] = before + 1.0 / weight
         if spec.session_id:
             self.sessions.pop(spec.session_id, None)  # to the end: the order is by last use
             self.sessions[spec.session_id] = (agent_id, self.now_ms)

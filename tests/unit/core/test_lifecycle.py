@@ -444,3 +444,30 @@ def test_a_finished_load_keeps_only_what_decisions_about_it_name() -> None:
     )
     (dup,) = state.apply(arrive("L1", 7))
     assert dup.reason == "DUPLICATE_LOAD_ID"
+
+
+def test_a_tenant_that_had_the_pool_alone_owes_nothing_to_one_coming_later() -> None:
+    state = one_agent(Policy(fair_share_reserve=0.0))
+    t = 0
+
+    def finish_current() -> list[Decision]:
+        nonlocal t
+        t += 1
+        (ls,) = state.in_flight.values()
+        assert ls.decision_id is not None
+        assert ls.agent is not None
+        return state.apply(report(ls.decision_id, ls.spec.load_id, ls.agent,
+                                  TaskOutcome.SUCCESS, time_ms=t))  # fmt: skip
+
+    for i in range(30):  # acme alone, one load at a time
+        t += 1
+        state.apply(arrive(f"acme-{i}", t, tenant="acme"))
+        if i < 29:
+            finish_current()
+    for tenant in ("globex", "acme"):  # then both queue ten loads, globex first
+        for i in range(10):
+            t += 1
+            state.apply(arrive(f"{tenant}-{100 + i}", t, tenant=tenant))
+    order = [d.tenant for _ in range(20) for d in finish_current()
+             if d.outcome is Outcome.ASSIGNED]  # fmt: skip
+    assert order == ["globex", "acme"] * 10  # turn about, not globex's ten first
