@@ -241,13 +241,14 @@ class Simulation:
             w.retried.add(d.load_id)
         if d.outcome is not Outcome.ASSIGNED or d.agent_id is None:
             return
-        w.first_assigned.setdefault(d.load_id, t)
+        if d.load_id not in w.first_assigned:  # a load is served once, however often assigned
+            w.first_assigned[d.load_id] = t
+            w.assigned_by_tenant[d.tenant] = w.assigned_by_tenant.get(d.tenant, 0) + 1
         w.first_score.setdefault(d.load_id, d.score or 0.0)
         parts = dict(d.score_parts)
         w.first_history.setdefault(
             d.load_id, parts.get("balance", 0.0) + parts.get("affinity", 0.0)
         )
-        w.assigned_by_tenant[d.tenant] = w.assigned_by_tenant.get(d.tenant, 0) + 1
         w.score += d.score or 0.0
         accept_at = t + ACCEPT_DELAY_MS
         if rng.random() >= sc.accept_share:
@@ -256,11 +257,30 @@ class Simulation:
         self._report(accept_at, d, "ok", TaskOutcome.ACCEPTED)
         spec = self.state.loads[d.load_id].spec
         run_ms = int(spec.duration_ms / self.profiles[d.agent_id].speed * rng.lognormal(0, 0.1))
-        w.busy_ms += run_ms
+        # Busy within the run, until the agent crashes if it does (its report never comes).
+        stop = min(accept_at + run_ms, self.end_ms, self.crashed.get(d.agent_id, math.inf))
+        w.busy_ms += max(0, stop - accept_at)
         ok = rng.random() < sc.success_share
         self._report(
             accept_at + run_ms, d, "end", TaskOutcome.SUCCESS if ok else TaskOutcome.FAILED
         )
+
+
+def _waits(w: _World, end_ms: int, where: int, value: object) -> tuple[list[int], int]:
+    """The waits (arrival to first assignment) of the loads whose arrival record holds
+    ``value`` at ``where`` (1: priority, 2: tenant): a load still waiting at the end counts
+    as waiting until then (so the figures are lower bounds), one that ended unassigned
+    (shed, cancelled) not at all; and how many were still waiting."""
+    ws, left = [], 0
+    for load_id, a in w.arrived.items():
+        if a[where] != value:
+            continue
+        if (assigned := w.first_assigned.get(load_id)) is not None:
+            ws.append(assigned - a[0])
+        elif load_id not in w.finals:
+            ws.append(end_ms - a[0])
+            left += 1
+    return ws, left
 
 
 def _pct(values: list[int], q: float) -> float | None:
@@ -299,9 +319,9 @@ def _metrics(  # noqa: PLR0917 - one caller, and it has all of them
     expired = sum(1 for o, _ in w.finals.values() if o is Outcome.SHED)
     waits: dict[str, dict[str, float | None]] = {}
     for prio in Priority:
-        ws = [w.first_assigned[i] - a[0] for i, a in w.arrived.items()
-              if a[1] is prio and i in w.first_assigned]  # fmt: skip
-        waits[prio.name.lower()] = {"n": len(ws), "p50": _pct(ws, 50), "p95": _pct(ws, 95),
+        ws, left = _waits(w, end_ms, 1, prio)
+        waits[prio.name.lower()] = {"n": len(ws) - left, "waiting_at_end": left,
+                                    "p50": _pct(ws, 50), "p95": _pct(ws, 95),
                                     "p99": _pct(ws, 99)}  # fmt: skip
     sla: dict[str, float | None] = {}
     sla_clean: dict[str, float | None] = {}  # over loads no agent declined, failed or lost
@@ -325,9 +345,8 @@ def _metrics(  # noqa: PLR0917 - one caller, and it has all of them
     jain = (sum(x) ** 2) / (len(x) * sum(v * v for v in x)) if x else None
     tenant_waits = {}
     for t in weights:
-        ws = [w.first_assigned[i] - a[0] for i, a in w.arrived.items()
-              if a[2] == t and i in w.first_assigned]  # fmt: skip
-        tenant_waits[t] = {"p50": _pct(ws, 50), "p99": _pct(ws, 99)}
+        ws, left = _waits(w, end_ms, 2, t)
+        tenant_waits[t] = {"p50": _pct(ws, 50), "p99": _pct(ws, 99), "waiting_at_end": left}
     return {
         "loads": {"arrived": len(w.arrived), "assigned": len(w.first_assigned),
                   "outcomes": dict(sorted(outcomes.items())), "shed_or_expired": expired,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from dispatcher.core import Outcome
 from dispatcher.errors import ConfigError
 from dispatcher.sim import SCENARIOS, SIM_POLICY, load_policy, simulate
+from dispatcher.sim.engine import Simulation
 
 SMALL = SCENARIOS["steady"].scaled(agents=50, duration_s=5)
 # The decision stream of SMALL with seed 7. If a change moves it on purpose, say why in the
@@ -78,3 +81,20 @@ def test_a_policy_file_changes_fields_and_refuses_unknown_ones(tmp_path: Path) -
     bad.write_text("versoin: 2\n")
     with pytest.raises(ConfigError, match="unknown policy field"):
         load_policy(bad, SIM_POLICY)
+
+
+def test_metrics_count_each_load_once_and_time_within_the_run() -> None:
+    # Half the offers are declined, so loads are assigned again and again; a short run on a
+    # flooded pool leaves work running past the end and loads waiting at it.
+    sc = replace(SCENARIOS["tenant-flood"].scaled(agents=5, duration_s=3), accept_share=0.5)
+    sim = Simulation(sc, 1, SIM_POLICY)
+    m = sim.run(None).metrics
+    firsts = Counter(sim.world.arrived[i][2] for i in sim.world.first_assigned)
+    assert m["tenant_share"] == {t: firsts[t] / sum(firsts.values()) for t, _ in sc.tenants}
+    slots_ms = sim.slots * sim.end_ms
+    assert sim.world.busy_ms <= slots_ms  # busy within the run only (it is no longer capped)
+    never = [i for i in sim.world.arrived
+             if i not in sim.world.first_assigned and i not in sim.world.finals]  # fmt: skip
+    assert sum(w["waiting_at_end"] for w in m["wait_ms"].values()) == len(never) > 0
+    assert m["wait_ms"]["low"]["p99"] is not None
+    assert m["wait_ms"]["low"]["p99"] > 1_000  # the loads still waiting count
