@@ -194,6 +194,15 @@ def key_partition(key: bytes, partitions: int) -> int:
     return int((murmur2(key) & 0x7FFFFFFF) % partitions)
 
 
+# The largest input the worker takes: Faust's producer refuses requests above 1,000,000
+# bytes, and a valid input must fit into input-sequence with its key and the record's
+# overhead (a larger one is dead-lettered as TOO_LARGE; the codec alone allows 1 MiB).
+MAX_INPUT_BYTES = 1_000_000 - 4096
+
+
+_MAX_MS = 2**53  # DeadLetter.source_timestamp_ms's bound
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -203,7 +212,7 @@ class Dispatcher:
 
     def __init__(self, cfg: WorkerConfig) -> None:
         self.cfg = cfg
-        self.codec = Codec()
+        self.codec = Codec(max_bytes=MAX_INPUT_BYTES)
         if not cfg.policy_keys:
             log.warning("policy signatures are not checked: DISPATCHER_POLICY_KEYS is not set, "
                         "so any policy with a matching content hash applies")  # fmt: skip
@@ -275,6 +284,20 @@ class Dispatcher:
                 for pool, s in sorted(fold.pools.items()) if s.agents.n or s.loads]  # fmt: skip
 
     def decode_input(self, value: bytes, msg: Any) -> m.Record:
+        """``_decode_input``, whose every failure is a CodecError: one bad record must not
+        crash the sequencer (Faust acks a crashed agent's whole batch, so the records after
+        it would be lost)."""
+        try:
+            return self._decode_input(value, msg)
+        except CodecError:
+            raise
+        except Exception as exc:
+            detail = f"{type(exc).__name__}: {exc}"[:500]
+            raise CodecError(m.DeadLetterReason.INVALID, detail, bytes(value or b""),
+                             topic=msg.topic, partition=msg.partition,
+                             offset=msg.offset) from exc  # fmt: skip
+
+    def _decode_input(self, value: bytes, msg: Any) -> m.Record:
         """Decodes an input record strictly; a policy must also pass ``codecs.signing`` and
         have no semantic problem (``policy_problems``), any other input must not come from
         further ahead than ``cfg.max_ahead_ms``.
@@ -311,8 +334,11 @@ class Dispatcher:
         return record
 
     def dead_letter_bytes(self, exc: CodecError, key: bytes | None, timestamp: float) -> bytes:
+        """The dead-letter record of ``exc``; ``timestamp`` is the source record's (Faust's
+        seconds: -0.001 for Kafka's "none", which the record then leaves out)."""
+        ms = round(timestamp * 1000)
         record = dead_letter(exc, failed_at_ms=_now_ms(), source_key=key,
-                             source_timestamp_ms=int(timestamp * 1000))  # fmt: skip
+                             source_timestamp_ms=ms if 0 <= ms <= _MAX_MS else None)  # fmt: skip
         return self.codec.encode(record)
 
     async def catch_up(self, partition: int, upto: int) -> PartitionFold:

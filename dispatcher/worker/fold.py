@@ -14,11 +14,12 @@ from __future__ import annotations
 from dispatcher import core
 from dispatcher.codecs import models as m
 from dispatcher.codecs.adapt import to_event
-from dispatcher.codecs.codec import Codec
+from dispatcher.codecs.codec import Codec, CodecError
 
 __all__ = ["PartitionFold"]
 
 _POOLED = (m.AgentEvent, m.LoadEvent, m.TaskResult, m.Tick)  # inputs that name their pool
+_INPUTS = (*_POOLED, m.PolicyUpdate)
 
 
 class PartitionFold:
@@ -44,9 +45,11 @@ class PartitionFold:
                 deterministic).
         """
         self.next_offset, self.last = offset + 1, value
-        record = self.codec.decode(
-            value, topic=self.topic, partition=self.partition, offset=offset, trusted=True
-        )
+        where = {"topic": self.topic, "partition": self.partition, "offset": offset}
+        record = self.codec.decode(value, trusted=True, **where)  # type: ignore[arg-type]
+        if not isinstance(record, _INPUTS):  # (written there by something else than a worker)
+            detail = f"a {type(record).__name__} is no input of the core"
+            raise CodecError(m.DeadLetterReason.WRONG_SCHEMA, detail, value, **where)  # type: ignore[arg-type]
         return self.apply_event(record, to_event(record, (self.topic, self.partition, offset)))
 
     def apply_event(self, record: m.Record, event: core.Event) -> list[core.Decision]:

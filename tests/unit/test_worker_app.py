@@ -17,6 +17,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from dispatcher.codecs import Codec, CodecError
 from dispatcher.codecs import models as m
+from dispatcher.codecs.codec import dead_letter
 from dispatcher.codecs.signing import content_hash
 from dispatcher.demo import agent_profile, load_event, policy_update
 from dispatcher.sdk.agent import partition_for
@@ -195,3 +196,48 @@ def test_the_timer_ticks_pools_with_agents_or_loads_not_the_empty_ones_records_m
         fold.apply(CODEC.encode(record), offset)
     assert len(fold.pools) == 4
     assert d.ticking() == ["busy"]
+
+
+def test_no_bad_input_gets_past_the_sequencer_as_anything_but_a_dead_letter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Faust acks a crashed agent's whole batch, so every failure on one record must end in
+    # a dead letter, never in an exception that crashes the sequencer.
+    d = Dispatcher(CFG)
+    msg = types.SimpleNamespace(topic=CFG.topics.agent_availability, partition=1, offset=9)
+    profile = agent_profile(np.random.default_rng(1)).model_copy(
+        update={"tools": [f"t{i:04d}" + "\U0001d11e" * 123 for i in range(2_000)]}
+    )  # a valid record of ~998 KB: under the codec's 1 MiB, over what Faust's producer sends
+    wide = CODEC.encode(m.AgentEvent(event_id="e", kind=m.AgentEventKind.REGISTERED,
+                                     agent_id="a", pool="p", seq=1, event_time_ms=1,
+                                     profile=profile))  # fmt: skip
+    assert 1_000_000 - 4096 < len(wide) < CODEC.max_bytes
+    with pytest.raises(CodecError) as big:
+        d.decode_input(wide, msg)
+    assert big.value.reason is m.DeadLetterReason.TOO_LARGE
+
+    def broken(*_: object) -> m.Record:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(d, "_decode_input", broken)
+    with pytest.raises(CodecError) as odd:
+        d.decode_input(b"\x00\x00\x00\x00\x01", msg)
+    assert (odd.value.reason, odd.value.detail, odd.value.offset) == (
+        m.DeadLetterReason.INVALID,
+        "ValueError: a bug",
+        9,
+    )
+    # Kafka's "no timestamp" (-1 ms; Faust's -0.001 s) is left out of the dead letter.
+    for seconds, kept in ((-0.001, None), (1_700_000_000.123, 1_700_000_000_123)):
+        record = CODEC.decode(d.dead_letter_bytes(odd.value, b"p", seconds), "DeadLetter")
+        assert record.source_timestamp_ms == kept  # type: ignore[attr-defined]
+
+
+def test_a_record_that_is_no_input_in_the_input_sequence_is_a_codec_error() -> None:
+    fold = PartitionFold("input-sequence", 0, CODEC)
+    assert fold.apply(CODEC.encode(m.Tick(pool="p", event_time_ms=1)), 0) == []  # an input
+    with pytest.raises(CodecError) as foreign:
+        fold.apply(CODEC.encode(dead_letter(CodecError(m.DeadLetterReason.MALFORMED, "x", b""),
+                                            failed_at_ms=1)), 1)  # fmt: skip
+    assert foreign.value.reason is m.DeadLetterReason.WRONG_SCHEMA
+    assert "a DeadLetter is no input of the core" in foreign.value.detail
