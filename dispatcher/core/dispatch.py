@@ -636,8 +636,8 @@ class PoolState:
             s = t.evaluate(ls.spec, p, self.now_ms, affinity_row=affinity_row,
                            denied=p.tenant_deny.get(ls.spec.tenant, frozenset()))  # fmt: skip
             if waiting:
-                pairs = [(int(r), float(x)) for r, x in zip(s.rows, s.total, strict=True)
-                         if r == affinity_row]  # fmt: skip
+                hit = np.flatnonzero(s.rows == affinity_row)[:1]
+                pairs = [(int(s.rows[i]), float(s.total[i])) for i in hit]
             else:
                 pairs = [(int(s.rows[i]), float(s.total[i])) for i in s.best(p.batch_candidates)]
             if not pairs:
