@@ -513,7 +513,7 @@ class AgentTable:
         kind, ok, excluded = self._screen(load, policy, denied)
         s = self._score_kind(kind, ok, excluded, load, policy, now_ms, affinity_row)
         if not s.candidates:
-            return Match(None, None, (), 0, excluded, None, None)
+            return s.none()
         return s.pick(int(s.total.argmax()), policy)  # the first maximum: lowest row
 
     def _score_kind(  # noqa: PLR0917 - _screen's results and the load's
@@ -616,6 +616,10 @@ class Scored:
         above = np.flatnonzero(self.total > cut)
         chosen = np.concatenate([above, np.flatnonzero(self.total == cut)[: k - len(above)]])
         return chosen[np.argsort(-self.total[chosen], kind="stable")]
+
+    def none(self) -> Match:
+        """The match that chooses no agent (its candidates and exclusions counted)."""
+        return Match(None, None, (), self.candidates, self.excluded, None, None)
 
     def pick(self, i: int, policy: Policy) -> Match:
         """The match that chooses candidate ``i``; the runner-up is the best of the others."""

@@ -485,9 +485,7 @@ class PoolState:
             ls = self.pending[load_id]
             tries += 1
             self._try_assign(ls, source, out)
-            if ls.status is LoadStatus.PENDING:
-                self._park(ls)
-            else:
+            if ls.status is not LoadStatus.PENDING:  # (else parked, until agents change)
                 free = self._free_capacity()
 
     def _held(self, open_agents: int, extra: dict[str, int] | None = None) -> frozenset[str]:
@@ -569,9 +567,11 @@ class PoolState:
         self._assign(ls, m, "AFFINITY" if waiting else "BEST_SCORE", source, out)
 
     def _unmatched(self, ls: LoadState, m: Match, waiting: bool) -> None:
-        """Notes that ``ls`` found no agent at this epoch (the caller parks it); held by hard
+        """Parks ``ls``, which found no agent at this epoch, until agents change; held by hard
         affinity, it is also tried again when the wait for its agent ends."""
         ls.last_match, ls.failed_epoch = m, self.epoch
+        self.parked.append(ls)
+        self.parked_epoch = self.epoch
         if waiting:
             ends = ls.spec.created_ms + self.policy.affinity_wait_ms
             heapq.heappush(self.backing_off, (ends, ls.seq, ls.spec.load_id))
@@ -641,9 +641,7 @@ class PoolState:
             else:
                 pairs = [(int(s.rows[i]), float(s.total[i])) for i in s.best(p.batch_candidates)]
             if not pairs:
-                self._unmatched(ls, Match(None, None, (), s.candidates, s.excluded, None, None),
-                                waiting)  # fmt: skip
-                self._park(ls)
+                self._unmatched(ls, s.none(), waiting)
                 continue
             taken[ls.spec.tenant] = taken.get(ls.spec.tenant, 0) + 1
             batch.append((ls, s, waiting))
@@ -653,18 +651,11 @@ class PoolState:
         }
         for (ls, s, waiting), row in zip(batch, solve(candidates, free), strict=True):
             if row is None:
-                self._unmatched(ls, Match(None, None, (), s.candidates, s.excluded, None, None),
-                                waiting)  # fmt: skip
-                self._park(ls)
+                self._unmatched(ls, s.none(), waiting)
             else:
                 i = int(np.flatnonzero(s.rows == row)[0])
                 reason = "AFFINITY" if waiting else "BATCH_OPTIMAL"
                 self._assign(ls, s.pick(i, p), reason, source, out)
-
-    def _park(self, ls: LoadState) -> None:
-        """Keeps ``ls`` out of the queue until agents change."""
-        self.parked.append(ls)
-        self.parked_epoch = self.epoch
 
     # -- endings and requeues --------------------------------------------------------------
 
@@ -702,7 +693,7 @@ class PoolState:
         ls.status, ls.final, ls.finished_ms = LoadStatus.FINAL, outcome, self.now_ms
         # Kept for the dedupe window, a finished load needs only what decisions about it
         # name (tenant, priority, deadline): its last match (about 0.9 of 3 KB), its needs
-        # and its intent (about 0.4 of the 1.8 KB left) go.
+        # and its intent (about 0.6 of the 1.8 KB left) go.
         ls.last_match = None
         s = ls.spec  # (built directly: dataclasses.replace takes twice as long)
         ls.spec = LoadSpec(s.load_id, s.tenant, s.priority, _NOTHING, (), s.sensitivity, "",
