@@ -17,13 +17,15 @@ Correctness under failure rests on determinism, not on EOS (DESIGN.md): a
 partition's state is the fold of its log, so a worker that takes a partition
 over (after a crash, restart or rebalance) first folds the log up to the
 group's committed offset without emitting, then carries on. Faust flushes the
-producer before it commits offsets, so everything below the committed offset
-was emitted; what lies above it is decided again, to the same decisions with
-the same ids, and readers drop the repeats by decision id.
+producer before it commits offsets (and ``_Producer`` refuses to, after a send
+failed for good), so everything below the committed offset was emitted; what
+lies above it is decided again, to the same decisions with the same ids, and
+readers drop the repeats by decision id.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import gc
@@ -35,11 +37,12 @@ import types
 from collections.abc import Coroutine, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
+from faust.exceptions import ProducerSendError
 from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP, EventT
 from mode.services import WaitResults
@@ -176,12 +179,65 @@ def _resume(coro: Coroutine[Any, Any, Any], pending: Any) -> Generator[Any, None
                 return stop.value
 
 
+class _Producer(faust_kafka.Producer):
+    """Faust's producer, which will not flush past a record the broker refused for good.
+
+    Faust commits offsets right after flushing the producer, and a send that failed
+    for good (its retries timed out, or the topic refuses the record) is only an
+    exception on a delivery future nobody awaits: the inputs that caused the record
+    were committed, and the record was lost without a word. Each send's future is
+    kept until a flush; a flush that finds one failed raises, now and on every flush
+    after it. The commit does not happen, the worker stops, and the one after it
+    decides those inputs again (DESIGN.md, "Correctness under failure").
+    """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._sent: list[asyncio.Future[Any]] = []
+        self._sweep_at = _SWEEP_AT
+        self._failed: BaseException | None = None
+
+    async def send(self, *args: Any, **kwargs: Any) -> Any:
+        future = await super().send(*args, **kwargs)
+        self._sent.append(cast("asyncio.Future[Any]", future))
+        if len(self._sent) >= self._sweep_at:  # (no flush for long: keep memory bounded)
+            self._settle()
+            self._sweep_at = max(_SWEEP_AT, 2 * len(self._sent))
+        return future
+
+    async def flush(self) -> None:
+        await super().flush()
+        self._settle()
+        if self._failed is not None:
+            raise ProducerSendError(
+                f"a record was not delivered ({self._failed!r}): no offset is committed "
+                "after it; a restarted worker decides those inputs again"
+            ) from self._failed
+
+    def _settle(self) -> None:
+        """Forgets the delivered sends, keeps the first failure, and those still on the way."""
+        sent, self._sent = self._sent, []
+        for future in sent:
+            if not future.done():
+                self._sent.append(future)
+                continue
+            error = asyncio.CancelledError() if future.cancelled() else future.exception()
+            if error is not None and self._failed is None:
+                self._failed = error
+                log.error("a record was not delivered: %r", error)
+
+
+_SWEEP_AT = 1 << 16  # sends kept between flushes before the delivered ones are let go
+
+
 class _Transport(faust_kafka.Transport):
     Consumer = _Consumer
+    Producer = _Producer
 
 
 def low_latency(app: faust.App) -> faust.App:
-    """``app`` with consumers whose fetches the broker holds FETCH_MAX_WAIT_MS at most."""
+    """``app`` with consumers whose fetches the broker holds FETCH_MAX_WAIT_MS at most, and
+    a producer that stops the commits after a send failed for good (``_Producer``)."""
     app.transport = _Transport(app.conf.broker_consumer, app)
     return app
 

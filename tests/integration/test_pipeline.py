@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import redis
 import yaml
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from dispatcher.audit import PartitionAudit, audit
 from dispatcher.codecs import Codec
@@ -262,3 +264,59 @@ def test_without_redis_the_worker_says_so_and_keeps_deciding(pipeline: Pipeline)
     assert tally.outcomes["COMPLETED"] == 40
     assert "redis unavailable, read model paused (deciding goes on)" in p.log_text()
     assert p.workers[0].poll() is None  # still running
+
+
+async def _max_message_bytes(p: Pipeline, topic: str, value: int | None) -> None:
+    """Sets (or, with None, resets) the largest record ``topic`` takes."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=p.bootstrap)
+    await admin.start()
+    try:
+        configs = {} if value is None else {"max.message.bytes": str(value)}
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs)])
+    finally:
+        await admin.close()
+
+
+def test_a_record_the_broker_refuses_is_not_committed_past(pipeline: Pipeline) -> None:
+    """A decision the broker refuses for good (here: the decision log takes 100 bytes at
+    most) stops the worker before it commits the inputs behind it; restarted once the log
+    takes records again, the worker decides them again. Before, the worker went on, and
+    the decisions were lost: none in the log, inputs committed, nothing said."""
+    p = pipeline
+    asyncio.run(_max_message_bytes(p, p.topics.decision_log, 100))
+    first = p.start_worker()
+    rng = np.random.default_rng(2)
+    every_tool = {"tools": sorted(VOCAB)}
+    agents = {f"agent-{i}": ("pool-d", agent_profile(rng, capacity=5).model_copy(update=every_tool))
+              for i in range(2)}  # fmt: skip
+
+    async def publish() -> None:
+        fleet = Fleet(p.bootstrap, agents, topics=p.topics)
+        driver = LoadDriver(p.bootstrap, ["pool-d"], topics=p.topics, seed=2, duration_ms=50)
+        await fleet.start()  # registers the agents, who then take no assignment
+        await driver.producer.start()
+        await driver.run(6, rate=50, prefix="d")
+        await driver.producer.stop()
+        await fleet.stop()
+
+    asyncio.run(publish())
+    assert first.wait(timeout=60) != 0
+    assert "a record was not delivered (MessageSizeTooLargeError" in p.log_text()
+    asyncio.run(_max_message_bytes(p, p.topics.decision_log, None))
+    p.start_worker()
+
+    async def decided() -> list[PartitionAudit]:
+        deadline = asyncio.get_running_loop().time() + 60
+        while True:
+            results = await audit(p.bootstrap, p.topics, keep=True)
+            records = [r for res in results for r in res.records]
+            if sum(r.outcome is m.DecisionOutcome.ASSIGNED for r in records) >= 6:
+                return results
+            assert asyncio.get_running_loop().time() < deadline, records
+            await asyncio.sleep(1)
+
+    results = asyncio.run(decided())
+    assert assert_audit_clean(results) >= 6
+    logged = {r.decision_id for res in results for r in res.records
+              if r.outcome is m.DecisionOutcome.ASSIGNED}  # fmt: skip
+    assert set(asyncio.run(assignments_ids(p))) == logged
