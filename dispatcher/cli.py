@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import fcntl
 import json
 import math
 import os
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -36,7 +37,6 @@ from dispatcher.topics import (
     apply_topics,
     delete_topics,
     load_topics,
-    topic_names,
 )
 from dispatcher.watch import watch_topics
 
@@ -56,6 +56,23 @@ _topics_file = click.option(
 
 def _settings() -> Settings:
     return Settings.from_env()
+
+
+class _Finite(click.FloatRange):
+    """A FloatRange that also refuses NaN (which passes every comparison)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if math.isnan(rv):
+            self.fail(f"{value!r} is not a number.", param, ctx)
+        return rv
+
+
+_WEEK_S = 7 * 86_400
+_duration = click.option("--duration", type=_Finite(min=0, min_open=True, max=_WEEK_S),
+                         default=None, help="Stop after this many seconds.")  # fmt: skip
+_rate = click.option("--rate", type=_Finite(min=0, min_open=True, max=1e6), default=40.0,
+                     show_default=True, help="Demo loads per second.")  # fmt: skip
 
 
 @click.group()
@@ -269,7 +286,7 @@ def codec_decode(name: str | None, fmt: str) -> None:
               default=None, help="YAML file of Policy fields to change.")  # fmt: skip
 @click.option("--agents", type=click.IntRange(min=1), default=None,
               help="Override the scenario's agent count.")  # fmt: skip
-@click.option("--duration", type=click.FloatRange(min=0.001, max=7 * 86_400),
+@click.option("--duration", type=_Finite(min=0.001, max=_WEEK_S),
               default=None, help="Override the simulated seconds (1 ms to a week).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def simulate_cmd(  # noqa: PLR0917 - click passes options by position
@@ -287,8 +304,6 @@ def simulate_cmd(  # noqa: PLR0917 - click passes options by position
     """
     from dispatcher.sim import SCENARIOS, SIM_POLICY, load_policy, simulate  # noqa: PLC0415
 
-    if duration is not None and math.isnan(duration):  # (NaN passes FloatRange)
-        raise click.BadParameter("not a number", param_hint="'--duration'")
     sc = SCENARIOS[name].scaled(agents=agents, duration_s=duration)
     policy = load_policy(policy_file, SIM_POLICY) if policy_file else SIM_POLICY
     show = not as_json and sys.stderr.isatty()
@@ -332,9 +347,10 @@ def simulate_cmd(  # noqa: PLR0917 - click passes options by position
 
 @cli.command("run")
 @_topics_file
-@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
-@click.option("--rate", type=float, default=40.0, show_default=True, help="Demo loads per second.")
-@click.option("--agents", type=int, default=60, show_default=True, help="Demo agents.")
+@_duration
+@_rate
+@click.option("--agents", type=click.IntRange(min=1, max=100_000), default=60, show_default=True,
+              help="Demo agents.")  # fmt: skip
 def run(topics_file: Path, duration: float | None, rate: float, agents: int) -> None:
     """Start the whole system with a demo workload; Ctrl-C stops what this started.
 
@@ -342,11 +358,10 @@ def run(topics_file: Path, duration: float | None, rate: float, agents: int) -> 
     prefix of this run's own (``demo-<time>-``), starts a dispatcher worker on
     them, then drives it with simulated producers and agents, printing progress
     every second and a summary at the end. The demo's topics are deleted when it
-    stops (and those an interrupted demo left, when the next one starts), so each
+    stops (and those of a run that was killed, when the next one starts), so each
     run starts from an empty log instead of folding every earlier demo's.
     """
-    prefix = f"{DEMO_PREFIX}{int(time.time())}-"
-    spec = load_topics(topics_file).prefixed(prefix)
+    spec = load_topics(topics_file)
     s = Stack(_settings())
 
     # SIGTERM (from a supervisor or `kill`) ends the run like Ctrl-C does.
@@ -356,78 +371,133 @@ def run(topics_file: Path, duration: float | None, rate: float, agents: int) -> 
     signal.signal(signal.SIGTERM, _interrupt)
     started: tuple[str, ...] = ()
     worker: subprocess.Popen[bytes] | None = None
+    demo = _DemoRun.claim(s.settings)
+    bootstrap = ""
     try:
         endpoints = s.up()  # if interrupted, it stops what it had started itself
         started = endpoints.started
         bootstrap = endpoints.kafka_bootstrap
-        asyncio.run(_delete_demo_topics(bootstrap))
-        _delete_demo_data(s.settings)
-        _print_reports(asyncio.run(apply_topics(spec, bootstrap)))
+        for dead in demo.dead_runs():
+            with contextlib.suppress(DispatcherError):
+                asyncio.run(delete_topics(list(spec.prefixed(dead.prefix).topics), bootstrap))
+            dead.forget()
+        _print_reports(asyncio.run(apply_topics(spec.prefixed(demo.prefix), bootstrap)))
         _print_status(s)
         click.echo(f"kafka: {bootstrap}   redis: {endpoints.redis_url}")
         # Policies are signed: with the keys of DISPATCHER_POLICY_KEYS, or a key of this run's.
         keys = dict(s.settings.policy_keys) or {"demo": secrets.token_hex(32).encode()}
-        worker = _start_worker(s.settings, bootstrap, endpoints.redis_url, prefix, keys)
+        worker = _start_worker(s.settings, bootstrap, endpoints.redis_url, demo.prefix, keys)
         whose = "your DISPATCHER_POLICY_KEYS" if s.settings.policy_keys else "a key of this run"
         click.echo(f"policies: the worker applies only those signed with {whose}")
         click.echo("Ctrl-C stops everything this command started.")
-        asyncio.run(run_demo(bootstrap, topics=TopicNames.prefixed(prefix), agents=agents,
+        asyncio.run(run_demo(bootstrap, topics=TopicNames.prefixed(demo.prefix), agents=agents,
                              rate=rate, duration_s=duration, echo=click.echo,
-                             policy_keys=keys))  # fmt: skip
+                             policy_keys=keys, publish_policy=True))  # fmt: skip
     except KeyboardInterrupt:
         click.echo("\ninterrupted")
     finally:
         if worker is not None:
             click.echo("stopping: worker")
             _stop(worker)
+        if bootstrap:  # (deleting the topics of a run that created none does no harm)
             with contextlib.suppress(DispatcherError):
-                asyncio.run(delete_topics(list(spec.topics), bootstrap))
-            _delete_demo_data(s.settings)
+                asyncio.run(delete_topics(list(spec.prefixed(demo.prefix).topics), bootstrap))
+        demo.forget()
         if started:
             click.echo("stopping: " + ", ".join(s.down(only=started)))
 
 
 @cli.command("watch")
 @_topics_file
-@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
-def watch(topics_file: Path, duration: float | None) -> None:
+@_duration
+@click.option("--topic-prefix", default="", help="Prefix of every topic name (`dispatcher run` "
+              "prints its own: demo-<time>-).")  # fmt: skip
+def watch(topics_file: Path, duration: float | None, topic_prefix: str) -> None:
     """Show records arriving on every declared topic (counts per second)."""
     s = _settings()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(watch_topics(s.kafka_bootstrap or s.local_bootstrap,
-                                 list(load_topics(topics_file).topics), duration=duration,
-                                 echo=click.echo))  # fmt: skip
+                                 list(load_topics(topics_file).prefixed(topic_prefix).topics),
+                                 duration=duration, echo=click.echo))  # fmt: skip
 
 
 @cli.command("demo")
-@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
-@click.option("--rate", type=float, default=40.0, show_default=True, help="Loads per second.")
-@click.option("--agents", type=int, default=60, show_default=True)
-@click.option("--pools", type=int, default=2, show_default=True)
-def demo(duration: float | None, rate: float, agents: int, pools: int) -> None:
+@_duration
+@_rate
+@click.option("--agents", type=click.IntRange(min=1, max=100_000), default=60, show_default=True)
+@click.option("--pools", type=click.IntRange(min=1, max=1_000), default=2, show_default=True)
+@click.option("--topic-prefix", default="", help="Prefix of every topic name.")
+@click.option("--publish-policy", is_flag=True,
+              help="First publish the demo's policy (short ack and heartbeat timeouts). Every "
+                   "pool of the workers gets it, and its version is the time: publish it only "
+                   "to workers of your own.")  # fmt: skip
+def demo(  # noqa: PLR0917 - click passes options by position
+    duration: float | None, rate: float, agents: int, pools: int, topic_prefix: str,
+    publish_policy: bool,
+) -> None:  # fmt: skip
     """Drive a running worker with simulated producers and agents (see `dispatcher run`)."""
     s = _settings()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_demo(s.kafka_bootstrap or s.local_bootstrap, agents=agents, pools=pools,
-                             rate=rate, duration_s=duration, echo=click.echo,
-                             policy_keys=s.policy_keys))  # fmt: skip
+                             topics=TopicNames.prefixed(topic_prefix), rate=rate,
+                             duration_s=duration, echo=click.echo, policy_keys=s.policy_keys,
+                             publish_policy=publish_policy))  # fmt: skip
 
 
 DEMO_PREFIX = "demo-"
 
 
-async def _delete_demo_topics(bootstrap: str) -> None:
-    """Deletes what earlier demos left behind (one stopped by kill -9 could not)."""
-    names = [t for t in await topic_names(bootstrap) if t.startswith(DEMO_PREFIX)]
-    await delete_topics(names, bootstrap)
+@dataclass(frozen=True)
+class _DemoRun:
+    """One `dispatcher run`: its prefix, and a lock file in the state directory that it holds
+    while it lives. A run killed with -9 leaves its topics and data behind, and its lock
+    file unheld: the next run deletes them. Topics no run of this state directory
+    recorded, or of a run still alive, are never touched."""
 
+    settings: Settings
+    prefix: str  # demo-<time>-
+    lock: int | None = None  # the held lock file's descriptor
 
-def _delete_demo_data(settings: Settings) -> None:
-    """Deletes the Faust data directories and state snapshots of demo workers (see
-    WorkerConfig.datadir and snapshot_dir)."""
-    for kind in ("faust", "snapshots"):
-        for path in (settings.state_dir / kind).glob(f"{DEMO_PREFIX}*"):
-            shutil.rmtree(path, ignore_errors=True)
+    @classmethod
+    def claim(cls, settings: Settings) -> _DemoRun:
+        runs = settings.state_dir / "demo-runs"
+        runs.mkdir(parents=True, exist_ok=True)
+        stamp = time.time_ns() // 1000
+        while True:  # (two runs in the same microsecond: the second takes the next one)
+            prefix = f"{DEMO_PREFIX}{stamp}-"
+            try:
+                fd = os.open(runs / prefix, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                stamp += 1
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return cls(settings, prefix, fd)
+
+    def dead_runs(self) -> list[_DemoRun]:
+        """The other runs of this state directory whose process is gone (their locks held
+        by the caller until ``forget``)."""
+        dead = []
+        for path in sorted((self.settings.state_dir / "demo-runs").glob(f"{DEMO_PREFIX}*")):
+            if path.name == self.prefix:
+                continue
+            fd = os.open(path, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # alive
+                os.close(fd)
+                continue
+            dead.append(_DemoRun(self.settings, path.name, fd))
+        return dead
+
+    def forget(self) -> None:
+        """Deletes the run's Faust data and state snapshots (see WorkerConfig.datadir and
+        snapshot_dir), then its lock file."""
+        for kind in ("faust", "snapshots"):
+            for path in (self.settings.state_dir / kind).glob(f"{self.prefix}*"):
+                shutil.rmtree(path, ignore_errors=True)
+        (self.settings.state_dir / "demo-runs" / self.prefix).unlink(missing_ok=True)
+        if self.lock is not None:
+            os.close(self.lock)
 
 
 def _start_worker(
@@ -451,12 +521,15 @@ def _start_worker(
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )  # fmt: skip
     deadline = time.monotonic() + 120
-    while "[^Worker]: Ready" not in log_path.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _stop(proc)
-            tail = log_path.read_text(errors="replace")[-2000:]
-            raise StackError(f"the worker did not start (log {log_path}):\n{tail}")
-        time.sleep(0.2)
+    try:
+        while "[^Worker]: Ready" not in log_path.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise StackError(f"the worker did not start (log {log_path}):\n{tail}")
+            time.sleep(0.2)
+    except BaseException:  # Ctrl-C too: it runs in a session of its own, so stop it here
+        _stop(proc)
+        raise
     click.echo(f"worker: pid {proc.pid}, web http://127.0.0.1:{web_port}/, log {log_path}")
     return proc
 

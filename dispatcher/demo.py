@@ -9,9 +9,10 @@ seeded, so a run's inputs repeat (their interleaving on the topics does not).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,6 +152,13 @@ class Fleet:
             await self._consumer.stop()
         await self.producer.stop()
 
+    async def leave(self) -> None:
+        """Every agent still here goes offline (their pools stop being ticked once their
+        loads are gone)."""
+        for agent_id in sorted(self.agents.keys() - self.offline):
+            await self.go_offline(agent_id)
+        await self.producer.flush()
+
     async def _agent_event(
         self,
         agent_id: str,
@@ -269,8 +277,12 @@ class LoadDriver:
 class DecisionTally:
     """Reads the decision log from now on and counts each decision id once."""
 
-    def __init__(self, bootstrap: str, topics: TopicNames | None = None) -> None:
+    def __init__(
+        self, bootstrap: str, topics: TopicNames | None = None, *,
+        pools: Collection[str] | None = None,
+    ) -> None:  # fmt: skip
         self.bootstrap, self.topics = bootstrap, topics or TopicNames()
+        self.pools = None if pools is None else frozenset(pools)  # None: every pool
         self.codec = Codec()
         self.outcomes: dict[str, int] = {}
         self.finals: dict[str, set[str]] = {}  # load id -> final decision ids
@@ -295,7 +307,7 @@ class DecisionTally:
 
     def _count(self, d: m.Record, timestamp_ms: int) -> None:
         assert isinstance(d, m.DecisionRecord)  # noqa: S101 - decode checked the schema
-        if d.decision_id in self.ids:
+        if d.decision_id in self.ids or (self.pools is not None and d.pool not in self.pools):
             return
         self.ids.add(d.decision_id)
         self.first_ms = min(self.first_ms or timestamp_ms, timestamp_ms)
@@ -362,37 +374,62 @@ async def run_demo(
     bootstrap: str, *, topics: TopicNames | None = None, agents: int = 60, pools: int = 2,
     rate: float = 50.0, duration_s: float | None = None, seed: int = 1,
     echo: Callable[[str], None] = print, policy_keys: Mapping[str, bytes] | None = None,
+    publish_policy: bool = False,
 ) -> DemoReport:  # fmt: skip
-    """Publishes a policy (signed with the first of ``policy_keys``, if any), registers a
-    fleet, sends loads at ``rate`` until ``duration_s`` (or until cancelled: Ctrl-C),
-    printing progress every second and a summary at the end."""
+    """Registers a fleet in pools of the demo's own, sends loads at ``rate`` until
+    ``duration_s`` (or until cancelled: Ctrl-C), printing progress every second and a
+    summary of the demo's pools at the end; the agents then leave (go offline).
+
+    With ``publish_policy``, first publishes the demo's policy (signed with the first of
+    ``policy_keys``, if any). Every pool of the workers reading ``topics`` gets it, and
+    its version is the time: only for workers of the demo's own (``dispatcher run``).
+
+    Raises:
+        Whatever stopped the producer or the agents early (after the summary).
+    """
     topics = topics or TopicNames()
     run = f"demo{int(time.time())}"
     rng = np.random.default_rng(seed)
     pool_names = [f"{run}-pool-{i}" for i in range(pools)]
     fleet_agents = {f"{run}-agent-{i:03d}": (pool_names[i % pools], agent_profile(rng))
                     for i in range(agents)}  # fmt: skip
-    producer = DispatcherProducer(bootstrap, topics=topics)
-    await producer.start()
-    keys = policy_keys or {}
-    await producer.publish_policy(
-        signed(policy_update(int(time.time())), keys, min(keys, default=None))
-    )
-    await producer.stop()
-    tally = DecisionTally(bootstrap, topics)
-    await tally.start()
-    driver = LoadDriver(bootstrap, pool_names, topics=topics, seed=seed, duration_ms=300)
-    fleet = Fleet(bootstrap, fleet_agents, topics=topics, seed=seed,
-                  published=driver.published, behaviour=Behaviour(work_ms=(200, 1500)))  # fmt: skip
-    await fleet.start()
-    await driver.producer.start()
+    async with contextlib.AsyncExitStack() as stack:
+        if publish_policy:
+            producer = DispatcherProducer(bootstrap, topics=topics)
+            await producer.start()
+            stack.push_async_callback(producer.stop)
+            keys = policy_keys or {}
+            await producer.publish_policy(
+                signed(policy_update(int(time.time())), keys, min(keys, default=None))
+            )
+        tally = DecisionTally(bootstrap, topics, pools=pool_names)
+        await tally.start()
+        stack.push_async_callback(tally.stop)
+        driver = LoadDriver(bootstrap, pool_names, topics=topics, seed=seed, duration_ms=300)
+        fleet = Fleet(bootstrap, fleet_agents, topics=topics, seed=seed, published=driver.published,
+                      behaviour=Behaviour(work_ms=(200, 1500)))  # fmt: skip
+        stack.push_async_callback(fleet.stop)
+        await fleet.start()
+        stack.push_async_callback(fleet.leave)
+        stack.push_async_callback(driver.producer.stop)
+        await driver.producer.start()
+        return await _drive(fleet, driver, tally, rate=rate, duration_s=duration_s,
+                            prefix=run, echo=echo)  # fmt: skip
+
+
+async def _drive(
+    fleet: Fleet, driver: LoadDriver, tally: DecisionTally, *, rate: float,
+    duration_s: float | None, prefix: str, echo: Callable[[str], None],
+) -> DemoReport:  # fmt: skip
+    """Sends the loads and answers the assignments, with progress lines and a summary."""
     started = time.monotonic()
     done = asyncio.Event()
-    tasks = [asyncio.create_task(fleet.run(done.is_set)),
-             asyncio.create_task(driver.run(10**9 if duration_s is None else
-                                            int(rate * duration_s), rate, prefix=run))]  # fmt: skip
+    count = 10**9 if duration_s is None else int(rate * duration_s)
+    agents = asyncio.create_task(fleet.run(done.is_set))
+    sending = asyncio.create_task(driver.run(count, rate, prefix=prefix))
+    seconds: float | None = None
     try:
-        while not tasks[1].done():
+        while not sending.done() and not agents.done():
             try:
                 await asyncio.sleep(1.0)
             except asyncio.CancelledError:
@@ -404,22 +441,25 @@ async def run_demo(
                  f"requeued {o.get('REQUEUED', 0):>5,}  shed {o.get('SHED', 0):>4,}  "
                  f"decisions/s {tally.rate:>7,.0f}  latency p50 {_ms(percentile(lat, 50))} "
                  f"p99 {_ms(percentile(lat, 99))}")  # fmt: skip
-        await asyncio.sleep(2.0)  # the last answers
+        sending.cancel()  # (done already, unless interrupted)
+        seconds = time.monotonic() - started
+        if not agents.done():
+            await asyncio.sleep(2.0)  # the last answers
         await tally.poll()
     finally:
+        sending.cancel()
         lat = fleet.stats.latency_ms
         report = DemoReport(
             published=driver.sent, outcomes=dict(tally.outcomes), decisions=len(tally.ids),
             decisions_per_s=tally.rate, latency_p50_ms=percentile(lat, 50),
             latency_p99_ms=percentile(lat, 99), repeats=fleet.stats.repeats,
-            seconds=time.monotonic() - started,
+            seconds=seconds if seconds is not None else time.monotonic() - started,
         )  # fmt: skip
         for line in ["summary:", *report.lines()]:
             echo(line)
         done.set()
-        tasks[1].cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await fleet.stop()
-        await driver.producer.stop()
-        await tally.stop()
+        results = await asyncio.gather(agents, sending, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            raise result
     return report

@@ -1,7 +1,8 @@
 """A live view of the declared topics: records in each, and the rate.
 
-This is what ``dispatcher run`` shows while it runs; it reads end offsets
-only and joins no consumer group, so it never disturbs other consumers.
+``dispatcher watch`` (beside ``dispatcher run``, with the run's
+``--topic-prefix``); it reads end offsets only and joins no consumer group,
+so it never disturbs other consumers.
 """
 
 from __future__ import annotations
@@ -51,8 +52,14 @@ async def watch_topics(
     try:
         await admin.start()
         described = await admin.describe_topics(topics)
+        missing = [t["topic"] for t in described if t["error_code"]]
+        if missing:
+            echo("not found (counted as 0): " + ", ".join(sorted(missing)))
         tps = [
-            TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]
+            TopicPartition(t["topic"], p["partition"])
+            for t in described
+            if not t["error_code"]
+            for p in t["partitions"]
         ]
         await consumer.start()
         last = await topic_totals(consumer, tps, topics)

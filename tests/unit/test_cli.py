@@ -82,19 +82,36 @@ def test_schemas_check_says_every_schema_is_registered() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_run_deletes_its_demos_faust_files_and_snapshots_only(tmp_path: Path) -> None:
-    from dispatcher.cli import _delete_demo_data  # noqa: PLC0415 - the helper under test
+def test_run_cleans_up_after_runs_that_died_only(tmp_path: Path) -> None:
+    """`dispatcher run` deletes what a run killed with -9 left (its lock file is unheld), and
+    nothing of a run still alive, nor what no run recorded (before, every `demo-*` topic
+    and directory went, a live run's too)."""
+    from dispatcher.cli import _DemoRun  # noqa: PLC0415 - the helper under test
     from dispatcher.settings import Settings  # noqa: PLC0415
 
-    demo = [
-        tmp_path / "faust/demo-1a2b-app-data",
-        tmp_path / "snapshots/demo-1a2b-input-sequence-0",
-    ]
-    kept = [tmp_path / "faust/dispatcher-data", tmp_path / "snapshots/input-sequence-0"]
-    for path in demo + kept:
+    settings = Settings.from_env({"DISPATCHER_STATE_DIR": str(tmp_path)})
+    alive, mine = _DemoRun.claim(settings), _DemoRun.claim(settings)
+    assert alive.prefix != mine.prefix
+    died = "demo-1-"
+    (tmp_path / "demo-runs" / died).touch()  # its lock file, which nobody holds
+    data = {
+        prefix: [tmp_path / f"faust/{prefix}dispatcher-data",
+                 tmp_path / f"snapshots/{prefix}input-sequence-0"]
+        for prefix in (alive.prefix, died)
+    }  # fmt: skip
+    unknown = [tmp_path / "faust/dispatcher-data", tmp_path / "faust/demo-10-dispatcher-data",
+               tmp_path / "snapshots/demo-orders-0"]  # fmt: skip
+    for path in [*data[alive.prefix], *data[died], *unknown]:
         path.mkdir(parents=True)
-    _delete_demo_data(Settings.from_env({"DISPATCHER_STATE_DIR": str(tmp_path)}))
-    assert [p.exists() for p in demo + kept] == [False, False, True, True]
+    dead = mine.dead_runs()
+    assert [d.prefix for d in dead] == [died]
+    dead[0].forget()
+    assert not any(p.exists() for p in data[died])
+    assert all(p.exists() for p in data[alive.prefix] + unknown)
+    assert mine.dead_runs() == []  # the one alive still holds its lock
+    alive.forget()
+    mine.forget()
+    assert list((tmp_path / "demo-runs").iterdir()) == []
 
 
 def test_policy_publish_refuses_a_time_that_is_none() -> None:
@@ -109,12 +126,32 @@ def test_policy_publish_refuses_a_time_that_is_none() -> None:
     [
         (["--agents", "0"], "'--agents': 0 is not in the range x>=1"),
         (["--duration", "0.0001"], "'--duration': 0.0001 is not in the range"),
-        (["--duration", "nan"], "'--duration': not a number"),
+        (["--duration", "nan"], "'--duration': 'nan' is not a number"),
         (["--duration", "inf"], "'--duration': inf is not in the range"),
     ],
 )
 def test_simulate_refuses_sizes_it_cannot_run(args: list[str], says: str) -> None:
     result = dispatcher("simulate", "--scenario", "steady", *args)
+    assert result.returncode == 2
+    assert says in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["demo", "--rate", "0"], "'--rate': 0.0 is not in the range 0<x<=1000000"),
+        (["demo", "--rate", "nan"], "'--rate': 'nan' is not a number"),
+        (["demo", "--pools", "0"], "'--pools': 0 is not in the range 1<=x<=1000"),
+        (["demo", "--duration", "inf"], "'--duration': inf is not in the range"),
+        (["run", "--rate", "-1"], "'--rate': -1.0 is not in the range"),
+        (["run", "--agents", "0"], "'--agents': 0 is not in the range"),
+        (["watch", "--duration", "0"], "'--duration': 0.0 is not in the range"),
+    ],
+)
+def test_demo_options_are_checked_before_anything_starts(args: list[str], says: str) -> None:
+    """Before, a rate of 0 failed inside the demo's producer task and the demo printed an
+    empty summary; NaN or a negative rate sent loads as fast as it could."""
+    result = dispatcher(*args)
     assert result.returncode == 2
     assert says in result.stderr
 
