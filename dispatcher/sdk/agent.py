@@ -30,10 +30,12 @@ class AgentClient(CommittingIterator):
     """One agent's client: iterate over its assignments, answer each one.
 
     Assignments are keyed by agent id, so the client reads only the one
-    partition its id hashes to, keeps only records for this agent, and drops
+    partition its id hashes to, keeps only records for this agent in its pool
+    (an id may be an agent in two pools, each its own client), and drops
     repeats of a decision id it has already yielded (the dispatcher may
     publish a decision again after a crash). Offsets are committed under the
-    group ``agent-<id>``, so a restarted agent resumes where it stopped.
+    group ``agent-<length of pool>-<pool>-<id>``, so a restarted agent resumes
+    where it stopped.
 
     Raises:
         BrokerError: the broker cannot be reached or refuses a request.
@@ -73,7 +75,8 @@ class AgentClient(CommittingIterator):
             partition = partition_for(self.agent_id, await self._partition_count())
             self._consumer = DecodingConsumer(
                 self._bootstrap, self.topics.assignments, "Assignment",
-                group_id=f"agent-{self.agent_id}", dead_letter_topic=self.topics.dead_letter,
+                group_id=f"agent-{len(self.pool)}-{self.pool}-{self.agent_id}",
+                dead_letter_topic=self.topics.dead_letter,
                 partitions=[partition], codec=self.codec, producer=self._producer.kafka,
             )  # fmt: skip
             await self._consumer.start()
@@ -95,8 +98,9 @@ class AgentClient(CommittingIterator):
             raise RuntimeError("AgentClient.start() first")  # our misuse, not their input
         while True:
             record = (await anext(self._consumer)).record
-            if not isinstance(record, Assignment) or record.agent_id != self.agent_id:
-                continue  # another agent's, on the same partition
+            if (not isinstance(record, Assignment) or record.agent_id != self.agent_id
+                    or record.pool != self.pool):  # fmt: skip
+                continue  # another agent's on the same partition, or another pool's
             if record.decision_id in self._seen:
                 self.duplicates += 1
                 continue

@@ -37,8 +37,10 @@ class DecodingConsumer(CommittingIterator):
     Offsets are committed once per partition batch, after every record of it
     was handled, and on a clean ``stop()`` (or leaving ``async with`` without
     an exception) up to the last record yielded. A bad record counts as
-    handled once its dead letter is acknowledged by the broker. So a crash
-    loses nothing; records may come again, and consumers deduplicate by id.
+    handled once its dead letter is acknowledged by the broker; if that fails,
+    ``__anext__`` raises BrokerError and then starts again from the last
+    commit. So a crash loses nothing; records may come again, and consumers
+    deduplicate by id.
 
     Args:
         bootstrap_servers: the Kafka cluster.
@@ -173,6 +175,21 @@ class DecodingConsumer(CommittingIterator):
         self.dead_lettered += 1
         return future
 
+    async def _rewind(self) -> None:
+        """Goes back to the last committed offsets, forgetting what was read since: a dead
+        letter was not delivered, so the records from there on were not all handled.
+        (If it fails, nothing changed, and the next call tries again.)"""
+        tps = sorted(self._consumer.assignment())
+        committed = [await self._consumer.committed(tp) for tp in tps]
+        for tp, offset in zip(tps, committed, strict=True):
+            if offset is None:
+                await self._consumer.seek_to_beginning(tp)  # (auto_offset_reset="earliest")
+            else:
+                self._consumer.seek(tp, offset)
+        self._pending_dead.clear()
+        self._buffer.clear()
+        self._uncommitted.clear()
+
     def _forget(self, revoked: set[TopicPartition]) -> None:
         self._buffer = deque(
             r for r in self._buffer if TopicPartition(r.topic, r.partition) not in revoked
@@ -186,8 +203,13 @@ class DecodingConsumer(CommittingIterator):
             for fut in self._pending_dead:
                 await fut
         except KafkaError as err:
+            try:
+                await self._rewind()
+            except KafkaError as again:
+                raise BrokerError(f"reading {self.topic} again: {again!r}") from again
             raise BrokerError(
-                f"writing a dead letter to {self.dead_letter_topic}: {err!r}"
+                f"writing a dead letter to {self.dead_letter_topic}: {err!r} (the records "
+                "since the last commit come again)"
             ) from err
         self._pending_dead.clear()
         if not self._uncommitted:

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterable, Callable
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from fastavro import parse_schema, schemaless_writer
 
 from dispatcher.codecs import Codec
@@ -192,6 +194,9 @@ def test_agent_client_yields_its_own_assignments_once_and_answers(
                     await producer.publish(
                         topics.assignments, agent, _assignment(f"d{n}-{agent}", agent)
                     )
+            # The same id is an agent of another pool too: not this client's.
+            other_pool = _assignment(f"dx-{mine}", mine).model_copy(update={"pool": "pool-b"})
+            await producer.publish(topics.assignments, mine, other_pool)
             # The dispatcher republishes one decision (say, after a crash) ...
             await producer.publish(topics.assignments, mine, _assignment(f"d1-{mine}", mine))
             # ... and a broken record lands in this agent's partition.
@@ -321,6 +326,57 @@ def test_a_dead_letter_that_cannot_be_written_is_not_committed_past(
             assert retry.dead_lettered == 1
         (letter,) = await _read_all(kafka_bootstrap, topics.dead_letter, 1)
         assert CODEC.decode(letter[1], "DeadLetter").source_offset == 1  # type: ignore[attr-defined]
+
+    asyncio.run(scenario())
+
+
+def test_a_dead_letter_the_broker_refuses_sends_the_consumer_back_to_its_last_commit(
+    kafka_bootstrap: str, topics: TopicNames, unique: Callable[[str], str]
+) -> None:
+    """The dead letter is accepted by the producer, then refused by the broker (its topic
+    takes 100 bytes at most): the consumer says so, and once the topic takes it, reads
+    again from its last commit. Before, it raised the same error for ever."""
+    group, letters = unique("dl-refused"), unique("letters")
+
+    async def max_bytes(value: int | None) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            if value is not None and letters not in await admin.list_topics():
+                await admin.create_topics(
+                    [NewTopic(letters, 1, 1, topic_configs={"max.message.bytes": "100"})]
+                )
+            else:
+                configs = {} if value is None else {"max.message.bytes": str(value)}
+                await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, letters,
+                                                          configs)])  # fmt: skip
+        finally:
+            await admin.close()
+
+    async def scenario() -> None:
+        await max_bytes(100)
+        try:
+            async with DispatcherProducer(kafka_bootstrap, topics=topics) as producer:
+                await producer.publish(topics.load_arrival, "pool-a", _load(1, "pool-a"))
+                await producer.kafka.send_and_wait(topics.load_arrival, b"poison", key=b"pool-a")
+                await producer.publish(topics.load_arrival, "pool-a", _load(2, "pool-a"))
+            consumer = DecodingConsumer(kafka_bootstrap, topics.load_arrival, "LoadEvent",
+                                        group_id=group, dead_letter_topic=letters)  # fmt: skip
+            async with consumer:
+                ids = [(await anext(consumer)).record.load_id for _ in range(2)]  # type: ignore[attr-defined]
+                with pytest.raises(BrokerError, match=r"MessageSizeTooLarge.*come again"):
+                    await anext(consumer)
+                await max_bytes(None)
+                ids += [(await anext(consumer)).record.load_id for _ in range(2)]  # type: ignore[attr-defined]
+            assert ids == ["load-1", "load-2", "load-1", "load-2"]
+            (letter,) = await _read_all(kafka_bootstrap, letters, 1)
+            assert CODEC.decode(letter[1], "DeadLetter").source_offset == 1  # type: ignore[attr-defined]
+        finally:
+            admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+            await admin.start()
+            with contextlib.suppress(Exception):
+                await admin.delete_topics([letters])
+            await admin.close()
 
     asyncio.run(scenario())
 
