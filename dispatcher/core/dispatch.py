@@ -351,6 +351,13 @@ class PoolState:
             self._batch(e.source, out)
         self._drain(e.source, out)
 
+    def wants_ticks(self) -> bool:
+        """Whether a tick can change anything here: loads (to time out, retry or forget),
+        agents whose heartbeats can time out, or a policy waiting for its time."""
+        t = self.agents
+        return bool(self.loads or self.scheduled or t.available_count
+                    or (t.status[: t.n] == AgentStatus.DRAINING).any())  # fmt: skip
+
     def _on_policy_changed(self, e: PolicyChanged, out: list[Decision]) -> None:
         """Applies a newer policy from its time on: now, or at the first event at or after
         it (the pool's clock does not move to a time a policy names)."""

@@ -332,12 +332,12 @@ class Dispatcher:
                 self.snapshots.maybe_write(self.folds[partition])
 
     def ticking(self) -> list[str]:
-        """The pools the timer ticks: those with agents or loads, the only ones a tick can
-        change (any record naming a new pool makes one; thousands of empty ones would
-        cost a core in ticks). An empty pool's event keys stay until it has agents or
-        loads again."""
+        """The pools the timer ticks: those a tick can change (``PoolState.wants_ticks``).
+        Any record naming a new pool makes one, and thousands of empty ones would cost a
+        core in ticks; a pool whose agents all left would be ticked for ever. The event
+        keys of a pool not ticked stay until it is again."""
         return [pool for fold in list(self.folds.values())
-                for pool, s in sorted(fold.pools.items()) if s.agents.n or s.loads]  # fmt: skip
+                for pool, s in sorted(fold.pools.items()) if s.wants_ticks()]  # fmt: skip
 
     def decode_input(self, value: bytes, msg: Any) -> m.Record:
         """``_decode_input``, whose every failure is a CodecError: one bad record must not

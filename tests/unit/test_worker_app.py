@@ -183,19 +183,31 @@ def test_a_policy_with_a_semantic_problem_is_refused_even_if_published_around_th
     )
 
 
-def test_the_timer_ticks_pools_with_agents_or_loads_not_the_empty_ones_records_made() -> None:
+def test_the_timer_ticks_the_pools_a_tick_can_change_only() -> None:
+    """Not the empty pools any record makes, nor a pool whose agents all left (before, it
+    was ticked for ever), nor one whose agent never became available."""
     d = Dispatcher(CFG)
     fold = d.folds[0] = PartitionFold(CFG.topics.input_sequence, 0, CODEC)
     profile = agent_profile(np.random.default_rng(1), capacity=1)
+
+    def agent(pool: str, seq: int, kind: m.AgentEventKind) -> m.AgentEvent:
+        return m.AgentEvent(event_id=f"{pool}{seq}", kind=kind, agent_id="a", pool=pool, seq=seq,
+                            event_time_ms=1, profile=profile)  # fmt: skip
+
+    k = m.AgentEventKind
     records: list[m.Record] = [
-        m.AgentEvent(event_id="r", kind=m.AgentEventKind.REGISTERED, agent_id="a", pool="busy",
-                     seq=1, event_time_ms=1, profile=profile),
+        *(agent("busy", i, kind) for i, kind in enumerate((k.REGISTERED, k.AVAILABLE), 1)),
+        *(agent("left", i, kind) for i, kind in enumerate((k.REGISTERED, k.AVAILABLE,
+                                                           k.OFFLINE), 1)),
+        agent("waiting", 1, k.REGISTERED),
         *(m.Tick(pool=f"junk-{i}", event_time_ms=1) for i in range(3)),
     ]  # fmt: skip
     for offset, record in enumerate(records):
         fold.apply(CODEC.encode(record), offset)
-    assert len(fold.pools) == 4
+    assert len(fold.pools) == 6
     assert d.ticking() == ["busy"]
+    fold.apply(CODEC.encode(load_event(np.random.default_rng(2), "left", "L1")), len(records))
+    assert d.ticking() == ["busy", "left"]  # a load waits there now
 
 
 def test_no_bad_input_gets_past_the_sequencer_as_anything_but_a_dead_letter(
