@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from dispatcher.errors import StackError
 from dispatcher.settings import LOOPBACK, Settings
 from dispatcher.stack.kafka import LocalKafka
 from dispatcher.stack.process import port_open
@@ -78,11 +79,21 @@ class Stack:
         return self.redis.pid() is None and redis_ping(self.settings.local_redis_url)
 
     def up(self, *, kafka: bool = True, redis: bool = True) -> Endpoints:
-        """Starts what is not running yet and returns where everything is.
+        """Starts what is not running yet, checks that the external servers answer, and
+        returns where everything is.
 
         Raises:
-            StackError: a server could not be fetched or started.
+            StackError: a server could not be fetched or started, or an external one
+                does not answer.
         """
+        s = self.settings
+        if kafka and s.kafka_bootstrap:
+            host, port = _first_host_port(s.kafka_bootstrap)
+            if not port_open(host, port):
+                raise StackError(f"KAFKA_BOOTSTRAP_SERVERS={s.kafka_bootstrap}: no broker answers "
+                                 f"at {host}:{port}")  # fmt: skip
+        if redis and s.redis_url and not redis_ping(s.redis_url):
+            raise StackError(f"REDIS_URL={s.redis_url}: no Redis answers there")
         started: list[str] = []
         with self._lock():
             try:

@@ -118,3 +118,33 @@ def test_a_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) 
     draws = iter([uuid.UUID(bytes=b"\xf8" + b"\0" * 15), uuid.UUID(bytes=b"\x01" * 16)])
     monkeypatch.setattr(uuid, "uuid4", lambda: next(draws))
     assert new_cluster_id() == base64.urlsafe_b64encode(b"\x01" * 16).rstrip(b"=").decode()
+
+
+def _unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:{port}"}, "no broker answers at 127.0.0.1:{port}"),
+        ({"REDIS_URL": "redis://127.0.0.1:{port}/0"}, "no Redis answers there"),
+    ],
+)
+def test_stack_up_says_when_an_external_server_does_not_answer(
+    tmp_path: Path, env: dict[str, str], says: str
+) -> None:
+    """Before, `stack up` (and `dispatcher run`) went on as if it were there."""
+    from dispatcher.errors import StackError  # noqa: PLC0415
+    from dispatcher.settings import Settings  # noqa: PLC0415
+    from dispatcher.stack import Stack  # noqa: PLC0415
+
+    port = _unused_port()
+    both = {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}", "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+            "DISPATCHER_STATE_DIR": str(tmp_path)}  # fmt: skip
+    settings = Settings.from_env(both | {k: v.format(port=port) for k, v in env.items()})
+    only = "kafka" if "KAFKA_BOOTSTRAP_SERVERS" in env else "redis"
+    with pytest.raises(StackError, match=says.format(port=port)):
+        Stack(settings).up(kafka=only == "kafka", redis=only == "redis")
