@@ -33,7 +33,13 @@ from dispatcher import core
 from dispatcher.codecs import models as m
 from dispatcher.codecs.adapt import encode_decision, to_records
 from dispatcher.codecs.codec import Codec, CodecError
-from dispatcher.reading import PROGRESS_EVERY, end_offsets, partitions, read_chunks
+from dispatcher.reading import (
+    PROGRESS_EVERY,
+    committed_offsets,
+    end_offsets,
+    partitions,
+    read_chunks,
+)
 from dispatcher.topics import TopicNames
 from dispatcher.worker.fold import PartitionFold
 
@@ -84,6 +90,9 @@ class PartitionAudit:
     # Decided before the first record the log still holds (retention deleted the older
     # ones): not compared, nor counted as checked.
     expired: int = 0
+    # Of inputs the workers have not committed yet (an audit of a live system): not logged
+    # yet, and not counted missing.
+    pending: int = 0
     mismatches: list[Mismatch] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # decided on replay, absent from the log
     unexplained: list[str] = field(default_factory=list)  # in the log, no input decides it
@@ -118,10 +127,18 @@ async def audit(
     jobs: int = 1,
     scope: Scope = Scope(),
     keep: bool = False,
+    group: str | None = None,
 ) -> list[PartitionAudit]:
     """Audits every partition; ``policy`` is the workers' policy before the first update.
     Each result counts the decisions in ``scope`` as checked and, with ``keep``, holds
     its partition's expected decisions.
+
+    With ``group`` (the workers' app id: an audit of a live system), a decision
+    the log lacks counts as pending, not missing, when its input lies at or
+    after the offset the group last committed: the workers have not reached it
+    yet (below that offset, they had sent every decision: they flush before
+    they commit). The offsets are read before the log's end, and the log's end
+    before the inputs' (so a decision logged meanwhile is not unexplained).
 
     With ``jobs`` > 1, that many partitions at a time, each in a process of its
     own (the replay is CPU-bound: one per core), each with a codec of its own;
@@ -131,11 +148,14 @@ async def audit(
     """
     topics = topics or TopicNames()
     tps = await partitions(bootstrap, topics.input_sequence)
+    decided = (
+        None if group is None else await committed_offsets(bootstrap, group, topics.input_sequence)
+    )
     if jobs == 0:
         records = sum((await end_offsets(bootstrap, tps)).values())
         jobs = _cores() if records >= PARALLEL_FROM else 1
     jobs = min(jobs, len(tps))
-    job = _Job(bootstrap, topics, policy, scope, keep)
+    job = _Job(bootstrap, topics, policy, scope, keep, decided)
     if jobs > 1:
         return await _in_processes(job, [tp.partition for tp in tps], progress, jobs)
     codec = codec or Codec()
@@ -201,6 +221,7 @@ class _Job:
     policy: core.Policy
     scope: Scope
     keep: bool
+    decided: dict[int, int] | None  # partition -> offset the workers committed (see audit)
 
     async def run(
         self, partition: int, codec: Codec, report: Callable[[int], None]
@@ -216,6 +237,8 @@ class _Job:
             contextlib.aclosing(read_chunks(self.bootstrap, log_tp)) as log,
             contextlib.aclosing(read_chunks(self.bootstrap, input_tp)) as inputs,
         ):
+            for r in await anext(log, []):  # the log's end is taken before the inputs'
+                check.log(r)
             async for chunk in inputs:
                 for r in chunk:
                     res.inputs += 1
@@ -238,7 +261,7 @@ class _Job:
             async for records in log:
                 for r in records:
                     check.log(r)
-        check.finish()
+        check.finish(None if self.decided is None else self.decided.get(partition, 0))
         return res
 
 
@@ -337,13 +360,18 @@ class _Comparison:
         name, want, got = _first_difference(erec, _decode(self.codec, logged))
         self.differing.append(Mismatch(position, ed.decision_id, name, want, got, _input(erec)))
 
-    def finish(self) -> None:
+    def finish(self, decided: int | None = None) -> None:
         """Takes the log records left; reports the problems, the expected decisions the log
-        lacks, and logged ones no input explains."""
+        lacks (those of inputs from offset ``decided`` on, if given, as pending), and
+        logged ones no input explains."""
         while self.waiting:
             self._take(self.waiting.popleft())
         self.res.mismatches = self.unreadable + self.differing
-        self.res.missing = [d.decision_id for _, d in self.expected]
+        lacking = [d for _, d in self.expected]
+        if decided is not None:
+            self.res.pending = sum(d.source[2] >= decided for d in lacking)
+            lacking = [d for d in lacking if d.source[2] < decided]
+        self.res.missing = [d.decision_id for d in lacking]
         self.res.unexplained = [i for i in self.logged if i not in self.expected_ids]
 
 

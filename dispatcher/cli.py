@@ -594,11 +594,14 @@ def _replay_progress() -> Callable[[int], None]:
 @click.option("--jobs", type=click.IntRange(min=0), default=0, show_default=True,
               help="Partitions replayed at a time, each in its own process (0: one per core "
                    "for a long input sequence).")  # fmt: skip
+@click.option("--live", "live_app", default=None, metavar="APP_ID",
+              help="The workers are running with this app id: decisions of inputs they have "
+                   "not committed yet are pending, not missing.")  # fmt: skip
 @_prefix
 @_as_json
 def audit_cmd(  # noqa: PLR0917 - one option each
-    pool: str | None, start: str | None, end: str | None, jobs: int, topic_prefix: str,
-    as_json: bool,
+    pool: str | None, start: str | None, end: str | None, jobs: int, live_app: str | None,
+    topic_prefix: str, as_json: bool,
 ) -> None:  # fmt: skip
     """Re-run the core on the recorded inputs and check every logged decision byte for byte.
 
@@ -609,7 +612,8 @@ def audit_cmd(  # noqa: PLR0917 - one option each
     scope = Scope(pool, _position(start), _position(end))
     started = time.monotonic()
     results = asyncio.run(audit(_bootstrap(), TopicNames.prefixed(topic_prefix),
-                                progress=_replay_progress(), jobs=jobs, scope=scope))  # fmt: skip
+                                progress=_replay_progress(), jobs=jobs, scope=scope,
+                                group=live_app))  # fmt: skip
     rows: list[dict[str, Any]] = []
     bad = 0
     for r in results:
@@ -618,7 +622,8 @@ def audit_cmd(  # noqa: PLR0917 - one option each
         rows.append({"partition": r.partition, "inputs": r.inputs, "checked": r.checked,
                      "matched": r.matched, "repeats": r.repeats, "mismatches": len(mism),
                      "missing": len(r.missing), "unexplained": len(r.unexplained),
-                     "expired": r.expired, "first_mismatch": asdict(mism[0]) if mism else None,
+                     "expired": r.expired, "pending": r.pending,
+                     "first_mismatch": asdict(mism[0]) if mism else None,
                      "missing_ids": r.missing[:5],
                      "unexplained_ids": r.unexplained[:5]})  # fmt: skip
     total = sum(x["checked"] for x in rows)
@@ -636,6 +641,9 @@ def audit_cmd(  # noqa: PLR0917 - one option each
             if x["expired"]:
                 click.echo(f"     {x['expired']:,} decisions older than the log's first record "
                            "(deleted by its retention) not checked")  # fmt: skip
+            if x["pending"]:
+                click.echo(f"     {x['pending']:,} decisions of inputs the workers have not "
+                           "committed yet, not logged yet (pending)")  # fmt: skip
             if x["first_mismatch"]:
                 f = x["first_mismatch"]
                 click.echo(f"     first mismatch: decision {f['decision_id']} field {f['field']}: "

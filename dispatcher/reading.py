@@ -15,6 +15,7 @@ from dispatcher.errors import BrokerError
 
 __all__ = [
     "PROGRESS_EVERY",
+    "committed_offsets",
     "end_offsets",
     "partitions",
     "read_chunks",
@@ -85,6 +86,29 @@ def replay_consumer(bootstrap: str) -> AIOKafkaConsumer:
 async def read_partition(bootstrap: str, tp: TopicPartition) -> list[Any]:
     """Every record of ``tp`` from the start up to its end when called."""
     return [r async for chunk in read_chunks(bootstrap, tp) for r in chunk]
+
+
+async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The offsets consumer group ``group`` last committed on the partitions of ``topic``
+    (a partition it never committed is left out).
+
+    Raises:
+        BrokerError: the broker cannot be reached, or ``group`` has committed nothing on
+            ``topic``.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+        offsets = await admin.list_consumer_group_offsets(group)
+    except KafkaError as exc:
+        raise BrokerError(f"offsets of group {group} at {bootstrap}: {exc!r}") from exc
+    finally:
+        await admin.close()
+    found = {tp.partition: om.offset for tp, om in offsets.items()
+             if tp.topic == topic and om.offset >= 0}  # fmt: skip
+    if not found:
+        raise BrokerError(f"group {group} has committed no offset on {topic}")
+    return found
 
 
 async def read_chunks(bootstrap: str, tp: TopicPartition) -> AsyncGenerator[list[Any], None]:
