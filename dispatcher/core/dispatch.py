@@ -353,9 +353,11 @@ class PoolState:
 
     def wants_ticks(self) -> bool:
         """Whether a tick can change anything here: loads (to time out, retry or forget),
-        agents whose heartbeats can time out, or a policy waiting for its time."""
+        agents whose heartbeats can time out, event keys or sessions to forget when the
+        dedupe window has passed, or a policy waiting for its time."""
         t = self.agents
-        return bool(self.loads or self.scheduled or t.available_count
+        return bool(self.loads or self.seen or self.sessions or self.scheduled
+                    or t.available_count
                     or (t.status[: t.n] == AgentStatus.DRAINING).any())  # fmt: skip
 
     def _on_policy_changed(self, e: PolicyChanged, out: list[Decision]) -> None:

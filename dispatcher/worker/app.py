@@ -17,10 +17,11 @@ Correctness under failure rests on determinism, not on EOS (DESIGN.md): a
 partition's state is the fold of its log, so a worker that takes a partition
 over (after a crash, restart or rebalance) first folds the log up to the
 group's committed offset without emitting, then carries on. Faust flushes the
-producer before it commits offsets (and ``_Producer`` refuses to, after a send
-failed for good), so everything below the committed offset was emitted; what
-lies above it is decided again, to the same decisions with the same ids, and
-readers drop the repeats by decision id.
+producer before it commits offsets (and commits nothing more after a send
+failed for good, or a batch was cut short: ``_Consumer._commit``), so
+everything below the committed offset was emitted; what lies above it is
+decided again, to the same decisions with the same ids, and readers drop the
+repeats by decision id.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import logging
 import tempfile
 import time
 import types
-from collections.abc import Coroutine, Generator, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -128,8 +129,26 @@ class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
 
 
 class _Consumer(faust_kafka.Consumer):
+    _refused = False
+
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _commit(self, offsets: Any) -> bool:
+        """Commits ``offsets`` (Faust flushed the producer just before), unless a record was
+        lost (``_Producer.failed``): then it commits nothing, now or later, and crashes the
+        worker once; the one started after it decides the inputs from the last commit on
+        again. (Before, Faust committed past the lost record.)"""
+        failed = getattr(self.app.producer, "failed", None)
+        if failed is None:
+            return bool(await super()._commit(offsets))
+        if not self._refused:
+            self._refused = True
+            await self.crash(ProducerSendError(
+                f"a record was not sent ({failed!r}): no offset is committed after it; a "
+                "restarted worker decides those inputs again"
+            ))  # fmt: skip
+        return False
 
     async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:  # noqa: ASYNC109 - mode's signature
         """Mode's wait_first, with a fast path for Faust's delivery of each fetched record.
@@ -180,22 +199,20 @@ def _resume(coro: Coroutine[Any, Any, Any], pending: Any) -> Generator[Any, None
 
 
 class _Producer(faust_kafka.Producer):
-    """Faust's producer, which will not flush past a record the broker refused for good.
+    """Faust's producer, which remembers the first record that was lost (``failed``).
 
-    Faust commits offsets right after flushing the producer, and a send that failed
-    for good (its retries timed out, or the topic refuses the record) is only an
-    exception on a delivery future nobody awaits: the inputs that caused the record
-    were committed, and the record was lost without a word. Each send's future is
-    kept until a flush; a flush that finds one failed raises, now and on every flush
-    after it. The commit does not happen, the worker stops, and the one after it
-    decides those inputs again (DESIGN.md, "Correctness under failure").
+    A send that failed for good (its retries timed out, or the topic refuses
+    the record) is only an exception on a delivery future nobody awaits. Each
+    send's future is kept until a flush settles it; a batch whose processing
+    ended early says so too (``lost``), since Faust acks its events anyway.
+    ``_Consumer`` then commits nothing more (see there).
     """
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._sent: list[asyncio.Future[Any]] = []
         self._sweep_at = _SWEEP_AT
-        self._failed: BaseException | None = None
+        self.failed: BaseException | None = None
 
     async def send(self, *args: Any, **kwargs: Any) -> Any:
         future = await super().send(*args, **kwargs)
@@ -208,23 +225,24 @@ class _Producer(faust_kafka.Producer):
     async def flush(self) -> None:
         await super().flush()
         self._settle()
-        if self._failed is not None:
-            raise ProducerSendError(
-                f"a record was not delivered ({self._failed!r}): no offset is committed "
-                "after it; a restarted worker decides those inputs again"
-            ) from self._failed
+
+    def lost(self, why: BaseException) -> None:
+        """Records that something meant to be sent may not have been (the first cause is
+        kept)."""
+        if self.failed is None:
+            self.failed = why
+            log.error("records may be lost, so no offset is committed from now on: %r", why)
 
     def _settle(self) -> None:
-        """Forgets the delivered sends, keeps the first failure, and those still on the way."""
+        """Forgets the delivered sends, keeps those still on the way, and records a failure."""
         sent, self._sent = self._sent, []
         for future in sent:
             if not future.done():
                 self._sent.append(future)
                 continue
             error = asyncio.CancelledError() if future.cancelled() else future.exception()
-            if error is not None and self._failed is None:
-                self._failed = error
-                log.error("a record was not delivered: %r", error)
+            if error is not None:
+                self.lost(error)
 
 
 _SWEEP_AT = 1 << 16  # sends kept between flushes before the delivered ones are let go
@@ -237,7 +255,7 @@ class _Transport(faust_kafka.Transport):
 
 def low_latency(app: faust.App) -> faust.App:
     """``app`` with consumers whose fetches the broker holds FETCH_MAX_WAIT_MS at most, and
-    a producer that stops the commits after a send failed for good (``_Producer``)."""
+    that commit nothing after a record was lost (``_Producer``, ``_Consumer._commit``)."""
     app.transport = _Transport(app.conf.broker_consumer, app)
     return app
 
@@ -334,8 +352,7 @@ class Dispatcher:
     def ticking(self) -> list[str]:
         """The pools the timer ticks: those a tick can change (``PoolState.wants_ticks``).
         Any record naming a new pool makes one, and thousands of empty ones would cost a
-        core in ticks; a pool whose agents all left would be ticked for ever. The event
-        keys of a pool not ticked stay until it is again."""
+        core in ticks; a pool whose agents all left would be ticked for ever."""
         return [pool for fold in list(self.folds.values())
                 for pool, s in sorted(fold.pools.items()) if s.wants_ticks()]  # fmt: skip
 
@@ -441,6 +458,31 @@ class Dispatcher:
                  partition, replayed, upto, time.perf_counter() - started)  # fmt: skip
         return fold
 
+    async def decide(self, batch: list[EventT[Any]], send: Callable[..., Awaitable[None]]) -> None:
+        """Folds a batch of the input sequence, sending the decisions with ``send``."""
+        t = self.cfg.topics
+        emitted: list[core.Decision] = []
+        touched: set[int] = set()
+        for ev in batch:
+            partition, offset = ev.message.partition, ev.message.offset
+            touched.add(partition)
+            fold = self.folds.get(partition)
+            if fold is None or offset > fold.next_offset:
+                fold = await self.catch_up(partition, offset)
+            elif offset < fold.next_offset:
+                continue  # applied already (a redelivery after a seek)
+            try:
+                out = fold.apply(ev.value, offset)
+            except CodecError as exc:  # validated on the way in: a codec change?
+                log.error("undecodable record in the input sequence: %s", exc)
+                value = self.dead_letter_bytes(exc, ev.key, ev.message.timestamp)
+                await send(t.dead_letter, t.input_sequence.encode(), value)
+                continue
+            for topic, key, value in self.outputs(out):
+                await send(topic, key, value)
+            emitted += out
+        self.after_batch(emitted, touched)
+
     def _fresh(self, partition: int) -> PartitionFold:
         return PartitionFold(self.cfg.topics.input_sequence, partition, self.codec,
                              self.cfg.policy)  # fmt: skip
@@ -454,6 +496,19 @@ async def _holds(consumer: Any, tp: TopicPartition, offset: int, digest: bytes) 
         if records:
             return bool(records[0].offset == offset and record_digest(records[0].value) == digest)
     return False
+
+
+@contextlib.contextmanager
+def _whole(app: faust.App) -> Iterator[None]:
+    """Around the processing of events that Faust acks however it ends (``take_events``
+    acks a batch's events in a ``finally``): ended early, by an error or a cancellation,
+    it may have sent only part of what they cause, so no offset is committed after them
+    (``_Producer.lost``)."""
+    try:
+        yield
+    except BaseException as exc:
+        cast(_Producer, app.producer).lost(exc)
+        raise
 
 
 def _datadir(cfg: WorkerConfig) -> str:
@@ -498,42 +553,25 @@ def build_app(cfg: WorkerConfig) -> faust.App:
     @app.agent(inputs)
     async def sequencer(stream: Any) -> None:
         async for batch in stream.take_events(cfg.batch, within=cfg.batch_within_s):
-            for ev in batch:
-                record = await validate(ev)
-                if record is not None:
-                    await send(t.input_sequence, record.pool.encode(), ev.value)  # type: ignore[attr-defined]  # inputs name their pool
+            with _whole(app):
+                for ev in batch:
+                    record = await validate(ev)
+                    if record is not None:
+                        await send(t.input_sequence, record.pool.encode(), ev.value)  # type: ignore[attr-defined]  # inputs name their pool
 
     @app.agent(policies)
     async def policy_fanout(stream: Any) -> None:
         async for ev in stream.events():
-            if await validate(ev) is not None:
-                for partition in range(await d.partition_count(t.input_sequence)):
-                    await send(t.input_sequence, b"*", ev.value, partition)
+            with _whole(app):
+                if await validate(ev) is not None:
+                    for partition in range(await d.partition_count(t.input_sequence)):
+                        await send(t.input_sequence, b"*", ev.value, partition)
 
     @app.agent(sequence)
     async def dispatch(stream: Any) -> None:
         async for batch in stream.take_events(cfg.batch, within=cfg.batch_within_s):
-            emitted: list[core.Decision] = []
-            touched: set[int] = set()
-            for ev in batch:
-                partition, offset = ev.message.partition, ev.message.offset
-                touched.add(partition)
-                fold = d.folds.get(partition)
-                if fold is None or offset > fold.next_offset:
-                    fold = await d.catch_up(partition, offset)
-                elif offset < fold.next_offset:
-                    continue  # applied already (a redelivery after a seek)
-                try:
-                    out = fold.apply(ev.value, offset)
-                except CodecError as exc:  # validated on the way in: a codec change?
-                    log.error("undecodable record in the input sequence: %s", exc)
-                    value = d.dead_letter_bytes(exc, ev.key, ev.message.timestamp)
-                    await send(t.dead_letter, t.input_sequence.encode(), value)
-                    continue
-                for topic, key, value in d.outputs(out):
-                    await send(topic, key, value)
-                emitted += out
-            d.after_batch(emitted, touched)
+            with _whole(app):
+                await d.decide(batch, send)
 
     @app.timer(interval=cfg.tick_ms / 1000)  # type: ignore[untyped-decorator]  # faust is untyped
     async def tick() -> None:

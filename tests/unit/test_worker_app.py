@@ -9,10 +9,11 @@ import logging
 import time
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
+from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 
 from dispatcher.codecs import Codec, CodecError
@@ -26,6 +27,9 @@ from dispatcher.worker.app import (
     Dispatcher,
     Worker,
     WorkerConfig,
+    _Consumer,
+    _Producer,
+    _whole,
     build_app,
     key_partition,
 )
@@ -253,3 +257,35 @@ def test_a_record_that_is_no_input_in_the_input_sequence_is_a_codec_error() -> N
                                             failed_at_ms=1)), 1)  # fmt: skip
     assert foreign.value.reason is m.DeadLetterReason.WRONG_SCHEMA
     assert "a DeadLetter is no input of the core" in foreign.value.detail
+
+
+def test_no_offset_is_committed_after_a_send_failed_or_a_batch_was_cut_short() -> None:
+    """Faust commits right after flushing the producer, and acks a batch's events however
+    its processing ends: before, a failed delivery or a batch cut short (an error, a
+    cancellation) was committed past, and what it should have sent was lost."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        app = build_app(CFG)
+        producer, consumer = cast(_Producer, app.producer), cast(_Consumer, app.consumer)
+        try:
+            delivered, refused = loop.create_future(), loop.create_future()
+            delivered.set_result(None)
+            refused.set_exception(MessageSizeTooLargeError())
+            producer._sent.append(delivered)
+            producer._settle()
+            assert producer.failed is None
+            producer._sent.append(refused)
+            producer._settle()
+            assert isinstance(producer.failed, MessageSizeTooLargeError)
+            assert await consumer._commit({}) is False  # (the broker is not even asked)
+            assert consumer._crashed.is_set()  # the worker stops
+
+            producer.failed = None
+            with pytest.raises(asyncio.CancelledError), _whole(app):
+                raise asyncio.CancelledError  # say, the worker stopped in the middle
+            assert isinstance(producer.failed, asyncio.CancelledError)
+        finally:
+            consumer._thread.thread_loop.close()
+
+    asyncio.run(scenario())
