@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -378,15 +378,19 @@ def run(topics_file: Path, duration: float | None, rate: float, agents: int) -> 
         started = endpoints.started
         bootstrap = endpoints.kafka_bootstrap
         for dead in demo.dead_runs():
-            with contextlib.suppress(DispatcherError):
+            try:
                 asyncio.run(delete_topics(list(spec.prefixed(dead.prefix).topics), bootstrap))
-            dead.forget()
+            except DispatcherError as exc:  # (kept on record: the next run tries again)
+                click.echo(f"could not delete the topics of {dead.prefix}*: {exc}")
+                os.close(dead.lock)
+            else:
+                dead.forget()
         _print_reports(asyncio.run(apply_topics(spec.prefixed(demo.prefix), bootstrap)))
         _print_status(s)
         click.echo(f"kafka: {bootstrap}   redis: {endpoints.redis_url}")
         # Policies are signed: with the keys of DISPATCHER_POLICY_KEYS, or a key of this run's.
         keys = dict(s.settings.policy_keys) or {"demo": secrets.token_hex(32).encode()}
-        worker = _start_worker(s.settings, bootstrap, endpoints.redis_url, demo.prefix, keys)
+        worker = _start_worker(demo, bootstrap, endpoints.redis_url, keys)
         whose = "your DISPATCHER_POLICY_KEYS" if s.settings.policy_keys else "a key of this run"
         click.echo(f"policies: the worker applies only those signed with {whose}")
         click.echo("Ctrl-C stops everything this command started.")
@@ -449,65 +453,91 @@ DEMO_PREFIX = "demo-"
 
 @dataclass(frozen=True)
 class _DemoRun:
-    """One `dispatcher run`: its prefix, and a lock file in the state directory that it holds
-    while it lives. A run killed with -9 leaves its topics and data behind, and its lock
-    file unheld: the next run deletes them. Topics no run of this state directory
-    recorded, or of a run still alive, are never touched."""
+    """One `dispatcher run`: its prefix, and a lock file under the state directory that it
+    and its worker hold while either lives. A run killed with -9 leaves its topics and
+    data behind, and its lock file unheld: the next run deletes them. Topics no run of
+    this state directory recorded, or of a run still alive, are never touched."""
 
     settings: Settings
     prefix: str  # demo-<time>-
-    lock: int | None = None  # the held lock file's descriptor
+    lock: int  # the held lock file's descriptor
+
+    @property
+    def log(self) -> Path:
+        """The run's worker log (kept until the next run starts)."""
+        return _runs_dir(self.settings) / f"{self.prefix}worker.log"
 
     @classmethod
     def claim(cls, settings: Settings) -> _DemoRun:
-        runs = settings.state_dir / "demo-runs"
-        runs.mkdir(parents=True, exist_ok=True)
-        stamp = time.time_ns() // 1000
-        while True:  # (two runs in the same microsecond: the second takes the next one)
-            prefix = f"{DEMO_PREFIX}{stamp}-"
-            try:
-                fd = os.open(runs / prefix, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                stamp += 1
-                continue
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            return cls(settings, prefix, fd)
+        """A new run, its lock held; the logs of runs that ended go."""
+        with _runs_locked(settings) as runs:
+            for log in runs.glob(f"{DEMO_PREFIX}*worker.log"):
+                if not (runs / (log.name.removesuffix("worker.log") + "lock")).exists():
+                    log.unlink()
+            stamp = time.time_ns() // 1000
+            while True:  # (two runs in the same microsecond: the second takes the next one)
+                prefix = f"{DEMO_PREFIX}{stamp}-"
+                try:
+                    fd = os.open(runs / f"{prefix}lock", os.O_RDWR | os.O_CREAT | os.O_EXCL)
+                except FileExistsError:
+                    stamp += 1
+                    continue
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                return cls(settings, prefix, fd)
 
     def dead_runs(self) -> list[_DemoRun]:
-        """The other runs of this state directory whose process is gone (their locks held
-        by the caller until ``forget``)."""
+        """The other runs of this state directory whose processes are gone (their locks
+        held by the caller until ``forget``)."""
         dead = []
-        for path in sorted((self.settings.state_dir / "demo-runs").glob(f"{DEMO_PREFIX}*")):
-            if path.name == self.prefix:
-                continue
-            fd = os.open(path, os.O_RDWR)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # alive
-                os.close(fd)
-                continue
-            dead.append(_DemoRun(self.settings, path.name, fd))
+        with _runs_locked(self.settings) as runs:
+            for path in sorted(runs.glob(f"{DEMO_PREFIX}*lock")):
+                prefix = path.name.removesuffix("lock")
+                if prefix == self.prefix:
+                    continue
+                try:
+                    fd = os.open(path, os.O_RDWR)
+                except FileNotFoundError:  # forgotten just now by another run
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # alive
+                    os.close(fd)
+                    continue
+                dead.append(_DemoRun(self.settings, prefix, fd))
         return dead
 
     def forget(self) -> None:
         """Deletes the run's Faust data and state snapshots (see WorkerConfig.datadir and
-        snapshot_dir), then its lock file."""
+        snapshot_dir), then its lock file (its log goes when the next run starts)."""
         for kind in ("faust", "snapshots"):
             for path in (self.settings.state_dir / kind).glob(f"{self.prefix}*"):
                 shutil.rmtree(path, ignore_errors=True)
-        (self.settings.state_dir / "demo-runs" / self.prefix).unlink(missing_ok=True)
-        if self.lock is not None:
-            os.close(self.lock)
+        (_runs_dir(self.settings) / f"{self.prefix}lock").unlink(missing_ok=True)
+        os.close(self.lock)
+
+
+def _runs_dir(settings: Settings) -> Path:
+    return settings.state_dir / "demo-runs"
+
+
+@contextlib.contextmanager
+def _runs_locked(settings: Settings) -> Iterator[Path]:
+    """The runs' directory, while no other run looks at it (runs claim a name, and try
+    the others' locks, one at a time)."""
+    runs = _runs_dir(settings)
+    runs.mkdir(parents=True, exist_ok=True)
+    with (runs / ".lock").open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield runs
 
 
 def _start_worker(
-    settings: Settings, bootstrap: str, redis_url: str, prefix: str,
-    policy_keys: Mapping[str, bytes],
-) -> subprocess.Popen[bytes]:  # fmt: skip
+    demo: _DemoRun, bootstrap: str, redis_url: str, policy_keys: Mapping[str, bytes]
+) -> subprocess.Popen[bytes]:
     """A worker process on the demo's topics, in its own session (Ctrl-C reaches us, and
-    we stop it); its app id (consumer group) is the demo's own."""
-    log_path = settings.state_dir / "worker.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    we stop it), holding the run's lock too; its app id (consumer group) is the demo's
+    own."""
+    log_path, prefix = demo.log, demo.prefix
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         web_port = sock.getsockname()[1]
@@ -519,6 +549,7 @@ def _start_worker(
             [sys.executable, "-m", "dispatcher", "worker", "--web-port", str(web_port),
              "--topic-prefix", prefix, "--app-id", f"{prefix}dispatcher", "--loglevel", "info"],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            pass_fds=(demo.lock,),
         )  # fmt: skip
     deadline = time.monotonic() + 120
     try:

@@ -388,7 +388,7 @@ async def run_demo(
         Whatever stopped the producer or the agents early (after the summary).
     """
     topics = topics or TopicNames()
-    run = f"demo{int(time.time())}"
+    run = f"demo{time.time_ns() // 1000}"  # (two demos on the same topics keep apart)
     rng = np.random.default_rng(seed)
     pool_names = [f"{run}-pool-{i}" for i in range(pools)]
     fleet_agents = {f"{run}-agent-{i:03d}": (pool_names[i % pools], agent_profile(rng))

@@ -48,9 +48,10 @@ class Endpoints:
     started: tuple[str, ...]
 
 
-def _first_host_port(bootstrap: str) -> tuple[str, int]:
-    first = bootstrap.split(",", maxsplit=1)[0].strip()
-    parts = urlsplit(first if "//" in first else f"//{first}")
+def _host_port(server: str) -> tuple[str, int]:
+    """Host and port of one bootstrap server (``host:port``, or a URL)."""
+    server = server.strip()
+    parts = urlsplit(server if "//" in server else f"//{server}")
     return parts.hostname or LOOPBACK, parts.port or 9092
 
 
@@ -72,6 +73,11 @@ class Stack:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
+    def _kafka_answers(self) -> bool:
+        """Whether any of the external bootstrap servers accepts connections."""
+        servers = (self.settings.kafka_bootstrap or "").split(",")
+        return any(port_open(*_host_port(server)) for server in servers)
+
     def _redis_is_external(self) -> bool:
         if self.settings.redis_url:
             return True
@@ -87,11 +93,12 @@ class Stack:
                 does not answer.
         """
         s = self.settings
-        if kafka and s.kafka_bootstrap:
-            host, port = _first_host_port(s.kafka_bootstrap)
-            if not port_open(host, port):
-                raise StackError(f"KAFKA_BOOTSTRAP_SERVERS={s.kafka_bootstrap}: no broker answers "
-                                 f"at {host}:{port}")  # fmt: skip
+        if (
+            kafka
+            and s.kafka_bootstrap
+            and not any(port_open(*_host_port(b)) for b in s.kafka_bootstrap.split(","))
+        ):
+            raise StackError(f"KAFKA_BOOTSTRAP_SERVERS={s.kafka_bootstrap}: no broker answers")
         if redis and s.redis_url and not redis_ping(s.redis_url):
             raise StackError(f"REDIS_URL={s.redis_url}: no Redis answers there")
         started: list[str] = []
@@ -127,8 +134,7 @@ class Stack:
         """What runs where."""
         s = self.settings
         if s.kafka_bootstrap:
-            host, port = _first_host_port(s.kafka_bootstrap)
-            kafka = ServiceStatus("kafka", s.kafka_bootstrap, "external", port_open(host, port),
+            kafka = ServiceStatus("kafka", s.kafka_bootstrap, "external", self._kafka_answers(),
                                   None, "from KAFKA_BOOTSTRAP_SERVERS")  # fmt: skip
         else:
             pid = self.kafka.pid()

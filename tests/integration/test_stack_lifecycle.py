@@ -132,7 +132,8 @@ def test_run_starts_everything_and_ctrl_c_stops_it(private_env: dict[str, str]) 
     assert output.count("created ") == TOPICS
     assert "Ctrl-C stops everything" in output
     assert "policies: the worker applies only those signed with a key of this run" in output
-    worker_log = (Path(private_env["DISPATCHER_STATE_DIR"]) / "worker.log").read_text()
+    (log,) = (Path(private_env["DISPATCHER_STATE_DIR"]) / "demo-runs").glob("*worker.log")
+    worker_log = log.read_text()
     assert "policy_fanout" in worker_log
     assert "dead letter" not in worker_log  # the demo's policy was signed with that key
     assert re.search(r"assigned [1-9][\d,]* +completed [1-9]", output), output  # the summary

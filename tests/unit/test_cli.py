@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -84,8 +85,8 @@ def test_schemas_check_says_every_schema_is_registered() -> None:
 
 def test_run_cleans_up_after_runs_that_died_only(tmp_path: Path) -> None:
     """`dispatcher run` deletes what a run killed with -9 left (its lock file is unheld), and
-    nothing of a run still alive, nor what no run recorded (before, every `demo-*` topic
-    and directory went, a live run's too)."""
+    nothing of a run still alive (its worker holds the lock too), nor what no run recorded
+    (before, every `demo-*` topic and directory went, a live run's too)."""
     from dispatcher.cli import _DemoRun  # noqa: PLC0415 - the helper under test
     from dispatcher.settings import Settings  # noqa: PLC0415
 
@@ -93,7 +94,7 @@ def test_run_cleans_up_after_runs_that_died_only(tmp_path: Path) -> None:
     alive, mine = _DemoRun.claim(settings), _DemoRun.claim(settings)
     assert alive.prefix != mine.prefix
     died = "demo-1-"
-    (tmp_path / "demo-runs" / died).touch()  # its lock file, which nobody holds
+    (tmp_path / "demo-runs" / f"{died}lock").touch()  # its lock file, which nobody holds
     data = {
         prefix: [tmp_path / f"faust/{prefix}dispatcher-data",
                  tmp_path / f"snapshots/{prefix}input-sequence-0"]
@@ -103,15 +104,24 @@ def test_run_cleans_up_after_runs_that_died_only(tmp_path: Path) -> None:
                tmp_path / "snapshots/demo-orders-0"]  # fmt: skip
     for path in [*data[alive.prefix], *data[died], *unknown]:
         path.mkdir(parents=True)
-    dead = mine.dead_runs()
-    assert [d.prefix for d in dead] == [died]
-    dead[0].forget()
-    assert not any(p.exists() for p in data[died])
-    assert all(p.exists() for p in data[alive.prefix] + unknown)
-    assert mine.dead_runs() == []  # the one alive still holds its lock
-    alive.forget()
+    # The live run's worker holds its lock, and outlives the run (say, killed with -9).
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                              pass_fds=(alive.lock,))  # fmt: skip
+    try:
+        os.close(alive.lock)
+        dead = mine.dead_runs()
+        assert [d.prefix for d in dead] == [died]
+        dead[0].forget()
+        assert not any(p.exists() for p in data[died])
+        assert all(p.exists() for p in data[alive.prefix] + unknown)
+    finally:
+        worker.kill()
+        worker.wait()
+    (gone,) = mine.dead_runs()  # now it is
+    assert gone.prefix == alive.prefix
+    gone.forget()
     mine.forget()
-    assert list((tmp_path / "demo-runs").iterdir()) == []
+    assert [p.name for p in (tmp_path / "demo-runs").iterdir()] == [".lock"]
 
 
 def test_policy_publish_refuses_a_time_that_is_none() -> None:
