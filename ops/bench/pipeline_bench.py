@@ -10,15 +10,23 @@ over the span of their broker timestamps (so a pool of 10k agents is measured,
 not the registration of its agents, which empties the core's caches each time).
 In one run, alternating, for ``--rounds`` rounds:
 
-- null:   consume -> decode -> encode -> produce, no matching (pipeline_apps.py);
-- worker: ``dispatcher worker`` (sequencer + dispatch, every decision logged, an
-          assignment for each ASSIGNED);
-- naive:  a per-event Faust agent applying the core (pipeline_apps.py).
+- null:   consume -> decode -> encode -> produce, no matching (pipeline_apps.py): one
+          hop and one record out per load;
+- worker: ``dispatcher worker`` (sequencer + dispatch: two hops, and two records out
+          per load, its decision and its assignment);
+- naive:  a per-event Faust agent applying the core (pipeline_apps.py): one hop, one
+          decision out per load.
+
+A rate is printed only when every load came out as one assignment (the null: passed
+through); the workers get a policy with hour-long heartbeat and ack timeouts first (the
+benchmark's agents send no heartbeats, and answer no assignment).
 
 Then the worker alone: arrival -> assignment latency with loads sent on a fixed
-schedule at 50% and 70% (``--latency-at``) of the rate it reached (backlog counts,
-from broker timestamps of the load and of its assignment), and its resident memory
-with 100k agents.
+schedule at 50% and 70% (``--latency-at``) of the rate it reached, from each load's
+scheduled send time (its record's timestamp: a producer running late counts) to the
+timestamp of its assignment; loads not assigned 60 s after the last was sent count
+with their wait so far, and are reported. Last, its resident memory with 100k agents
+after 2,000 loads were assigned (the core's caches for kinds of load are built then).
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ from procstat import rss_mb
 
 from dispatcher.codecs import Codec
 from dispatcher.codecs import models as m
-from dispatcher.demo import agent_profile, load_event
+from dispatcher.demo import agent_profile, load_event, policy_update
 from dispatcher.reading import partitions, read_partition
 from dispatcher.sdk.producer import now_ms
 from dispatcher.settings import Settings
@@ -79,16 +87,19 @@ def inputs(agents: int, loads: int, seed: int = 1) -> tuple[list[bytes], list[by
 async def produce(
     bootstrap: str, topic: str, values: list[bytes], rate: float | None = None
 ) -> None:
+    """Sends ``values``; at ``rate``, on a schedule, each stamped with its scheduled time."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
     await producer.start()
     try:
-        start = time.monotonic()
+        start, wall = time.monotonic(), time.time()
         for i, v in enumerate(values):
+            stamp = None
             if rate is not None:
                 delay = start + i / rate - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            await producer.send(topic, v, key=POOL.encode())
+                stamp = int((wall + i / rate) * 1000)
+            await producer.send(topic, v, key=POOL.encode(), timestamp_ms=stamp)
         await producer.flush()
     finally:
         await producer.stop()
@@ -116,7 +127,12 @@ class Contender:
         self.state_dir = LOGS / f"{self.prefix}state"  # the worker's Faust data
 
     async def create_topics(self) -> None:
+        """Its topics, and a policy with hour-long heartbeat and ack timeouts (the agents
+        send no heartbeats, and answer nothing)."""
         await apply_topics(load_topics().prefixed(self.prefix), self.bootstrap)
+        hour = 3_600_000
+        update = policy_update(1, ack_ms=hour, heartbeat_ms=hour, effective_from_ms=0)
+        await produce(self.bootstrap, self.topics.policy_update, [CODEC.encode(update)])
 
     async def remove(self) -> None:
         """Stops the process and deletes its topics and files."""
@@ -200,14 +216,23 @@ async def drain_rate(
         while True:
             await asyncio.sleep(2.0)
             ends = await _end_offsets(bootstrap, out)
-            if ends >= want or time.monotonic() > deadline or c.proc.poll() is not None:  # type: ignore[union-attr]
+            if ends >= want:
                 break
-        stamps = [t for t, _ in await timestamps(bootstrap, out)]
+            if time.monotonic() > deadline or c.proc.poll() is not None:  # type: ignore[union-attr]
+                raise SystemExit(f"{kind}: {ends:,} of {want:,} records out when it "
+                                 f"{'stopped' if c.proc.poll() is not None else 'timed out'}"
+                                 f" (log {c.log})")  # type: ignore[union-attr]  # fmt: skip
+        records = await timestamps(bootstrap, out)
     finally:
         await c.remove()
-    if len(stamps) < 2:
-        return 0.0
-    stamps = stamps[-len(load_values) :]  # the loads' outputs (null also passed the agents on)
+    outs = records[-len(load_values) :]  # the loads' outputs (null also passed the agents on)
+    if kind != "null":  # each load's one decision: its assignment
+        decided = [CODEC.decode(r.value, "DecisionRecord") for _, r in outs]
+        assigned = {d.load_id for d in decided if d.outcome is m.DecisionOutcome.ASSIGNED}  # type: ignore[attr-defined]
+        if len(records) != want or len(assigned) != len(load_values):
+            raise SystemExit(f"{kind}: {len(assigned):,} of {len(load_values):,} loads assigned "
+                             f"in {len(records):,} decisions")  # fmt: skip
+    stamps = [t for t, _ in outs]
     return (len(stamps) - 1) / max(1e-3, (stamps[-1] - stamps[0]) / 1000)
 
 
@@ -222,10 +247,11 @@ async def _end_offsets(bootstrap: str, topic: str) -> int:
 
 
 async def latency(bootstrap: str, agent_values: list[bytes], load_values: list[bytes],
-                  rate: float) -> tuple[float, float, int, float, float]:  # fmt: skip
+                  rate: float) -> tuple[float, float, int, float, float, int]:  # fmt: skip
     """p50 and p99 arrival -> assignment (ms) with loads sent at ``rate`` on a schedule,
-    the number of loads, and the p50 of the first and of the last quarter of them (a
-    worker that cannot keep up shows a backlog growing from one to the other)."""
+    the number of loads, the p50 of the first and of the last quarter of them (a worker
+    that cannot keep up shows a backlog growing from one to the other), and how many were
+    not assigned 60 s after the last was sent (counted with their wait until then)."""
     c = Contender("worker", bootstrap)
     await c.create_topics()
     await produce(bootstrap, c.topics.agent_availability, agent_values)
@@ -233,30 +259,42 @@ async def latency(bootstrap: str, agent_values: list[bytes], load_values: list[b
     try:
         await c.wait_agents(len(agent_values) // 2)
         await produce(bootstrap, c.topics.load_arrival, load_values, rate=rate)
-        await asyncio.sleep(5.0)
+        cutoff = now_ms() + 60_000
+        while await _end_offsets(bootstrap, c.topics.assignments) < len(load_values):
+            if now_ms() > cutoff:
+                break
+            await asyncio.sleep(1.0)
+        cutoff = min(cutoff, now_ms())
         sent = {CODEC.decode(r.value).load_id: t  # type: ignore[attr-defined]
                 for t, r in await timestamps(bootstrap, c.topics.load_arrival)}  # fmt: skip
-        got = {}
+        got: dict[str, int] = {}
         for t, r in await timestamps(bootstrap, c.topics.assignments):
             got.setdefault(CODEC.decode(r.value).load_id, t)  # type: ignore[attr-defined]
     finally:
         await c.remove()
-    lat = [got[k] - sent[k] for k in sorted(got, key=lambda k: sent.get(k, 0)) if k in sent]
-    if not lat:
-        raise SystemExit(f"no assignment within 5 s of the last of {len(sent):,} loads")
+    order = sorted(sent, key=lambda k: sent[k])
+    lat = [got.get(k, cutoff) - sent[k] for k in order]
     q = max(1, len(lat) // 4)
     return (float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), len(lat),
-            float(np.percentile(lat[:q], 50)), float(np.percentile(lat[-q:], 50)))  # fmt: skip
+            float(np.percentile(lat[:q], 50)), float(np.percentile(lat[-q:], 50)),
+            sum(k not in got for k in order))  # fmt: skip
 
 
-async def memory(bootstrap: str, agents: int) -> float:
-    agent_values, _ = inputs(agents, 0, seed=2)
+async def memory(bootstrap: str, agents: int, loads: int = 2_000) -> float:
+    """The worker's RSS with ``agents`` agents, once ``loads`` loads were assigned."""
+    agent_values, load_values = inputs(agents, loads, seed=2)
     c = Contender("worker", bootstrap)
     await c.create_topics()
     await produce(bootstrap, c.topics.agent_availability, agent_values)
     c.start()
     try:
         await c.wait_agents(agents, timeout_s=900)
+        await produce(bootstrap, c.topics.load_arrival, load_values)
+        deadline = time.monotonic() + 300
+        while await _end_offsets(bootstrap, c.topics.assignments) < loads:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"memory: fewer than {loads:,} loads assigned in 300 s")
+            await asyncio.sleep(1.0)
         return c.rss_mb()
     finally:
         await c.remove()
@@ -296,14 +334,15 @@ async def main() -> None:
         agent_values, load_values = inputs(args.agents, args.loads)
         target = share * best["worker"]
         n = min(len(load_values), int(target * 20))
-        p50, p99, seen, early, late = await latency(bootstrap, agent_values, load_values[:n],
-                                                    target)  # fmt: skip
+        p50, p99, seen, early, late, lost = await latency(bootstrap, agent_values,
+                                                          load_values[:n], target)  # fmt: skip
         behind = "; the backlog grew: the worker fell behind" if late > 2 * early + 20 else ""
+        unassigned = f"; {lost:,} not assigned after 60 s" if lost else ""
         print(f"latency at {target:,.0f} loads/s ({share:.0%} of the worker's): p50 {p50:.0f} ms,"
               f" p99 {p99:.0f} ms over {seen:,} loads (p50 of the first quarter {early:.0f} ms,"
-              f" of the last {late:.0f} ms{behind})", flush=True)  # fmt: skip
+              f" of the last {late:.0f} ms{behind}{unassigned})", flush=True)  # fmt: skip
     rss = await memory(bootstrap, args.memory_agents)
-    print(f"worker RSS with {args.memory_agents:,} agents: {rss:.0f} MB")
+    print(f"worker RSS with {args.memory_agents:,} agents, after 2,000 loads: {rss:.0f} MB")
 
 
 if __name__ == "__main__":
