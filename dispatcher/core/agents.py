@@ -439,8 +439,8 @@ class AgentTable:
         for t, w in policy.active_weights:
             if t == "embedding":
                 dims = self.embedding.shape[1]
-                intent = unit(load.intent, dims) if load.intent and dims else None
-                if intent is not None and intent.any():
+                intent = _unit(load.intent, dims) if load.intent and dims else None
+                if intent is not None:
                     # (similarity + 1) / 2, exactly: (half the similarity) + 0.5
                     term = intent @ cols.half_embedding
                     term += 0.5
@@ -582,13 +582,22 @@ def unit(values: tuple[float, ...], dims: int) -> Floats:
     would break replay on another machine.) The norm is summed with fsum,
     exactly rounded.
     """
-    v = np.zeros(dims)
-    m = min(len(values), dims)
-    v[:m] = values[:m]
-    norm = math.sqrt(math.fsum((v * v).tolist()))
+    out = _unit(values, dims)
+    return np.zeros(dims) if out is None else out
+
+
+def _unit(values: tuple[float, ...], dims: int) -> Floats | None:
+    """``unit``, or None for the zero vector."""
+    head = values[:dims]
+    norm = math.sqrt(math.fsum([x * x for x in map(float, head)]))
     if not norm or not math.isfinite(norm):
-        return np.zeros(dims)
-    out: Floats = np.rint(v / norm * _GRID) / _GRID
+        return None
+    out = np.zeros(dims)
+    out[: len(head)] = head
+    out /= norm
+    out *= _GRID
+    np.rint(out, out=out)
+    out /= _GRID
     return out
 
 
