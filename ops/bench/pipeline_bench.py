@@ -135,9 +135,19 @@ class Contender:
         await produce(self.bootstrap, self.topics.policy_update, [CODEC.encode(update)])
 
     async def remove(self) -> None:
-        """Stops the process and deletes its topics and files."""
+        """Stops the process and deletes its topics, files and read-model keys."""
         self.stop()
         shutil.rmtree(self.state_dir, ignore_errors=True)
+        shutil.rmtree(LOGS / "dispatcher-faust" / f"{self.prefix}app", ignore_errors=True)
+        client = redis.Redis.from_url(Settings.from_env().local_redis_url)
+        try:
+            keys = list(client.scan_iter(f"{self.prefix}app:*"))
+            if keys:
+                client.delete(*keys)
+        except redis.RedisError:
+            pass  # (the null and naive baselines write none)
+        finally:
+            client.close()
         await delete_topics(list(load_topics().prefixed(self.prefix).topics), self.bootstrap)
 
     def start(self) -> None:
