@@ -45,6 +45,7 @@ unit: setup
 	$(BIN)/pytest -m 'not integration'
 
 integration: setup
+	$(BIN)/dispatcher stack fetch
 	$(BIN)/pytest -m integration
 
 # Re-pin every Python package after changing pyproject.toml's dependencies.

@@ -27,15 +27,16 @@ if ! command -v apt-get >/dev/null 2>&1; then
   echo "bootstrap: or set KAFKA_BOOTSTRAP_SERVERS / REDIS_URL to servers you run." >&2
   exit 1
 fi
-sudo=""
+as_root=(env DEBIAN_FRONTEND=noninteractive)
 if [ "$(id -u)" -ne 0 ]; then
   command -v sudo >/dev/null 2>&1 || { echo "bootstrap: need root or sudo to install ${need[*]}" >&2; exit 1; }
-  sudo="sudo"
+  as_root=(sudo -n "${as_root[@]}")  # (sudo would drop DEBIAN_FRONTEND; -n: fail, not prompt)
 fi
 echo "bootstrap: installing ${need[*]} with apt-get"
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# Another apt (say, a second `make` starting at the same time) holds the lock: wait for it.
+wait_lock=(-o DPkg::Lock::Timeout=300)
+"${as_root[@]}" apt-get "${wait_lock[@]}" update -qq
+"${as_root[@]}" apt-get "${wait_lock[@]}" install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 # Debian's package may start a redis-server service where an init system runs;
 # the project starts its own on loopback, so a running system one is fine too.
 echo "bootstrap: done"
