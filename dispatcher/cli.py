@@ -373,6 +373,8 @@ def run(topics_file: Path, duration: float | None, rate: float, agents: int) -> 
     worker: subprocess.Popen[bytes] | None = None
     demo = _DemoRun.claim(s.settings)
     bootstrap = ""
+    users = contextlib.ExitStack()  # (a test session beside it may use the same servers)
+    users.enter_context(s.in_use())
     try:
         endpoints = s.up()  # if interrupted, it stops what it had started itself
         started = endpoints.started
@@ -407,8 +409,12 @@ def run(topics_file: Path, duration: float | None, rate: float, agents: int) -> 
             with contextlib.suppress(DispatcherError):
                 asyncio.run(delete_topics(list(spec.prefixed(demo.prefix).topics), bootstrap))
         demo.forget()
+        users.close()
         if started:
-            click.echo("stopping: " + ", ".join(s.down(only=started)))
+            stopped = s.down(only=started, unused_only=True)
+            click.echo("stopping: " + ", ".join(stopped))
+            if left := [name for name in started if name not in stopped]:
+                click.echo(f"left running, in use by others: {', '.join(left)}")
 
 
 @cli.command("watch")

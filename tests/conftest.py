@@ -81,16 +81,18 @@ _INSTALL_HINT = {
 def _local_server(settings: Settings, name: str) -> Iterator[None]:
     """Runs the project's own server ``name`` for the session; fails (never skips) if it cannot."""
     stack = Stack(settings)
-    try:
-        started = stack.up(kafka=name == "kafka", redis=name == "redis").started
-    except DispatcherError as exc:
-        pytest.fail(
-            f"no {name} for the integration tests: {exc}\nRun `make test` ({_INSTALL_HINT[name]}.",
-            pytrace=False,
-        )
-    yield
+    with stack.in_use((name,)):  # (a `dispatcher run` beside the tests leaves it running)
+        try:
+            started = stack.up(kafka=name == "kafka", redis=name == "redis").started
+        except DispatcherError as exc:
+            pytest.fail(
+                f"no {name} for the integration tests: {exc}\nRun `make test` "
+                f"({_INSTALL_HINT[name]}.",
+                pytrace=False,
+            )
+        yield
     if started and not _keep():
-        stack.down(only=started)
+        stack.down(only=started, unused_only=True)
 
 
 @pytest.fixture(scope="session")

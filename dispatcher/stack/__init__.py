@@ -7,6 +7,7 @@ for Redis a server already answering on the port) and then only checked, or
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -119,15 +120,37 @@ class Stack:
             started=tuple(started),
         )
 
-    def down(self, *, only: tuple[str, ...] = ("kafka", "redis")) -> list[str]:
-        """Stops the local servers named in ``only``; returns those it stopped."""
-        stopped = []
-        with self._lock():
+    @contextmanager
+    def in_use(self, services: tuple[str, ...] = ("kafka", "redis")) -> Iterator[None]:
+        """Marks the servers named in use by this caller (a shared lock each) until the
+        block ends: ``down(..., unused_only=True)`` by another caller leaves them alone."""
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as held:
+            for name in services:
+                f = held.enter_context((self.settings.state_dir / f"{name}.users").open("a"))
+                fcntl.flock(f, fcntl.LOCK_SH)
+            yield
+
+    def down(
+        self, *, only: tuple[str, ...] = ("kafka", "redis"), unused_only: bool = False
+    ) -> list[str]:
+        """Stops the local servers named in ``only``; returns those it stopped. With
+        ``unused_only``, not those another caller holds ``in_use`` (a `dispatcher run` and
+        a test session may share the servers whichever started them)."""
+        stopped: list[str] = []
+        with self._lock(), contextlib.ExitStack() as held:
             # Redis first: the broker takes longer and nothing depends on Redis's order.
-            if "redis" in only and self.redis.down():
-                stopped.append("redis")
-            if "kafka" in only and self.kafka.down():
-                stopped.append("kafka")
+            for name in ("redis", "kafka"):
+                if name not in only:
+                    continue
+                if unused_only:
+                    f = held.enter_context((self.settings.state_dir / f"{name}.users").open("a"))
+                    try:
+                        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # in use: left running
+                if (self.kafka if name == "kafka" else self.redis).down():
+                    stopped.append(name)
         return stopped
 
     def status(self) -> list[ServiceStatus]:

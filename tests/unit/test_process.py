@@ -8,6 +8,7 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,29 @@ def test_stack_up_says_when_an_external_server_does_not_answer(
     only = "kafka" if "KAFKA_BOOTSTRAP_SERVERS" in env else "redis"
     with pytest.raises(StackError, match=says.format(port=port)):
         Stack(settings).up(kafka=only == "kafka", redis=only == "redis")
+
+
+def test_down_leaves_servers_another_caller_holds_in_use(tmp_path: Path) -> None:
+    """A `dispatcher run` and a test session share the servers whichever started them; the
+    one that started them stops them only when the other is done (before: at once)."""
+    from dispatcher.settings import Settings  # noqa: PLC0415
+    from dispatcher.stack import Stack  # noqa: PLC0415
+
+    stack = Stack(Settings.from_env({"DISPATCHER_STATE_DIR": str(tmp_path)}))
+    stops: list[str] = []
+
+    def stop(name: str) -> Callable[[], bool]:
+        def down() -> bool:
+            stops.append(name)
+            return True
+
+        return down
+
+    # (the locks are under test here, not the servers: their stop is recorded, not run)
+    stack.kafka.down = stop("kafka")  # type: ignore[method-assign]
+    stack.redis.down = stop("redis")  # type: ignore[method-assign]
+    with stack.in_use(("kafka",)):  # another caller uses the broker
+        assert stack.down(only=("kafka", "redis"), unused_only=True) == ["redis"]
+        assert stack.down(only=("kafka",)) == ["kafka"]  # `stack down` stops what it is told
+    assert stack.down(only=("kafka",), unused_only=True) == ["kafka"]
+    assert stops == ["redis", "kafka", "kafka"]
