@@ -35,7 +35,8 @@ class AgentClient(CommittingIterator):
     repeats of a decision id it has already yielded (the dispatcher may
     publish a decision again after a crash). Offsets are committed under the
     group ``agent-<length of pool>-<pool>-<id>``, so a restarted agent resumes
-    where it stopped.
+    where it stopped (one upgraded from a release that committed under
+    ``agent-<id>`` starts where that group had got to).
 
     Raises:
         BrokerError: the broker cannot be reached or refuses a request.
@@ -76,6 +77,7 @@ class AgentClient(CommittingIterator):
             self._consumer = DecodingConsumer(
                 self._bootstrap, self.topics.assignments, "Assignment",
                 group_id=f"agent-{len(self.pool)}-{self.pool}-{self.agent_id}",
+                resume_from=f"agent-{self.agent_id}",  # (the group of earlier releases)
                 dead_letter_topic=self.topics.dead_letter,
                 partitions=[partition], codec=self.codec, producer=self._producer.kafka,
             )  # fmt: skip

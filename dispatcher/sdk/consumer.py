@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
@@ -50,6 +51,8 @@ class DecodingConsumer(CommittingIterator):
         dead_letter_topic: where undecodable records go.
         partitions: read only these partitions (no group rebalancing), or all
             of them through the group (None).
+        resume_from: with ``partitions``, a group whose committed offsets to start
+            from where ``group_id`` has none (a group renamed).
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class DecodingConsumer(CommittingIterator):
         codec: Codec | None = None,
         producer: AIOKafkaProducer | None = None,
         max_records: int = 500,
+        resume_from: str | None = None,
     ) -> None:
         self.topic = topic
         self.schema = schema
@@ -72,6 +76,7 @@ class DecodingConsumer(CommittingIterator):
         self.delivered = 0
         self.dead_lettered = 0
         self._partitions = partitions
+        self._resume_from = resume_from
         self._uncommitted: dict[TopicPartition, int] = {}
         self._buffer: deque[Any] = deque()
         self._pending_dead: list[Any] = []
@@ -95,12 +100,31 @@ class DecodingConsumer(CommittingIterator):
                 await self._producer.start()
             await self._consumer.start()
             if self._partitions is not None:
-                self._consumer.assign([TopicPartition(self.topic, p) for p in self._partitions])
+                tps = [TopicPartition(self.topic, p) for p in self._partitions]
+                self._consumer.assign(tps)
+                if self._resume_from is not None:
+                    await self._resume(tps, self._resume_from)
             else:
                 self._consumer.subscribe([self.topic], listener=_ForgetRevoked(self))
         except KafkaError as exc:
             await self.stop()
             raise BrokerError(f"consuming {self.topic} at {self._bootstrap}: {exc!r}") from exc
+
+    async def _resume(self, tps: list[TopicPartition], group: str) -> None:
+        """Starts the partitions this group never committed where ``group`` committed."""
+        fresh = [tp for tp in tps if await self._consumer.committed(tp) is None]
+        if not fresh:
+            return
+        admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap)
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(group, partitions=fresh)
+        finally:
+            await admin.close()
+        for tp in fresh:
+            found = offsets.get(tp)
+            if found is not None and found.offset >= 0:
+                self._consumer.seek(tp, found.offset)
 
     async def stop(self, *, commit: bool = True) -> None:
         """Commits what was yielded (unless ``commit`` is False) and disconnects."""

@@ -9,7 +9,7 @@ import json
 from collections.abc import AsyncIterable, Callable
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from fastavro import parse_schema, schemaless_writer
@@ -229,6 +229,33 @@ def test_agent_client_yields_its_own_assignments_once_and_answers(
         assert answer.event_id == f"d0-{mine}:ACCEPTED"
         (letter,) = await _read_all(kafka_bootstrap, topics.dead_letter, 1)
         assert CODEC.decode(letter[1], "DeadLetter").source_topic == topics.assignments  # type: ignore[attr-defined]
+
+    asyncio.run(scenario())
+
+
+def test_an_agent_upgraded_from_the_old_group_starts_where_that_group_had_got_to(
+    kafka_bootstrap: str, topics: TopicNames, unique: Callable[[str], str]
+) -> None:
+    """Clients of earlier releases committed under ``agent-<id>``: one upgraded starts there,
+    not again from the oldest assignment kept."""
+    mine = unique("agent")
+
+    async def scenario() -> None:
+        async with DispatcherProducer(kafka_bootstrap, topics=topics) as producer:
+            for n in range(3):
+                await producer.publish(topics.assignments, mine, _assignment(f"d{n}-{mine}", mine))
+        tp = TopicPartition(topics.assignments, partition_for(mine, 4))
+        old = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=f"agent-{mine}",
+                               enable_auto_commit=False)  # fmt: skip
+        await old.start()
+        old.assign([tp])
+        await old.commit({tp: 2})  # the old client had handled the first two
+        await old.stop()
+        async with AgentClient(kafka_bootstrap, mine, "pool-a", topics=topics) as client:
+            async with asyncio.timeout(30):
+                first = await anext(client)
+            assert first.decision_id == f"d2-{mine}"
+            assert await _more_within(client, 2) == []
 
     asyncio.run(scenario())
 
