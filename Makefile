@@ -38,6 +38,7 @@ typecheck: setup
 	$(BIN)/mypy
 
 test: lint typecheck
+	@PYTHON="$(PYTHON)" ALL_SERVERS=1 bash ops/bootstrap-system.sh
 	$(BIN)/dispatcher stack fetch
 	$(BIN)/pytest
 
@@ -45,6 +46,7 @@ unit: setup
 	$(BIN)/pytest -m 'not integration'
 
 integration: setup
+	@PYTHON="$(PYTHON)" ALL_SERVERS=1 bash ops/bootstrap-system.sh
 	$(BIN)/dispatcher stack fetch
 	$(BIN)/pytest -m integration
 

@@ -3,7 +3,8 @@
 # Python >= 3.11 with venv, Java 17 and Maven (to fetch and run the Kafka broker) and Debian's
 # redis-server. Idempotent: a second run installs nothing and prints nothing.
 # Skips Redis when REDIS_URL points at a server the user already runs, and
-# Java/Maven when KAFKA_BOOTSTRAP_SERVERS points at an existing cluster.
+# Java/Maven when KAFKA_BOOTSTRAP_SERVERS points at an existing cluster, unless
+# ALL_SERVERS is set (the test suite starts servers of its own, whatever those say).
 set -euo pipefail
 
 need=()
@@ -13,11 +14,11 @@ if ! command -v "$py" >/dev/null 2>&1 || ! "$py" -c 'import sys; sys.exit(sys.ve
 elif ! "$py" -c 'import ensurepip, venv' >/dev/null 2>&1; then
   need+=(python3-venv)   # Debian splits venv/ensurepip out of python3
 fi
-if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
+if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ] || [ -n "${ALL_SERVERS:-}" ]; then
   command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
   command -v mvn >/dev/null 2>&1 || need+=(maven)
 fi
-if [ -z "${REDIS_URL:-}" ]; then
+if [ -z "${REDIS_URL:-}" ] || [ -n "${ALL_SERVERS:-}" ]; then
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
