@@ -94,11 +94,7 @@ class Stack:
                 does not answer.
         """
         s = self.settings
-        if (
-            kafka
-            and s.kafka_bootstrap
-            and not any(port_open(*_host_port(b)) for b in s.kafka_bootstrap.split(","))
-        ):
+        if kafka and s.kafka_bootstrap and not self._kafka_answers():
             raise StackError(f"KAFKA_BOOTSTRAP_SERVERS={s.kafka_bootstrap}: no broker answers")
         if redis and s.redis_url and not redis_ping(s.redis_url):
             raise StackError(f"REDIS_URL={s.redis_url}: no Redis answers there")
