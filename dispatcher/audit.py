@@ -33,6 +33,7 @@ from dispatcher import core
 from dispatcher.codecs import models as m
 from dispatcher.codecs.adapt import encode_decision, to_records
 from dispatcher.codecs.codec import Codec, CodecError
+from dispatcher.errors import BrokerError
 from dispatcher.reading import (
     PROGRESS_EVERY,
     committed_offsets,
@@ -148,9 +149,11 @@ async def audit(
     """
     topics = topics or TopicNames()
     tps = await partitions(bootstrap, topics.input_sequence)
-    decided = (
-        None if group is None else await committed_offsets(bootstrap, group, topics.input_sequence)
-    )
+    decided = None
+    if group is not None:
+        decided = await committed_offsets(bootstrap, group, topics.input_sequence)
+        if not decided:
+            raise BrokerError(f"group {group} has committed no offset on {topics.input_sequence}")
     if jobs == 0:
         records = sum((await end_offsets(bootstrap, tps)).values())
         jobs = _cores() if records >= PARALLEL_FROM else 1

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from dispatcher.codecs import Codec, CodecError, dead_letter
 from dispatcher.codecs.models import Record
 from dispatcher.errors import BrokerError
+from dispatcher.reading import committed_offsets
 from dispatcher.sdk._lifecycle import CommittingIterator
 
 __all__ = ["DecodingConsumer", "Delivered"]
@@ -106,8 +106,10 @@ class DecodingConsumer(CommittingIterator):
                     await self._resume(tps, self._resume_from)
             else:
                 self._consumer.subscribe([self.topic], listener=_ForgetRevoked(self))
-        except KafkaError as exc:
+        except (KafkaError, BrokerError) as exc:
             await self.stop()
+            if isinstance(exc, BrokerError):
+                raise
             raise BrokerError(f"consuming {self.topic} at {self._bootstrap}: {exc!r}") from exc
 
     async def _resume(self, tps: list[TopicPartition], group: str) -> None:
@@ -115,16 +117,10 @@ class DecodingConsumer(CommittingIterator):
         fresh = [tp for tp in tps if await self._consumer.committed(tp) is None]
         if not fresh:
             return
-        admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap)
-        await admin.start()
-        try:
-            offsets = await admin.list_consumer_group_offsets(group, partitions=fresh)
-        finally:
-            await admin.close()
+        offsets = await committed_offsets(self._bootstrap, group, self.topic)
         for tp in fresh:
-            found = offsets.get(tp)
-            if found is not None and found.offset >= 0:
-                self._consumer.seek(tp, found.offset)
+            if (offset := offsets.get(tp.partition)) is not None:
+                self._consumer.seek(tp, offset)
 
     async def stop(self, *, commit: bool = True) -> None:
         """Commits what was yielded (unless ``commit`` is False) and disconnects."""

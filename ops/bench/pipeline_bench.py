@@ -47,7 +47,6 @@ from typing import Any
 import numpy as np
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -56,7 +55,7 @@ from procstat import rss_mb
 from dispatcher.codecs import Codec
 from dispatcher.codecs import models as m
 from dispatcher.demo import agent_profile, load_event, policy_update
-from dispatcher.reading import partitions, read_partition
+from dispatcher.reading import committed_offsets, partitions, read_partition
 from dispatcher.sdk.producer import now_ms
 from dispatcher.settings import Settings
 from dispatcher.topics import TopicNames, apply_topics, delete_topics, load_topics
@@ -188,19 +187,11 @@ class Contender:
     async def wait_consumed(self, topic: str, n: int, timeout_s: float = 300) -> None:
         """Until the contender's consumer group has committed ``n`` records of ``topic``."""
         group = f"{self.prefix}app"
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-        await admin.start()
-        try:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                offsets = await admin.list_consumer_group_offsets(group)
-                if sum(o.offset for tp, o in offsets.items() if tp.topic == topic) >= n:
-                    return
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"{self.kind} did not consume {topic} in {timeout_s}s")
-                await asyncio.sleep(0.5)
-        finally:
-            await admin.close()
+        deadline = time.monotonic() + timeout_s
+        while sum((await committed_offsets(self.bootstrap, group, topic)).values()) < n:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{self.kind} did not consume {topic} in {timeout_s}s")
+            await asyncio.sleep(0.5)
 
     def rss_mb(self) -> float:
         assert self.proc is not None  # noqa: S101
