@@ -542,10 +542,11 @@ class PoolState:
             if due is not None and due.status is LoadStatus.PENDING and load_id not in self.queue:
                 self._push(due)
 
-    def _affinity(self, spec: LoadSpec) -> tuple[int | None, bool]:
-        """The row of the agent that served the load's session last (None: none known), and
-        whether hard affinity holds the load for that agent now."""
-        p, t = self.policy, self.agents
+    def _affinity(self, ls: LoadState) -> tuple[int | None, bool]:
+        """The row of the agent that served the load's session last (None: none known; kept
+        as ``ls.affinity_row``, which explain scores with), and whether hard affinity holds
+        the load for that agent now."""
+        p, t, spec = self.policy, self.agents, ls.spec
         last = self.sessions.get(spec.session_id) if spec.session_id else None
         row = t.row.get(last[0]) if last is not None else None
         waiting = (
@@ -554,13 +555,13 @@ class PoolState:
             and t.status[row] in (AgentStatus.AVAILABLE, AgentStatus.DRAINING)
             and self.now_ms < spec.created_ms + p.affinity_wait_ms
         )
+        ls.affinity_row = row
         return row, waiting
 
     def _match(self, ls: LoadState) -> tuple[Match, bool]:
         """The best agent for ``ls`` now, and whether hard affinity holds it for another."""
         spec, p = ls.spec, self.policy
-        affinity_row, waiting = self._affinity(spec)
-        ls.affinity_row = affinity_row
+        affinity_row, waiting = self._affinity(ls)
         denied = p.tenant_deny.get(spec.tenant, frozenset())
         m = self.agents.match(spec, p, self.now_ms, denied=denied, affinity_row=affinity_row)
         if waiting and m.row != affinity_row:
@@ -640,8 +641,7 @@ class PoolState:
             if load_id is None:
                 break
             ls = self.pending[load_id]
-            affinity_row, waiting = self._affinity(ls.spec)
-            ls.affinity_row = affinity_row
+            affinity_row, waiting = self._affinity(ls)
             s = t.evaluate(ls.spec, p, self.now_ms, affinity_row=affinity_row,
                            denied=p.tenant_deny.get(ls.spec.tenant, frozenset()))  # fmt: skip
             if waiting:
