@@ -71,6 +71,7 @@ class _Finite(click.FloatRange):
 _WEEK_S = 7 * 86_400
 _duration = click.option("--duration", type=_Finite(min=0, min_open=True, max=_WEEK_S),
                          default=None, help="Stop after this many seconds.")  # fmt: skip
+_prefix = click.option("--topic-prefix", default="", help="Prefix of every topic name.")
 _rate = click.option("--rate", type=_Finite(min=0, min_open=True, max=1e6), default=40.0,
                      show_default=True, help="Demo loads per second.")  # fmt: skip
 
@@ -420,8 +421,7 @@ def run(topics_file: Path, duration: float | None, rate: float, agents: int) -> 
 @cli.command("watch")
 @_topics_file
 @_duration
-@click.option("--topic-prefix", default="", help="Prefix of every topic name (`dispatcher run` "
-              "prints its own: demo-<time>-).")  # fmt: skip
+@_prefix
 def watch(topics_file: Path, duration: float | None, topic_prefix: str) -> None:
     """Show records arriving on every declared topic (counts per second)."""
     s = _settings()
@@ -436,7 +436,7 @@ def watch(topics_file: Path, duration: float | None, topic_prefix: str) -> None:
 @_rate
 @click.option("--agents", type=click.IntRange(min=1, max=100_000), default=60, show_default=True)
 @click.option("--pools", type=click.IntRange(min=1, max=1_000), default=2, show_default=True)
-@click.option("--topic-prefix", default="", help="Prefix of every topic name.")
+@_prefix
 @click.option("--publish-policy", is_flag=True,
               help="First publish the demo's policy (short ack and heartbeat timeouts). Every "
                    "pool of the workers gets it, and its version is the time: publish it only "
@@ -583,7 +583,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 # -- audit, what-if, explain, policies ----------------------------------------------
 
-_prefix = click.option("--topic-prefix", default="", help="Prefix of every topic name.")
 _as_json = click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 
 
@@ -851,7 +850,7 @@ def policy_publish(path: Path, key_id: str | None, at: str | None, topic_prefix:
 @click.option("--web-port", type=int, default=6066, show_default=True)
 @click.option("--tick-ms", type=int, default=200, show_default=True,
               help="How often each owned pool gets a Tick on the ticks topic.")  # fmt: skip
-@click.option("--topic-prefix", default="", help="Prefix of every topic name (topics.yaml's).")
+@_prefix
 @click.option("--snapshot-every", type=int, default=100_000, show_default=True,
               help="Records between snapshots of a partition's state (0: none).")  # fmt: skip
 @click.option("--max-ahead-ms", type=click.IntRange(min=0), default=10_000, show_default=True,

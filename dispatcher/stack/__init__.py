@@ -12,6 +12,7 @@ import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from dispatcher.errors import StackError
@@ -74,6 +75,13 @@ class Stack:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
+    def _server(self, name: str) -> LocalKafka | LocalRedis:
+        return self.kafka if name == "kafka" else self.redis
+
+    def _users(self, name: str) -> Path:
+        """The file whose shared locks mark server ``name`` in use (see ``in_use``)."""
+        return self.settings.state_dir / f"{name}.users"
+
     def _kafka_answers(self) -> bool:
         """Whether any of the external bootstrap servers accepts connections."""
         servers = (self.settings.kafka_bootstrap or "").split(",")
@@ -108,7 +116,7 @@ class Stack:
             except BaseException:
                 # All or nothing: what this call started goes down with it.
                 for name in started:
-                    (self.kafka if name == "kafka" else self.redis).down()
+                    self._server(name).down()
                 raise
         return Endpoints(
             kafka_bootstrap=self.settings.kafka_bootstrap or self.settings.local_bootstrap,
@@ -123,7 +131,7 @@ class Stack:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         with contextlib.ExitStack() as held:
             for name in services:
-                f = held.enter_context((self.settings.state_dir / f"{name}.users").open("a"))
+                f = held.enter_context(self._users(name).open("a"))
                 fcntl.flock(f, fcntl.LOCK_SH)
             yield
 
@@ -140,12 +148,12 @@ class Stack:
                 if name not in only:
                     continue
                 if unused_only:
-                    f = held.enter_context((self.settings.state_dir / f"{name}.users").open("a"))
+                    f = held.enter_context(self._users(name).open("a"))
                     try:
                         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     except BlockingIOError:
                         continue  # in use: left running
-                if (self.kafka if name == "kafka" else self.redis).down():
+                if self._server(name).down():
                     stopped.append(name)
         return stopped
 

@@ -247,6 +247,16 @@ async def _end_offsets(bootstrap: str, topic: str) -> int:
         await consumer.stop()
 
 
+async def _until(bootstrap: str, topic: str, n: int, *, timeout_s: float) -> int:
+    """The records in ``topic`` once there are ``n``, or after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ends = await _end_offsets(bootstrap, topic)
+        if ends >= n or time.monotonic() > deadline:
+            return ends
+        await asyncio.sleep(1.0)
+
+
 async def latency(bootstrap: str, agent_values: list[bytes], load_values: list[bytes],
                   rate: float) -> tuple[float, float, int, float, float, int]:  # fmt: skip
     """p50 and p99 arrival -> assignment (ms) with loads sent at ``rate`` on a schedule,
@@ -260,12 +270,8 @@ async def latency(bootstrap: str, agent_values: list[bytes], load_values: list[b
     try:
         await c.wait_agents(len(agent_values) // 2)
         await produce(bootstrap, c.topics.load_arrival, load_values, rate=rate)
-        cutoff = now_ms() + 60_000
-        while await _end_offsets(bootstrap, c.topics.assignments) < len(load_values):
-            if now_ms() > cutoff:
-                break
-            await asyncio.sleep(1.0)
-        cutoff = min(cutoff, now_ms())
+        await _until(bootstrap, c.topics.assignments, len(load_values), timeout_s=60)
+        cutoff = now_ms()
         sent = {CODEC.decode(r.value).load_id: t  # type: ignore[attr-defined]
                 for t, r in await timestamps(bootstrap, c.topics.load_arrival)}  # fmt: skip
         got: dict[str, int] = {}
@@ -291,11 +297,8 @@ async def memory(bootstrap: str, agents: int, loads: int = 2_000) -> float:
     try:
         await c.wait_agents(agents, timeout_s=900)
         await produce(bootstrap, c.topics.load_arrival, load_values)
-        deadline = time.monotonic() + 300
-        while await _end_offsets(bootstrap, c.topics.assignments) < loads:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"memory: fewer than {loads:,} loads assigned in 300 s")
-            await asyncio.sleep(1.0)
+        if await _until(bootstrap, c.topics.assignments, loads, timeout_s=300) < loads:
+            raise SystemExit(f"memory: fewer than {loads:,} loads assigned in 300 s")
         return c.rss_mb()
     finally:
         await c.remove()
