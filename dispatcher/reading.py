@@ -9,7 +9,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    CoordinatorLoadInProgressError,
+    GroupCoordinatorNotAvailableError,
+    KafkaError,
+    NotCoordinatorForGroupError,
+)
 
 from dispatcher.errors import BrokerError
 
@@ -26,6 +31,8 @@ __all__ = [
 PROGRESS_EVERY = 20_000  # replays report their progress every this many inputs
 CHUNK = 20_000  # records a read hands over at a time, at most
 _UNKNOWN_TOPIC = 3  # Kafka's UNKNOWN_TOPIC_OR_PARTITION
+_NO_COORDINATOR = (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError,
+                   NotCoordinatorForGroupError)  # fmt: skip
 
 
 async def partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
@@ -88,21 +95,31 @@ async def read_partition(bootstrap: str, tp: TopicPartition) -> list[Any]:
     return [r async for chunk in read_chunks(bootstrap, tp) for r in chunk]
 
 
-async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+async def committed_offsets(
+    bootstrap: str, group: str, topic: str, *, timeout_s: float = 30.0
+) -> dict[int, int]:
     """The offsets consumer group ``group`` last committed on the partitions of ``topic``
     (a partition it never committed is left out: none, for a group that never did).
 
+    A group coordinator not yet there (as on a broker whose offsets topic this very
+    request has it create) is asked again, for up to ``timeout_s``.
+
     Raises:
-        BrokerError: the broker cannot be reached.
+        BrokerError: the broker cannot be reached, or fails the request.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        await admin.start()
-        offsets = await admin.list_consumer_group_offsets(group)
-    except KafkaError as exc:
-        raise BrokerError(f"offsets of group {group} at {bootstrap}: {exc!r}") from exc
-    finally:
-        await admin.close()
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            await admin.start()
+            offsets = await admin.list_consumer_group_offsets(group)
+            break
+        except KafkaError as exc:
+            if not isinstance(exc, _NO_COORDINATOR) or asyncio.get_running_loop().time() > deadline:
+                raise BrokerError(f"offsets of group {group} at {bootstrap}: {exc!r}") from exc
+        finally:
+            await admin.close()
+        await asyncio.sleep(0.3)
     return {tp.partition: om.offset for tp, om in offsets.items()
             if tp.topic == topic and om.offset >= 0}  # fmt: skip
 
