@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import math
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ def agent_profile(rng: np.random.Generator, *, capacity: int | None = None) -> m
         capacity=capacity if capacity is not None else int(rng.integers(1, 4)),
         personality=[float(x) for x in rng.normal(size=DIM)], risk_budget=100.0,
         abstention_threshold=1.0, clearance=m.Sensitivity.CONFIDENTIAL, regions=["eu", "us"],
-        zone=f"z{int(rng.integers(3))}", speed=float(np.exp(rng.normal(0, 0.2))),
+        zone=f"z{int(rng.integers(3))}", speed=math.exp(rng.normal(0, 0.2)),
     )  # fmt: skip
 
 

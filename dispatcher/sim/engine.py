@@ -92,7 +92,7 @@ def _agents(sc: Scenario, rng: np.random.Generator) -> list[tuple[str, AgentProf
             clearance=Sensitivity(int(rng.choice(4, p=[0.1, 0.2, 0.4, 0.3]))),
             regions=frozenset({"eu", "us"}) if rng.random() < 0.9 else frozenset({"eu"}),
             zone=f"z{int(rng.integers(4))}",
-            speed=float(np.exp(rng.normal(0, 0.25))),
+            speed=math.exp(rng.normal(0, 0.25)),
         )))  # fmt: skip
     return out
 
