@@ -332,7 +332,10 @@ class PoolState:
         alive = (t.status[:n] == AgentStatus.AVAILABLE) | (t.status[:n] == AgentStatus.DRAINING)
         lost = np.flatnonzero(alive & (t.last_seen[:n] + p.heartbeat_timeout_ms < now))
         for row in lost:
-            t.set_status(int(row), AgentStatus.LOST)
+            # A draining agent was leaving: gone silent, it has left (a heartbeat revives
+            # only a lost agent, which then takes new loads again).
+            draining = t.status[row] == AgentStatus.DRAINING
+            t.set_status(int(row), AgentStatus.OFFLINE if draining else AgentStatus.LOST)
             self._requeue_agent(t.ids[row], "AGENT_LOST", e.source, out)
         while self.ack_due and self.ack_due[0][0] < now:
             _, _, load_id, decision = heapq.heappop(self.ack_due)
@@ -341,9 +344,10 @@ class PoolState:
             if ls is not None and ls.status is LoadStatus.ASSIGNED and ls.decision_id == decision:
                 self._requeue(ls, "ACK_TIMEOUT", e.source, out)
         if p.expire_after_deadline_ms is not None:
-            for ls in list(self.pending.values()):
+            for ls in list(self.pending.values()):  # (a critical load is never shed)
                 deadline = ls.spec.deadline_ms
-                if deadline is not None and deadline + p.expire_after_deadline_ms < now:
+                if (deadline is not None and deadline + p.expire_after_deadline_ms < now
+                        and ls.spec.priority is not Priority.CRITICAL):  # fmt: skip
                     self._finish(ls, Outcome.SHED, "EXPIRED", e.source, out)
         self._prune(now - p.dedupe_window_ms)
         if p.mode == "batched" and now - self.last_batch_ms >= p.batch_window_ms:
@@ -545,27 +549,32 @@ class PoolState:
     def _affinity(self, ls: LoadState) -> tuple[int | None, bool]:
         """The row of the agent that served the load's session last (None: none known; kept
         as ``ls.affinity_row``, which explain scores with), and whether hard affinity holds
-        the load for that agent now."""
+        the load for that agent now (one draining takes no new load: not waited for)."""
         p, t, spec = self.policy, self.agents, ls.spec
         last = self.sessions.get(spec.session_id) if spec.session_id else None
         row = t.row.get(last[0]) if last is not None else None
         waiting = (
             p.hard_affinity
             and row is not None
-            and t.status[row] in (AgentStatus.AVAILABLE, AgentStatus.DRAINING)
+            and t.status[row] == AgentStatus.AVAILABLE
             and self.now_ms < spec.created_ms + p.affinity_wait_ms
         )
         ls.affinity_row = row
         return row, waiting
 
     def _match(self, ls: LoadState) -> tuple[Match, bool]:
-        """The best agent for ``ls`` now, and whether hard affinity holds it for another."""
+        """The best agent for ``ls`` now (held by hard affinity: its session's agent if that
+        qualifies, else none), and whether hard affinity holds it."""
         spec, p = ls.spec, self.policy
         affinity_row, waiting = self._affinity(ls)
         denied = p.tenant_deny.get(spec.tenant, frozenset())
         m = self.agents.match(spec, p, self.now_ms, denied=denied, affinity_row=affinity_row)
         if waiting and m.row != affinity_row:
-            m = replace(m, row=None)  # the session's agent is busy: wait for it
+            s = self.agents.evaluate(spec, p, self.now_ms, denied=denied,
+                                     affinity_row=affinity_row)  # fmt: skip
+            hit = np.flatnonzero(s.rows == affinity_row)
+            # The session's agent, though another scores better; or, if it is full, none.
+            m = s.pick(int(hit[0]), p) if hit.size else replace(m, row=None)
         return m, waiting
 
     def _try_assign(self, ls: LoadState, source: Source, out: list[Decision]) -> None:
@@ -615,12 +624,17 @@ class PoolState:
     def _batch(self, source: Source, out: list[Decision]) -> None:
         """Assigns the next loads in service order together, maximising their total score.
 
-        Up to one load per free slot is taken in service order (so a batch never
-        reorders classes or tenants); each keeps its best ``batch_candidates``
-        agents (held by hard affinity, its session's agent only), and
-        ``batch.solve`` picks the pairs. A load no agent can take now waits
-        outside the batch, so it does not keep the loads behind it from the
-        slots (at most ``batch_max_loads + drain_limit`` loads are looked at).
+        Up to one load per free slot is taken in service order, each tenant's
+        service counted as if the loads taken so far were served (so one tenant
+        does not take the whole batch); each keeps its best ``batch_candidates``
+        agents (held by hard affinity, its session's agent only). ``batch.solve``
+        picks the pairs class by class, most important first, each class from
+        the slots the ones before it left (so a lower class never takes an agent
+        from a higher one). A load no agent can take now waits outside the
+        batch, so it does not keep the loads behind it from the slots (at most
+        ``batch_max_loads + drain_limit`` loads are looked at). The pairs are
+        then made in service order, and one whose agent no longer has the risk
+        room for it (the loads before it took that) waits for the next batch.
         """
         p, t = self.policy, self.agents
         self.parked_epoch = -1  # the batch looks at every waiting load again
@@ -631,13 +645,13 @@ class PoolState:
         batch: list[tuple[LoadState, Scored, bool]] = []
         candidates: list[list[tuple[int, float]]] = []
         taken: dict[str, int] = {}
+        served = dict(self.served)  # as if the loads taken were served
         for _ in range(p.batch_max_loads + p.drain_limit):
             if len(batch) >= min(slots, p.batch_max_loads):
                 break
             # Each load taken may close an open agent: the reserve counts it so.
             skip = self._at_quota(taken) | self._held(len(open_rows) - len(batch), taken)
-            load_id = self.queue.pop(self.served, tenant_first=p.tenant_first,
-                                     skip=skip)  # fmt: skip
+            load_id = self.queue.pop(served, tenant_first=p.tenant_first, skip=skip)
             if load_id is None:
                 break
             ls = self.pending[load_id]
@@ -652,19 +666,42 @@ class PoolState:
             if not pairs:
                 self._unmatched(ls, s.none(), waiting)
                 continue
-            taken[ls.spec.tenant] = taken.get(ls.spec.tenant, 0) + 1
+            tenant = ls.spec.tenant
+            taken[tenant] = taken.get(tenant, 0) + 1
+            served[tenant] = served.get(tenant, 0.0) + 1.0 / p.tenant_weight(tenant)
             batch.append((ls, s, waiting))
             candidates.append(pairs)
-        free = {
-            row: int(t.capacity[row] - t.active[row]) for pairs in candidates for row, _ in pairs
-        }
-        for (ls, s, waiting), row in zip(batch, solve(candidates, free), strict=True):
-            if row is None:
+        chosen = self._solve_by_class(batch, candidates)
+        check_risk = p.enforced("risk")
+        for (ls, s, waiting), row in zip(batch, chosen, strict=True):
+            # (a row whose risk room the loads before it in the batch took: none)
+            if row is None or (check_risk and not t.risk_room[row] >= ls.spec.risk):
                 self._unmatched(ls, s.none(), waiting)
             else:
                 i = int(np.flatnonzero(s.rows == row)[0])
                 reason = "AFFINITY" if waiting else "BATCH_OPTIMAL"
                 self._assign(ls, s.pick(i, p), reason, source, out)
+
+    def _solve_by_class(
+        self, batch: list[tuple[LoadState, Scored, bool]], candidates: list[list[tuple[int, float]]]
+    ) -> list[int | None]:
+        """``batch.solve`` for each class of the batch's loads in turn, most important first,
+        on the slots the classes before it left: each load's agent row, or None."""
+        t = self.agents
+        free = {
+            row: int(t.capacity[row] - t.active[row]) for pairs in candidates for row, _ in pairs
+        }
+        classes: dict[Priority, list[int]] = {}
+        for i, (ls, _, _) in enumerate(batch):
+            classes.setdefault(ls.spec.priority, []).append(i)
+        chosen: list[int | None] = [None] * len(batch)
+        for cls in sorted(classes):  # (a lower value is served first)
+            members = classes[cls]
+            for i, row in zip(members, solve([candidates[i] for i in members], free), strict=True):
+                if row is not None:
+                    chosen[i] = row
+                    free[row] -= 1
+        return chosen
 
     # -- endings and requeues --------------------------------------------------------------
 

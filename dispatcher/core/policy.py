@@ -67,6 +67,7 @@ class Policy:
     ack_timeout_ms: int = 30_000
     heartbeat_timeout_ms: int = 60_000
     affinity_wait_ms: int = 5_000
+    # A waiting load this long past its deadline is shed as EXPIRED (a critical one never).
     expire_after_deadline_ms: int | None = None
     # deadline_fit counts an agent when its expected finish, with this share of the
     # expected run time added as a safety margin, meets the deadline.

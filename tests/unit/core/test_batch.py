@@ -118,7 +118,8 @@ def test_a_batch_keeps_the_fair_share_reserve() -> None:
     for i in range(10):
         state.apply(arrive(f"a{i}", 2 + i, tenant="acme"))
     first = [d.tenant for d in state.apply(tick(150)) if d.outcome is Outcome.ASSIGNED]
-    assert sorted(first) == ["acme"] * 8 + ["globex"]  # globex took 1 of the 2 kept open
+    # Served in turn (globex second), acme until 2 agents are left, kept for the others.
+    assert sorted(first) == ["acme"] * 7 + ["globex"]
     state.apply(arrive("g1", 200, tenant="globex"))
     later = [d.load_id for d in state.apply(tick(300)) if d.outcome is Outcome.ASSIGNED]
     assert later == ["g1"]
@@ -165,3 +166,45 @@ def test_under_hard_affinity_a_batch_gives_the_load_to_its_sessions_agent() -> N
     state.apply(arrive("L3", 400, intent=(1.0, 0.0), session_id="S"))
     assert [x.agent_id for x in state.apply(tick(500)) if x.outcome is Outcome.ASSIGNED] == []
     assert state.pending["L3"].last_match is not None
+
+
+def _assigned(decisions: list[Decision]) -> dict[str, str | None]:
+    return {d.load_id: d.agent_id for d in decisions if d.outcome is Outcome.ASSIGNED}
+
+
+def test_a_batch_keeps_within_each_agents_risk_budget() -> None:
+    state = PoolState("p", Policy(mode="batched", batch_window_ms=100))
+    state.apply(register("a1", capacity=3, risk_budget=10.0))
+    state.apply(available("a1"))
+    for i in range(3):
+        state.apply(arrive(f"L{i}", 1 + i, risk=6.0))
+    # Each fits the agent's budget alone; together they would use 18 of its 10.
+    assert _assigned(state.apply(tick(150))) == {"L0": "a1"}
+    assert state.agents.risk_room[state.agents.row["a1"]] == 4.0
+
+
+def test_a_batch_gives_a_contested_agent_to_the_higher_class() -> None:
+    state = PoolState("p", Policy(mode="batched", batch_window_ms=100))
+    state.apply(register("a1", personality=(0.0, 1.0)))
+    state.apply(register("a2", capabilities=frozenset({"rust"})))  # a second slot, for neither
+    state.apply(available("a1"))
+    state.apply(available("a2"))
+    state.apply(arrive("high", 1, priority=Priority.HIGH, intent=(1.0, 0.0)))
+    state.apply(arrive("low", 2, priority=Priority.LOW, intent=(0.0, 1.0)))  # scores better
+    assert _assigned(state.apply(tick(150))) == {"high": "a1"}
+
+
+def test_a_batch_shares_the_slots_between_tenants_as_one_by_one_service_would() -> None:
+    def run(mode: str) -> list[str]:
+        state = PoolState("p", Policy(mode=mode, batch_window_ms=100, fair_share_reserve=0.0))
+        for tenant in ("acme", "globex"):
+            for i in range(8):
+                state.apply(arrive(f"{tenant}{i}", 1, tenant=tenant))
+        out = []
+        for i in range(4):
+            out += state.apply(register(f"x{i}"))
+            out += state.apply(available(f"x{i}"))
+        out += state.apply(tick(150))
+        return sorted(d.tenant for d in out if d.outcome is Outcome.ASSIGNED)
+
+    assert run("batched") == run("greedy") == ["acme", "acme", "globex", "globex"]

@@ -133,6 +133,28 @@ def test_a_lost_agent_that_heartbeats_again_takes_work_again() -> None:
     assert late.reason == "ZOMBIE_RESULT"  # its answer about the first attempt
 
 
+def test_a_draining_agent_gone_silent_has_left_and_a_heartbeat_does_not_bring_it_back() -> None:
+    state = one_agent(Policy(heartbeat_timeout_ms=1000), capacity=2)
+    assigned(state, "L1")
+    state.apply(status("a1", AgentStatusKind.DRAINING, 3))
+    lost = state.apply(tick(1500))
+    assert [(x.load_id, x.reason) for x in lost if x.outcome is Outcome.REQUEUED] == [
+        ("L1", "AGENT_LOST")
+    ]
+    state.apply(status("a1", AgentStatusKind.HEARTBEAT, 4, time_ms=4000))
+    assert state.agents.status[0] == AgentStatus.OFFLINE
+    assert state.apply(arrive("L2", 4001))[0].outcome is Outcome.QUEUED
+
+
+def test_a_critical_load_past_its_deadline_is_not_shed() -> None:
+    state = one_agent(Policy(expire_after_deadline_ms=100), capacity=1)
+    assigned(state, "busy")
+    for load_id, priority in (("crit", Priority.CRITICAL), ("norm", Priority.NORMAL)):
+        state.apply(arrive(load_id, 1, priority=priority, deadline_ms=500))
+    shed = [(x.load_id, x.reason) for x in state.apply(tick(1000)) if x.outcome is Outcome.SHED]
+    assert shed == [("norm", "EXPIRED")]
+
+
 def test_stale_and_duplicate_events_change_nothing() -> None:
     state = one_agent()
     assert state.apply(status("a1", AgentStatusKind.OFFLINE, seq=1)) == []  # seq 1 <= 2

@@ -8,9 +8,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dispatcher.core import Outcome, Policy, PoolState, Sensitivity, agents, explain
+from dispatcher.core import (
+    AgentStatusKind,
+    Outcome,
+    Policy,
+    PoolState,
+    Sensitivity,
+    agents,
+    explain,
+)
 from dispatcher.core.agents import unit
-from tests.unit.core.builders import arrive, available, register
+from tests.unit.core.builders import arrive, available, register, status
 
 
 def pool(*agents: tuple[str, dict[str, Any]], policy: Policy | None = None) -> PoolState:
@@ -132,6 +140,30 @@ def test_session_affinity_prefers_the_agent_that_served_the_session() -> None:
     again = state.apply(arrive("L2", session_id="s1", intent=(0.0, 1.0)))[0]
     assert again.agent_id == first.agent_id
     assert dict(again.score_parts)["affinity"] > 0
+
+
+def _session_pool() -> tuple[PoolState, str | None]:
+    """Hard affinity; session s1 was served by the agent that now scores worse for s1's
+    next load."""
+    policy = Policy(hard_affinity=True, affinity_wait_ms=5_000, fair_share_reserve=0.0)
+    state = pool(("a1", {"capacity": 2, "personality": (0.0, 1.0)}),
+                 ("a2", {"capacity": 2, "personality": (1.0, 0.0)}), policy=policy)  # fmt: skip
+    first = state.apply(arrive("L1", session_id="s1", intent=(0.0, 1.0)))[0]
+    return state, first.agent_id
+
+
+def test_hard_affinity_gives_the_load_to_its_sessions_agent_when_it_has_room() -> None:
+    state, agent = _session_pool()
+    assert agent == "a1"
+    (d,) = state.apply(arrive("L2", 1, session_id="s1", intent=(1.0, 0.0)))  # a2 scores better
+    assert (d.outcome, d.reason, d.agent_id) == (Outcome.ASSIGNED, "AFFINITY", "a1")
+
+
+def test_hard_affinity_does_not_wait_for_a_draining_agent() -> None:
+    state, agent = _session_pool()
+    state.apply(status(agent or "", AgentStatusKind.DRAINING, 3))
+    (d,) = state.apply(arrive("L2", 1, session_id="s1", intent=(1.0, 0.0)))
+    assert (d.outcome, d.reason, d.agent_id) == (Outcome.ASSIGNED, "BEST_SCORE", "a2")
 
 
 def test_unknown_capability_or_region_matches_no_one() -> None:

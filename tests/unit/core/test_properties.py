@@ -206,6 +206,7 @@ def _check(state: PoolState, model: Model, out: list[Decision], finals: dict[str
             assert prof.clearance >= spec.sensitivity
             assert spec.region in prof.regions
             assert spec.risk <= prof.abstention_threshold * prof.risk_budget
+            assert t.risk_used[row] <= t.risk_budget[row] + 1e-9, "over the risk budget"
             assert t.status[row] != 0, "assigned to an agent that never became available"
             quota = state.policy.tenant_quotas.get(spec.tenant)
             assert quota is None or state.running[spec.tenant] <= quota, "over the tenant quota"
