@@ -298,13 +298,20 @@ def dead_letter(
     source_key: bytes | None = None,
     source_timestamp_ms: int | None = None,
 ) -> DeadLetter:
-    """The dead-letter record for a decode failure: where, why, and the bytes (or their hash)."""
+    """The dead-letter record for a decode failure: where, why, and the bytes (or their hash).
+
+    Never refuses what Kafka hands over about the source record (a poison record that
+    could not be dead-lettered would stop its consumer for good): a timestamp out of the
+    record's range (Kafka's -1 "none", or far in the future) is left out, a topic name too
+    long is cut, and an impossible partition or offset is recorded as unknown (-1).
+    """
     raw = error.raw
+    ts = source_timestamp_ms
     return DeadLetter(
-        source_topic=error.topic or "?",
-        source_partition=error.partition,
-        source_offset=error.offset,
-        source_timestamp_ms=source_timestamp_ms,
+        source_topic=error.topic[: models.MAX_TOPIC_CHARS] or "?",
+        source_partition=error.partition if -1 <= error.partition <= models.INT_MAX else -1,
+        source_offset=error.offset if -1 <= error.offset <= models.LONG_MAX else -1,
+        source_timestamp_ms=ts if ts is not None and 0 <= ts <= models.MAX_EPOCH_MS else None,
         source_key=source_key[:4096] if source_key is not None else None,
         reason=error.reason,
         error=error.detail[:2000],

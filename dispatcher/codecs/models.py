@@ -22,8 +22,12 @@ from pydantic import (
 )
 
 __all__ = [
+    "INT_MAX",
+    "LONG_MAX",
     "MAX_EMBEDDING_DIM",
+    "MAX_EPOCH_MS",
     "MAX_LIST_ITEMS",
+    "MAX_TOPIC_CHARS",
     "AgentEvent",
     "AgentEventKind",
     "AgentProfile",
@@ -56,18 +60,32 @@ __all__ = [
 MAX_EMBEDDING_DIM = 1024
 MAX_LIST_ITEMS = 1024
 MAX_MAP_ITEMS = 1024
+MAX_TOPIC_CHARS = 249  # Kafka's limit
+MAX_EPOCH_MS = 2**53  # exact in a double, so in JSON and JavaScript too
+# The ranges of Avro's int and long: every integer field is bounded by its schema type, or
+# fastavro writes an "int" that Java readers refuse, or fails a "long" with OverflowError.
+INT_MAX = 2**31 - 1
+LONG_MAX = 2**63 - 1
 
 # No control characters in ids and names: the core joins them with NUL into decision ids
 # (pool "a" + load "b\0c" and pool "a\0b" + load "c" would share one), and they show in logs.
-_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+# Nor the invisible ones that make two ids look alike or a log line read otherwise: C1
+# controls, zero-width marks, bidi embeddings, overrides and isolates, line and paragraph
+# separators, and the BOM. (Both pydantic's regex engine and Python's read these escapes.)
+_PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]*$"
 Id = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=_PRINTABLE)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=_PRINTABLE)]
 Code = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_PRINTABLE)]
-Topic = Annotated[str, StringConstraints(min_length=1, max_length=249)]  # Kafka's limit
-EpochMs = Annotated[int, Field(ge=0, le=2**53)]
-DurationMs = Annotated[int, Field(ge=0, le=2**53)]
-Count = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Topic = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TOPIC_CHARS)]
+EpochMs = Annotated[int, Field(ge=0, le=MAX_EPOCH_MS)]
+DurationMs = Annotated[int, Field(ge=0, le=MAX_EPOCH_MS)]
+Count = Annotated[int, Field(ge=0, le=INT_MAX)]
 Names = Annotated[list[Name], Field(max_length=MAX_LIST_ITEMS)]
+Ids = Annotated[list[Id], Field(max_length=MAX_LIST_ITEMS)]
+# A position in a Kafka topic; -1: none (an input made offline, or one Kafka did not tell).
+Partition = Annotated[int, Field(ge=-1, le=INT_MAX)]
+Offset = Annotated[int, Field(ge=-1, le=LONG_MAX)]
+Attempt = Annotated[int, Field(ge=1, le=INT_MAX)]
 
 
 def _float32(values: list[float]) -> list[float]:
@@ -81,9 +99,9 @@ def _float32(values: list[float]) -> list[float]:
 
 
 Embedding = Annotated[list[float], Field(max_length=MAX_EMBEDDING_DIM), AfterValidator(_float32)]
-Version = Annotated[int, Field(ge=1, le=2**31 - 1)]
+Version = Annotated[int, Field(ge=1, le=INT_MAX)]
 # A version decisions were made under: 0 is the built-in default policy.
-UsedVersion = Annotated[int, Field(ge=0, le=2**31 - 1)]
+UsedVersion = Annotated[int, Field(ge=0, le=INT_MAX)]
 
 
 class Record(BaseModel):
@@ -146,7 +164,7 @@ class AgentEvent(Record):
     kind: AgentEventKind
     agent_id: Id
     pool: Name
-    seq: Annotated[int, Field(ge=0)]
+    seq: Annotated[int, Field(ge=0, le=LONG_MAX)]
     event_time_ms: EpochMs
     profile: AgentProfile | None = None
 
@@ -260,9 +278,9 @@ class RetryPolicy(Record):
 
 
 class Backpressure(Record):
-    max_pending: Annotated[int, Field(ge=1)]
-    high_watermark: Annotated[int, Field(ge=1)]
-    low_watermark: Annotated[int, Field(ge=0)]
+    max_pending: Annotated[int, Field(ge=1, le=INT_MAX)]
+    high_watermark: Annotated[int, Field(ge=1, le=INT_MAX)]
+    low_watermark: Annotated[int, Field(ge=0, le=INT_MAX)]
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
@@ -280,16 +298,16 @@ class PolicyDocument(Record):
         dict[Name, Annotated[float, Field(gt=0)]], Field(max_length=MAX_MAP_ITEMS)
     ]
     tenant_quotas: Annotated[dict[Name, Count], Field(max_length=MAX_MAP_ITEMS)]
-    tenant_deny: Annotated[dict[Name, Names], Field(max_length=MAX_MAP_ITEMS)]
+    tenant_deny: Annotated[dict[Name, Ids], Field(max_length=MAX_MAP_ITEMS)]  # agent ids
     timeouts_ms: Annotated[dict[Name, DurationMs], Field(max_length=MAX_MAP_ITEMS)]
     retry: RetryPolicy
     backpressure: Backpressure
     fair_share_reserve: Annotated[float, Field(ge=0, lt=1)] = 0.1
     tenant_first: bool = True
     deadline_margin: Annotated[float, Field(ge=0, le=100)] = 0.2
-    drain_limit: Annotated[int, Field(ge=1, le=2**31 - 1)] = 256
-    batch_max_loads: Annotated[int, Field(ge=1, le=2**31 - 1)] = 512
-    batch_candidates: Annotated[int, Field(ge=1, le=2**31 - 1)] = 16
+    drain_limit: Annotated[int, Field(ge=1, le=INT_MAX)] = 256
+    batch_max_loads: Annotated[int, Field(ge=1, le=INT_MAX)] = 512
+    batch_candidates: Annotated[int, Field(ge=1, le=INT_MAX)] = 16
 
 
 class PolicyUpdate(Record):
@@ -312,7 +330,7 @@ class Assignment(Record):
     agent_id: Id
     pool: Name
     tenant: Name
-    attempt: Annotated[int, Field(ge=1)]
+    attempt: Attempt
     policy_version: UsedVersion
     priority: Priority
     event_time_ms: EpochMs
@@ -335,15 +353,15 @@ class DecisionOutcome(StrEnum):
 
 class InputPosition(Record):
     topic: Topic
-    partition: Annotated[int, Field(ge=-1)]  # -1: the input has no position (made offline)
-    offset: Annotated[int, Field(ge=-1)]
+    partition: Partition
+    offset: Offset
 
 
 class DecisionRecord(Record):
     decision_id: Id
     pool: Name
     load_id: Id
-    attempt: Annotated[int, Field(ge=1)]
+    attempt: Attempt
     outcome: DecisionOutcome
     reason_code: Code
     agent_id: Id | None = None
@@ -373,8 +391,8 @@ class DeadLetterReason(StrEnum):
 
 class DeadLetter(Record):
     source_topic: Topic
-    source_partition: Annotated[int, Field(ge=-1)]
-    source_offset: Annotated[int, Field(ge=-1)]
+    source_partition: Partition
+    source_offset: Offset
     source_timestamp_ms: EpochMs | None = None
     source_key: Annotated[bytes, Field(max_length=4096)] | None = None
     reason: DeadLetterReason

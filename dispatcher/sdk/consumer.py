@@ -182,7 +182,7 @@ class DecodingConsumer(CommittingIterator):
             exc,
             failed_at_ms=int(time.time() * 1000),
             source_key=key,
-            source_timestamp_ms=ts if ts >= 0 else None,
+            source_timestamp_ms=ts,  # (dead_letter leaves out what the record cannot hold)
         )
         try:
             future = await self._producer.send(

@@ -274,9 +274,6 @@ def key_partition(key: bytes, partitions: int) -> int:
 MAX_INPUT_BYTES = 1_000_000 - 4096
 
 
-_MAX_MS = 2**53  # DeadLetter.source_timestamp_ms's bound
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -408,10 +405,10 @@ class Dispatcher:
 
     def dead_letter_bytes(self, exc: CodecError, key: bytes | None, timestamp: float) -> bytes:
         """The dead-letter record of ``exc``; ``timestamp`` is the source record's (Faust's
-        seconds: -0.001 for Kafka's "none", which the record then leaves out)."""
-        ms = round(timestamp * 1000)
+        seconds: -0.001 for Kafka's "none", which ``dead_letter`` then leaves out, as it does
+        any other time the record cannot hold)."""
         record = dead_letter(exc, failed_at_ms=_now_ms(), source_key=key,
-                             source_timestamp_ms=ms if 0 <= ms <= _MAX_MS else None)  # fmt: skip
+                             source_timestamp_ms=round(timestamp * 1000))  # fmt: skip
         return self.codec.encode(record)
 
     async def catch_up(self, partition: int, upto: int) -> PartitionFold:

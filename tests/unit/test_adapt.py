@@ -7,6 +7,7 @@ from enum import Enum
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from dispatcher import core
 from dispatcher.codecs import Codec
@@ -76,6 +77,20 @@ def test_a_policy_update_becomes_a_core_policy() -> None:
     assert policy.fair_share_reserve == 0.25
     assert (policy.tenant_first, policy.deadline_margin, policy.drain_limit) == (False, 0.5, 64)
     assert (policy.batch_max_loads, policy.batch_candidates) == (128, 8)
+
+
+def test_tenant_deny_names_agents_by_their_ids_of_any_allowed_length() -> None:
+    # Agent ids may be 256 characters, tenant names 128: an agent with a long id can be denied.
+    update = SAMPLES["PolicyUpdate"][0]
+    assert isinstance(update, m.PolicyUpdate)
+    long_id = "agent-" + "x" * 250
+    doc = update.document.model_dump() | {"tenant_deny": {"globex": [long_id]}}
+    update = m.PolicyUpdate.model_validate(update.model_dump() | {"document": doc})
+    assert policy_from(update).tenant_deny["globex"] == frozenset({long_id})
+    assert CODEC.decode(CODEC.encode(update), "PolicyUpdate") == update
+    for deny in ({"globex": [long_id + "x"]}, {"globex": ["a"] * (m.MAX_LIST_ITEMS + 1)}):
+        with pytest.raises(ValidationError, match=r"tenant_deny\.globex"):
+            m.PolicyDocument.model_validate(doc | {"tenant_deny": deny})
 
 
 def test_records_through_the_core_and_back_to_records() -> None:

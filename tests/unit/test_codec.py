@@ -11,6 +11,7 @@ import avro.io
 import avro.schema
 import pytest
 from fastavro import parse_schema, schemaless_writer
+from pydantic import ValidationError
 
 from dispatcher.codecs import SINGLE_OBJECT, Codec, CodecError, dead_letter
 from dispatcher.codecs import models as m
@@ -186,6 +187,20 @@ FAILURES = [
         m.DeadLetterReason.INVALID,
         "load_id: String should match pattern",
     ),
+    (
+        "bidi override in an id",  # shows in logs as another id
+        _raw("LoadEvent", {**_load_event(), "load_id": "load-\u202e1"}),
+        None,
+        m.DeadLetterReason.INVALID,
+        "load_id: String should match pattern",
+    ),
+    (
+        "an Avro int above 2^31-1",  # fastavro reads it; Java readers refuse it
+        _raw("Assignment", {**SAMPLES["Assignment"][0].model_dump(), "attempt": 2**31}),
+        None,
+        m.DeadLetterReason.INVALID,
+        "attempt: Input should be less than or equal to 2147483647",
+    ),
 ]
 
 
@@ -242,3 +257,86 @@ def test_embeddings_are_float32_so_a_record_equals_itself_after_a_round_trip() -
     event = event.model_copy(update={"load": made})
     assert CODEC.decode(CODEC.encode(event)) == event
     assert CODEC.decode(CODEC.encode(event, framing=SINGLE_OBJECT)) == event
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "kept"),
+    [(None, None), (-1, None), (0, 0), (2**53, 2**53), (2**53 + 1, None), (2**63, None)],
+)
+def test_dead_letter_leaves_out_a_source_timestamp_it_cannot_hold(
+    timestamp: int | None, kept: int | None
+) -> None:
+    # A poison record with a far-future Kafka timestamp must still be dead-lettered:
+    # raising here would wedge the consumer on it for good.
+    error = CodecError(m.DeadLetterReason.BAD_FRAME, "x", b"", topic="t", partition=0, offset=1)
+    dl = dead_letter(error, failed_at_ms=5, source_timestamp_ms=timestamp)
+    assert dl.source_timestamp_ms == kept
+    assert CODEC.decode(CODEC.encode(dl), "DeadLetter") == dl
+
+
+def test_dead_letter_cuts_a_topic_name_longer_than_kafka_allows() -> None:
+    error = CodecError(m.DeadLetterReason.BAD_FRAME, "x", b"", topic="t" * 300, partition=0)
+    dl = dead_letter(error, failed_at_ms=5)
+    assert dl.source_topic == "t" * 249
+    assert CODEC.decode(CODEC.encode(dl), "DeadLetter") == dl
+
+
+@pytest.mark.parametrize(("partition", "offset"), [(-2, -2), (2**31, 2**63), (-(2**40), 2**64)])
+def test_dead_letter_records_an_impossible_position_as_unknown(partition: int, offset: int) -> None:
+    error = CodecError(m.DeadLetterReason.BAD_FRAME, "x", b"", partition=partition, offset=offset)
+    dl = dead_letter(error, failed_at_ms=5)
+    assert (dl.source_topic, dl.source_partition, dl.source_offset) == ("?", -1, -1)
+    assert CODEC.decode(CODEC.encode(dl), "DeadLetter") == dl
+
+
+@pytest.mark.parametrize(
+    ("name", "path", "most"),
+    [
+        ("AgentEvent", ("seq",), 2**63 - 1),  # Avro long
+        ("Assignment", ("attempt",), 2**31 - 1),  # Avro int
+        ("DecisionRecord", ("attempt",), 2**31 - 1),
+        ("DecisionRecord", ("input", "partition"), 2**31 - 1),
+        ("DecisionRecord", ("input", "offset"), 2**63 - 1),
+        ("DeadLetter", ("source_partition",), 2**31 - 1),
+        ("DeadLetter", ("source_offset",), 2**63 - 1),
+        ("PolicyUpdate", ("document", "backpressure", "max_pending"), 2**31 - 1),
+    ],
+)
+def test_models_refuse_integers_their_avro_type_cannot_carry(
+    name: str, path: tuple[str, ...], most: int
+) -> None:
+    # Else an int field is written that Java readers refuse, or encode fails with an
+    # OverflowError for a long field, far from where the value came in.
+    datum = SAMPLES[name][0].model_dump()
+    *parents, field = path
+    inner = datum
+    for key in parents:
+        inner = inner[key]
+    for value in (most + 1, 2**64):
+        inner[field] = value
+        with pytest.raises(ValidationError, match=f"less than or equal to {most}"):
+            MODELS[name].model_validate(datum)
+    inner[field] = most
+    record = MODELS[name].model_validate(datum)
+    assert CODEC.decode(CODEC.encode(record), name) == record
+
+
+@pytest.mark.parametrize(
+    "char",
+    ["\x00", "\x1f", "\x7f", "\x80", "\x85", "\x9f", "\u200b", "\u200e", "\u200f",
+     "\u2028", "\u2029", "\u202a", "\u202e", "\u2066", "\u2069", "\ufeff"],
+)  # fmt: skip
+def test_ids_and_names_refuse_control_and_invisible_characters(char: str) -> None:
+    # Decision ids join ids with NUL; and two ids that look alike in a log (a zero-width
+    # space, a BOM) or read backwards (a bidi override) are not to be told apart by eye.
+    tick = {"pool": f"pool{char}a", "event_time_ms": 1}
+    with pytest.raises(ValidationError, match="String should match pattern"):
+        m.Tick.model_validate(tick)
+    with pytest.raises(CodecError) as info:
+        CODEC.decode(_raw("Tick", tick), "Tick")
+    assert info.value.reason is m.DeadLetterReason.INVALID
+
+
+@pytest.mark.parametrize("name", ["pool-a", "Zürich", "東京", "pool \U0001d11e", "a\u00a0b", "é"])
+def test_ids_and_names_may_be_any_other_printable_text(name: str) -> None:
+    assert m.Tick(pool=name, event_time_ms=1).pool == name

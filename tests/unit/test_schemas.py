@@ -9,9 +9,11 @@ import typing
 from enum import StrEnum
 from typing import Any
 
+import annotated_types
 import pytest
 from fastavro import schemaless_writer
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from dispatcher.codecs import Codec
 from dispatcher.codecs import models as m
@@ -126,27 +128,63 @@ def _strip_optional(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
-def _base(annotation: Any) -> Any:
+def _base(annotation: Any) -> tuple[Any, list[Any]]:
+    """The type under any Annotated layers, and the metadata those layers held."""
+    metadata: list[Any] = []
     while typing.get_origin(annotation) is typing.Annotated:
-        annotation = typing.get_args(annotation)[0]
-    return annotation
+        annotation, *more = typing.get_args(annotation)
+        metadata += more
+    return annotation, metadata
 
 
 PRIMITIVES = {"string": str, "long": int, "int": int, "double": float, "float": float,
               "boolean": bool, "bytes": bytes}  # fmt: skip
+# What the Avro spec allows (32- and 64-bit signed): written independently of the models.
+AVRO_RANGE = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 
 
-def _agree(avro: Any, annotation: Any, where: str) -> None:
-    annotation = _base(annotation)
+def _bounds(metadata: list[Any]) -> tuple[int | None, int | None]:
+    """The least and greatest integer the constraints in ``metadata`` allow (None: unbounded)."""
+    lows: list[int] = []
+    highs: list[int] = []
+    for c in metadata:
+        if isinstance(c, FieldInfo):  # Field(ge=..., le=...) inside Annotated
+            lo, hi = _bounds(c.metadata)
+            lows += [] if lo is None else [lo]
+            highs += [] if hi is None else [hi]
+        # (The bounds of an int field are ints; annotated_types types them as comparables.)
+        elif isinstance(c, annotated_types.Ge):
+            lows.append(typing.cast(int, c.ge))
+        elif isinstance(c, annotated_types.Gt):
+            lows.append(typing.cast(int, c.gt) + 1)
+        elif isinstance(c, annotated_types.Le):
+            highs.append(typing.cast(int, c.le))
+        elif isinstance(c, annotated_types.Lt):
+            highs.append(typing.cast(int, c.lt) - 1)
+    return max(lows, default=None), min(highs, default=None)
+
+
+def _agree(avro: Any, annotation: Any, where: str, metadata: tuple[Any, ...] = ()) -> None:
+    annotation, more = _base(annotation)
+    constraints = [*metadata, *more]
     if isinstance(avro, list):
         inner, optional = _strip_optional(annotation)
         assert "null" in avro, where
         assert optional, f"{where}: nullable in the schema, not in the model"
         (branch,) = [b for b in avro if b != "null"]
-        _agree(branch, _base(inner), where)
+        _agree(branch, inner, where, tuple(constraints))
         return
     if isinstance(avro, str):
         assert annotation is PRIMITIVES[avro], f"{where}: {avro} vs {annotation}"
+        if avro in AVRO_RANGE:
+            # A value the model lets through must be one the Avro type can carry: fastavro
+            # writes an "int" above 2^31-1 that Java readers refuse, and fails a "long"
+            # above 2^63-1 with OverflowError rather than a validation error.
+            least, most = AVRO_RANGE[avro]
+            lo, hi = _bounds(constraints)
+            assert lo is not None, f"{where}: {avro}, no lower bound in the model"
+            assert hi is not None, f"{where}: {avro}, no upper bound in the model"
+            assert least <= lo <= hi <= most, f"{where}: {avro}, model allows {lo} to {hi}"
         return
     kind = avro["type"]
     if kind == "record":
@@ -154,7 +192,8 @@ def _agree(avro: Any, annotation: Any, where: str) -> None:
         names = [f["name"] for f in avro["fields"]]
         assert names == list(model.model_fields), f"{where}: fields differ"
         for f in avro["fields"]:
-            _agree(f["type"], model.model_fields[f["name"]].annotation, f"{where}.{f['name']}")
+            info = model.model_fields[f["name"]]
+            _agree(f["type"], info.annotation, f"{where}.{f['name']}", tuple(info.metadata))
             has_default = "default" in f
             assert has_default == (not model.model_fields[f["name"]].is_required()), (
                 f"{where}.{f['name']}: default in one, not the other"
