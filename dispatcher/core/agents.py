@@ -333,6 +333,11 @@ class AgentTable:
             left = now_left
         return kind, ok, tuple(excluded)
 
+    def qualified(self, load: LoadSpec, policy: Policy) -> int:
+        """How many agents pass the checks on their profiles alone (capability, clearance,
+        region) for loads like ``load``, whatever their status and load."""
+        return len(self._kind(load, policy).cand)
+
     def _kind(self, load: LoadSpec, policy: Policy) -> _Kind:
         """The agents passing the capability check for loads like ``load``, and which of
         the clearance and region checks each fails first (cached until a profile

@@ -110,6 +110,9 @@ _OVER_SHARE = 1.25
 
 _NOTHING: frozenset[str] = frozenset()  # (each frozenset() call makes a new one)
 
+# The classes a full queue sheds from, first to last (critical never).
+_SHED_ORDER = (Priority.LOW, Priority.NORMAL, Priority.HIGH)
+
 
 class PoolState:
     """Everything one pool's decisions depend on."""
@@ -126,6 +129,10 @@ class PoolState:
         # ``parked_epoch``, and loads backing off until a time (heap by time).
         self.parked: list[LoadState] = []
         self.parked_epoch = -1
+        # Loads no registered agent qualifies for (capability, clearance, region): only a
+        # profile or a policy can change that, not an agent coming free (``profiles``).
+        self.unqualified: dict[str, LoadState] = {}
+        self.unqualified_profiles = -1
         self.backing_off: list[tuple[int, int, str]] = []
         self.in_flight: dict[str, LoadState] = {}  # ASSIGNED and RUNNING, in assignment order
         self.held: dict[str, dict[str, None]] = {}  # agent -> its loads in flight
@@ -135,7 +142,8 @@ class PoolState:
         self.vtime = 0.0  # the served count of the last load's tenant when it was served
         self.running: dict[str, int] = {}  # tenant -> loads in flight (quotas)
         self.backlog: dict[str, int] = {}  # tenant -> pending loads
-        self.tenant_pending: dict[str, dict[str, LoadState]] = {}  # the same, in arrival order
+        # (tenant, class) -> its pending loads, in arrival order
+        self.tenant_pending: dict[tuple[str, Priority], dict[str, LoadState]] = {}
         self.seen: dict[str, int] = {}  # event key -> event time (duplicates change nothing)
         self.orphans = 0  # decisions about unknown load ids (not remembered per id)
         self.finished: deque[tuple[int, str]] = deque()  # (finish time, load id), oldest first
@@ -146,6 +154,7 @@ class PoolState:
         self.deferred = 0
         self.last_batch_ms = -(10**18)
         self.epoch = 0  # grows whenever agents' ability to take loads may have grown
+        self.profiles = 0  # grows whenever an agent's profile or the policy changes
         # Newer policies waiting for their time, by time (and in order of arrival).
         self.scheduled: list[PolicyChanged] = []
         self.arrivals = 0
@@ -196,6 +205,7 @@ class PoolState:
             return
         self.agents.upsert(e.agent_id, e.seq, e.time_ms, e.profile)
         self.epoch += 1
+        self.profiles += 1
         self._drain(e.source, out)
 
     def _on_agent_status(self, e: AgentStatusChanged, out: list[Decision]) -> None:
@@ -237,12 +247,10 @@ class PoolState:
         self.loads[spec.load_id] = ls
         p = self.policy
         if len(self.pending) >= p.max_pending and spec.priority is not Priority.CRITICAL:
-            victim = self._evictable(spec.tenant)
+            victim = self._evictable(spec)
             if victim is None:
                 self._finish(ls, Outcome.SHED, "QUEUE_FULL", e.source, out)
                 return
-            # A full queue sheds from the tenant holding most of it for its weight, so
-            # one tenant's flood cannot crowd the others out of admission.
             self._finish(victim, Outcome.SHED, "QUEUE_FULL_EVICTED", e.source, out)
         if (len(self.pending) >= p.high_watermark and spec.priority is Priority.LOW
                 and self._queue_hog(spec.tenant)):  # fmt: skip
@@ -383,6 +391,7 @@ class PoolState:
                 self.policy, changed = policy, True
         if changed:
             self.epoch += 1
+            self.profiles += 1
             self._drain(source, out)
 
     def _prune(self, before_ms: int) -> None:
@@ -421,7 +430,7 @@ class PoolState:
             )
             self.served[tenant] = max(self.served.get(tenant, 0.0), floor)
         self.backlog[tenant] = self.backlog.get(tenant, 0) + 1
-        self.tenant_pending.setdefault(tenant, {})[ls.spec.load_id] = ls
+        self.tenant_pending.setdefault((tenant, ls.spec.priority), {})[ls.spec.load_id] = ls
         self.pending[ls.spec.load_id] = ls
         if ls.status is LoadStatus.PENDING:
             self._push(ls)
@@ -438,22 +447,41 @@ class PoolState:
         self.queue.discard(ls.spec.load_id)
         if self.pending.pop(ls.spec.load_id, None) is not None:
             self.backlog[ls.spec.tenant] -= 1
-            del self.tenant_pending[ls.spec.tenant][ls.spec.load_id]
+            del self.tenant_pending[ls.spec.tenant, ls.spec.priority][ls.spec.load_id]
+            self.unqualified.pop(ls.spec.load_id, None)
             if ls.status is LoadStatus.DEFERRED:
                 self.deferred -= 1
 
-    def _evictable(self, tenant: str) -> LoadState | None:
-        """The newest non-critical pending load of the tenant with the largest backlog for
-        its weight, if that is larger than ``tenant``'s would be with one more load."""
-        p = self.policy
+    def _evictable(self, spec: LoadSpec) -> LoadState | None:
+        """The load a full queue sheds to admit ``spec`` (None: ``spec`` itself is shed).
+
+        Priority first, then fair share: the newest load of the least important
+        class, never a critical one nor one more important than ``spec``, of the
+        tenant holding most of the queue for its weight if that is more than
+        ``spec``'s tenant would with it (so one tenant's flood cannot crowd the
+        others out of admission); else of ``spec``'s own tenant, and then only one
+        less important than ``spec``.
+        """
+        p, tenant = self.policy, spec.tenant
         mine = (self.backlog.get(tenant, 0) + 1) / p.tenant_weight(tenant)
         heavy = max(((c / p.tenant_weight(t), t) for t, c in self.backlog.items() if c),
                     default=None)  # fmt: skip
-        if heavy is None or heavy[0] <= mine:
-            return None
-        for ls in reversed(self.tenant_pending[heavy[1]].values()):
-            if ls.spec.priority is not Priority.CRITICAL:
-                return ls
+        if heavy is not None and heavy[0] > mine:
+            victim = self._newest_below(heavy[1], spec.priority, or_as_important=True)
+            if victim is not None:
+                return victim
+        return self._newest_below(tenant, spec.priority, or_as_important=False)
+
+    def _newest_below(
+        self, tenant: str, priority: Priority, *, or_as_important: bool
+    ) -> LoadState | None:
+        """The newest pending load of ``tenant``'s least important class below critical, if
+        that class is less important than ``priority`` (or as important)."""
+        for cls in _SHED_ORDER:
+            if cls < priority or (cls == priority and not or_as_important):
+                return None  # (a lower value is more important)
+            if loads := self.tenant_pending.get((tenant, cls)):
+                return next(reversed(loads.values()))
         return None
 
     def _queue_hog(self, tenant: str) -> bool:
@@ -509,7 +537,10 @@ class PoolState:
         pool evenly are not held back from each other). Their loads wait, critical ones
         too (they come first again once an agent beyond the reserve is free)."""
         p = self.policy
-        if open_agents > p.fair_share_reserve * self.agents.available_count:
+        reserve = p.fair_share_reserve * self.agents.available_count
+        # (None kept: none held, though a batch, counting each load it takes as closing an
+        # agent, counts fewer open agents than 0.)
+        if not reserve or open_agents > reserve:
             return frozenset()
         extra = extra or {}
         running = {t: self.running.get(t, 0) + extra.get(t, 0)
@@ -533,6 +564,10 @@ class PoolState:
 
     def _unpark(self) -> None:
         """Returns to the queue the loads that may match now."""
+        if self.unqualified and self.unqualified_profiles != self.profiles:
+            self.parked += self.unqualified.values()
+            self.unqualified = {}
+            self.parked_epoch = -1
         if self.parked and self.parked_epoch != self.epoch:
             parked, self.parked = self.parked, []
             for ls in parked:
@@ -586,9 +621,18 @@ class PoolState:
         self._assign(ls, m, "AFFINITY" if waiting else "BEST_SCORE", source, out)
 
     def _unmatched(self, ls: LoadState, m: Match, waiting: bool) -> None:
-        """Parks ``ls``, which found no agent at this epoch, until agents change; held by hard
-        affinity, it is also tried again when the wait for its agent ends."""
+        """Parks ``ls``, which found no agent at this epoch, until agents change (one no agent
+        qualifies for by its profile: until a profile or the policy does); held by hard
+        affinity, it is also tried again when the wait for its agent ends.
+
+        (A load no agent could ever take, tried again whenever an agent came free, kept
+        the loads behind it from the free agents: a drain spent its tries on such loads.)
+        """
         ls.last_match, ls.failed_epoch = m, self.epoch
+        if not waiting and not self.agents.qualified(ls.spec, self.policy):
+            self.unqualified[ls.spec.load_id] = ls
+            self.unqualified_profiles = self.profiles
+            return
         self.parked.append(ls)
         self.parked_epoch = self.epoch
         if waiting:

@@ -46,6 +46,28 @@ def test_accept_then_success_completes_and_frees_the_agent() -> None:
     assert assigned(state, "L2").agent_id == "a1"
 
 
+@pytest.mark.parametrize("mode", ["greedy", "batched"])
+def test_loads_no_agent_qualifies_for_do_not_keep_a_freed_agent_from_the_others(
+    mode: str,
+) -> None:
+    state = one_agent(Policy(mode=mode, fair_share_reserve=0.0, batch_window_ms=10))
+    for i in range(300):  # more than a drain tries (drain_limit 256); no agent knows rust
+        state.apply(arrive(f"u{i}", 1, tenant="u", required=frozenset({"rust"})))
+    for i in range(2):
+        state.apply(arrive(f"b{i}", 2, tenant="b"))
+    state.apply(tick(20))  # (batched: the batch; greedy assigned b0 at its arrival)
+    b0 = state.in_flight["b0"]
+    state.apply(report(b0.decision_id or "", "b0", "a1", TaskOutcome.SUCCESS, time_ms=30))
+    state.apply(tick(40))
+    assert state.in_flight.keys() == {"b1"}  # the least served tenant, u, could take nothing
+    # An agent that knows rust makes them qualify again.
+    state.apply(register("a2", capabilities=frozenset({"rust"}), capacity=300, risk_budget=300,
+                         time_ms=50))  # fmt: skip
+    state.apply(available("a2", time_ms=50))
+    state.apply(tick(60))
+    assert len(state.in_flight) == 301
+
+
 @pytest.mark.parametrize(
     ("outcome", "retryable", "expected", "reason"),
     [
@@ -225,9 +247,31 @@ def test_backpressure_defers_low_sheds_at_the_limit_and_admits_critical() -> Non
     assert outcomes == [Outcome.QUEUED, Outcome.QUEUED]
     assert state.apply(arrive("low", 3, priority=Priority.LOW))[0].outcome is Outcome.DEFERRED
     state.apply(arrive("L3", 4))
-    (shed,) = state.apply(arrive("L4", 5))
-    assert (shed.outcome, shed.reason) == (Outcome.SHED, "QUEUE_FULL")
-    assert state.apply(arrive("crit", 6, priority=Priority.CRITICAL))[0].outcome is Outcome.QUEUED
+    # Full: the low load goes first, then an arrival no more important than the rest.
+    evicted, admitted = state.apply(arrive("L4", 5))
+    assert (evicted.load_id, evicted.outcome, evicted.reason) == (
+        "low",
+        Outcome.SHED,
+        "QUEUE_FULL_EVICTED",
+    )
+    assert (admitted.load_id, admitted.outcome) == ("L4", Outcome.QUEUED)
+    (shed,) = state.apply(arrive("L5", 6))
+    assert (shed.load_id, shed.outcome, shed.reason) == ("L5", Outcome.SHED, "QUEUE_FULL")
+    assert state.apply(arrive("crit", 7, priority=Priority.CRITICAL))[0].outcome is Outcome.QUEUED
+
+
+def test_a_full_queue_sheds_the_least_important_class_first() -> None:
+    state = PoolState("p", Policy(max_pending=3, high_watermark=3, low_watermark=1))
+    for i in range(3):  # no agents: acme's low loads fill the queue
+        state.apply(arrive(f"low{i}", i, priority=Priority.LOW))
+    # Its own high load takes the place of its newest low one, where it was shed before.
+    evicted, _ = state.apply(arrive("high", 5, priority=Priority.HIGH))
+    assert (evicted.load_id, evicted.reason) == ("low2", "QUEUE_FULL_EVICTED")
+    # Another tenant's low load does not evict acme's high one, only its low ones.
+    state.apply(arrive("g0", 6, tenant="globex", priority=Priority.LOW))
+    (shed,) = state.apply(arrive("g1", 7, tenant="globex", priority=Priority.LOW))
+    assert (shed.load_id, shed.reason) == ("g1", "QUEUE_FULL")
+    assert sorted(state.pending) == ["g0", "high", "low0"]
 
 
 def test_the_high_watermark_defers_the_flooding_tenants_low_loads_not_the_others() -> None:
