@@ -133,6 +133,7 @@ class PoolState:
         # profile or a policy can change that, not an agent coming free (``profiles``).
         self.unqualified: dict[str, LoadState] = {}
         self.unqualified_profiles = -1
+        self.stuck: dict[str, int] = {}  # tenant -> its unqualified loads
         self.backing_off: list[tuple[int, int, str]] = []
         self.in_flight: dict[str, LoadState] = {}  # ASSIGNED and RUNNING, in assignment order
         self.held: dict[str, dict[str, None]] = {}  # agent -> its loads in flight
@@ -424,10 +425,13 @@ class PoolState:
             # A tenant coming back from idle starts at the least service among the
             # tenants still waiting (none waiting: where service has got to), not with
             # credit it saved while it was away, nor owing what others got meanwhile.
+            # (Loads no agent qualifies for do not count: their tenant's service stays
+            # where it was, and would give every returning tenant a head start.)
             floor = min(
-                (self.served.get(u, 0.0) for u, c in self.backlog.items() if c),
+                (self.served.get(u, 0.0) for u, c in self.backlog.items()
+                 if c > self.stuck.get(u, 0)),
                 default=self.vtime,
-            )
+            )  # fmt: skip
             self.served[tenant] = max(self.served.get(tenant, 0.0), floor)
         self.backlog[tenant] = self.backlog.get(tenant, 0) + 1
         self.tenant_pending.setdefault((tenant, ls.spec.priority), {})[ls.spec.load_id] = ls
@@ -448,7 +452,8 @@ class PoolState:
         if self.pending.pop(ls.spec.load_id, None) is not None:
             self.backlog[ls.spec.tenant] -= 1
             del self.tenant_pending[ls.spec.tenant, ls.spec.priority][ls.spec.load_id]
-            self.unqualified.pop(ls.spec.load_id, None)
+            if self.unqualified.pop(ls.spec.load_id, None) is not None:
+                self.stuck[ls.spec.tenant] -= 1
             if ls.status is LoadStatus.DEFERRED:
                 self.deferred -= 1
 
@@ -545,7 +550,9 @@ class PoolState:
         extra = extra or {}
         running = {t: self.running.get(t, 0) + extra.get(t, 0)
                    for t in (*self.running, *self.backlog, *extra)}  # fmt: skip
-        active = [t for t, n in running.items() if n or self.backlog.get(t)]
+        # (a tenant whose waiting loads no agent qualifies for can use no agent kept)
+        active = [t for t, n in running.items()
+                  if n or self.backlog.get(t, 0) > self.stuck.get(t, 0)]  # fmt: skip
         if len(active) < 2:
             return frozenset()
         total = sum(running[t] for t in active)
@@ -566,7 +573,7 @@ class PoolState:
         """Returns to the queue the loads that may match now."""
         if self.unqualified and self.unqualified_profiles != self.profiles:
             self.parked += self.unqualified.values()
-            self.unqualified = {}
+            self.unqualified, self.stuck = {}, {}
             self.parked_epoch = -1
         if self.parked and self.parked_epoch != self.epoch:
             parked, self.parked = self.parked, []
@@ -632,6 +639,7 @@ class PoolState:
         if not waiting and not self.agents.qualified(ls.spec, self.policy):
             self.unqualified[ls.spec.load_id] = ls
             self.unqualified_profiles = self.profiles
+            self.stuck[ls.spec.tenant] = self.stuck.get(ls.spec.tenant, 0) + 1
             return
         self.parked.append(ls)
         self.parked_epoch = self.epoch

@@ -537,3 +537,35 @@ def test_a_tenant_that_had_the_pool_alone_owes_nothing_to_one_coming_later() -> 
     order = [d.tenant for _ in range(20) for d in finish_current()
              if d.outcome is Outcome.ASSIGNED]  # fmt: skip
     assert order == ["globex", "acme"] * 10  # turn about, not globex's ten first
+
+
+def test_a_tenant_whose_loads_no_agent_qualifies_for_changes_no_one_elses_fair_share() -> None:
+    def order(with_stuck: bool) -> str:
+        state = one_agent(Policy(fair_share_reserve=0.0))
+        if with_stuck:
+            state.apply(arrive("u0", 0, tenant="u", required=frozenset({"rust"})))
+        for i in range(30):
+            state.apply(arrive(f"a{i}", 0, tenant="a"))
+        served = []
+        for t in range(1, 31):
+            (ls,) = state.in_flight.values()
+            out = state.apply(report(ls.decision_id or "", ls.spec.load_id, "a1",
+                                     TaskOutcome.SUCCESS, time_ms=t))  # fmt: skip
+            served += [d.tenant for d in out if d.outcome is Outcome.ASSIGNED]
+            if t == 20:  # b comes back from idle: at a's level of service, not at u's
+                for i in range(10):
+                    state.apply(arrive(f"b{i}", t, tenant="b"))
+        return "".join(served[-10:])
+
+    assert order(with_stuck=True) == order(with_stuck=False) == "ababababab"
+
+
+def test_the_fair_share_reserve_keeps_no_agent_for_a_tenant_that_can_use_none() -> None:
+    state = PoolState("p", Policy(fair_share_reserve=0.1))
+    for i in range(10):
+        state.apply(register(f"x{i}"))
+        state.apply(available(f"x{i}"))
+    state.apply(arrive("u0", 0, tenant="u", required=frozenset({"rust"})))
+    for i in range(20):
+        state.apply(arrive(f"b{i}", 0, tenant="b"))
+    assert (len(state.in_flight), state.agents.open_count) == (10, 0)
