@@ -333,10 +333,20 @@ class AgentTable:
             left = now_left
         return kind, ok, tuple(excluded)
 
-    def qualified(self, load: LoadSpec, policy: Policy) -> int:
-        """How many agents pass the checks on their profiles alone (capability, clearance,
-        region) for loads like ``load``, whatever their status and load."""
-        return len(self._kind(load, policy).cand)
+    def qualified(
+        self, load: LoadSpec, policy: Policy, denied: frozenset[str] = frozenset()
+    ) -> npt.NDArray[np.intp]:
+        """The rows of the agents ``load`` could ever go to as their profiles and the policy
+        stand (capability, clearance, region, the most risk they take, the tenant's deny
+        list), whatever their status and what they run now; ascending."""
+        rows = self._kind(load, policy).cand
+        if policy.enforced("risk") and rows.size:
+            most = np.minimum(self.risk_budget.take(rows), self.max_risk.take(rows))
+            rows = rows[most >= load.risk]
+        if denied and policy.enforced("tenant_deny") and rows.size:
+            allowed = self._allowed(load, denied, rows)
+            rows = rows[allowed] if allowed is not None else rows
+        return rows
 
     def _kind(self, load: LoadSpec, policy: Policy) -> _Kind:
         """The agents passing the capability check for loads like ``load``, and which of

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import numpy as np
+import numpy.typing as npt
 
 from dispatcher.core.agents import AgentStatus, AgentTable, Match, Scored
 from dispatcher.core.batch import solve
@@ -421,7 +422,7 @@ class PoolState:
 
     def _enqueue(self, ls: LoadState) -> None:
         tenant = ls.spec.tenant
-        if not self.backlog.get(tenant):
+        if self.backlog.get(tenant, 0) <= self.stuck.get(tenant, 0):
             # A tenant coming back from idle starts at the least service among the
             # tenants still waiting (none waiting: where service has got to), not with
             # credit it saved while it was away, nor owing what others got meanwhile.
@@ -460,33 +461,25 @@ class PoolState:
     def _evictable(self, spec: LoadSpec) -> LoadState | None:
         """The load a full queue sheds to admit ``spec`` (None: ``spec`` itself is shed).
 
-        Priority first, then fair share: the newest load of the least important
-        class, never a critical one nor one more important than ``spec``, of the
-        tenant holding most of the queue for its weight if that is more than
-        ``spec``'s tenant would with it (so one tenant's flood cannot crowd the
-        others out of admission); else of ``spec``'s own tenant, and then only one
-        less important than ``spec``.
+        Priority first, then fair share: the least important class waiting, never
+        critical nor more important than ``spec``; within it, the newest load of
+        the tenant holding most of the queue for its weight (so one tenant's flood
+        cannot crowd the others out of admission), and in ``spec``'s own class
+        only if that is more than ``spec``'s tenant would hold with it.
         """
-        p, tenant = self.policy, spec.tenant
-        mine = (self.backlog.get(tenant, 0) + 1) / p.tenant_weight(tenant)
-        heavy = max(((c / p.tenant_weight(t), t) for t, c in self.backlog.items() if c),
-                    default=None)  # fmt: skip
-        if heavy is not None and heavy[0] > mine:
-            victim = self._newest_below(heavy[1], spec.priority, or_as_important=True)
-            if victim is not None:
-                return victim
-        return self._newest_below(tenant, spec.priority, or_as_important=False)
-
-    def _newest_below(
-        self, tenant: str, priority: Priority, *, or_as_important: bool
-    ) -> LoadState | None:
-        """The newest pending load of ``tenant``'s least important class below critical, if
-        that class is less important than ``priority`` (or as important)."""
+        p = self.policy
+        mine = (self.backlog.get(spec.tenant, 0) + 1) / p.tenant_weight(spec.tenant)
         for cls in _SHED_ORDER:
-            if cls < priority or (cls == priority and not or_as_important):
-                return None  # (a lower value is more important)
-            if loads := self.tenant_pending.get((tenant, cls)):
-                return next(reversed(loads.values()))
+            if cls < spec.priority:  # (a lower value is more important)
+                return None
+            heavy = max(((self.backlog[t] / p.tenant_weight(t), t)
+                         for (t, c), loads in self.tenant_pending.items() if c == cls and loads),
+                        default=None)  # fmt: skip
+            if heavy is None:
+                continue
+            if cls == spec.priority and heavy[0] <= mine:
+                return None
+            return next(reversed(self.tenant_pending[heavy[1], cls].values()))
         return None
 
     def _queue_hog(self, tenant: str) -> bool:
@@ -580,18 +573,21 @@ class PoolState:
             for ls in parked:
                 load_id = ls.spec.load_id
                 if (self.pending.get(load_id) is ls and ls.status is LoadStatus.PENDING
-                        and load_id not in self.queue):  # fmt: skip
+                        and load_id not in self.queue
+                        and load_id not in self.unqualified):  # fmt: skip
                     self._push(ls)
         while self.backing_off and self.backing_off[0][0] <= self.now_ms:
             load_id = heapq.heappop(self.backing_off)[2]
             due = self.pending.get(load_id)
-            if due is not None and due.status is LoadStatus.PENDING and load_id not in self.queue:
+            if (due is not None and due.status is LoadStatus.PENDING and load_id not in self.queue
+                    and load_id not in self.unqualified):  # fmt: skip
                 self._push(due)
 
     def _affinity(self, ls: LoadState) -> tuple[int | None, bool]:
         """The row of the agent that served the load's session last (None: none known; kept
         as ``ls.affinity_row``, which explain scores with), and whether hard affinity holds
-        the load for that agent now (one draining takes no new load: not waited for)."""
+        the load for that agent now (only one available, that the load could go to, is
+        waited for)."""
         p, t, spec = self.policy, self.agents, ls.spec
         last = self.sessions.get(spec.session_id) if spec.session_id else None
         row = t.row.get(last[0]) if last is not None else None
@@ -600,9 +596,15 @@ class PoolState:
             and row is not None
             and t.status[row] == AgentStatus.AVAILABLE
             and self.now_ms < spec.created_ms + p.affinity_wait_ms
+            and bool((self._qualified(spec) == row).any())
         )
         ls.affinity_row = row
         return row, waiting
+
+    def _qualified(self, spec: LoadSpec) -> npt.NDArray[np.intp]:
+        """The rows of the agents ``spec`` could ever go to (``AgentTable.qualified``)."""
+        denied = self.policy.tenant_deny.get(spec.tenant, _NOTHING)
+        return self.agents.qualified(spec, self.policy, denied)
 
     def _match(self, ls: LoadState) -> tuple[Match, bool]:
         """The best agent for ``ls`` now (held by hard affinity: its session's agent if that
@@ -636,10 +638,11 @@ class PoolState:
         the loads behind it from the free agents: a drain spent its tries on such loads.)
         """
         ls.last_match, ls.failed_epoch = m, self.epoch
-        if not waiting and not self.agents.qualified(ls.spec, self.policy):
-            self.unqualified[ls.spec.load_id] = ls
+        if not waiting and not self._qualified(ls.spec).size:
+            if ls.spec.load_id not in self.unqualified:
+                self.unqualified[ls.spec.load_id] = ls
+                self.stuck[ls.spec.tenant] = self.stuck.get(ls.spec.tenant, 0) + 1
             self.unqualified_profiles = self.profiles
-            self.stuck[ls.spec.tenant] = self.stuck.get(ls.spec.tenant, 0) + 1
             return
         self.parked.append(ls)
         self.parked_epoch = self.epoch
@@ -723,10 +726,10 @@ class PoolState:
             served[tenant] = served.get(tenant, 0.0) + 1.0 / p.tenant_weight(tenant)
             batch.append((ls, s, waiting))
             candidates.append(pairs)
-        chosen = self._solve_by_class(batch, candidates)
         check_risk = p.enforced("risk")
-        for (ls, s, waiting), row in zip(batch, chosen, strict=True):
-            # (a row whose risk room the loads before it in the batch took: none)
+        for k, row in self._solve_by_class(batch, candidates):
+            ls, s, waiting = batch[k]
+            # (a row whose risk room the loads made before it took: none)
             if row is None or (check_risk and not t.risk_room[row] >= ls.spec.risk):
                 self._unmatched(ls, s.none(), waiting)
             else:
@@ -736,22 +739,26 @@ class PoolState:
 
     def _solve_by_class(
         self, batch: list[tuple[LoadState, Scored, bool]], candidates: list[list[tuple[int, float]]]
-    ) -> list[int | None]:
-        """``batch.solve`` for each class of the batch's loads in turn, most important first,
-        on the slots the classes before it left: each load's agent row, or None."""
+    ) -> list[tuple[int, int | None]]:
+        """``batch.solve`` for each class of the batch's loads in turn (the class the queue
+        served it in: one up once its latest start came), most important first, on the
+        slots the classes before it left: (index in ``batch``, agent row or None) of each
+        load, class by class, in service order within a class (the order to make them in,
+        so the risk room goes by class too)."""
         t = self.agents
         free = {
             row: int(t.capacity[row] - t.active[row]) for pairs in candidates for row, _ in pairs
         }
-        classes: dict[Priority, list[int]] = {}
-        for i, (ls, _, _) in enumerate(batch):
-            classes.setdefault(ls.spec.priority, []).append(i)
-        chosen: list[int | None] = [None] * len(batch)
+        classes: dict[int, list[int]] = {}
+        for k, (ls, _, _) in enumerate(batch):
+            cls = int(ls.spec.priority) - self.queue.escalated(ls.spec.load_id)
+            classes.setdefault(cls, []).append(k)
+        chosen: list[tuple[int, int | None]] = []
         for cls in sorted(classes):  # (a lower value is served first)
             members = classes[cls]
-            for i, row in zip(members, solve([candidates[i] for i in members], free), strict=True):
+            for k, row in zip(members, solve([candidates[k] for k in members], free), strict=True):
+                chosen.append((k, row))
                 if row is not None:
-                    chosen[i] = row
                     free[row] -= 1
         return chosen
 

@@ -68,6 +68,11 @@ class ServiceQueue:
         self._where[load_id] = (cls, tenant, moved)
         self._add(cls, tenant, 1)
 
+    def escalated(self, load_id: str) -> bool:
+        """Whether ``load_id`` was moved up a class (its latest start came) since it was
+        pushed."""
+        return load_id in self._moved
+
     def discard(self, load_id: str) -> None:
         """Forgets a load for good; its heap entry is skipped when it surfaces."""
         place = self._where.pop(load_id, None)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from typing import Literal
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dispatcher.core import Decision, Outcome, Policy, PoolState, Priority
+from dispatcher.core import Decision, Outcome, Policy, PoolState, Priority, TaskOutcome
 from dispatcher.core.agents import Scored
 from dispatcher.core.batch import solve
-from tests.unit.core.builders import arrive, available, register, tick
+from tests.unit.core.builders import arrive, available, register, report, tick
 
 
 def test_solve_finds_the_pairing_greedy_misses() -> None:
@@ -195,7 +196,7 @@ def test_a_batch_gives_a_contested_agent_to_the_higher_class() -> None:
 
 
 def test_a_batch_shares_the_slots_between_tenants_as_one_by_one_service_would() -> None:
-    def run(mode: str) -> list[str]:
+    def run(mode: Literal["greedy", "batched"]) -> list[str]:
         state = PoolState("p", Policy(mode=mode, batch_window_ms=100, fair_share_reserve=0.0))
         for tenant in ("acme", "globex"):
             for i in range(8):
@@ -208,3 +209,37 @@ def test_a_batch_shares_the_slots_between_tenants_as_one_by_one_service_would() 
         return sorted(d.tenant for d in out if d.outcome is Outcome.ASSIGNED)
 
     assert run("batched") == run("greedy") == ["acme", "acme", "globex", "globex"]
+
+
+def test_a_batch_gives_an_agents_risk_room_to_the_higher_class_first() -> None:
+    state = PoolState("p", Policy(mode="batched", batch_window_ms=100, fair_share_reserve=0.0))
+    state.apply(register("a1", capacity=2, risk_budget=10.0))
+    state.apply(available("a1"))
+    # acme is served first (fewer served, by name), but globex's load is the more important.
+    state.apply(arrive("acme-low", 1, tenant="acme", priority=Priority.LOW, risk=6.0))
+    state.apply(arrive("globex-high", 2, tenant="globex", priority=Priority.HIGH, risk=6.0))
+    assert _assigned(state.apply(tick(150))) == {"globex-high": "a1"}
+
+
+def test_a_batch_ranks_a_load_by_the_class_its_deadline_moved_it_to() -> None:
+    def first(mode: Literal["greedy", "batched"]) -> list[str]:
+        policy = Policy(mode=mode, batch_window_ms=100, fair_share_reserve=0.0,
+                        tenant_first=False)  # fmt: skip
+        state = PoolState("p", policy)
+        state.apply(register("busy"))
+        state.apply(available("busy"))
+        state.apply(register("rusty", capabilities=frozenset({"rust"})))  # a slot for neither
+        state.apply(available("rusty"))
+        state.apply(arrive("hold", 0, tenant="x"))
+        state.apply(tick(50))  # hold takes the agent both loads need
+        # Latest start 200: low until then, normal after, and older than the normal load.
+        state.apply(arrive("urgent-low", 51, tenant="a", priority=Priority.LOW, deadline_ms=1200))
+        state.apply(arrive("normal", 52, tenant="b"))
+        state.apply(tick(250))
+        hold = state.in_flight["hold"]
+        out = state.apply(report(hold.decision_id or "", "hold", "busy", TaskOutcome.SUCCESS,
+                                 time_ms=260))  # fmt: skip
+        out += state.apply(tick(400))
+        return [d.load_id for d in out if d.outcome is Outcome.ASSIGNED]
+
+    assert first("batched") == first("greedy") == ["urgent-low"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
+from typing import Any, Literal
 
 import pytest
 
@@ -46,24 +48,42 @@ def test_accept_then_success_completes_and_frees_the_agent() -> None:
     assert assigned(state, "L2").agent_id == "a1"
 
 
+# Loads no agent can ever take: a capability no agent has, more risk than any agent takes, or
+# the one agent that could take them denied to their tenant.
+RUST = frozenset({"rust"})
+NEVER: dict[str, tuple[dict[str, Any], Policy, dict[str, Any]]] = {
+    "capability": ({"required": RUST}, Policy(), {"capabilities": RUST}),
+    "risk": ({"risk": 20.0}, Policy(), {}),
+    "deny": (
+        {"required": RUST},
+        Policy(tenant_deny={"u": frozenset({"a2"})}),
+        {"capabilities": RUST},
+    ),
+}
+
+
+@pytest.mark.parametrize("why", sorted(NEVER))
 @pytest.mark.parametrize("mode", ["greedy", "batched"])
-def test_loads_no_agent_qualifies_for_do_not_keep_a_freed_agent_from_the_others(
-    mode: str,
+def test_loads_no_agent_can_ever_take_do_not_keep_a_freed_agent_from_the_others(
+    mode: Literal["greedy", "batched"], why: str
 ) -> None:
-    state = one_agent(Policy(mode=mode, fair_share_reserve=0.0, batch_window_ms=10))
-    for i in range(300):  # more than a drain tries (drain_limit 256); no agent knows rust
-        state.apply(arrive(f"u{i}", 1, tenant="u", required=frozenset({"rust"})))
+    spec, policy, fix = NEVER[why]
+    state = one_agent(replace(policy, mode=mode, fair_share_reserve=0.0, batch_window_ms=10))
+    if why == "deny":  # the agent that could take them is there, denied to u
+        state.apply(register("a2", capabilities=frozenset({"rust"})))
+    for i in range(300):  # more than a drain tries (drain_limit 256)
+        state.apply(arrive(f"u{i}", 1, tenant="u", **spec))
     for i in range(2):
         state.apply(arrive(f"b{i}", 2, tenant="b"))
     state.apply(tick(20))  # (batched: the batch; greedy assigned b0 at its arrival)
     b0 = state.in_flight["b0"]
     state.apply(report(b0.decision_id or "", "b0", "a1", TaskOutcome.SUCCESS, time_ms=30))
-    state.apply(tick(40))
+    if mode == "batched":
+        state.apply(tick(40))
     assert state.in_flight.keys() == {"b1"}  # the least served tenant, u, could take nothing
-    # An agent that knows rust makes them qualify again.
-    state.apply(register("a2", capabilities=frozenset({"rust"}), capacity=300, risk_budget=300,
-                         time_ms=50))  # fmt: skip
-    state.apply(available("a2", time_ms=50))
+    # An agent that can take them makes them qualify again.
+    state.apply(register("a3", capacity=300, risk_budget=6000, time_ms=50, **fix))
+    state.apply(available("a3", time_ms=50))
     state.apply(tick(60))
     assert len(state.in_flight) == 301
 
@@ -258,6 +278,19 @@ def test_backpressure_defers_low_sheds_at_the_limit_and_admits_critical() -> Non
     (shed,) = state.apply(arrive("L5", 6))
     assert (shed.load_id, shed.outcome, shed.reason) == ("L5", Outcome.SHED, "QUEUE_FULL")
     assert state.apply(arrive("crit", 7, priority=Priority.CRITICAL))[0].outcome is Outcome.QUEUED
+
+
+def test_a_full_queue_sheds_another_tenants_low_load_before_a_high_one() -> None:
+    state = PoolState("p", Policy(max_pending=4, high_watermark=4, low_watermark=1))
+    for load_id, tenant, priority in (
+        ("A-h1", "A", Priority.HIGH),
+        ("A-h2", "A", Priority.HIGH),
+        ("C-low", "C", Priority.LOW),
+        ("D-h", "D", Priority.HIGH),
+    ):
+        state.apply(arrive(load_id, 1, tenant=tenant, priority=priority))  # fmt: skip
+    evicted, _ = state.apply(arrive("B-high", 2, tenant="B", priority=Priority.HIGH))
+    assert (evicted.load_id, evicted.reason) == ("C-low", "QUEUE_FULL_EVICTED")
 
 
 def test_a_full_queue_sheds_the_least_important_class_first() -> None:
@@ -543,7 +576,7 @@ def test_a_tenant_whose_loads_no_agent_qualifies_for_changes_no_one_elses_fair_s
     def order(with_stuck: bool) -> str:
         state = one_agent(Policy(fair_share_reserve=0.0))
         if with_stuck:
-            state.apply(arrive("u0", 0, tenant="u", required=frozenset({"rust"})))
+            state.apply(arrive("stuck", 0, tenant="u", required=frozenset({"rust"})))
         for i in range(30):
             state.apply(arrive(f"a{i}", 0, tenant="a"))
         served = []
@@ -555,9 +588,13 @@ def test_a_tenant_whose_loads_no_agent_qualifies_for_changes_no_one_elses_fair_s
             if t == 20:  # b comes back from idle: at a's level of service, not at u's
                 for i in range(10):
                     state.apply(arrive(f"b{i}", t, tenant="b"))
-        return "".join(served[-10:])
+            if t == 10:  # u, with only its stuck load waiting, is as good as idle
+                for i in range(5):
+                    state.apply(arrive(f"u{i}", t, tenant="u"))
+        return "".join(served[10:])
 
-    assert order(with_stuck=True) == order(with_stuck=False) == "ababababab"
+    assert order(with_stuck=True) == order(with_stuck=False)
+    assert order(with_stuck=False).startswith("auauauauau")
 
 
 def test_the_fair_share_reserve_keeps_no_agent_for_a_tenant_that_can_use_none() -> None:
@@ -565,7 +602,7 @@ def test_the_fair_share_reserve_keeps_no_agent_for_a_tenant_that_can_use_none() 
     for i in range(10):
         state.apply(register(f"x{i}"))
         state.apply(available(f"x{i}"))
-    state.apply(arrive("u0", 0, tenant="u", required=frozenset({"rust"})))
+    state.apply(arrive("stuck", 0, tenant="u", required=frozenset({"rust"})))
     for i in range(20):
         state.apply(arrive(f"b{i}", 0, tenant="b"))
     assert (len(state.in_flight), state.agents.open_count) == (10, 0)

@@ -166,6 +166,14 @@ def test_hard_affinity_does_not_wait_for_a_draining_agent() -> None:
     assert (d.outcome, d.reason, d.agent_id) == (Outcome.ASSIGNED, "BEST_SCORE", "a2")
 
 
+def test_hard_affinity_does_not_wait_for_an_agent_the_load_cannot_go_to() -> None:
+    state, _ = _session_pool()
+    state.apply(register("go", capabilities=frozenset({"go"})))
+    state.apply(available("go"))
+    (d,) = state.apply(arrive("L2", 1, session_id="s1", required=frozenset({"go"})))
+    assert (d.outcome, d.agent_id) == (Outcome.ASSIGNED, "go")  # a1 knows no go
+
+
 def test_unknown_capability_or_region_matches_no_one() -> None:
     state = pool(("a1", {}))
     assert state.apply(arrive("L1", required=frozenset({"cobol"})))[0].outcome is Outcome.QUEUED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -19,6 +20,7 @@ from dispatcher.core import (
     LoadArrived,
     LoadCancelled,
     LoadSpec,
+    LoadStatus,
     Outcome,
     Policy,
     PoolState,
@@ -217,6 +219,35 @@ def _check(state: PoolState, model: Model, out: list[Decision], finals: dict[str
     for agent_id, row in t.row.items():  # bookkeeping agrees with itself
         assert t.active[row] == len(state.held.get(agent_id, {}))
         assert t.risk_used[row] <= t.risk_budget[row] + 1e-9 or t.active[row] > 0
+    _waiting_books(state)
+
+
+def _waiting_books(state: PoolState) -> None:
+    """The counts and indexes of waiting loads agree with the loads, and every waiting load
+    is somewhere it will be tried again from."""
+    backlog: Counter[str] = Counter()
+    by_class: dict[tuple[str, Priority], set[str]] = {}
+    for load_id, ls in state.pending.items():
+        backlog[ls.spec.tenant] += 1
+        by_class.setdefault((ls.spec.tenant, ls.spec.priority), set()).add(load_id)
+    assert {k: v for k, v in state.backlog.items() if v} == dict(backlog)
+    assert {k: set(v) for k, v in state.tenant_pending.items() if v} == by_class
+    stuck: Counter[str] = Counter()
+    for load_id, ls in state.unqualified.items():
+        assert state.pending.get(load_id) is ls
+        assert load_id not in state.queue
+        stuck[ls.spec.tenant] += 1
+    assert {k: v for k, v in state.stuck.items() if v} == dict(stuck)
+    parked = {ls.spec.load_id for ls in state.parked}
+    backing_off = {load_id for _, _, load_id in state.backing_off}
+    for load_id, ls in state.pending.items():
+        if ls.status is LoadStatus.PENDING:
+            assert (
+                load_id in state.queue
+                or load_id in parked
+                or load_id in backing_off
+                or (load_id in state.unqualified)
+            ), f"{load_id} waits where nothing will try it again"
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
