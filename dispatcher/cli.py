@@ -282,9 +282,10 @@ def codec_decode(name: str | None, fmt: str) -> None:
 
 @cli.command("simulate")
 @click.option("--scenario", "name", type=click.Choice(sorted(_SCENARIO_NAMES)), required=True)
-@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True)
 @click.option("--policy", "policy_file", type=click.Path(path_type=Path, dir_okay=False),
-              default=None, help="YAML file of Policy fields to change.")  # fmt: skip
+              default=None, help="YAML file of Policy fields to change (a mapping such as "
+              "weights: the entries it names).")  # fmt: skip
 @click.option("--agents", type=click.IntRange(min=1), default=None,
               help="Override the scenario's agent count.")  # fmt: skip
 @click.option("--duration", type=_Finite(min=0.001, max=_WEEK_S),
@@ -303,10 +304,12 @@ def simulate_cmd(  # noqa: PLR0917 - click passes options by position
     The same scenario, seed and policy give the same decisions: the digest
     printed is a hash of the whole decision stream.
     """
-    from dispatcher.sim import SCENARIOS, SIM_POLICY, load_policy, simulate  # noqa: PLC0415
+    from dispatcher.sim import SCENARIOS, load_policy, sim_policy, simulate  # noqa: PLC0415
 
     sc = SCENARIOS[name].scaled(agents=agents, duration_s=duration)
-    policy = load_policy(policy_file, SIM_POLICY) if policy_file else SIM_POLICY
+    policy = sim_policy(sc)
+    if policy_file:
+        policy = load_policy(policy_file, policy)
     show = not as_json and sys.stderr.isatty()
     with click.progressbar(length=100, label=f"{name} seed {seed}", file=sys.stderr,
                            hidden=not show) as bar:  # fmt: skip
@@ -319,28 +322,33 @@ def simulate_cmd(  # noqa: PLR0917 - click passes options by position
                 done[0] += step
 
         report = simulate(sc, seed, policy, progress=progress)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
         click.echo(json.dumps(asdict(report), indent=2, sort_keys=True))
         return
     m = report.metrics
+
+    def cell(value: float | None, spec: str, width: int) -> str:
+        """``value`` as ``spec`` says, or "-" when there is none (nothing to measure)."""
+        return f"{'-' if value is None else format(value, spec):>{width}}"
+
     click.echo(f"scenario {name}  seed {seed}  agents {sc.agents}  {sc.duration_s:g}s simulated")
     click.echo(f"digest   {report.digest}")
-    click.echo(f"decisions {report.decisions}  ({m['decisions_per_s'] or 0:,.0f}/s in the core)")
+    click.echo(f"decisions {report.decisions}  ({cell(m['decisions_per_s'], ',.0f', 0)}/s "
+               "in the core)")  # fmt: skip
     click.echo(f"loads    {json.dumps(m['loads'])}")
-    jain, score = m["jain_weighted"] or 0, m["total_match_score"]
-    click.echo(f"utilisation {m['utilisation_pct']:.1f}%   jain(weighted) {jain:.3f}   "
-               f"total match score {score:.1f}")  # fmt: skip
+    click.echo(f"utilisation {cell(m['utilisation_pct'], '.1f', 0)}%   "
+               f"jain(weighted) {cell(m['jain_weighted'], '.3f', 0)}   "
+               f"total match score {m['total_match_score']:.1f}")  # fmt: skip
     click.echo("class      SLA%    wait p50    p95     p99 (ms)")
     for cls, w in m["wait_ms"].items():
-        sla = m["sla_compliance_pct"][cls]
-        cells = [
-            f"{v:8.0f}" if v is not None else "       -" for v in (w["p50"], w["p95"], w["p99"])
-        ]
-        click.echo(f"{cls:<9} {sla if sla is not None else float('nan'):6.1f} {' '.join(cells)}")
+        cells = " ".join(cell(w[q], ".0f", 8) for q in ("p50", "p95", "p99"))
+        click.echo(f"{cls:<9} {cell(m['sla_compliance_pct'][cls], '.1f', 6)} {cells}")
     for tenant, share in m["tenant_share"].items():
         tw = m["tenant_wait_ms"][tenant]
-        click.echo(f"tenant {tenant:<10} share {share:6.1%}  wait p50 {tw['p50'] or 0:7.0f} "
-                   f"p99 {tw['p99'] or 0:7.0f} ms")  # fmt: skip
+        click.echo(f"tenant {tenant:<10} share {share:6.1%}  wait p50 {cell(tw['p50'], '.0f', 7)} "
+                   f"p99 {cell(tw['p99'], '.0f', 7)} ms")  # fmt: skip
 
 
 # -- run -------------------------------------------------------------------------

@@ -7,12 +7,14 @@ record becomes a core event, and a core decision becomes the DecisionRecord
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
 from dispatcher import core
 from dispatcher.codecs import models as m
 from dispatcher.codecs.codec import Codec
+from dispatcher.core.policy import policy_problems as checks
 
 __all__ = [
     "TIMEOUTS",
@@ -62,66 +64,31 @@ def policy_from(update: m.PolicyUpdate) -> core.Policy:
     )
 
 
-# Bounds no sane policy comes near, and past which sums overflow or times leave the int range.
-_MAX_WEIGHT = 1e6
-_MAX_TIMEOUT_MS = 366 * 86_400_000
-_MAX_BATCH_LOADS = 10_000  # a batch solves a loads x slots matrix
-_MAX_BATCH_CANDIDATES = 1_000
 _SWITCHES = frozenset(core.CONSTRAINTS) | {"hard_affinity"}
-_NONZERO = ("ack", "heartbeat", "dedupe_window")  # timeouts that may not be 0
+# Where a PolicyDocument holds each core.Policy field the core's checks name.
+_DOC_NAMES = {
+    "mode": "matching_mode",
+    "disabled_constraints": "constraints",
+    **{field: f"timeouts_ms.{key}" for key, field in TIMEOUTS.items()},
+    **{f: f"retry.{f}" for f in ("max_attempts", "backoff_base_ms", "backoff_max_ms")},
+    **{f: f"backpressure.{f}" for f in ("max_pending", "high_watermark", "low_watermark")},
+}
 
 
 def policy_problems(update: m.PolicyUpdate) -> list[str]:
     """Semantic problems: what the schema allows but no sane dispatcher should run (the
-    workers refuse such a policy, and ``policy publish`` does not publish it)."""
+    workers refuse such a policy, and ``policy publish`` does not publish it): the names
+    the document uses that the core has no meaning for, then ``core.policy_problems`` of
+    the policy it describes."""
     doc = update.document
-    out = _weight_problems(doc.weights)
-    out += [f"constraints.{c}: unknown ({', '.join(sorted(_SWITCHES))})"
-            for c in sorted(doc.constraints) if c not in _SWITCHES]  # fmt: skip
-    out += [f"constraints.{c}: cannot be disabled (agents would be double-booked, or work "
-            "would go to agents that are not there)"
-            for c in ("status", "capacity") if doc.constraints.get(c) is False]  # fmt: skip
+    out = [f"constraints.{c}: unknown ({', '.join(sorted(_SWITCHES))})"
+           for c in sorted(doc.constraints) if c not in _SWITCHES]  # fmt: skip
     out += [f"timeouts_ms.{t}: unknown ({', '.join(sorted(TIMEOUTS))})"
             for t in sorted(doc.timeouts_ms) if t not in TIMEOUTS]  # fmt: skip
-    timeouts = sorted(doc.timeouts_ms.items())
-    out += [f"timeouts_ms.{t}: {v} ms, more than a year" for t, v in timeouts
-            if v > _MAX_TIMEOUT_MS]  # fmt: skip
-    out += [f"timeouts_ms.{t}: 0 (every load would time out at once, or duplicates pass)"
-            for t, v in timeouts if v == 0 and t in _NONZERO]  # fmt: skip
-    out += [f"tenant_weights.{t}: {w} (tenant weights are from {1 / _MAX_WEIGHT:g} to "
-            f"{_MAX_WEIGHT:g}: fair share counts 1 / weight per load)"
-            for t, w in sorted(doc.tenant_weights.items())
-            if not 1 / _MAX_WEIGHT <= w <= _MAX_WEIGHT]  # fmt: skip
-    out += [f"tenant_quotas.{t}: 0, so none of its loads can ever run"
-            for t, q in sorted(doc.tenant_quotas.items()) if q == 0]  # fmt: skip
-    r = doc.retry
-    if r.backoff_base_ms > r.backoff_max_ms:
-        out.append(f"retry: backoff_base_ms {r.backoff_base_ms} > "
-                   f"backoff_max_ms {r.backoff_max_ms}")  # fmt: skip
-    if r.backoff_max_ms > _MAX_TIMEOUT_MS:
-        out.append(f"retry: backoff_max_ms {r.backoff_max_ms}, more than a year")
-    if doc.matching_mode is m.MatchingMode.BATCHED and doc.batch_window_ms == 0:
-        out.append("batch_window_ms: 0 in batched mode (every tick a batch of one)")
-    if doc.batch_window_ms > _MAX_TIMEOUT_MS:
-        out.append(f"batch_window_ms: {doc.batch_window_ms}, more than a year")
-    if doc.batch_max_loads > _MAX_BATCH_LOADS:
-        out.append(f"batch_max_loads: {doc.batch_max_loads} (at most {_MAX_BATCH_LOADS:,})")
-    if doc.batch_candidates > _MAX_BATCH_CANDIDATES:
-        out.append(f"batch_candidates: {doc.batch_candidates} "
-                   f"(at most {_MAX_BATCH_CANDIDATES:,})")  # fmt: skip
-    return out
-
-
-def _weight_problems(weights: dict[str, float]) -> list[str]:
-    out = []
-    for name, w in sorted(weights.items()):
-        if name not in core.SCORE_TERMS:
-            out.append(f"weights.{name}: not a score term ({', '.join(core.SCORE_TERMS)})")
-        elif not 0 <= w <= _MAX_WEIGHT:  # (NaN too)
-            out.append(f"weights.{name}: {w} (weights are from 0 to {_MAX_WEIGHT:g})")
-    if not any(w > 0 for w in weights.values()):
-        out.append("weights: none is positive, so every agent scores 0 and ties decide")
-    return out
+    policy = policy_from(update)
+    # hard_affinity is a switch of the document, not a constraint (named above if unknown).
+    known = policy.disabled_constraints & frozenset(core.CONSTRAINTS)
+    return out + checks(replace(policy, disabled_constraints=known), _DOC_NAMES)
 
 
 def to_event(  # noqa: PLR0911 - one return per kind of input

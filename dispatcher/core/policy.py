@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Literal
 
-__all__ = ["CONSTRAINTS", "DEFAULT_POLICY", "SCORE_TERMS", "Policy"]
+__all__ = ["CONSTRAINTS", "DEFAULT_POLICY", "SCORE_TERMS", "Policy", "policy_problems"]
 
 # Hard constraints, in the order they are applied (and their exclusions counted).
 CONSTRAINTS = (
@@ -121,3 +121,103 @@ DEFAULT_POLICY = Policy()
 
 def _rebuild(values: dict[str, Any]) -> Policy:
     return Policy(**values)
+
+
+# Bounds no sane policy comes near, and past which sums overflow or times leave the int range.
+MAX_WEIGHT = 1e6
+MAX_TIMEOUT_MS = 366 * 86_400_000
+MAX_BATCH_LOADS = 10_000  # a batch solves a loads x slots matrix
+MAX_BATCH_CANDIDATES = 1_000
+TIMEOUT_FIELDS = ("ack_timeout_ms", "heartbeat_timeout_ms", "affinity_wait_ms",
+                  "expire_after_deadline_ms", "dedupe_window_ms")  # fmt: skip
+_NONZERO = ("ack_timeout_ms", "heartbeat_timeout_ms", "dedupe_window_ms")
+_ALWAYS_ENFORCED = ("status", "capacity")
+
+
+def policy_problems(policy: Policy, names: Mapping[str, str] | None = None) -> list[str]:
+    """What a policy's types allow but no sane dispatcher should run (a worker refuses such
+    a policy, ``policy publish`` does not publish it, ``simulate`` does not run it).
+
+    Args:
+        policy: the policy to check.
+        names: how the caller's source spells a field, to name it so in the problems
+            (e.g. ``{"ack_timeout_ms": "timeouts_ms.ack"}``); other fields by their name.
+
+    Returns:
+        One line per problem; empty if there is none.
+    """
+    spelt = dict(names or {})
+
+    def n(name: str) -> str:
+        return spelt.get(name, name)
+
+    return [*_choice_problems(policy, n), *_time_problems(policy, n), *_size_problems(policy, n)]
+
+
+def _choice_problems(p: Policy, n: Callable[[str], str]) -> list[str]:
+    """Mode, weights, constraints and tenants."""
+    out = []
+    if p.version < 0:
+        out.append(f"{n('version')}: {p.version} (versions start at 0)")
+    if p.mode not in ("greedy", "batched"):
+        out.append(f"{n('mode')}: {p.mode!r} (greedy or batched)")
+    for name, w in sorted(p.weights.items()):
+        if name not in SCORE_TERMS:
+            out.append(f"{n('weights')}.{name}: not a score term ({', '.join(SCORE_TERMS)})")
+        elif not 0 <= w <= MAX_WEIGHT:  # (NaN too)
+            out.append(f"{n('weights')}.{name}: {w} (weights are from 0 to {MAX_WEIGHT:g})")
+    if not any(w > 0 for w in p.weights.values()):
+        out.append(f"{n('weights')}: none is positive, so every agent scores 0 and ties decide")
+    for c in sorted(p.disabled_constraints):
+        if c not in CONSTRAINTS:
+            out.append(f"{n('disabled_constraints')}.{c}: unknown ({', '.join(CONSTRAINTS)})")
+        elif c in _ALWAYS_ENFORCED:
+            out.append(f"{n('disabled_constraints')}.{c}: cannot be disabled (agents would be "
+                       "double-booked, or work would go to agents that are not there)")  # fmt: skip
+    out += [f"{n('tenant_weights')}.{t}: {w} (tenant weights are from {1 / MAX_WEIGHT:g} to "
+            f"{MAX_WEIGHT:g}: fair share counts 1 / weight per load)"
+            for t, w in sorted(p.tenant_weights.items())
+            if not 1 / MAX_WEIGHT <= w <= MAX_WEIGHT]  # fmt: skip
+    out += [f"{n('tenant_quotas')}.{t}: {q}, so none of its loads can ever run"
+            for t, q in sorted(p.tenant_quotas.items()) if q < 1]  # fmt: skip
+    return out
+
+
+def _time_problems(p: Policy, n: Callable[[str], str]) -> list[str]:
+    out = []
+    for name in (*TIMEOUT_FIELDS, "backoff_base_ms", "backoff_max_ms", "batch_window_ms"):
+        v = getattr(p, name)
+        if v is None:
+            continue
+        if v < 0:
+            out.append(f"{n(name)}: {v} ms, a negative time")
+        elif v > MAX_TIMEOUT_MS:
+            out.append(f"{n(name)}: {v} ms, more than a year")
+        elif v == 0 and name in _NONZERO:
+            out.append(f"{n(name)}: 0 (every load would time out at once, or duplicates pass)")
+    if p.backoff_base_ms > p.backoff_max_ms:
+        out.append(f"{n('backoff_base_ms')} {p.backoff_base_ms} > backoff_max_ms "
+                   f"{p.backoff_max_ms}")  # fmt: skip
+    if p.mode == "batched" and p.batch_window_ms == 0:
+        out.append(f"{n('batch_window_ms')}: 0 in batched mode (every tick a batch of one)")
+    if not 0 <= p.deadline_margin <= 100:  # (NaN too)
+        out.append(f"{n('deadline_margin')}: {p.deadline_margin} (from 0 to 100)")
+    return out
+
+
+def _size_problems(p: Policy, n: Callable[[str], str]) -> list[str]:
+    out = []
+    for name, most in (("batch_max_loads", MAX_BATCH_LOADS),
+                       ("batch_candidates", MAX_BATCH_CANDIDATES)):  # fmt: skip
+        v = getattr(p, name)
+        if not 1 <= v <= most:
+            out.append(f"{n(name)}: {v} ({'at least 1' if v < 1 else f'at most {most:,}'})")
+    if p.drain_limit < 1:
+        out.append(f"{n('drain_limit')}: {p.drain_limit} (loads tried per event: at least 1)")
+    if p.max_attempts < 1:
+        out.append(f"{n('max_attempts')}: {p.max_attempts} (at least 1)")
+    if p.max_pending < 1 or not 0 <= p.low_watermark <= p.high_watermark <= p.max_pending:
+        out.append(f"{n('low_watermark')} {p.low_watermark}, {n('high_watermark')} "
+                   f"{p.high_watermark}, {n('max_pending')} {p.max_pending}: need "
+                   "0 <= low <= high <= max_pending, and max_pending >= 1")  # fmt: skip
+    return out

@@ -11,8 +11,8 @@ import hashlib
 import heapq
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -38,7 +38,7 @@ from dispatcher.core import (
 )
 from dispatcher.sim.scenarios import Scenario
 
-__all__ = ["SIM_POLICY", "SimReport", "Simulation", "simulate"]
+__all__ = ["SIM_POLICY", "SimReport", "Simulation", "sim_policy", "simulate"]
 
 POOL = "sim"
 TICK_MS = 200
@@ -48,6 +48,15 @@ ACCEPT_DELAY_MS = 20
 SIM_POLICY = Policy(ack_timeout_ms=2_000, heartbeat_timeout_ms=15_000, backoff_base_ms=200,
                     backoff_max_ms=5_000, max_pending=50_000, high_watermark=40_000,
                     low_watermark=30_000)  # fmt: skip
+# Of a run's wall time, about this share goes to drawing the arrivals before it starts:
+# the progress reported while drawing them.
+_DRAW_SHARE = 0.2
+
+
+def sim_policy(sc: Scenario, base: Policy = SIM_POLICY) -> Policy:
+    """``base`` with the scenario's tenant weights (over any of its own), so the weights the
+    core shares out by are the ones the fairness metrics judge by."""
+    return replace(base, tenant_weights=dict(sc.tenants) | dict(base.tenant_weights))
 
 
 @dataclass
@@ -59,6 +68,7 @@ class SimReport:
     decisions: int
     core_seconds: float
     metrics: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -67,15 +77,37 @@ class _World:
 
     arrived: dict[str, tuple[int, Priority, str, int | None]] = field(default_factory=dict)
     first_assigned: dict[str, int] = field(default_factory=dict)
-    finals: dict[str, tuple[Outcome, int]] = field(default_factory=dict)
+    # When each load was last assigned, while that assignment stands (a requeue drops it).
+    assigned: dict[str, int] = field(default_factory=dict)
+    finals: dict[str, tuple[Outcome, int, str]] = field(default_factory=dict)  # (.., reason)
     assigned_by_tenant: dict[str, int] = field(default_factory=dict)
     busy_ms: float = 0.0
-    score: float = 0.0
     decisions: int = 0
     requeues: dict[str, int] = field(default_factory=dict)
     first_score: dict[str, float] = field(default_factory=dict)  # score of each load's first match
     first_history: dict[str, float] = field(default_factory=dict)  # its balance + affinity parts
     retried: set[str] = field(default_factory=set)  # loads requeued (declined, failed, lost, ...)
+
+    def record(self, d: Decision, t: int) -> None:
+        """Takes note of decision ``d``, made at ``t``."""
+        if d.outcome in FINAL_OUTCOMES:
+            self.finals.setdefault(d.load_id, (d.outcome, t, d.reason))
+        if d.outcome is Outcome.REQUEUED:
+            self.requeues[d.reason] = self.requeues.get(d.reason, 0) + 1
+            self.retried.add(d.load_id)
+        if d.outcome in (Outcome.REQUEUED, Outcome.DEAD_LETTERED):
+            self.assigned.pop(d.load_id, None)  # taken back from its agent: it did not stick
+        if d.outcome is not Outcome.ASSIGNED or d.agent_id is None:
+            return
+        self.assigned[d.load_id] = t
+        if d.load_id not in self.first_assigned:  # served once, however often assigned
+            self.first_assigned[d.load_id] = t
+            self.assigned_by_tenant[d.tenant] = self.assigned_by_tenant.get(d.tenant, 0) + 1
+        self.first_score.setdefault(d.load_id, d.score or 0.0)
+        parts = dict(d.score_parts)
+        self.first_history.setdefault(
+            d.load_id, parts.get("balance", 0.0) + parts.get("affinity", 0.0)
+        )
 
 
 def _agents(sc: Scenario, rng: np.random.Generator) -> list[tuple[str, AgentProfile]]:
@@ -100,12 +132,14 @@ def _agents(sc: Scenario, rng: np.random.Generator) -> list[tuple[str, AgentProf
 def simulate(
     sc: Scenario,
     seed: int,
-    policy: Policy = SIM_POLICY,
+    policy: Policy | None = None,
     *,
     progress: Callable[[float], None] | None = None,
 ) -> SimReport:
-    """Runs ``sc`` with ``seed`` under ``policy``; returns the metrics and the decision digest."""
-    return Simulation(sc, seed, policy).run(progress)
+    """Runs ``sc`` with ``seed`` under ``policy`` (default ``sim_policy(sc)``); returns the
+    metrics and the decision digest. ``progress`` is called with the share of the work done,
+    up to 1.0 at the end."""
+    return Simulation(sc, seed, sim_policy(sc) if policy is None else policy).run(progress)
 
 
 _Item = Event | tuple[str, Any]
@@ -126,6 +160,7 @@ class Simulation:
         self.profiles = dict(self.agents)
         self.slots = sum(p.capacity for _, p in self.agents)
         self.crashed: dict[str, int] = {}
+        self.warnings: list[str] = []
 
     def at(self, t: int, item: _Item) -> None:
         heapq.heappush(self.queue, (t, self.order, item))
@@ -135,7 +170,7 @@ class Simulation:
         self._schedule_agents()
         for t in range(0, self.end_ms + 1, TICK_MS):
             self.at(t, Tick(t))
-        self._schedule_arrivals()
+        self._schedule_arrivals(progress)
         digest = hashlib.sha256()
         core_s, next_progress = 0.0, 0.0
         while self.queue:
@@ -143,7 +178,7 @@ class Simulation:
             if t > self.end_ms:
                 break
             if progress is not None and t >= next_progress:
-                progress(t / self.end_ms)
+                progress(_DRAW_SHARE + (1 - _DRAW_SHARE) * t / self.end_ms)
                 next_progress = t + self.end_ms / 100
             event = self._event(t, item)
             if event is None:
@@ -155,10 +190,17 @@ class Simulation:
                 self.world.decisions += 1
                 digest.update(repr(d).encode())
                 self._observe(d, t)
+        if progress is not None:
+            progress(1.0)
         report = SimReport(self.sc.name, self.seed, self.policy.version, digest.hexdigest(),
-                           self.world.decisions, core_s)  # fmt: skip
-        report.metrics = _metrics(self.sc, self.world, self.state, self.end_ms, self.slots, core_s)
+                           self.world.decisions, core_s, warnings=self.warnings)  # fmt: skip
+        report.metrics = _metrics(self, core_s)
         return report
+
+    def live_slot_ms(self) -> int:
+        """Slot-time the agents offered: each one's capacity until it crashed, or the end."""
+        return sum(p.capacity * min(self.end_ms, self.crashed.get(a, self.end_ms))
+                   for a, p in self.agents)  # fmt: skip
 
     def _schedule_agents(self) -> None:
         for agent_id, profile in self.agents:
@@ -166,11 +208,37 @@ class Simulation:
             self.at(0, AgentStatusChanged(f"{agent_id}:up", agent_id, 2, 0,
                                           AgentStatusKind.AVAILABLE))  # fmt: skip
             self.at(int(self.rng.integers(HEARTBEAT_MS)), ("heartbeat", (agent_id, 3)))
+        # Agents crash in [20%, 60%] of the run, but no later than the heartbeat timeout
+        # (and the ticks that notice it) before the end, so the run sees them found.
+        end, found_after = self.end_ms, self.policy.heartbeat_timeout_ms + 2 * TICK_MS
+        latest = end - found_after
         for agent_id, _ in self.agents:
             if self.rng.random() < self.sc.crash_share:
-                self.crashed[agent_id] = int(self.rng.uniform(0.2, 0.6) * self.end_ms)
+                u = float(self.rng.uniform(0.2, 0.6))
+                if 0.6 * end <= latest or latest <= 0.2 * end:  # (too short: as drawn, and said)
+                    self.crashed[agent_id] = int(u * end)
+                else:  # squeezed into [20% of the run, latest]
+                    lo = 0.2 * end
+                    self.crashed[agent_id] = int(lo + (u - 0.2) / 0.4 * (latest - lo))
+        if self.crashed and latest <= 0.2 * end:
+            self.warnings.append(
+                f"{len(self.crashed)} agents crash at 20-60% of the {end / 1000:g} s run, but a "
+                f"crashed agent is found only {found_after / 1000:g} s after it goes silent "
+                "(the heartbeat timeout, and a tick), so none is found and their work stays "
+                f"in flight: simulate at least {math.floor(found_after / 800) + 1} s"
+            )
 
-    def _schedule_arrivals(self) -> None:
+    def _schedule_arrivals(self, progress: Callable[[float], None] | None) -> None:
+        """Queues every arrival (their draws come first in the random stream), reporting the
+        share drawn as progress (about a fifth of a run's time goes to drawing them)."""
+        next_progress = 0.0
+        for arrival in self._arrivals():
+            self.at(arrival.time_ms, arrival)
+            if progress is not None and arrival.time_ms >= next_progress:
+                progress(_DRAW_SHARE * arrival.time_ms / self.end_ms)
+                next_progress = arrival.time_ms + self.end_ms / 100
+
+    def _arrivals(self) -> Iterator[LoadArrived]:
         sc, rng = self.sc, self.rng
         base_rate = sc.utilisation * self.slots / (sc.mean_duration_ms / 1000)  # loads/s
         shares = np.array(sc.tenant_traffic) / len(sc.tenant_traffic)
@@ -185,7 +253,7 @@ class Simulation:
                 return
             tenant = tenants[int(rng.choice(len(tenants), p=shares / shares.sum()))]
             spec = self._load(f"load-{n:07d}", tenant, int(t_ms))
-            self.at(spec.created_ms, LoadArrived(spec.load_id, spec.created_ms, spec))
+            yield LoadArrived(spec.load_id, spec.created_ms, spec)
             n += 1
 
     def _load(self, load_id: str, tenant: str, created: int) -> LoadSpec:
@@ -233,23 +301,10 @@ class Simulation:
         self.at(t, ("report", (report, agent)))
 
     def _observe(self, d: Decision, t: int) -> None:
-        w, sc, rng = self.world, self.sc, self.rng
-        if d.outcome in FINAL_OUTCOMES:
-            w.finals.setdefault(d.load_id, (d.outcome, t))
-        if d.outcome is Outcome.REQUEUED:
-            w.requeues[d.reason] = w.requeues.get(d.reason, 0) + 1
-            w.retried.add(d.load_id)
+        sc, rng = self.sc, self.rng
+        self.world.record(d, t)
         if d.outcome is not Outcome.ASSIGNED or d.agent_id is None:
             return
-        if d.load_id not in w.first_assigned:  # a load is served once, however often assigned
-            w.first_assigned[d.load_id] = t
-            w.assigned_by_tenant[d.tenant] = w.assigned_by_tenant.get(d.tenant, 0) + 1
-        w.first_score.setdefault(d.load_id, d.score or 0.0)
-        parts = dict(d.score_parts)
-        w.first_history.setdefault(
-            d.load_id, parts.get("balance", 0.0) + parts.get("affinity", 0.0)
-        )
-        w.score += d.score or 0.0
         accept_at = t + ACCEPT_DELAY_MS
         if rng.random() >= sc.accept_share:
             self._report(accept_at, d, "no", TaskOutcome.DECLINED)
@@ -259,7 +314,7 @@ class Simulation:
         run_ms = int(spec.duration_ms / self.profiles[d.agent_id].speed * rng.lognormal(0, 0.1))
         # Busy within the run, until the agent crashes if it does (its report never comes).
         stop = min(accept_at + run_ms, self.end_ms, self.crashed.get(d.agent_id, math.inf))
-        w.busy_ms += max(0, stop - accept_at)
+        self.world.busy_ms += max(0, stop - accept_at)
         ok = rng.random() < sc.success_share
         self._report(
             accept_at + run_ms, d, "end", TaskOutcome.SUCCESS if ok else TaskOutcome.FAILED
@@ -267,15 +322,17 @@ class Simulation:
 
 
 def _waits(w: _World, end_ms: int, where: int, value: object) -> tuple[list[int], int]:
-    """The waits (arrival to first assignment) of the loads whose arrival record holds
-    ``value`` at ``where`` (1: priority, 2: tenant): a load still waiting at the end counts
-    as waiting until then (so the figures are lower bounds), one that ended unassigned
-    (shed, cancelled) not at all; and how many were still waiting."""
+    """The waits (arrival to the assignment that stuck: the last, unless the load was taken
+    back from it) of the loads whose arrival record holds ``value`` at ``where`` (1:
+    priority, 2: tenant): a load waiting at the end (never assigned, or requeued and not
+    assigned again) counts as waiting until then (so the figures are lower bounds), one
+    that ended without an assignment standing (shed, dead-lettered) not at all; and how
+    many were still waiting."""
     ws, left = [], 0
     for load_id, a in w.arrived.items():
         if a[where] != value:
             continue
-        if (assigned := w.first_assigned.get(load_id)) is not None:
+        if (assigned := w.assigned.get(load_id)) is not None:
             ws.append(assigned - a[0])
         elif load_id not in w.finals:
             ws.append(end_ms - a[0])
@@ -290,14 +347,15 @@ def _pct(values: list[int], q: float) -> float | None:
 def _max_min_fair(
     demand: dict[str, float], weight: dict[str, float], capacity: float
 ) -> dict[str, float]:
-    """Weighted max-min fair allocation of ``capacity`` (water-filling)."""
+    """Weighted max-min fair allocation of ``capacity`` (water-filling), in the order of
+    ``demand`` (so the float sums, and the result, do not depend on hashing)."""
     alloc = dict.fromkeys(demand, 0.0)
-    active = {t for t, d in demand.items() if d > 0}
+    active = [t for t, d in demand.items() if d > 0]
     left = capacity
     while active and left > 1e-9:
         total_w = sum(weight[t] for t in active)
         share = {t: left * weight[t] / total_w for t in active}
-        done = {t for t in active if demand[t] - alloc[t] <= share[t]}
+        done = [t for t in active if demand[t] - alloc[t] <= share[t]]
         if not done:
             for t in active:
                 alloc[t] += share[t]
@@ -305,18 +363,24 @@ def _max_min_fair(
         for t in done:
             left -= demand[t] - alloc[t]
             alloc[t] = demand[t]
-        active -= done
+        active = [t for t in active if t not in done]
     return alloc
 
 
-def _metrics(  # noqa: PLR0917 - one caller, and it has all of them
-    sc: Scenario, w: _World, state: PoolState, end_ms: int, slots: int, core_s: float
-) -> dict[str, Any]:
+def _jain(served: dict[str, float], fair: dict[str, float]) -> float | None:
+    """Jain's index of each tenant's service over its fair share (1: all got their share)."""
+    x = [served[t] / fair[t] for t in served if fair[t] > 0]
+    return (sum(x) ** 2) / (len(x) * sum(v * v for v in x)) if x else None
+
+
+def _metrics(sim: Simulation, core_s: float) -> dict[str, Any]:
+    w, state, end_ms = sim.world, sim.state, sim.end_ms
     decisions = w.decisions
     outcomes: dict[str, int] = {}
-    for outcome, _ in w.finals.values():
+    for outcome, _, _ in w.finals.values():
         outcomes[outcome.value] = outcomes.get(outcome.value, 0) + 1
-    expired = sum(1 for o, _ in w.finals.values() if o is Outcome.SHED)
+    expired = sum(1 for o, _, why in w.finals.values() if o is Outcome.SHED and why == "EXPIRED")
+    shed = outcomes.get(Outcome.SHED.value, 0) - expired
     waits: dict[str, dict[str, float | None]] = {}
     for prio in Priority:
         ws, left = _waits(w, end_ms, 1, prio)
@@ -337,29 +401,32 @@ def _metrics(  # noqa: PLR0917 - one caller, and it has all of them
                 due_clean, met_clean = due_clean + 1, met_clean + ok
         sla[prio.name.lower()] = 100.0 * met / due if due else None
         sla_clean[prio.name.lower()] = 100.0 * met_clean / due_clean if due_clean else None
-    weights = dict(sc.tenants)
-    demand = {t: float(sum(1 for a in w.arrived.values() if a[2] == t)) for t in weights}
-    served = {t: float(w.assigned_by_tenant.get(t, 0)) for t in weights}
+    # Fairness by the weights the core shared out by: the policy's.
+    tenants = [name for name, _ in sim.sc.tenants]
+    weights = {t: sim.policy.tenant_weight(t) for t in tenants}
+    demand = {t: float(sum(1 for a in w.arrived.values() if a[2] == t)) for t in tenants}
+    served = {t: float(w.assigned_by_tenant.get(t, 0)) for t in tenants}
     fair = _max_min_fair(demand, weights, sum(served.values()))
-    x = [served[t] / fair[t] for t in weights if fair[t] > 0]
-    jain = (sum(x) ** 2) / (len(x) * sum(v * v for v in x)) if x else None
     tenant_waits = {}
-    for t in weights:
+    for t in tenants:
         ws, left = _waits(w, end_ms, 2, t)
         tenant_waits[t] = {"p50": _pct(ws, 50), "p99": _pct(ws, 99), "waiting_at_end": left}
+    live = sim.live_slot_ms()  # slots of crashed agents count until they crashed
     return {
         "loads": {"arrived": len(w.arrived), "assigned": len(w.first_assigned),
-                  "outcomes": dict(sorted(outcomes.items())), "shed_or_expired": expired,
+                  "shed": shed, "expired": expired, "outcomes": dict(sorted(outcomes.items())),
                   "pending_at_end": len(state.pending), "in_flight_at_end": len(state.in_flight)},
         "requeued": dict(sorted(w.requeues.items())),
         "sla_compliance_pct": sla,
         "sla_without_agent_faults_pct": sla_clean,
         "wait_ms": waits,
         "tenant_wait_ms": tenant_waits,
-        "utilisation_pct": 100.0 * min(w.busy_ms, slots * end_ms) / (slots * end_ms),
-        "tenant_share": {t: served[t] / max(1.0, sum(served.values())) for t in weights},
-        "jain_weighted": jain,
-        "total_match_score": w.score,
+        "utilisation_pct": 100.0 * min(w.busy_ms, live) / live if live else None,
+        "tenant_share": {t: served[t] / max(1.0, sum(served.values())) for t in tenants},
+        "jain_weighted": _jain(served, fair),
+        # Each load's first assignment: a load is worth its match once, however often it
+        # was assigned again after a decline, failure or lost agent.
+        "total_match_score": sum(w.first_score.values()),
         "decisions": decisions,
         "decisions_per_s": decisions / core_s if core_s else None,
     }  # fmt: skip

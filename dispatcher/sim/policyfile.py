@@ -1,9 +1,21 @@
-"""A policy from a YAML file: any field of ``dispatcher.core.Policy`` by name."""
+"""A policy from a YAML file: any field of ``dispatcher.core.Policy`` by name.
+
+    version: 2
+    mode: batched
+    weights: {embedding: 2.0}      # the other weights keep the base policy's values
+    tenant_weights: {acme: 3}      # the other tenants keep theirs (the scenario's)
+
+A field the file leaves out keeps the base policy's value; so does each entry
+of a mapping field (``weights``, ``tenant_weights``, ``tenant_quotas``,
+``tenant_deny``) the file leaves out: to turn a score term off, give it 0.
+(A ``policy publish`` document differs: its ``weights`` are the whole set.)
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,16 +23,21 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from dispatcher.core import Policy
+from dispatcher.core.policy import policy_problems
 from dispatcher.errors import ConfigError
 
 __all__ = ["load_policy"]
 
+_MERGED = ("weights", "tenant_weights", "tenant_quotas", "tenant_deny")
+
 
 def load_policy(path: Path, base: Policy) -> Policy:
-    """``base`` with the fields the file sets.
+    """``base`` with the fields the file sets, mapping fields merged over ``base``'s (see
+    the module docstring), checked as a worker checks a policy (``core.policy_problems``).
 
     Raises:
-        ConfigError: unreadable file, unknown field, or a value of the wrong kind.
+        ConfigError: unreadable file, unknown field, a value of the wrong kind, or a
+            policy no dispatcher should run (every problem named).
     """
     try:
         doc = yaml.safe_load(path.read_text()) or {}
@@ -28,6 +45,9 @@ def load_policy(path: Path, base: Policy) -> Policy:
         raise ConfigError(f"{path}: cannot read the policy: {exc}") from exc
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: a policy file is a mapping of Policy fields")
+    if odd := [k for k in doc if not isinstance(k, str)]:  # (YAML keys can be anything)
+        said = ", ".join(yaml.safe_dump(k).removesuffix("\n...\n").strip() for k in odd)
+        raise ConfigError(f"{path}: a policy field is named by a word, not by {said}")
     fields = {f.name: f for f in dataclasses.fields(Policy) if f.init}
     unknown = sorted(set(doc) - set(fields))
     if unknown:
@@ -38,9 +58,21 @@ def load_policy(path: Path, base: Policy) -> Policy:
         try:  # (a list becomes a frozenset, "10" an int; a value of another kind is refused)
             values[name] = TypeAdapter(types[name]).validate_python(value)
         except ValidationError as exc:
-            problem = "; ".join(e["msg"] for e in exc.errors())
+            problem = "; ".join(_said(e) for e in exc.errors())
             raise ConfigError(f"{path}: {name}: {problem}") from exc
+        if name in _MERGED:
+            over: Mapping[str, Any] = getattr(base, name)
+            values[name] = {**over, **values[name]}
     try:
-        return dataclasses.replace(base, **values)
+        policy = dataclasses.replace(base, **values)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+    if problems := policy_problems(policy):
+        raise ConfigError(f"{path}: {'; '.join(problems)}")
+    return policy
+
+
+def _said(error: Any) -> str:
+    """A pydantic error; for a key of a mapping, which key."""
+    loc = error["loc"]
+    return f"key {loc[0]!r}: {error['msg']}" if loc[-1:] == ("[key]",) else str(error["msg"])

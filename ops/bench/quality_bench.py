@@ -130,6 +130,11 @@ def compare(label: str, policy: Policy, args: argparse.Namespace) -> None:
         row = table.upsert(agent_id, 1, 0, profile)
         table.set_status(row, AgentStatus.AVAILABLE)
     specs = list(runs["greedy"][0].specs.values())
+    if not specs:  # (the LP and its bounds need at least one load)
+        raise SystemExit(
+            f"no load arrived in {args.duration:g}s on {args.agents} agents: "
+            "nothing to compare; give a longer --duration or more --agents"
+        )
     t0 = time.perf_counter()
     opt_full, opt_pair, opt_n = optimum(table, specs, policy, k=args.candidates,
                                         window_ms=args.window_ms)  # fmt: skip

@@ -12,7 +12,13 @@ from pydantic import ValidationError
 from dispatcher import core
 from dispatcher.codecs import Codec
 from dispatcher.codecs import models as m
-from dispatcher.codecs.adapt import encode_decision, policy_from, to_event, to_records
+from dispatcher.codecs.adapt import (
+    encode_decision,
+    policy_from,
+    policy_problems,
+    to_event,
+    to_records,
+)
 from dispatcher.sim import SCENARIOS, SIM_POLICY
 from dispatcher.sim.engine import Simulation
 from tests.samples import SAMPLES
@@ -160,3 +166,37 @@ def test_a_policy_document_leaving_out_a_field_gets_the_cores_default() -> None:
     bare = update.model_copy(update={"document": m.PolicyDocument.model_validate(doc)})
     policy = policy_from(bare)
     assert [getattr(policy, n) for n in added] == [getattr(core.DEFAULT_POLICY, n) for n in added]
+
+
+_YEAR_AND_A_DAY_MS = 367 * 86_400_000
+
+
+@pytest.mark.parametrize(
+    ("change", "problems"),
+    [
+        ({}, []),
+        # hard_affinity is a switch of the document, never an unknown constraint of the core
+        ({"constraints": {"hard_affinity": False, "region": False}}, []),
+        ({"constraints": {"status": False}},
+         ["constraints.status: cannot be disabled (agents would be double-booked, or work "
+          "would go to agents that are not there)"]),
+        ({"batch_window_ms": 0},
+         ["batch_window_ms: 0 in batched mode (every tick a batch of one)"]),
+        ({"timeouts_ms": {"heartbeat": 0}},
+         ["timeouts_ms.heartbeat: 0 (every load would time out at once, or duplicates pass)"]),
+        ({"retry": {"max_attempts": 3, "backoff_base_ms": 100,
+                    "backoff_max_ms": _YEAR_AND_A_DAY_MS}},
+         [f"retry.backoff_max_ms: {_YEAR_AND_A_DAY_MS} ms, more than a year"]),
+        ({"weights": {"embedding": 0.0}, "constraints": {"gravity": True}},
+         ["constraints.gravity: unknown (capability, capacity, clearance, hard_affinity, region, "
+          "risk, status, tenant_deny)",
+          "weights: none is positive, so every agent scores 0 and ties decide"]),
+    ],
+)  # fmt: skip
+def test_the_cores_policy_checks_name_the_documents_fields(
+    change: dict[str, Any], problems: list[str]
+) -> None:
+    update = SAMPLES["PolicyUpdate"][0]
+    assert isinstance(update, m.PolicyUpdate)
+    doc = m.PolicyDocument.model_validate(update.document.model_dump() | change)
+    assert policy_problems(update.model_copy(update={"document": doc})) == problems

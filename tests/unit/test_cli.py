@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -138,6 +139,7 @@ def test_policy_publish_refuses_a_time_that_is_none() -> None:
         (["--duration", "0.0001"], "'--duration': 0.0001 is not in the range"),
         (["--duration", "nan"], "'--duration': 'nan' is not a number"),
         (["--duration", "inf"], "'--duration': inf is not in the range"),
+        (["--seed", "-1"], "'--seed': -1 is not in the range x>=0"),  # (a numpy traceback)
     ],
 )
 def test_simulate_refuses_sizes_it_cannot_run(args: list[str], says: str) -> None:
@@ -172,6 +174,8 @@ def test_demo_options_are_checked_before_anything_starts(args: list[str], says: 
         ("mode: fast\n", "mode: Input should be 'greedy' or 'batched'"),
         ("tenant_deny: {acme: 5}\n", "tenant_deny: Input should be a valid frozenset"),
         ("max_pending: [1]\n", "max_pending: Input should be a valid integer"),
+        ("1: 2\n", "a policy field is named by a word, not by 1"),  # (a TypeError)
+        ("tenant_weights: {acme: 0}\n", "tenant_weights.acme: 0.0 (tenant weights are"),
     ],
 )
 def test_simulate_names_the_policy_field_of_the_wrong_kind(
@@ -184,6 +188,25 @@ def test_simulate_names_the_policy_field_of_the_wrong_kind(
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith(f"error: {policy}: {says}")
+
+
+def test_simulate_prints_a_dash_for_what_an_empty_run_cannot_measure() -> None:
+    result = dispatcher("simulate", "--scenario", "steady", "--agents", "1", "--duration", "0.001")
+    assert result.returncode == 0, result.stderr
+    assert '"arrived": 0' in result.stdout
+    assert "jain(weighted) -   total match score 0.0" in result.stdout  # (was 0.000)
+    assert "critical       -        -        -        -" in result.stdout  # (SLA was nan)
+    assert "wait p50       - p99       - ms" in result.stdout  # (was 0)
+    assert " nan" not in result.stdout
+
+
+def test_simulate_warns_when_the_run_is_too_short_for_its_scenario() -> None:
+    result = dispatcher("simulate", "--scenario", "agent-churn", "--agents", "30",
+                        "--duration", "5", "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("warning: ")
+    assert "simulate at least 20 s" in result.stderr
+    assert json.loads(result.stdout)["warnings"] == [result.stderr.removeprefix("warning: ")[:-1]]
 
 
 @pytest.mark.parametrize(
