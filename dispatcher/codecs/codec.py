@@ -103,18 +103,7 @@ class Codec:
             self._current[name] = parse_schema(json.loads(text), named_schemas={})
         self._by_model = {model: name for name, model in MODELS.items()}
         self._field_schemas: dict[tuple[int, str], Any] = {}  # (id(schema), field) -> parsed
-        # Fields holding a ["null", record] union: naming the branch on write spares
-        # fastavro from trying each branch against the datum (about 7 us a record).
-        self._union_records = {
-            name: {
-                f["name"]: branch["name"]
-                for f in schema["fields"]
-                if isinstance(f["type"], list)
-                for branch in f["type"]
-                if isinstance(branch, dict) and branch.get("type") == "record"
-            }
-            for name, schema in self._current.items()
-        }
+        self._union_records: dict[int, dict[str, str]] = {}  # id(schema) -> its hints
 
     def writer_schema(self, name: str) -> RegisteredSchema:
         """The registered version writers use now for record ``name``."""
@@ -138,12 +127,21 @@ class Codec:
             head = bytes([_CONFLUENT_MAGIC]) + reg.id.to_bytes(4, "big")
         else:
             head = _SINGLE_OBJECT_MAGIC + reg.fingerprint
-        return head + self._write(name, self._current[name], datum)
+        return head + self._write(self._current[name], datum)
 
-    def _write(self, name: str, schema: Any, datum: dict[str, Any]) -> bytes:
+    def _write(self, schema: Any, datum: dict[str, Any]) -> bytes:
         # Name the branch of ["null", record] unions, so fastavro need not try
-        # each branch against the datum (about 7 us a record).
-        hints = self._union_records[name]
+        # each branch against the datum (about 7 us a record): by the names of
+        # ``schema``, which for an older writer may not be the current ones.
+        hints = self._union_records.get(id(schema))
+        if hints is None:
+            hints = self._union_records[id(schema)] = {
+                f["name"]: branch["name"]
+                for f in schema["fields"]
+                if isinstance(f["type"], list)
+                for branch in f["type"]
+                if isinstance(branch, dict) and branch.get("type") == "record"
+            }
         if hints:
             datum = dict(datum)
             for field, branch in hints.items():
@@ -247,7 +245,7 @@ class Codec:
         # negative index on the wire decodes as a symbol counted from the end.
         # Requiring the one canonical encoding refuses that and any other
         # ambiguity (non-minimal varints, split blocks).
-        if not trusted and self._write(writer.name, writer_schema, raw) != memoryview(data)[start:]:
+        if not trusted and not self._canonical(writer_schema, raw, memoryview(data)[start:]):
             detail = f"not the canonical Avro encoding of a {writer.name} (bad index or padding)"
             raise fail(DeadLetterReason.MALFORMED, detail)
         if writer is not latest:  # an older version: resolve it to the current schema
@@ -261,6 +259,14 @@ class Codec:
             return MODELS[writer.name].model_validate(raw)
         except ValidationError as exc:
             raise fail(DeadLetterReason.INVALID, f"{writer.name}: {_summarise(exc)}") from exc
+
+    def _canonical(self, schema: Any, raw: dict[str, Any], body: memoryview) -> bool:
+        """Whether ``body`` is what writing ``raw``, decoded from it, gives again (anything
+        that fails to write is not)."""
+        try:
+            return self._write(schema, raw) == body
+        except Exception:  # any failure to write it again: not canonical
+            return False
 
     def _framing(
         self, data: bytes, fail: Callable[[DeadLetterReason, str], CodecError]

@@ -6,6 +6,8 @@ import hashlib
 import io
 import json
 import math
+import shutil
+from pathlib import Path
 
 import avro.io
 import avro.schema
@@ -16,7 +18,7 @@ from pydantic import ValidationError
 from dispatcher.codecs import SINGLE_OBJECT, Codec, CodecError, dead_letter
 from dispatcher.codecs import models as m
 from dispatcher.codecs.codec import MODELS
-from dispatcher.codecs.schemas import SCHEMA_DIR
+from dispatcher.codecs.schemas import SCHEMA_DIR, SchemaRegistry
 from tests.samples import LOAD, PROFILE, SAMPLES
 
 CODEC = Codec()
@@ -340,3 +342,21 @@ def test_ids_and_names_refuse_control_and_invisible_characters(char: str) -> Non
 @pytest.mark.parametrize("name", ["pool-a", "Zürich", "東京", "pool \U0001d11e", "a\u00a0b", "é"])
 def test_ids_and_names_may_be_any_other_printable_text(name: str) -> None:
     assert m.Tick(pool=name, event_time_ms=1).pool == name
+
+
+def test_a_record_of_an_older_version_decodes_after_a_union_branch_was_renamed(
+    tmp_path: Path,
+) -> None:
+    # schemas/README.md rule 6 allows renaming a record with an alias; the records written
+    # before must still read (the canonical check wrote them with the new branch name).
+    old = Codec().encode(SAMPLES["AgentEvent"][0])
+    shutil.copytree(SCHEMA_DIR, tmp_path, dirs_exist_ok=True)
+    doc = json.loads((tmp_path / "AgentEvent.avsc").read_text())
+    (profile,) = [f for f in doc["fields"] if f["name"] == "profile"]
+    branch = profile["type"][1]
+    branch["aliases"], branch["name"] = [branch["name"]], branch["name"] + "V2"
+    (tmp_path / "AgentEvent.avsc").write_text(json.dumps(doc))
+    (added,) = SchemaRegistry(tmp_path).register()
+    codec = Codec(SchemaRegistry(tmp_path))
+    assert codec.decode(old, "AgentEvent") == SAMPLES["AgentEvent"][0]
+    assert codec.encode(SAMPLES["AgentEvent"][0])[1:5] == added.id.to_bytes(4, "big")
