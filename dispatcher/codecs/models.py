@@ -173,6 +173,8 @@ class AgentEvent(Record):
         needs = self.kind in (AgentEventKind.REGISTERED, AgentEventKind.PROFILE_UPDATED)
         if needs and self.profile is None:
             raise ValueError(f"a {self.kind} event needs a profile")
+        if not needs and self.profile is not None:  # (it would be dropped unread)
+            raise ValueError(f"a {self.kind} event carries no profile (send PROFILE_UPDATED)")
         return self
 
 
@@ -228,6 +230,8 @@ class LoadEvent(Record):
     def _load_on_arrival(self) -> Self:
         if self.kind is LoadEventKind.ARRIVAL and self.load is None:
             raise ValueError("an ARRIVAL event needs a load")
+        if self.kind is LoadEventKind.CANCEL and self.load is not None:  # (dropped unread)
+            raise ValueError("a CANCEL event carries no load")
         return self
 
 

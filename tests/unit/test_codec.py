@@ -169,6 +169,20 @@ FAILURES = [
         "needs a load",
     ),
     (
+        "cancel with a load",  # (the load would be dropped unread)
+        _raw("LoadEvent", {**_load_event(), "kind": "CANCEL"}),
+        None,
+        m.DeadLetterReason.INVALID,
+        "a CANCEL event carries no load",
+    ),
+    (
+        "heartbeat with a profile",  # (the profile would be dropped unread)
+        _raw("AgentEvent", {**_agent_event(), "kind": "HEARTBEAT"}),
+        None,
+        m.DeadLetterReason.INVALID,
+        "a HEARTBEAT event carries no profile",
+    ),
+    (
         "empty id",
         _raw("Tick", {"pool": "", "event_time_ms": 1}),
         None,

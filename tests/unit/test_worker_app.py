@@ -195,8 +195,9 @@ def test_the_timer_ticks_the_pools_a_tick_can_change_only() -> None:
     profile = agent_profile(np.random.default_rng(1), capacity=1)
 
     def agent(pool: str, seq: int, kind: m.AgentEventKind) -> m.AgentEvent:
+        registered = kind is m.AgentEventKind.REGISTERED
         return m.AgentEvent(event_id=f"{pool}{seq}", kind=kind, agent_id="a", pool=pool, seq=seq,
-                            event_time_ms=1, profile=profile)  # fmt: skip
+                            event_time_ms=1, profile=profile if registered else None)  # fmt: skip
 
     k = m.AgentEventKind
     records: list[m.Record] = [
