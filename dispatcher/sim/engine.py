@@ -44,6 +44,7 @@ POOL = "sim"
 TICK_MS = 200
 HEARTBEAT_MS = 5_000
 ACCEPT_DELAY_MS = 20
+RUN_NOISE = 0.1  # a run takes duration / speed times lognormal(0, this)
 # Timeouts sized to the simulated minutes (the built-in policy is sized for hours).
 SIM_POLICY = Policy(ack_timeout_ms=2_000, heartbeat_timeout_ms=15_000, backoff_base_ms=200,
                     backoff_max_ms=5_000, max_pending=50_000, high_watermark=40_000,
@@ -311,7 +312,8 @@ class Simulation:
             return
         self._report(accept_at, d, "ok", TaskOutcome.ACCEPTED)
         spec = self.state.loads[d.load_id].spec
-        run_ms = int(spec.duration_ms / self.profiles[d.agent_id].speed * rng.lognormal(0, 0.1))
+        run_ms = int(spec.duration_ms / self.profiles[d.agent_id].speed
+                     * rng.lognormal(0, RUN_NOISE))  # fmt: skip
         # Busy within the run, until the agent crashes if it does (its report never comes).
         stop = min(accept_at + run_ms, self.end_ms, self.crashed.get(d.agent_id, math.inf))
         self.world.busy_ms += max(0, stop - accept_at)

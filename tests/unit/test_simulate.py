@@ -362,6 +362,7 @@ def test_the_quality_bench_says_when_no_load_arrived() -> None:
     assert spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    args = argparse.Namespace(agents=1, duration=0.001, seed=1, candidates=4, window_ms=0)
+    args = argparse.Namespace(agents=1, duration=0.001, seed=1, candidates=4, step_ms=250,
+                              start_within_ms=200)  # fmt: skip
     with pytest.raises(SystemExit, match=r"no load arrived in 0\.001s on 1 agents"):
         bench.compare("empty", SIM_POLICY, args)
