@@ -451,10 +451,14 @@ class PoolState:
     def _dequeue(self, ls: LoadState) -> None:
         self.queue.discard(ls.spec.load_id)
         if self.pending.pop(ls.spec.load_id, None) is not None:
-            self.backlog[ls.spec.tenant] -= 1
-            del self.tenant_pending[ls.spec.tenant, ls.spec.priority][ls.spec.load_id]
+            tenant = ls.spec.tenant
+            _less(self.backlog, tenant)
+            waiting = self.tenant_pending[tenant, ls.spec.priority]
+            del waiting[ls.spec.load_id]
+            if not waiting:
+                del self.tenant_pending[tenant, ls.spec.priority]
             if self.unqualified.pop(ls.spec.load_id, None) is not None:
-                self.stuck[ls.spec.tenant] -= 1
+                _less(self.stuck, tenant)
             if ls.status is LoadStatus.DEFERRED:
                 self.deferred -= 1
 
@@ -769,7 +773,7 @@ class PoolState:
             return
         row = self.agents.row[ls.agent]
         self.agents.add_load(row, ls.spec.risk, -1)
-        self.running[ls.spec.tenant] -= 1
+        _less(self.running, ls.spec.tenant)
         self.held[ls.agent].pop(ls.spec.load_id, None)
         self.in_flight.pop(ls.spec.load_id, None)
         ls.agent, ls.decision_id = None, None
@@ -839,6 +843,16 @@ class PoolState:
             pool=self.pool, load_id=load_id, attempt=1, outcome=outcome, reason=reason,
             agent_id=None, policy_version=self.policy.version, time_ms=self.now_ms, source=source,
         )  # fmt: skip
+
+
+def _less(counts: dict[str, int], tenant: str) -> None:
+    """One less for ``tenant``; a count of 0 goes (tenant names are free text: every
+    tenant ever seen, kept, made each load cost more)."""
+    left = counts[tenant] - 1
+    if left:
+        counts[tenant] = left
+    else:
+        del counts[tenant]
 
 
 def decide(state: PoolState, event: Event) -> tuple[PoolState, list[Decision]]:

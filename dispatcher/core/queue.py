@@ -52,8 +52,10 @@ class ServiceQueue:
         left = counts.get(tenant, 0) + delta
         if left:
             counts[tenant] = left
-        else:
+        else:  # no live entry of the tenant's in this class: its heaps go, stale entries too
             counts.pop(tenant, None)
+            self._heaps[False][cls].pop(tenant, None)
+            self._heaps[True][cls].pop(tenant, None)
 
     def __len__(self) -> int:
         return len(self._where)
@@ -83,7 +85,8 @@ class ServiceQueue:
     def escalate(self, now_ms: int) -> None:
         """Moves up one class every load whose latest start has come."""
         for cls in (1, 2, 3):
-            for tenant, heap in self._heaps[False][cls].items():
+            for tenant in list(self._count[cls]):  # (tenants with loads waiting in it)
+                heap = self._heaps[False][cls].get(tenant, [])
                 while heap and heap[0][0] <= now_ms:
                     entry = heapq.heappop(heap)
                     load_id = entry[2]
