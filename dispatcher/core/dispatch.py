@@ -365,14 +365,21 @@ class PoolState:
             self._batch(e.source, out)
         self._drain(e.source, out)
 
-    def wants_ticks(self) -> bool:
-        """Whether a tick can change anything here: loads (to time out, retry or forget),
-        agents whose heartbeats can time out, event keys or sessions to forget when the
-        dedupe window has passed, or a policy waiting for its time."""
-        t = self.agents
-        return bool(self.loads or self.seen or self.sessions or self.scheduled
-                    or t.available_count
-                    or (t.status[: t.n] == AgentStatus.DRAINING).any())  # fmt: skip
+    def wants_tick(self, now_ms: int) -> bool:
+        """Whether a tick at ``now_ms`` can change anything here: loads waiting or in flight
+        (to time out, retry or escalate), agents whose heartbeats can time out, a policy
+        whose time has come, or event keys, sessions or finished loads the dedupe window
+        has passed. (A pool whose only state is a key of one stray record was ticked five
+        times a second for the whole window, an hour by default.)"""
+        t, before = self.agents, now_ms - self.policy.dedupe_window_ms
+        return bool(
+            self.pending or self.in_flight or t.available_count
+            or (t.status[: t.n] == AgentStatus.DRAINING).any()
+            or (self.scheduled and self.scheduled[0].time_ms <= now_ms)
+            or (self.seen and next(iter(self.seen.values())) < before)
+            or (self.sessions and next(iter(self.sessions.values()))[1] < before)
+            or (self.finished and self.finished[0][0] < before)
+        )  # fmt: skip
 
     def _on_policy_changed(self, e: PolicyChanged, out: list[Decision]) -> None:
         """Applies a newer policy from its time on: now, or at the first event at or after

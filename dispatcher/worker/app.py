@@ -346,12 +346,13 @@ class Dispatcher:
             for partition in touched & self.folds.keys():
                 self.snapshots.maybe_write(self.folds[partition])
 
-    def ticking(self) -> list[str]:
-        """The pools the timer ticks: those a tick can change (``PoolState.wants_ticks``).
-        Any record naming a new pool makes one, and thousands of empty ones would cost a
-        core in ticks; a pool whose agents all left would be ticked for ever."""
+    def ticking(self, now_ms: int) -> list[str]:
+        """The pools the timer ticks at ``now_ms``: those a tick can change
+        (``PoolState.wants_tick``). Any record naming a new pool makes one, and thousands
+        of empty ones would cost a core in ticks; a pool whose agents all left would be
+        ticked for ever."""
         return [pool for fold in list(self.folds.values())
-                for pool, s in sorted(fold.pools.items()) if s.wants_ticks()]  # fmt: skip
+                for pool, s in sorted(fold.pools.items()) if s.wants_tick(now_ms)]  # fmt: skip
 
     def decode_input(self, value: bytes, msg: Any) -> m.Record:
         """``_decode_input``, whose every failure is a CodecError: one bad record must not
@@ -573,7 +574,7 @@ def build_app(cfg: WorkerConfig) -> faust.App:
     @app.timer(interval=cfg.tick_ms / 1000)  # type: ignore[untyped-decorator]  # faust is untyped
     async def tick() -> None:
         now = _now_ms()
-        for pool in d.ticking():
+        for pool in d.ticking(now):
             value = d.codec.encode(m.Tick(pool=pool, event_time_ms=now))
             await send(t.ticks, pool.encode(), value)
 

@@ -210,9 +210,19 @@ def test_the_timer_ticks_the_pools_a_tick_can_change_only() -> None:
     for offset, record in enumerate(records):
         fold.apply(CODEC.encode(record), offset)
     assert len(fold.pools) == 6
-    assert d.ticking() == ["busy"]
+    assert d.ticking(2) == ["busy"]
     fold.apply(CODEC.encode(load_event(np.random.default_rng(2), "left", "L1")), len(records))
-    assert d.ticking() == ["busy", "left"]  # a load waits there now
+    assert d.ticking(2) == ["busy", "left"]  # a load waits there now
+    # A stray cancel leaves only its key: ticked once the dedupe window has passed, to
+    # forget it, not five times a second until then.
+    cancel = m.LoadEvent(idempotency_key="c1", kind=m.LoadEventKind.CANCEL, load_id="nope",
+                         pool="stray", tenant="t", event_time_ms=1)  # fmt: skip
+    fold.apply(CODEC.encode(cancel), len(records) + 1)
+    window = fold.pools["stray"].policy.dedupe_window_ms
+    assert "stray" not in d.ticking(2)
+    assert "stray" in d.ticking(2 + window)
+    fold.apply(CODEC.encode(m.Tick(pool="stray", event_time_ms=2 + window)), len(records) + 2)
+    assert "stray" not in d.ticking(3 + window)
 
 
 def test_no_bad_input_gets_past_the_sequencer_as_anything_but_a_dead_letter(
