@@ -399,6 +399,9 @@ class PoolState:
             if policy.version > self.policy.version:
                 self.policy, changed = policy, True
         if changed:
+            # Those scheduled later, older than the policy now, will never apply.
+            now = self.policy.version
+            self.scheduled = [e for e in self.scheduled if getattr(e.policy, "version", -1) > now]
             self.epoch += 1
             self.profiles += 1
             self._drain(source, out)

@@ -7,7 +7,9 @@ and tries again a little later.
 Keys, under the worker's app id ``A``:
 
 - ``A:pool:<pool>`` (hash): agents, available, pending, in_flight, queued per
-  priority class, policy_version, the next policy waiting for its time
+  priority class (every pending load), of those the deferred ones and those no
+  agent could take (``unqualified``: they wait for a profile or policy to
+  change, not for a free agent), policy_version, the next policy waiting for its time
   (policy_next_version, policy_next_ms), now_ms;
 - ``A:recent`` (list, newest first, 200 kept): recent decisions as JSON;
 - ``A:counters`` (hash): decisions per outcome;
@@ -122,8 +124,8 @@ class ReadModel:
 
 def _gauges(state: core.PoolState) -> dict[str, int]:
     queued = dict.fromkeys(("critical", "high", "normal", "low"), 0)
-    for ls in state.pending.values():
-        queued[ls.spec.priority.name.lower()] += 1
+    for (_, priority), loads in state.tenant_pending.items():  # (not a pass over the loads)
+        queued[priority.name.lower()] += len(loads)
     t = state.agents
     nxt = state.scheduled[0] if state.scheduled else None  # a policy waiting for its time
     return {
@@ -132,6 +134,8 @@ def _gauges(state: core.PoolState) -> dict[str, int]:
         "open": t.open_count,
         "pending": len(state.pending),
         "in_flight": len(state.in_flight),
+        "deferred": state.deferred,
+        "unqualified": len(state.unqualified),
         **{f"queued_{k}": v for k, v in queued.items()},
         "policy_version": state.policy.version,
         "policy_next_version": getattr(nxt.policy, "version", 0) if nxt else 0,

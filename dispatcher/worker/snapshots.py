@@ -19,8 +19,9 @@ on; one child at a time. A file is ``MAGIC``, the code fingerprint, the
 sha256 of the body and the zlib-compressed pickle; it appears under its name
 only once complete (written aside, then renamed). A snapshot of other code
 (``FINGERPRINT``: the sources that decide, the schemas, and the versions of
-Python and numpy), a damaged one, or none at all means folding from further back, never
-a different state. The files are the worker's own, in its state directory:
+Python and of the libraries that decide or decode: numpy, scipy, fastavro,
+pydantic), a damaged one, or none at all means folding from further back,
+never a different state. The files are the worker's own, in its state directory:
 they are unpickled, so that directory must be writable by the worker alone.
 """
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import logging
 import os
 import pickle
@@ -38,8 +40,6 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from dispatcher.codecs.codec import Codec
 from dispatcher.codecs.schemas import SCHEMA_DIR
@@ -56,12 +56,15 @@ _ROOT = Path(__file__).resolve().parents[1]
 # records their defaults) and how they become events.
 _SOURCES = (*sorted((_ROOT / "core").glob("*.py")), *sorted(SCHEMA_DIR.glob("*.avsc")),
             SCHEMA_DIR / "registry.json", _ROOT / "codecs" / "codec.py",
-            _ROOT / "codecs" / "adapt.py", _ROOT / "codecs" / "models.py",
-            _ROOT / "worker" / "fold.py")  # fmt: skip
+            _ROOT / "codecs" / "schemas.py", _ROOT / "codecs" / "adapt.py",
+            _ROOT / "codecs" / "models.py", _ROOT / "worker" / "fold.py")  # fmt: skip
+# (scipy solves batches, ties included; fastavro and pydantic decide what a record reads as)
+_LIBRARIES = ("numpy", "scipy", "fastavro", "pydantic")
 
 
 def _fingerprint() -> bytes:
-    h = hashlib.sha256(f"{sys.version}|{np.__version__}".encode())
+    versions = "|".join(importlib.metadata.version(name) for name in _LIBRARIES)
+    h = hashlib.sha256(f"{sys.version}|{versions}".encode())
     for path in _SOURCES:
         h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.digest()

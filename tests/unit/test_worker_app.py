@@ -16,6 +16,7 @@ import pytest
 from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 
+from dispatcher import core
 from dispatcher.codecs import Codec, CodecError
 from dispatcher.codecs import models as m
 from dispatcher.codecs.codec import dead_letter
@@ -34,6 +35,8 @@ from dispatcher.worker.app import (
     key_partition,
 )
 from dispatcher.worker.fold import PartitionFold
+from dispatcher.worker.readmodel import _gauges
+from tests.unit.core import builders
 
 CFG = WorkerConfig(bootstrap="127.0.0.1:1", web_port=6099)
 CODEC = Codec()
@@ -300,3 +303,20 @@ def test_no_offset_is_committed_after_a_send_failed_or_a_batch_was_cut_short() -
             consumer._thread.thread_loop.close()
 
     asyncio.run(scenario())
+
+
+def test_the_pool_gauges_say_which_waiting_loads_no_agent_could_take() -> None:
+    state = core.PoolState("p")
+    state.apply(core.AgentRegistered("r", "a1", 1, 0, builders.profile()))
+    state.apply(core.AgentStatusChanged("u", "a1", 2, 0, core.AgentStatusKind.AVAILABLE))
+    for i, priority in enumerate((core.Priority.HIGH, core.Priority.NORMAL, core.Priority.NORMAL)):
+        state.apply(builders.arrive(f"L{i}", 1, priority=priority,
+                                    required=frozenset({"rust"})))  # fmt: skip
+    gauges = _gauges(state)
+    assert (gauges["pending"], gauges["unqualified"], gauges["deferred"], gauges["open"]) == (
+        3,
+        3,
+        0,
+        1,
+    )
+    assert (gauges["queued_high"], gauges["queued_normal"]) == (1, 2)

@@ -621,3 +621,13 @@ def test_tenants_that_have_nothing_waiting_or_running_leave_no_books_behind() ->
     assert (state.backlog, state.running, state.tenant_pending, state.stuck) == ({}, {}, {}, {})
     assert state.queue._heaps == ([{}, {}, {}, {}], [{}, {}, {}, {}])
     assert state.queue._count == [{}, {}, {}, {}]
+
+
+def test_a_policy_scheduled_later_but_older_than_the_one_applied_is_forgotten() -> None:
+    state = one_agent()
+    state.apply(tick(1000))
+    state.apply(PolicyChanged(5000, Policy(version=2)))
+    state.apply(PolicyChanged(2000, Policy(version=3)))
+    state.apply(tick(2500))
+    assert state.policy.version == 3
+    assert state.scheduled == []  # (v2 would never apply; it kept the pool ticking)
