@@ -27,7 +27,7 @@ import click
 
 from dispatcher import __version__
 from dispatcher.demo import run_demo
-from dispatcher.errors import DispatcherError, StackError
+from dispatcher.errors import ConfigError, DispatcherError, StackError
 from dispatcher.settings import Settings
 from dispatcher.stack import ServiceStatus, Stack
 from dispatcher.topics import (
@@ -708,11 +708,14 @@ def audit_cmd(  # noqa: PLR0917 - one option each
 def whatif_cmd(policy_file: Path, topic_prefix: str, as_json: bool) -> None:
     """Replay the recorded inputs under another policy and report what would change."""
     from dispatcher.codecs.adapt import policy_from  # noqa: PLC0415
-    from dispatcher.policytool import load_policy_file  # noqa: PLC0415
+    from dispatcher.policytool import load_policy_file, problems  # noqa: PLC0415
     from dispatcher.reading import partitions, read_chunks  # noqa: PLC0415
     from dispatcher.whatif import Replay  # noqa: PLC0415
 
-    policy = policy_from(load_policy_file(policy_file))
+    update = load_policy_file(policy_file)
+    if found := problems(update):  # (what every worker would refuse is no what-if)
+        raise ConfigError(f"{policy_file}: {'; '.join(found)}")
+    policy = policy_from(update)
     topics = TopicNames.prefixed(topic_prefix)
     replay = Replay(policy, topic=topics.input_sequence, progress=_replay_progress())
 

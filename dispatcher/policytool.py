@@ -39,7 +39,7 @@ def load_policy_file(path: Path, *, effective_from_ms: int | None = None) -> m.P
     """
     try:
         doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read the policy: {exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("document"), dict):
         raise ConfigError(f"{path}: a policy file maps policy_id, version, author and document")

@@ -26,7 +26,7 @@ from dispatcher.codecs import models as m
 from dispatcher.codecs.adapt import to_event
 from dispatcher.codecs.codec import Codec, CodecError
 from dispatcher.reading import PROGRESS_EVERY
-from dispatcher.worker.fold import PartitionFold
+from dispatcher.worker.fold import INPUTS, PartitionFold
 
 __all__ = ["Outcomes", "Replay", "WhatIf", "compare"]
 
@@ -160,6 +160,8 @@ class Replay:
         try:
             record = self.codec.decode(value, trusted=True)
         except CodecError:
+            return
+        if not isinstance(record, INPUTS):  # (written there by something else than a worker)
             return
         event = to_event(record, (self.topic, self.partition, offset))
         alt_event: core.Event | None = event

@@ -16,10 +16,10 @@ from dispatcher.codecs import models as m
 from dispatcher.codecs.adapt import to_event
 from dispatcher.codecs.codec import Codec, CodecError
 
-__all__ = ["PartitionFold"]
+__all__ = ["INPUTS", "PartitionFold"]
 
 _POOLED = (m.AgentEvent, m.LoadEvent, m.TaskResult, m.Tick)  # inputs that name their pool
-_INPUTS = (*_POOLED, m.PolicyUpdate)
+INPUTS = (*_POOLED, m.PolicyUpdate)  # what an input sequence holds
 
 
 class PartitionFold:
@@ -47,7 +47,7 @@ class PartitionFold:
         self.next_offset, self.last = offset + 1, value
         where = {"topic": self.topic, "partition": self.partition, "offset": offset}
         record = self.codec.decode(value, trusted=True, **where)  # type: ignore[arg-type]
-        if not isinstance(record, _INPUTS):  # (written there by something else than a worker)
+        if not isinstance(record, INPUTS):  # (written there by something else than a worker)
             detail = f"a {type(record).__name__} is no input of the core"
             raise CodecError(m.DeadLetterReason.WRONG_SCHEMA, detail, value, **where)  # type: ignore[arg-type]
         return self.apply_event(record, to_event(record, (self.topic, self.partition, offset)))

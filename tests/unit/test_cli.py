@@ -229,3 +229,27 @@ def test_replays_without_a_broker_fail_clearly(tmp_path: Path, args: list[str]) 
         assert "error: reading the partitions of" in result.stderr
         assert "127.0.0.1:1" in result.stderr
         assert "Unclosed" not in result.stderr
+
+
+EXAMPLE_POLICY = Path(__file__).resolve().parents[2] / "ops/policies/example.yaml"
+
+
+@pytest.mark.parametrize(
+    ("command", "content", "says"),
+    [
+        # What every worker would refuse is no what-if (before, it replayed with it).
+        ("whatif", EXAMPLE_POLICY.read_bytes().replace(b"    embedding:", b"    embeding:"),
+         "weights.embeding: not a score term"),
+        ("validate", b"\xff\xfe\x00", "cannot read the policy"),  # (before: a traceback)
+    ],
+)  # fmt: skip
+def test_policy_files_a_worker_would_refuse_or_cannot_read_are_refused(
+    tmp_path: Path, command: str, content: bytes, says: str
+) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_bytes(content)
+    verb = ["whatif", "--policy"] if command == "whatif" else ["policy", "validate"]
+    result = dispatcher(*verb, str(path))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert says in result.stderr

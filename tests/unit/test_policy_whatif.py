@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from dispatcher import core, policytool
-from dispatcher.codecs import Codec
+from dispatcher.codecs import Codec, CodecError, dead_letter
 from dispatcher.codecs import models as m
 from dispatcher.codecs.adapt import policy_from
 from dispatcher.demo import agent_profile, load_event, policy_update
@@ -132,6 +132,17 @@ def test_whatif_with_the_recorded_policy_changes_nothing(monkeypatch: pytest.Mon
     assert report.decisions_changed == 0
     assert report.recorded == report.alternative
     assert report.recorded["assigned"] > 40
+
+
+def test_whatif_skips_a_record_in_the_input_sequence_that_is_no_input() -> None:
+    policy = policy_update(1)
+    records = recorded_run(policy, steps=3)
+    stray = dead_letter(CodecError(m.DeadLetterReason.INVALID, "x", b"", topic="t"),
+                        failed_at_ms=1)  # fmt: skip
+    records.insert(5, (5, CODEC.encode(stray)))  # (a TypeError before, where audit skips it)
+    report = compare([(0, records)], policy_from(policy))
+    assert report.changed == 0
+    assert report.recorded["assigned"] > 0
 
 
 def test_whatif_with_more_weight_for_a_tenant_shifts_its_share_and_wait() -> None:
