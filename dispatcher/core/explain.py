@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -39,15 +40,22 @@ class Explanation:
 def explain(state: PoolState, load_id: str, agent_ids: tuple[str, ...] = ()) -> Explanation:
     """Explains ``load_id``'s last match, and how each of ``agent_ids`` stands against it now.
 
-    A load not matched yet has no gap to the chosen agent. A finished load keeps
-    neither its last match nor its needs (the decision log has them): each agent's
-    verdict is ``load_finished``.
+    A load not matched yet (none chosen) has no gap to the chosen agent. A load in
+    flight is judged as if its agent did not run it yet (else the agent it went to
+    would fail capacity, or score below itself); other loads the same input assigned
+    count. A finished load keeps neither its last match nor its needs (the decision
+    log has them): each agent's verdict is ``load_finished``.
 
     Raises:
         KeyError: the pool does not know the load (never seen, or pruned).
     """
     ls = state.loads[load_id]
     m = ls.last_match
+    chosen = m.score if m is not None and m.row is not None else None
+    if ls.agent is not None and ls.final is None:
+        state = copy.copy(state)  # (a view: the pool itself stays as it is)
+        state.agents = copy.deepcopy(state.agents)
+        state.agents.add_load(state.agents.row[ls.agent], ls.spec.risk, -1)
     t, spec, policy = state.agents, ls.spec, state.policy
     denied = policy.tenant_deny.get(spec.tenant, frozenset())
     verdicts = []
@@ -65,7 +73,7 @@ def explain(state: PoolState, load_id: str, agent_ids: tuple[str, ...] = ()) -> 
             alone = t.scored(np.array([row]), spec, policy, state.now_ms,
                              affinity_row=ls.affinity_row)  # fmt: skip
             score, parts = float(alone.total[0]), alone.pick(0, policy).parts
-            gap = (m.score - score) if m is not None and m.score is not None else None
+            gap = chosen - score if chosen is not None else None
         verdicts.append(AgentVerdict(agent_id, failed, score, parts, gap))
     return Explanation(
         load_id=load_id,
@@ -74,7 +82,7 @@ def explain(state: PoolState, load_id: str, agent_ids: tuple[str, ...] = ()) -> 
         agent_id=ls.agent,
         candidates=m.candidates if m else 0,
         excluded=m.excluded if m else (),
-        chosen_score=m.score if m else None,
+        chosen_score=chosen,
         verdicts=tuple(verdicts),
     )
 
