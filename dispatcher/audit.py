@@ -35,6 +35,7 @@ from dispatcher.codecs.adapt import encode_decision, to_records
 from dispatcher.codecs.codec import Codec, CodecError
 from dispatcher.errors import BrokerError
 from dispatcher.reading import (
+    CHUNK,
     PROGRESS_EVERY,
     committed_offsets,
     end_offsets,
@@ -271,12 +272,15 @@ class _Job:
 class _Comparison:
     """Expected decisions and logged records, held against each other as they come.
 
-    The n-th distinct logged decision is compared with the n-th expected one.
-    A log record waits until the replay has reached it (then, equal to the
+    Each distinct logged decision is compared with the expected one of its id,
+    in order: the expected ones a logged record skips are missing (one lost
+    record is one gap, named, not every later decision compared with its
+    neighbour), and a logged record whose id the replay has not decided waits
+    for it (as far as ``LOOKAHEAD`` decisions on: then it is unexplained). A
+    log record waits until the replay has reached it (then, equal to the
     decision expected there, it needs no decoding: most records, in a clean
-    log), and an expected decision until the log has; at most one side has
-    any waiting. Beyond that, only ids and a digest of each logged record are
-    kept.
+    log), and an expected decision until the log has. Beyond that, only ids
+    and a digest of each logged record are kept.
 
     A log that no longer starts at offset 0 lost its oldest records to
     retention: the expected decisions before the one its first record holds
@@ -288,7 +292,10 @@ class _Comparison:
         self.started = False  # whether the log's first record came
         self.seek: str | None = None  # the decision a truncated log starts with, until found
         self.expected: deque[tuple[bytes, core.Decision]] = deque()  # not yet compared
+        self.queued: set[str] = set()  # their ids
         self.waiting: deque[Any] = deque()  # log records the replay has not reached
+        self.blocked: tuple[str, int] | None = None  # (the id waiting[0] waits for, since)
+        self.skipped: dict[str, tuple[bytes, core.Decision]] = {}  # expected, not logged
         self.expected_ids: set[str] = set()
         self.logged: dict[str, bytes] = {}  # decision id -> its record's digest, in log order
         self.compared = 0
@@ -299,9 +306,20 @@ class _Comparison:
         self.res.expected += 1
         self.expected_ids.add(d.decision_id)
         self.expected.append((value, d))
+        self.queued.add(d.decision_id)
         self._expire()
-        while self.waiting and self.expected:
-            self._take(self.waiting.popleft())
+        if self.blocked is not None and (
+            self.blocked[0] == d.decision_id or self.res.expected - self.blocked[1] > LOOKAHEAD
+        ):
+            self.blocked = None
+        self._drain()
+
+    def _drain(self, *, final: bool = False) -> None:
+        """Takes the waiting log records while the replay has reached them."""
+        while self.waiting and (self.expected or final) and self.blocked is None:
+            r = self.waiting.popleft()
+            if not self._take(r, final=final):
+                self.waiting.appendleft(r)  # (its decision not decided yet: blocked)
 
     def _expire(self) -> None:
         """Drops the expected decisions before the first one a truncated log holds."""
@@ -310,6 +328,7 @@ class _Comparison:
                 self.seek = None
                 return
             _, d = self.expected.popleft()
+            self.queued.discard(d.decision_id)
             self.res.expired += 1
             self.res.checked -= self.scope.covers(d)
 
@@ -321,12 +340,12 @@ class _Comparison:
                 with contextlib.suppress(CodecError):  # (undecodable: compared as it is)
                     self.seek = _decode(self.codec, r.value).decision_id
                     self._expire()
-        if self.expected:  # (then none waits)
-            self._take(r)
-        else:
-            self.waiting.append(r)
+        self.waiting.append(r)
+        self._drain()
 
-    def _take(self, r: Any) -> None:
+    def _take(self, r: Any, *, final: bool = False) -> bool:
+        """Holds log record ``r`` against the expected decision of its id; False: the replay
+        has not decided that id yet (``r`` waits for it, unless ``final``)."""
         value = r.value
         digest = hashlib.blake2b(value, digest_size=16).digest()
         if self.expected and value == self.expected[0][0]:
@@ -338,20 +357,35 @@ class _Comparison:
             except CodecError as exc:
                 where = (r.topic, r.partition, r.offset)
                 self.unreadable.append(Mismatch(-1, "?", "(undecodable)", None, exc.detail, where))
-                return
+                return True
             decision_id = rec.decision_id
         first = self.logged.get(decision_id)
         if first == digest:
             self.res.repeats += 1  # a decision logged again (a restarted worker), identical
-            return
+            return True
         if first is not None:
             self.unreadable.append(Mismatch(-1, decision_id, "(conflicting repeat)", None, None,
                                             _input(rec or _decode(self.codec, value))))  # fmt: skip
-            return
+            return True
+        if decision_id in self.queued:  # the expected ones before it are not in the log
+            while self.expected[0][1].decision_id != decision_id:
+                skipped = self.expected.popleft()
+                self.queued.discard(skipped[1].decision_id)
+                self.skipped[skipped[1].decision_id] = skipped
+            expected: tuple[bytes, core.Decision] | None = self.expected.popleft()
+            self.queued.discard(decision_id)
+        elif decision_id in self.skipped:  # logged after decisions that came after it
+            expected = self.skipped.pop(decision_id)
+        elif decision_id in self.expected_ids or final:  # (compared already; or no input)
+            expected = None
+        else:  # the replay may not have got there yet
+            self.blocked = (decision_id, self.res.expected)
+            return False
         self.logged[decision_id] = digest
         self.res.logged += 1
-        if self.expected:  # (else: beyond the replay, compared with nothing)
-            self._compare(self.expected.popleft(), value)
+        if expected is not None:
+            self._compare(expected, value)
+        return True
 
     def _compare(self, expected: tuple[bytes, core.Decision], logged: bytes) -> None:
         eb, ed = expected
@@ -367,15 +401,21 @@ class _Comparison:
         """Takes the log records left; reports the problems, the expected decisions the log
         lacks (those of inputs from offset ``decided`` on, if given, as pending), and
         logged ones no input explains."""
-        while self.waiting:
-            self._take(self.waiting.popleft())
+        self.blocked = None
+        self._drain(final=True)
         self.res.mismatches = self.unreadable + self.differing
-        lacking = [d for _, d in self.expected]
+        lacking = sorted((d for _, d in (*self.skipped.values(), *self.expected)),
+                         key=lambda d: d.source[2])  # fmt: skip
         if decided is not None:
             self.res.pending = sum(d.source[2] >= decided for d in lacking)
             lacking = [d for d in lacking if d.source[2] < decided]
         self.res.missing = [d.decision_id for d in lacking]
         self.res.unexplained = [i for i in self.logged if i not in self.expected_ids]
+
+
+# How many decisions further on the replay may come to the decision of a logged record that
+# waits for it (the log is read a fetch ahead of the replay at most): then it is unexplained.
+LOOKAHEAD = 2 * CHUNK
 
 
 def _decode(codec: Codec, value: bytes) -> m.DecisionRecord:

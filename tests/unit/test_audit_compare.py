@@ -49,7 +49,7 @@ def _other() -> bytes:
 
 def reference(expected: list[tuple[bytes, core.Decision]], log: list[bytes]) -> dict[str, Any]:
     """The verdict from the whole log and the whole replay: the log's problems in log order,
-    then the n-th distinct logged decision against the n-th expected one."""
+    then each distinct logged decision against the expected one of its id, in log order."""
     logged: dict[str, bytes] = {}
     problems: list[tuple[int, str, str]] = []
     repeats = 0
@@ -66,14 +66,15 @@ def reference(expected: list[tuple[bytes, core.Decision]], log: list[bytes]) -> 
                 problems.append((-1, decision_id, "(conflicting repeat)"))
             continue
         logged[decision_id] = value
-    pairs = list(zip(expected, logged.values(), strict=False))
-    ids = {d.decision_id for _, d in expected}
+    by_id = {d.decision_id: eb for eb, d in expected}
+    pairs = [(i, by_id[i], lb) for i, lb in logged.items() if i in by_id]
     return {
-        "matched": sum(eb == lb for (eb, _), lb in pairs),
-        "problems": problems + [(i, d.decision_id, "differs")
-                                for i, ((eb, d), lb) in enumerate(pairs) if eb != lb],
-        "repeats": repeats, "missing": [d.decision_id for _, d in expected[len(logged):]],
-        "unexplained": [i for i in logged if i not in ids], "logged": len(logged),
+        "matched": sum(eb == lb for _, eb, lb in pairs),
+        "problems": problems + [(k, i, "differs")
+                                for k, (i, eb, lb) in enumerate(pairs) if eb != lb],
+        "repeats": repeats, "missing": [d.decision_id for _, d in expected
+                                        if d.decision_id not in logged],
+        "unexplained": [i for i in logged if i not in by_id], "logged": len(logged),
     }  # fmt: skip
 
 
@@ -183,3 +184,25 @@ def test_a_log_whose_oldest_records_retention_deleted_is_compared_from_its_first
     assert stranger.unexplained[:1] == ["f" * 32]
     # A log from offset 0 that lacks its first decisions is missing them, as before.
     assert streamed(EXPECTED, log, orders[0]).expired == 0
+
+
+@pytest.mark.parametrize("behind", [True, False], ids=["log behind", "log ahead"])
+def test_one_record_lost_from_the_log_is_one_gap_named_by_its_id(behind: bool) -> None:
+    # Before, the n-th logged decision was held against the n-th expected one: every later
+    # decision "differed", and the last expected one was named missing.
+    k = len(EXPECTED) // 2
+    log = [v for i, (v, _) in enumerate(EXPECTED) if i != k]
+    res = streamed(EXPECTED, log, [behind] * (len(EXPECTED) + len(log)))
+    assert (res.missing, res.mismatches, res.unexplained) == ([EXPECTED[k][1].decision_id], [],
+                                                              [])  # fmt: skip
+    assert res.matched == len(log)
+
+
+def test_repeats_of_decisions_whose_first_records_retention_deleted_are_no_mismatch() -> None:
+    # A restarted worker sent 2-4 again; the log now starts at the first copy of 3.
+    values = [v for v, _ in EXPECTED]
+    log = values[3:5] + values[2:5] + values[5:]
+    for order in ([True] * len(EXPECTED), [False] * len(log)):
+        res = streamed(EXPECTED, log, order, first_offset=3)
+        assert (res.mismatches, res.missing, res.unexplained) == ([], [], [])
+        assert (res.expired, res.repeats) == (3, 2)
