@@ -693,6 +693,10 @@ def audit_cmd(  # noqa: PLR0917 - one option each
                 click.echo(f"     first mismatch: decision {f['decision_id']} field {f['field']}: "
                            f"expected {f['expected']!r}, logged {f['logged']!r}; "
                            f"input {f['input']}")  # fmt: skip
+            for what in ("missing", "unexplained"):  # (the JSON has them too)
+                if x[f"{what}_ids"]:
+                    more = f" and {x[what] - 5:,} more" if x[what] > 5 else ""
+                    click.echo(f"     {what}: {', '.join(x[f'{what}_ids'])}{more}")
         verdict = "OK" if bad == 0 else f"{bad} PROBLEM(S)"
         click.echo(f"{total:,} decisions checked in {elapsed:.1f}s "
                    f"({total / max(elapsed, 1e-9):,.0f}/s): {verdict}")  # fmt: skip

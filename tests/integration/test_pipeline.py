@@ -211,6 +211,7 @@ def operator_tools(p: Pipeline, results: list[PartitionAudit]) -> None:
     part = next(r for r in results if r.records)
     victim = part.records[-1]
     forged = victim.model_copy(update={"agent_id": "agent-99", "score": 9.0})
+    stranger = victim.model_copy(update={"decision_id": "f" * 32})  # no input decides it
 
     async def forge() -> None:
         async with DispatcherProducer(p.bootstrap, topics=p.topics) as producer:
@@ -219,19 +220,25 @@ def operator_tools(p: Pipeline, results: list[PartitionAudit]) -> None:
                 partition=part.partition,
             )  # fmt: skip
 
-            # and a record that is no decision at all
+            # and a record that is no decision at all, and a decision no input explains
             await producer.kafka.send_and_wait(p.topics.decision_log, b"\x00garbage",
                                                partition=part.partition)  # fmt: skip
+            await producer.kafka.send_and_wait(
+                p.topics.decision_log, CODEC.encode(stranger), key=victim.pool.encode(),
+                partition=part.partition,
+            )  # fmt: skip
 
     asyncio.run(forge())
     tampered = cli(p, "audit")
     assert tampered.returncode == 1
     assert victim.decision_id in tampered.stdout
     assert "conflicting repeat" in tampered.stdout
+    assert f"unexplained: {'f' * 32}" in tampered.stdout
     by_partition = {
         x["partition"]: x for x in json.loads(cli(p, "audit", "--json").stdout)["partitions"]
     }
     assert by_partition[part.partition]["mismatches"] == 2  # the forged copy, the garbage
+    assert by_partition[part.partition]["unexplained_ids"] == ["f" * 32]
 
 
 def test_without_redis_the_worker_says_so_and_keeps_deciding(pipeline: Pipeline) -> None:
