@@ -269,6 +269,11 @@ class _Job:
         return res
 
 
+# How many decisions further on the replay may come to the decision of a logged record that
+# waits for it (the log is read a fetch ahead of the replay at most): then it is unexplained.
+LOOKAHEAD = 2 * CHUNK
+
+
 class _Comparison:
     """Expected decisions and logged records, held against each other as they come.
 
@@ -308,10 +313,12 @@ class _Comparison:
         self.expected.append((value, d))
         self.queued.add(d.decision_id)
         self._expire()
-        if self.blocked is not None and (
-            self.blocked[0] == d.decision_id or self.res.expected - self.blocked[1] > LOOKAHEAD
-        ):
-            self.blocked = None
+        if self.blocked is not None:
+            if self.blocked[0] == d.decision_id:
+                self.blocked = None
+            elif self.res.expected - self.blocked[1] > LOOKAHEAD:  # waited enough: unexplained
+                self.blocked = None
+                self._take(self.waiting.popleft(), final=True)
         self._drain()
 
     def _drain(self, *, final: bool = False) -> None:
@@ -411,11 +418,6 @@ class _Comparison:
             lacking = [d for d in lacking if d.source[2] < decided]
         self.res.missing = [d.decision_id for d in lacking]
         self.res.unexplained = [i for i in self.logged if i not in self.expected_ids]
-
-
-# How many decisions further on the replay may come to the decision of a logged record that
-# waits for it (the log is read a fetch ahead of the replay at most): then it is unexplained.
-LOOKAHEAD = 2 * CHUNK
 
 
 def _decode(codec: Codec, value: bytes) -> m.DecisionRecord:

@@ -695,7 +695,8 @@ def audit_cmd(  # noqa: PLR0917 - one option each
                            f"input {f['input']}")  # fmt: skip
             for what in ("missing", "unexplained"):  # (the JSON has them too)
                 if x[f"{what}_ids"]:
-                    more = f" and {x[what] - 5:,} more" if x[what] > 5 else ""
+                    shown = len(x[f"{what}_ids"])
+                    more = f" and {x[what] - shown:,} more" if x[what] > shown else ""
                     click.echo(f"     {what}: {', '.join(x[f'{what}_ids'])}{more}")
         verdict = "OK" if bad == 0 else f"{bad} PROBLEM(S)"
         click.echo(f"{total:,} decisions checked in {elapsed:.1f}s "

@@ -133,6 +133,19 @@ class Codec:
         # Name the branch of ["null", record] unions, so fastavro need not try
         # each branch against the datum (about 7 us a record): by the names of
         # ``schema``, which for an older writer may not be the current ones.
+        hints = self.hints(schema)
+        if hints:
+            datum = dict(datum)
+            for field, branch in hints.items():
+                if datum.get(field) is not None:
+                    datum[field] = (branch, datum[field])
+        out = io.BytesIO()
+        schemaless_writer(out, schema, datum)
+        return out.getvalue()
+
+    def hints(self, schema: Any) -> dict[str, str]:
+        """The fields of ``schema`` holding a ["null", record] union, with the record's name
+        (as ``schema`` spells it: an older writer's may differ from the current one's)."""
         hints = self._union_records.get(id(schema))
         if hints is None:
             hints = self._union_records[id(schema)] = {
@@ -142,14 +155,7 @@ class Codec:
                 for branch in f["type"]
                 if isinstance(branch, dict) and branch.get("type") == "record"
             }
-        if hints:
-            datum = dict(datum)
-            for field, branch in hints.items():
-                if datum.get(field) is not None:
-                    datum[field] = (branch, datum[field])
-        out = io.BytesIO()
-        schemaless_writer(out, schema, datum)
-        return out.getvalue()
+        return hints
 
     def field_digest(self, data: bytes, field: str) -> str:
         """The hex SHA-256 of the canonical (Avro binary) encoding of field ``field`` of the
@@ -265,7 +271,7 @@ class Codec:
         that fails to write is not)."""
         try:
             return self._write(schema, raw) == body
-        except Exception:  # any failure to write it again: not canonical
+        except (ValueError, TypeError, OverflowError):  # what fastavro raises on such data
             return False
 
     def _framing(

@@ -130,7 +130,7 @@ class PoolState:
         # ``parked_epoch``, and loads backing off until a time (heap by time).
         self.parked: list[LoadState] = []
         self.parked_epoch = -1
-        # Loads no registered agent qualifies for (capability, clearance, region): only a
+        # Loads no registered agent could ever take (``AgentTable.qualified``): only a
         # profile or a policy can change that, not an agent coming free (``profiles``).
         self.unqualified: dict[str, LoadState] = {}
         self.unqualified_profiles = -1
@@ -645,7 +645,7 @@ class PoolState:
 
     def _unmatched(self, ls: LoadState, m: Match, waiting: bool) -> None:
         """Parks ``ls``, which found no agent at this epoch, until agents change (one no agent
-        qualifies for by its profile: until a profile or the policy does); held by hard
+        could ever take, ``AgentTable.qualified``: until a profile or the policy does); held by hard
         affinity, it is also tried again when the wait for its agent ends.
 
         (A load no agent could ever take, tried again whenever an agent came free, kept
@@ -702,8 +702,9 @@ class PoolState:
         from a higher one). A load no agent can take now waits outside the
         batch, so it does not keep the loads behind it from the slots (at most
         ``batch_max_loads + drain_limit`` loads are looked at). The pairs are
-        then made in service order, and one whose agent no longer has the risk
-        room for it (the loads before it took that) waits for the next batch.
+        then made class by class, in service order within a class, and one whose
+        agent no longer has the risk room for it (the loads before it took that)
+        waits for the next batch.
         """
         p, t = self.policy, self.agents
         self.parked_epoch = -1  # the batch looks at every waiting load again

@@ -41,10 +41,10 @@ def explain(state: PoolState, load_id: str, agent_ids: tuple[str, ...] = ()) -> 
     """Explains ``load_id``'s last match, and how each of ``agent_ids`` stands against it now.
 
     A load not matched yet (none chosen) has no gap to the chosen agent. A load in
-    flight is judged as if its agent did not run it yet (else the agent it went to
-    would fail capacity, or score below itself); other loads the same input assigned
-    count. A finished load keeps neither its last match nor its needs (the decision
-    log has them): each agent's verdict is ``load_finished``.
+    flight is judged with its slot and risk given back to its agent (else the agent
+    it went to would fail capacity, or score below itself), on a copy of the agents.
+    A finished load keeps neither its last match nor its needs (the decision log has
+    them): each agent's verdict is ``load_finished``.
 
     Raises:
         KeyError: the pool does not know the load (never seen, or pruned).
@@ -52,7 +52,7 @@ def explain(state: PoolState, load_id: str, agent_ids: tuple[str, ...] = ()) -> 
     ls = state.loads[load_id]
     m = ls.last_match
     chosen = m.score if m is not None and m.row is not None else None
-    if ls.agent is not None and ls.final is None:
+    if ls.agent is not None and ls.final is None and agent_ids:
         state = copy.copy(state)  # (a view: the pool itself stays as it is)
         state.agents = copy.deepcopy(state.agents)
         state.agents.add_load(state.agents.row[ls.agent], ls.spec.risk, -1)

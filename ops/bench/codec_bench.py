@@ -41,7 +41,7 @@ def bench_one(codec: Codec, name: str, record: Record, rounds: int, n: int) -> N
     schema = codec._current[name]  # the same parsed schema, for the floor
     # The baseline writes the same dict, with the same union-branch hints.
     hinted = record.model_dump()
-    for field, branch in codec._union_records[name].items():
+    for field, branch in codec.hints(schema).items():
         if hinted[field] is not None:
             hinted[field] = (branch, hinted[field])
     runs: dict[str, list[float]] = {k: [] for k in ("be", "bd", "oe", "od")}

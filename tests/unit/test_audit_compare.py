@@ -206,3 +206,23 @@ def test_repeats_of_decisions_whose_first_records_retention_deleted_are_no_misma
         res = streamed(EXPECTED, log, order, first_offset=3)
         assert (res.mismatches, res.missing, res.unexplained) == ([], [], [])
         assert (res.expired, res.repeats) == (3, 2)
+
+
+def test_a_logged_decision_no_input_explains_waits_for_the_replay_only_so_far(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before, it held back every later log record (and expected decision) to the end.
+    monkeypatch.setattr(audit, "LOOKAHEAD", 3)
+    res = PartitionAudit(0)
+    check = _Comparison(CODEC, res)
+    stranger = _other()
+    log = [stranger] + [v for v, _ in EXPECTED]
+    for i, v in enumerate(log):  # the log first, all of it (it is ahead)
+        check.log(SimpleNamespace(value=v, topic="decision-log", partition=0, offset=i))
+    for x in EXPECTED[:5]:
+        check.expect(*x)
+    assert len(check.waiting) == len(log) - 1 - 5  # the stranger went; the first 5 matched
+    for x in EXPECTED[5:]:
+        check.expect(*x)
+    check.finish()
+    assert (res.matched, res.missing, len(res.unexplained)) == (len(EXPECTED), [], 1)
