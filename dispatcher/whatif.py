@@ -55,8 +55,11 @@ class Outcomes:
     loads: dict[_Key, _Load] = field(default_factory=dict)
     contents: set[tuple[Any, ...]] = field(default_factory=set)  # of its decisions (_content)
     why: bool = False  # keep why each load got its first agent (examples show the what-if run's)
+    last_ms: int = 0  # the latest event time seen
 
     def observe(self, event: core.Event, decisions: list[core.Decision]) -> None:
+        if not isinstance(event, core.PolicyChanged):  # (its time is when it takes effect)
+            self.last_ms = max(self.last_ms, event.time_ms)
         if isinstance(event, core.LoadArrived) and decisions:  # (none: a repeated arrival)
             spec = event.load
             self.loads.setdefault((decisions[0].pool, spec.load_id),
@@ -84,8 +87,14 @@ class Outcomes:
             tenants[name] = {
                 "loads": len(mine), "share": len(waits) / assigned if assigned else 0.0,
                 "wait_p50_ms": _pct(waits, 50), "wait_p99_ms": _pct(waits, 99),
+                "never_assigned": len(mine) - len(waits),  # (the waits leave them out)
             }  # fmt: skip
-        due = [ld for ld in self.loads.values() if ld.deadline_ms is not None and ld.final]
+        # Due: a load with a deadline that ended (but for a cancel), or whose deadline the
+        # replay passed unfinished (before, only ended loads counted: a policy that left
+        # loads waiting for ever met every deadline it was held to).
+        due = [ld for ld in self.loads.values()
+               if ld.deadline_ms is not None and ld.final != "CANCELLED"
+               and (ld.final is not None or ld.deadline_ms < self.last_ms)]  # fmt: skip
         met = sum(1 for ld in due if ld.final == "COMPLETED" and (ld.final_ms or 0) <= (
             ld.deadline_ms or 0))  # fmt: skip
         finals: dict[str, int] = {}

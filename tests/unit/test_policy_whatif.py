@@ -20,8 +20,9 @@ from dispatcher.errors import ConfigError
 from dispatcher.policytool import load_policy_file, problems
 from dispatcher.settings import PROJECT_ROOT
 from dispatcher.topics import TopicNames
-from dispatcher.whatif import compare
+from dispatcher.whatif import Outcomes, compare
 from dispatcher.worker.fold import PartitionFold
+from tests.unit.core import builders
 
 EXAMPLE = PROJECT_ROOT / "ops/policies/example.yaml"
 CODEC = Codec()
@@ -252,3 +253,29 @@ def test_publish_refuses_a_version_below_any_published_whatever_its_policy_id(
     monkeypatch.setattr(policytool, "read_partition", read_partition)
     with pytest.raises(ConfigError, match="version 10 is already published"):
         asyncio.run(policytool.publish("unused:9092", TopicNames(), updates[1]))
+
+
+def test_whatif_sla_counts_loads_whose_deadline_passed_unfinished() -> None:
+    """Before, only loads that ended counted: one never served met every deadline."""
+    state = core.PoolState("p")
+    out = Outcomes()
+
+    def apply(event: core.Event) -> list[core.Decision]:
+        decisions = state.apply(event)
+        out.observe(event, decisions)
+        return decisions
+
+    apply(builders.register("a1"))
+    apply(builders.available("a1"))
+    rust = frozenset({"rust"})  # no agent has it: never assigned
+    (met,) = apply(builders.arrive("met", 1, deadline_ms=100))
+    apply(builders.arrive("late", 2, deadline_ms=100, required=rust))
+    apply(builders.arrive("late2", 2, deadline_ms=200, required=rust))
+    apply(builders.arrive("later", 3, deadline_ms=1_000, required=rust))  # not due yet
+    apply(builders.arrive("gone", 4, deadline_ms=100, required=rust))
+    apply(core.LoadCancelled("c", 5, "gone"))  # left out
+    apply(builders.report(met.decision_id, "met", "a1", core.TaskOutcome.SUCCESS, time_ms=50))
+    apply(core.Tick(500))
+    summary = out.summary()
+    assert summary["sla_pct"] == pytest.approx(100 / 3)  # met; late and late2 missed
+    assert summary["tenants"]["acme"]["never_assigned"] == 4
