@@ -275,8 +275,9 @@ class PoolState:
         """
         p = self.policy
         last = ls.last_match if ls.failed_epoch == self.epoch else None
-        if last is not None:
-            return self._decision(ls, Outcome.QUEUED, "NO_CANDIDATE", source, last)
+        if last is not None:  # (agents that qualify, none chosen: held for its session's)
+            reason = "AFFINITY_WAIT" if last.candidates else "NO_CANDIDATE"
+            return self._decision(ls, Outcome.QUEUED, reason, source, last)
         rows, excluded = self.agents.feasible(
             ls.spec, p, p.tenant_deny.get(ls.spec.tenant, frozenset())
         )

@@ -91,7 +91,8 @@ def test_explain_of_a_load_held_for_its_sessions_agent_names_no_chosen_score() -
         state.apply(register(agent_id))
         state.apply(available(agent_id))
     first = state.apply(arrive("L1", 1, session_id="s"))[0]
-    state.apply(arrive("L2", 2, session_id="s"))  # waits for the session's agent, now full
+    (held,) = state.apply(arrive("L2", 2, session_id="s"))  # waits for the session's agent
+    assert (held.outcome, held.reason) == (Outcome.QUEUED, "AFFINITY_WAIT")  # (NO_CANDIDATE)
     why = explain(state, "L2", ("a", "b"))
     assert why.chosen_score is None
     assert all(v.gap is None for v in why.verdicts)
