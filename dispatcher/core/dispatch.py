@@ -800,7 +800,12 @@ class PoolState:
             return
         ls.attempt += 1
         ls.status = LoadStatus.PENDING
+        # The backoff ends by the load's latest start, when its deadline can still be met:
+        # waiting longer would only make it late.
         ls.not_before_ms = self.now_ms + self.policy.backoff_ms(ls.attempt)
+        if ls.spec.deadline_ms is not None:
+            latest = ls.spec.deadline_ms - ls.spec.duration_ms
+            ls.not_before_ms = max(self.now_ms, min(ls.not_before_ms, latest))
         ls.failed_epoch = -1
         self._enqueue(ls)
         out.append(self._decision(ls, Outcome.REQUEUED, reason, source, agent=agent))

@@ -110,6 +110,35 @@ def test_results_move_the_load_as_the_table_says(
         assert state.loads["L1"].not_before_ms == Policy().backoff_ms(2)
 
 
+@pytest.mark.parametrize(
+    ("deadline_ms", "retry_at"),
+    [
+        (1_200, 700),  # its latest start (1,200 - 500) comes before the backoff ends (1,100)
+        (550, 100),  # its latest start has passed: at once
+        (None, 1_100),  # no deadline: the whole backoff
+        (5_000, 1_100),  # the backoff ends before its latest start
+    ],
+)
+def test_a_retry_backoff_ends_by_the_loads_latest_start(
+    deadline_ms: int | None, retry_at: int
+) -> None:
+    state = one_agent(Policy(backoff_base_ms=1_000))
+    d = assigned(state, "L1", deadline_ms=deadline_ms, duration_ms=500)
+    state.apply(report(d.decision_id, "L1", "a1", TaskOutcome.ACCEPTED, time_ms=50))
+    failed = TaskOutcome.FAILED
+    (requeued, *again) = state.apply(report(d.decision_id, "L1", "a1", failed, time_ms=100,
+                                            retryable=True))  # fmt: skip
+    assert requeued.outcome is Outcome.REQUEUED
+    assert state.loads["L1"].not_before_ms == retry_at
+    if retry_at > 100:
+        assert again == []
+        assert state.apply(tick(retry_at - 1)) == []
+        (again_d,) = state.apply(tick(retry_at))
+    else:
+        (again_d,) = again
+    assert (again_d.outcome, again_d.attempt) == (Outcome.ASSIGNED, 2)
+
+
 def test_illegal_transitions_and_zombies_are_rejected_not_applied() -> None:
     state = one_agent()
     d = assigned(state, "L1")
