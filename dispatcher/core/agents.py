@@ -278,15 +278,16 @@ class AgentTable:
     # -- matching -------------------------------------------------------------------
 
     def feasible(
-        self, load: LoadSpec, policy: Policy, denied: frozenset[str] = frozenset()
-    ) -> tuple[npt.NDArray[np.intp], tuple[tuple[str, int], ...]]:
+        self, load: LoadSpec, policy: Policy, denied: frozenset[str] = frozenset(),
+        tried: tuple[str, ...] = (),
+    ) -> tuple[npt.NDArray[np.intp], tuple[tuple[str, int], ...]]:  # fmt: skip
         """The rows of the agents that pass every enforced hard constraint, in row order,
         and how many agents each constraint excluded."""
-        kind, ok, excluded = self._screen(load, policy, denied)
+        kind, ok, excluded = self._screen(load, policy, denied, tried)
         return kind.cand[ok], excluded
 
     def _screen(
-        self, load: LoadSpec, policy: Policy, denied: frozenset[str]
+        self, load: LoadSpec, policy: Policy, denied: frozenset[str], tried: tuple[str, ...]
     ) -> tuple[_Kind, Bool, tuple[tuple[str, int], ...]]:
         """The kind of ``load``, which of its candidates pass every enforced hard
         constraint now, and how many agents each constraint excluded.
@@ -295,8 +296,10 @@ class AgentTable:
         removed from those the earlier ones left, so the counts add up. The
         constraints on the agent's profile alone (capability, clearance, region)
         are resolved once per kind of load and kept until a profile changes
-        (``_Kind``); per load, only status, capacity, risk and tenant rules
-        are looked at, and only on the agents that pass the static ones.
+        (``_Kind``); per load, only status, capacity, risk, tenant rules and
+        the agents ``tried`` are looked at, and only on the agents that pass the
+        static ones. The agents that had the load before (``tried``) are left
+        out only while another agent passes: then they count as excluded.
         """
         n = self.n
         off = policy.disabled_constraints
@@ -331,6 +334,13 @@ class AgentTable:
             now_left = int(np.count_nonzero(ok))
             excluded.append((name, left - now_left))
             left = now_left
+        keep = self._untried(tried, kind.cand) if left and "tried" not in off else None
+        if keep is not None and (others := ok & keep).any():
+            now_left = int(np.count_nonzero(others))
+            excluded.append(("tried", left - now_left))
+            ok = others
+        else:
+            excluded.append(("tried", 0))
         return kind, ok, tuple(excluded)
 
     def qualified(
@@ -427,6 +437,14 @@ class AgentTable:
         inside: Bool = bits.astype(np.bool_)
         return inside
 
+    def _untried(self, tried: tuple[str, ...], rows: npt.NDArray[np.intp]) -> Bool | None:
+        """Which of ``rows`` are none of the agents ``tried`` (None: all of them)."""
+        tried_rows = [r for a in tried if (r := self.row.get(a)) is not None]
+        if not tried_rows:
+            return None
+        untried: Bool = ~np.isin(rows, tried_rows)
+        return untried
+
     def _allowed(
         self, _: LoadSpec, denied: frozenset[str], rows: npt.NDArray[np.intp]
     ) -> Bool | None:
@@ -499,9 +517,10 @@ class AgentTable:
     def evaluate(
         self, load: LoadSpec, policy: Policy, now_ms: int, *,
         denied: frozenset[str] = frozenset(), affinity_row: int | None = None,
+        tried: tuple[str, ...] = (),
     ) -> Scored:  # fmt: skip
         """Every agent that qualifies for ``load``, with its weighted score."""
-        kind, ok, excluded = self._screen(load, policy, denied)
+        kind, ok, excluded = self._screen(load, policy, denied, tried)
         if kind.cols is None:  # gather the qualifying rows' columns only
             return self.scored(kind.cand[ok], load, policy, now_ms, affinity_row=affinity_row,
                                excluded=excluded)  # fmt: skip
@@ -523,9 +542,10 @@ class AgentTable:
     def match(
         self, load: LoadSpec, policy: Policy, now_ms: int, *,
         denied: frozenset[str] = frozenset(), affinity_row: int | None = None,
+        tried: tuple[str, ...] = (),
     ) -> Match:  # fmt: skip
         """The best agent for ``load`` under ``policy``: ties go to the earliest registered."""
-        kind, ok, excluded = self._screen(load, policy, denied)
+        kind, ok, excluded = self._screen(load, policy, denied, tried)
         s = self._score_kind(kind, ok, excluded, load, policy, now_ms, affinity_row)
         if not s.candidates:
             return s.none()

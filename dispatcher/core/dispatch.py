@@ -69,6 +69,7 @@ class LoadState:
     finished_ms: int = 0
     last_match: Match | None = None
     affinity_row: int | None = None  # its session's agent when it was last matched
+    tried: tuple[str, ...] = ()  # the agents it was taken back from (declined, failed, lost)
 
 
 def decision_id(  # noqa: PLR0917 - the parts of the id, in order
@@ -279,7 +280,7 @@ class PoolState:
             reason = "AFFINITY_WAIT" if last.candidates else "NO_CANDIDATE"
             return self._decision(ls, Outcome.QUEUED, reason, source, last)
         rows, excluded = self.agents.feasible(
-            ls.spec, p, p.tenant_deny.get(ls.spec.tenant, frozenset())
+            ls.spec, p, p.tenant_deny.get(ls.spec.tenant, frozenset()), ls.tried
         )
         counted = Match(None, None, (), len(rows), excluded, None, None)
         if not len(rows):
@@ -601,8 +602,8 @@ class PoolState:
     def _affinity(self, ls: LoadState) -> tuple[int | None, bool]:
         """The row of the agent that served the load's session last (None: none known; kept
         as ``ls.affinity_row``, which explain scores with), and whether hard affinity holds
-        the load for that agent now (only one available, that the load could go to, is
-        waited for)."""
+        the load for that agent now (only one available, that the load could go to and has
+        not been taken back from, is waited for)."""
         p, t, spec = self.policy, self.agents, ls.spec
         last = self.sessions.get(spec.session_id) if spec.session_id else None
         row = t.row.get(last[0]) if last is not None else None
@@ -611,6 +612,7 @@ class PoolState:
             and row is not None
             and t.status[row] == AgentStatus.AVAILABLE
             and self.now_ms < spec.created_ms + p.affinity_wait_ms
+            and not (t.ids[row] in ls.tried and p.enforced("tried"))  # (a decline says no)
             and bool((self._qualified(spec) == row).any())
         )
         ls.affinity_row = row
@@ -627,10 +629,11 @@ class PoolState:
         spec, p = ls.spec, self.policy
         affinity_row, waiting = self._affinity(ls)
         denied = p.tenant_deny.get(spec.tenant, frozenset())
-        m = self.agents.match(spec, p, self.now_ms, denied=denied, affinity_row=affinity_row)
+        m = self.agents.match(spec, p, self.now_ms, denied=denied, affinity_row=affinity_row,
+                              tried=ls.tried)  # fmt: skip
         if waiting and m.row != affinity_row:
             s = self.agents.evaluate(spec, p, self.now_ms, denied=denied,
-                                     affinity_row=affinity_row)  # fmt: skip
+                                     affinity_row=affinity_row, tried=ls.tried)  # fmt: skip
             hit = np.flatnonzero(s.rows == affinity_row)
             # The session's agent, though another scores better; or, if it is full, none.
             m = s.pick(int(hit[0]), p) if hit.size else replace(m, row=None)
@@ -728,7 +731,8 @@ class PoolState:
             ls = self.pending[load_id]
             affinity_row, waiting = self._affinity(ls)
             s = t.evaluate(ls.spec, p, self.now_ms, affinity_row=affinity_row,
-                           denied=p.tenant_deny.get(ls.spec.tenant, frozenset()))  # fmt: skip
+                           denied=p.tenant_deny.get(ls.spec.tenant, frozenset()),
+                           tried=ls.tried)  # fmt: skip
             if waiting:
                 hit = np.flatnonzero(s.rows == affinity_row)[:1]
                 pairs = [(int(s.rows[i]), float(s.total[i])) for i in hit]
@@ -799,6 +803,8 @@ class PoolState:
                          agent=agent)  # fmt: skip
             return
         ls.attempt += 1
+        if agent is not None and agent not in ls.tried:
+            ls.tried += (agent,)
         ls.status = LoadStatus.PENDING
         # The backoff ends by the load's latest start, when its deadline can still be met:
         # waiting longer would only make it late.
@@ -820,7 +826,7 @@ class PoolState:
         # Kept for the dedupe window, a finished load needs only what decisions about it
         # name (tenant, priority, deadline): its last match (about 0.9 of 3 KB), its needs
         # and its intent (about 0.6 of the 1.8 KB left) go.
-        ls.last_match = None
+        ls.last_match, ls.tried = None, ()
         s = ls.spec  # (built directly: dataclasses.replace takes twice as long)
         ls.spec = LoadSpec(s.load_id, s.tenant, s.priority, _NOTHING, (), s.sensitivity, "",
                            s.created_ms, s.deadline_ms, s.duration_ms, s.risk)  # fmt: skip

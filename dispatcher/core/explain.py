@@ -65,7 +65,7 @@ def explain(state: PoolState, load_id: str, agent_ids: tuple[str, ...] = ()) -> 
             why = "unknown_agent" if row is None else "load_finished"
             verdicts.append(AgentVerdict(agent_id, (why,), None, (), None))
             continue
-        failed = _failed(state, row, spec, denied)
+        failed = _failed(state, row, spec, denied, ls.tried)
         score: float | None = None
         parts: tuple[tuple[str, float], ...] = ()
         gap: float | None = None
@@ -87,11 +87,21 @@ def explain(state: PoolState, load_id: str, agent_ids: tuple[str, ...] = ()) -> 
     )
 
 
-def _failed(state: PoolState, row: int, spec: LoadSpec, denied: frozenset[str]) -> tuple[str, ...]:
-    """The enforced hard constraints agent ``row`` fails for ``spec``, each judged alone."""
+def _failed(
+    state: PoolState, row: int, spec: LoadSpec, denied: frozenset[str], tried: tuple[str, ...]
+) -> tuple[str, ...]:
+    """The enforced hard constraints agent ``row`` fails for ``spec``, each judged alone;
+    ``tried`` only if the load was taken back from the agent and another agent passes
+    the rest (as the match judges it)."""
     failed = []
     for constraint in CONSTRAINTS:
         if not state.policy.enforced(constraint):
+            continue
+        if constraint == "tried":
+            if state.agents.ids[row] in tried:
+                rows, _ = state.agents.feasible(spec, state.policy, denied, tried)
+                if any(state.agents.ids[r] not in tried for r in rows):
+                    failed.append(constraint)
             continue
         alone = replace(state.policy, disabled_constraints=frozenset(CONSTRAINTS) - {constraint})
         rows, _ = state.agents.feasible(spec, alone, denied)

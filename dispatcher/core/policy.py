@@ -18,6 +18,9 @@ CONSTRAINTS = (
     "region",
     "risk",
     "tenant_deny",
+    # A requeued load does not go back to an agent that had it (declined it, failed it,
+    # timed out), while another agent passes every other constraint.
+    "tried",
 )
 # Soft score terms, each in [0, 1], summed with the policy's weights.
 SCORE_TERMS = (

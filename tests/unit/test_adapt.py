@@ -189,7 +189,7 @@ _YEAR_AND_A_DAY_MS = 367 * 86_400_000
          [f"retry.backoff_max_ms: {_YEAR_AND_A_DAY_MS} ms, more than a year"]),
         ({"weights": {"embedding": 0.0}, "constraints": {"gravity": True}},
          ["constraints.gravity: unknown (capability, capacity, clearance, hard_affinity, region, "
-          "risk, status, tenant_deny)",
+          "risk, status, tenant_deny, tried)",
           "weights: none is positive, so every agent scores 0 and ties decide"]),
     ],
 )  # fmt: skip

@@ -10,15 +10,17 @@ import pytest
 
 from dispatcher.core import (
     AgentStatusKind,
+    Decision,
     Outcome,
     Policy,
     PoolState,
     Sensitivity,
+    TaskOutcome,
     agents,
     explain,
 )
 from dispatcher.core.agents import unit
-from tests.unit.core.builders import arrive, available, register, status
+from tests.unit.core.builders import arrive, available, register, report, status, tick
 
 
 def pool(*agents: tuple[str, dict[str, Any]], policy: Policy | None = None) -> PoolState:
@@ -88,7 +90,7 @@ def test_status_and_tenant_deny_exclude() -> None:
     (d,) = state.apply(arrive("L1"))
     assert d.outcome is Outcome.QUEUED
     assert dict(d.excluded) == {"status": 1, "capacity": 0, "capability": 0, "clearance": 0,
-                                "region": 0, "risk": 0, "tenant_deny": 1}  # fmt: skip
+                                "region": 0, "risk": 0, "tenant_deny": 1, "tried": 0}  # fmt: skip
 
 
 def test_a_disabled_constraint_is_not_applied() -> None:
@@ -234,3 +236,66 @@ def test_kinds_without_cached_columns_decide_alike(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(agents, "_COLS_BUDGET", 0)  # every kind gathers its columns per load
     assert run() == cached
     assert any("ASSIGNED" in d for d in cached)
+
+
+def _taken_back(state: PoolState, d: Decision, how: TaskOutcome, time_ms: int) -> Decision:
+    """Has ``d``'s agent decline or fail its load; returns the load's next decision (after
+    the backoff)."""
+    load, agent = d.load_id, d.agent_id or ""
+    if how is TaskOutcome.FAILED:
+        state.apply(report(d.decision_id, load, agent, TaskOutcome.ACCEPTED, time_ms=time_ms))
+    out = state.apply(report(d.decision_id, load, agent, how, time_ms=time_ms, retryable=True))
+    out += state.apply(tick(time_ms + state.policy.backoff_ms(d.attempt + 1)))
+    return [x for x in out if x.load_id == load][-1]
+
+
+@pytest.mark.parametrize("mode", ["greedy", "batched"])
+@pytest.mark.parametrize("how", [TaskOutcome.DECLINED, TaskOutcome.FAILED])
+def test_a_load_taken_back_goes_to_another_agent_while_one_can_take_it(
+    how: TaskOutcome, mode: str
+) -> None:
+    # a1 scores best for L1 every time; it declines (or fails) it. Before, L1 went back to
+    # a1 at every attempt and was dead-lettered, with a2 idle.
+    policy = Policy(mode=mode, batch_window_ms=10, max_attempts=4)  # type: ignore[arg-type]
+    state = pool(("a1", {"personality": (1.0, 0.0)}), ("a2", {"personality": (0.0, 1.0)}),
+                 ("a3", {"personality": (0.0, 1.0), "capabilities": frozenset({"go"})}),
+                 policy=policy)  # fmt: skip
+    out = state.apply(arrive("L1", intent=(1.0, 0.0)))
+    first = (out + state.apply(tick(10)))[-1]
+    assert (first.outcome, first.agent_id) == (Outcome.ASSIGNED, "a1")
+    second = _taken_back(state, first, how, 100)
+    assert (second.outcome, second.agent_id, second.attempt) == (Outcome.ASSIGNED, "a2", 2)
+    assert dict(second.excluded)["tried"] == 1
+    why = explain(state, "L1", ("a1", "a2"))
+    assert [v.failed for v in why.verdicts] == [("tried",), ()]
+    # Every agent that can take it had it: it may go back to one of them.
+    third = _taken_back(state, second, how, 10_000)
+    assert (third.outcome, third.agent_id, third.attempt) == (Outcome.ASSIGNED, "a1", 3)
+    assert dict(third.excluded)["tried"] == 0
+    assert explain(state, "L1", ("a1",)).verdicts[0].failed == ()
+
+
+def test_a_load_taken_back_waits_for_no_agent_and_a_policy_can_turn_that_off() -> None:
+    # a2 is busy: L1 goes back to a1 (which declined it) rather than wait.
+    state = pool(("a1", {"personality": (1.0, 0.0)}), ("a2", {"personality": (0.0, 1.0)}))
+    state.apply(arrive("busy", intent=(0.0, 1.0)))
+    (first,) = state.apply(arrive("L1", intent=(1.0, 0.0)))
+    assert first.agent_id == "a1"
+    again = _taken_back(state, first, TaskOutcome.DECLINED, 100)
+    assert (again.agent_id, dict(again.excluded)["tried"]) == ("a1", 0)
+    # Turned off, a taken-back load may go back at once to the agent it scores best with.
+    off = pool(("a1", {"personality": (1.0, 0.0)}), ("a2", {"personality": (0.0, 1.0)}),
+               policy=Policy(disabled_constraints=frozenset({"tried"})))  # fmt: skip
+    (first,) = off.apply(arrive("L1", intent=(1.0, 0.0)))
+    again = _taken_back(off, first, TaskOutcome.DECLINED, 100)
+    assert (again.agent_id, dict(again.excluded)["tried"]) == ("a1", 0)
+
+
+def test_hard_affinity_does_not_wait_for_a_session_agent_that_declined_the_load() -> None:
+    state, agent = _session_pool()
+    assert agent == "a1"
+    state.apply(arrive("busy", 1, intent=(1.0, 0.0)))  # a2 has one slot left
+    (d,) = state.apply(arrive("L2", 2, session_id="s1", intent=(0.0, 1.0)))
+    assert (d.agent_id, d.reason) == ("a1", "AFFINITY")
+    again = _taken_back(state, d, TaskOutcome.DECLINED, 100)
+    assert (again.outcome, again.agent_id) == (Outcome.ASSIGNED, "a2")

@@ -210,6 +210,8 @@ def _check(state: PoolState, model: Model, out: list[Decision], finals: dict[str
             assert spec.risk <= prof.abstention_threshold * prof.risk_budget
             assert t.risk_used[row] <= t.risk_budget[row] + 1e-9, "over the risk budget"
             assert t.status[row] != 0, "assigned to an agent that never became available"
+            if d.agent_id in state.loads[d.load_id].tried:  # (only if no other agent passed)
+                assert dict(d.excluded)["tried"] == 0, "went back to an agent that had it"
             quota = state.policy.tenant_quotas.get(spec.tenant)
             assert quota is None or state.running[spec.tenant] <= quota, "over the tenant quota"
     in_flight: dict[str, int] = {}
