@@ -249,14 +249,19 @@ class PoolState:
         self.arrivals += 1
         self.loads[spec.load_id] = ls
         p = self.policy
-        if len(self.pending) >= p.max_pending and spec.priority is not Priority.CRITICAL:
+        # A full queue bounds the loads that wait: one an open agent takes at once is let
+        # in (before, a queue full of loads that no open agent could take shed it, or
+        # evicted one of them for it), and shed after all if it has to wait.
+        full = len(self.pending) >= p.max_pending and spec.priority is not Priority.CRITICAL
+        if full and not self._takes_now(ls):
             victim = self._evictable(spec)
             if victim is None:
                 self._finish(ls, Outcome.SHED, "QUEUE_FULL", e.source, out)
                 return
             self._finish(victim, Outcome.SHED, "QUEUE_FULL_EVICTED", e.source, out)
-        if (len(self.pending) >= p.high_watermark and spec.priority is Priority.LOW
-                and self._queue_hog(spec.tenant)):  # fmt: skip
+            full = False
+        if (not full and len(self.pending) >= p.high_watermark
+                and spec.priority is Priority.LOW and self._queue_hog(spec.tenant)):  # fmt: skip
             ls.status = LoadStatus.DEFERRED
             self.deferred += 1
             self._enqueue(ls)
@@ -264,8 +269,19 @@ class PoolState:
             return
         self._enqueue(ls)
         self._drain(e.source, out)
-        if ls.status is LoadStatus.PENDING:
+        if full and ls.status is LoadStatus.PENDING:  # (loads before it took the agent)
+            self._finish(ls, Outcome.SHED, "QUEUE_FULL", e.source, out)
+        elif ls.status is LoadStatus.PENDING:
             out.append(self._queued(ls, e.source))
+
+    def _takes_now(self, ls: LoadState) -> bool:
+        """Whether an open agent would take ``ls`` at once, were it first in line."""
+        tenant, t = ls.spec.tenant, self.agents
+        if not t.open_count or self.policy.mode == "batched":  # (critical: never shed)
+            return False
+        if tenant in self._at_quota() or tenant in self._held(t.open_count):
+            return False
+        return self._match(ls)[0].row is not None
 
     def _queued(self, ls: LoadState, source: Source) -> Decision:
         """Says why a load waits: no agent qualifies, or some do but others come first.

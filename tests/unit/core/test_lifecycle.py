@@ -309,6 +309,26 @@ def test_backpressure_defers_low_sheds_at_the_limit_and_admits_critical() -> Non
     assert state.apply(arrive("crit", 7, priority=Priority.CRITICAL))[0].outcome is Outcome.QUEUED
 
 
+def test_a_full_queue_lets_in_a_load_an_open_agent_takes_at_once() -> None:
+    # The queue is full of loads for the busy GPU agent; the CPU agent is idle.
+    gpu = frozenset({"gpu"})
+    state = PoolState("p", Policy(max_pending=2, high_watermark=2, low_watermark=1))
+    for agent_id, caps in (("g", gpu), ("c", frozenset({"python"}))):
+        state.apply(register(agent_id, capabilities=caps))
+        state.apply(available(agent_id))
+    state.apply(arrive("G0", 1, required=gpu))  # (assigned to g)
+    for i in (1, 2):
+        state.apply(arrive(f"G{i}", 2, required=gpu, priority=Priority.LOW))
+    # Before, it was shed (or one of the waiting loads evicted for it).
+    (d,) = state.apply(arrive("C1", 3, priority=Priority.LOW))
+    assert (d.outcome, d.agent_id) == (Outcome.ASSIGNED, "c")
+    assert sorted(state.pending) == ["G1", "G2"]
+    # One that would have to wait is shed as before: the queue stays bounded.
+    (shed,) = state.apply(arrive("C2", 4, priority=Priority.LOW))
+    assert (shed.outcome, shed.reason) == (Outcome.SHED, "QUEUE_FULL")
+    assert sorted(state.pending) == ["G1", "G2"]
+
+
 def test_a_full_queue_sheds_another_tenants_low_load_before_a_high_one() -> None:
     state = PoolState("p", Policy(max_pending=4, high_watermark=4, low_watermark=1))
     for load_id, tenant, priority in (
