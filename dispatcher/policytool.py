@@ -13,8 +13,10 @@ See ops/policies/example.yaml.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -43,14 +45,24 @@ def load_policy_file(path: Path, *, effective_from_ms: int | None = None) -> m.P
         raise ConfigError(f"{path}: cannot read the policy: {exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("document"), dict):
         raise ConfigError(f"{path}: a policy file maps policy_id, version, author and document")
+    # Strictly, as JSON: lax validation read `version: true` as version 1, "3" as 3 and
+    # 50.0 ms as 50 (enum names and lists of names stay as YAML writes them).
+    head = {k: v for k, v in doc.items() if k != "document"}
     try:
-        document = m.PolicyDocument.model_validate(doc["document"])
-        return m.PolicyUpdate.model_validate({
-            **{k: v for k, v in doc.items() if k != "document"}, "document": document,
+        document = m.PolicyDocument.model_validate_json(_json(path, doc["document"]), strict=True)
+        return m.PolicyUpdate.model_validate_json(_json(path, {
+            **head, "document": document.model_dump(mode="json"),
             "effective_from_ms": now_ms() if effective_from_ms is None else effective_from_ms,
             "content_hash": content_hash(document),
-        })  # fmt: skip
+        }), strict=True)  # fmt: skip
     except ValidationError as exc:
+        raise ConfigError(f"{path}: not a valid policy: {exc}") from exc
+
+
+def _json(path: Path, value: Any) -> str:
+    try:
+        return json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:  # a date, a set, NaN: no policy value is one
         raise ConfigError(f"{path}: not a valid policy: {exc}") from exc
 
 

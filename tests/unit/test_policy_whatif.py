@@ -74,7 +74,10 @@ def test_semantic_problems_are_named(tmp_path: Path, change: dict[str, Any], pro
 @pytest.mark.parametrize(
     "change",
     [{"version": -1}, {"document.matching_mode": "RANDOM"}, {"document.weights.embedding": "x"},
-     {"document.backpressure.low_watermark": 10**9}],
+     {"document.backpressure.low_watermark": 10**9},
+     # Values of another kind were read as one (lax): version 1, version 3, 50 ms.
+     {"version": True}, {"version": "3"}, {"document.batch_window_ms": 50.0},
+     {"document.tenant_deny": {"acme": "agent-1"}}, {"document.weights.embedding": float("nan")}],
 )  # fmt: skip
 def test_schema_problems_are_refused(tmp_path: Path, change: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match="not a valid policy"):
