@@ -43,6 +43,7 @@ class _Load:
     final_ms: int | None = None
     trail: list[tuple[str, str | None]] = field(default_factory=list)  # (outcome, agent)
     why: dict[str, Any] | None = None  # the first assignment's score parts, runner-up, ...
+    last: tuple[str, str] = ("", "")  # its latest decision's outcome and reason
 
 
 _Key = tuple[str, str]  # (pool, load id)
@@ -70,6 +71,7 @@ class Outcomes:
             if ld is None:
                 continue
             ld.trail.append((d.outcome.value, d.agent_id))
+            ld.last = (d.outcome.value, d.reason)
             if d.outcome is core.Outcome.ASSIGNED and ld.first_agent is None:
                 ld.first_agent, ld.first_ms, ld.first_score = d.agent_id, d.time_ms, d.score or 0.0
                 if self.why:
@@ -224,5 +226,8 @@ def _example(key: _Key, a: Outcomes, b: Outcomes) -> dict[str, Any]:
                      "wait_ms": None if ra.first_ms is None else ra.first_ms - ra.arrived_ms},
         "alternative": {"agent": rb.first_agent, "score": rb.first_score, "final": rb.final,
                         "wait_ms": None if rb.first_ms is None else rb.first_ms - rb.arrived_ms},
-        "why": rb.why,
+        # Why it went where it went in the what-if run; or, never assigned there, why it
+        # waited or ended as it did.
+        "why": rb.why if rb.why is not None else dict(zip(("outcome", "reason"), rb.last,
+                                                          strict=True)),
     }  # fmt: skip

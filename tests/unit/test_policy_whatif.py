@@ -164,6 +164,22 @@ def test_whatif_with_more_weight_for_a_tenant_shifts_its_share_and_wait() -> Non
     assert after["globex"]["wait_p99_ms"] > before["globex"]["wait_p99_ms"]
 
 
+def test_whatif_says_why_a_load_it_never_assigned_waited() -> None:
+    policy = policy_update(1)
+    records = recorded_run(policy, steps=5)
+    deny = policy_update(2)
+    deny = deny.model_copy(update={"document": deny.document.model_copy(
+        update={"tenant_deny": {"globex": ["a0", "a1"]}})})  # fmt: skip
+    report = compare([(0, records)], policy_from(deny), examples=100)
+    denied = [ex for ex in report.examples if ex["tenant"] == "globex"]
+    assert denied
+    for ex in denied:  # (before: "why" was None where the what-if run assigned nothing)
+        assert ex["alternative"]["agent"] is None
+        assert ex["why"] == {"outcome": "QUEUED", "reason": "NO_CANDIDATE"}
+    assigned = [ex for ex in report.examples if ex["alternative"]["agent"] is not None]
+    assert all("score_parts" in ex["why"] for ex in assigned)
+
+
 def test_the_policy_file_and_the_core_policy_agree() -> None:
     p = policy_from(load_policy_file(EXAMPLE))
     assert p.tenant_weight("acme") == 2.0
