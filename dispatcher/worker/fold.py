@@ -35,6 +35,10 @@ class PartitionFold:
         self.pools: dict[str, core.PoolState] = {}
         self.next_offset = 0  # the offset of the next record to apply
         self.last: bytes = b""  # the bytes of the record applied last (snapshots name it)
+        # Per pool, its decisions per outcome and its deadline loads completed in time
+        # ("met") or not ("missed"): a fold of the log like the rest, so the read model's
+        # counters stay exact across restarts and takeovers.
+        self.counts: dict[str, dict[str, int]] = {}
 
     def apply(self, value: bytes, offset: int) -> list[core.Decision]:
         """Applies the record at ``offset``; returns the decisions it caused.
@@ -59,15 +63,22 @@ class PartitionFold:
             out: list[core.Decision] = []
             for name in sorted(self.pools):
                 out += self.pools[name].apply(event)
-            return out
-        assert isinstance(record, _POOLED)  # noqa: S101 - to_event accepted it as an input
-        pool = record.pool
-        state = self.pools.get(pool)
-        if state is None:
-            state = self.pools[pool] = core.PoolState(pool, self.policy)
-            for update in self.policies:  # (an empty pool: no decisions)
-                state.apply(update)
-        return state.apply(event)
+        else:
+            assert isinstance(record, _POOLED)  # noqa: S101 - to_event accepted it as an input
+            pool = record.pool
+            state = self.pools.get(pool)
+            if state is None:
+                state = self.pools[pool] = core.PoolState(pool, self.policy)
+                for update in self.policies:  # (an empty pool: no decisions)
+                    state.apply(update)
+            out = state.apply(event)
+        for d in out:
+            counts = self.counts.setdefault(d.pool, {})
+            counts[d.outcome.value] = counts.get(d.outcome.value, 0) + 1
+            if d.outcome is core.Outcome.COMPLETED and d.deadline_ms is not None:
+                met = "met" if d.time_ms <= d.deadline_ms else "missed"
+                counts[met] = counts.get(met, 0) + 1
+        return out
 
     def _remember(self, e: core.PolicyChanged) -> None:
         def moot(old: core.PolicyChanged, new: core.PolicyChanged) -> bool:

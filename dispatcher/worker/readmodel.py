@@ -10,10 +10,12 @@ Keys, under the worker's app id ``A``:
   priority class (every pending load), of those the deferred ones and those no
   agent could take (``unqualified``: they wait for a profile or policy to
   change, not for a free agent), policy_version, the next policy waiting for its time
-  (policy_next_version, policy_next_ms), now_ms;
-- ``A:recent`` (list, newest first, 200 kept): recent decisions as JSON;
-- ``A:counters`` (hash): decisions per outcome;
-- ``A:sla:<pool>`` (hash): deadline loads completed ``met`` / ``missed``.
+  (policy_next_version, policy_next_ms), now_ms; and the pool's counters since its
+  log began: decisions per outcome (``decided_ASSIGNED``, ...) and deadline loads
+  completed in time or not (``sla_met``, ``sla_missed``), from the fold
+  (``PartitionFold.counts``), so a restart or a takeover, which decide some inputs
+  again, count nothing twice, and a Redis outage loses no count;
+- ``A:recent`` (list, newest first, 200 kept): recent decisions as JSON.
 """
 
 from __future__ import annotations
@@ -57,8 +59,6 @@ class ReadModel:
                 url, socket_connect_timeout=1.0, socket_timeout=1.0, retry=Retry(NoBackoff(), 0)
             )
         self._inflight: asyncio.Task[None] | None = None
-        self._counts: dict[str, int] = {}
-        self._sla: dict[tuple[str, str], int] = {}
         self._recent: deque[core.Decision] = deque(maxlen=RECENT)
         self.degraded = url is None
         self._retry_at = 0.0
@@ -66,16 +66,11 @@ class ReadModel:
         self._publish_at = 0.0
 
     def publish(self, folds: Mapping[int, PartitionFold], decisions: list[core.Decision]) -> None:
-        """Counts ``decisions`` in, and starts a publish in the background unless one is
-        running or one started less than PUBLISH_EVERY_S ago (deciding never waits for
-        Redis, and a trickle of small batches does not cost a round trip each). What a
-        failed publish carried is dropped: the read model is a view, rebuilt by replay,
+        """Takes ``decisions`` in as recent, and starts a publish in the background unless
+        one is running or one started less than PUBLISH_EVERY_S ago (deciding never waits
+        for Redis, and a trickle of small batches does not cost a round trip each). The
+        recent decisions a failed publish carried are dropped: the read model is a view,
         not a record."""
-        for d in decisions:
-            self._counts[d.outcome.value] = self._counts.get(d.outcome.value, 0) + 1
-            if d.outcome is core.Outcome.COMPLETED and d.deadline_ms is not None:
-                key = (d.pool, "met" if d.time_ms <= d.deadline_ms else "missed")
-                self._sla[key] = self._sla.get(key, 0) + 1
         self._recent.extend(decisions[-RECENT:])
         now = time.monotonic()
         if self.client is None or now < max(self._retry_at, self._publish_at):
@@ -99,14 +94,9 @@ class ReadModel:
 
     async def _publish(self, folds: Mapping[int, PartitionFold]) -> None:
         p = self.prefix
-        counts, sla, recent = self._counts, self._sla, list(self._recent)
-        self._counts, self._sla = {}, {}
+        recent = list(self._recent)
         self._recent.clear()
         pipe = self.client.pipeline(transaction=False)
-        for outcome, n in counts.items():
-            pipe.hincrby(f"{p}:counters", outcome, n)
-        for (pool, met), n in sla.items():
-            pipe.hincrby(f"{p}:sla:{pool}", met, n)
         if recent:
             pipe.lpush(f"{p}:recent", *[json.dumps({
                 "id": d.decision_id, "pool": d.pool, "load": d.load_id,
@@ -118,7 +108,10 @@ class ReadModel:
             self._pools_at = now + POOL_EVERY_S
             for fold in folds.values():
                 for name, state in fold.pools.items():
-                    pipe.hset(f"{p}:pool:{name}", mapping=_gauges(state))
+                    counts = fold.counts.get(name, {})
+                    pipe.hset(f"{p}:pool:{name}", mapping=_gauges(state) | {
+                        ("sla_" if k in {"met", "missed"} else "decided_") + k: n
+                        for k, n in counts.items()})  # fmt: skip
         await pipe.execute()
 
 

@@ -156,10 +156,10 @@ def test_end_to_end_against_the_core_offline(pipeline: Pipeline, redis_url: str)
 
     # The read model in Redis.
     r = redis.Redis.from_url(redis_url, decode_responses=True)
-    counters = {k: int(v) for k, v in r.hgetall(f"{p.app_id}:counters").items()}
-    assert counters.get("COMPLETED", 0) > 0
+    gauges = {k: int(v) for k, v in r.hgetall(f"{p.app_id}:pool:pool-a").items()}
+    assert gauges.get("decided_COMPLETED", 0) > 0
     assert r.llen(f"{p.app_id}:recent") > 0
-    assert int(r.hget(f"{p.app_id}:pool:pool-a", "agents") or 0) == 5
+    assert gauges["agents"] == 5
 
     # The operator's tools on the same recorded topics (issue: audit, what-if, explain).
     p.stop_all()

@@ -84,10 +84,12 @@ def test_schema_problems_are_refused(tmp_path: Path, change: dict[str, Any]) -> 
         load_policy_file(write(tmp_path, change))
 
 
-def recorded_run(policy: m.PolicyUpdate, steps: int = 60) -> list[tuple[int, bytes]]:
+def recorded_run(
+    policy: m.PolicyUpdate, steps: int = 60, *, deadlines: bool = False
+) -> list[tuple[int, bytes]]:
     """An input sequence as the worker records it: ``policy`` (in effect from time 0), two
     agents (capacity 1), tenant acme sending three loads per step and globex one, agents
-    finishing work a step later."""
+    finishing work a step later; with ``deadlines``, each load due 2.5 s after it came."""
     rng = np.random.default_rng(3)
     fold = PartitionFold("input-sequence", 0, CODEC)
     records: list[tuple[int, bytes]] = []
@@ -120,6 +122,7 @@ def recorded_run(policy: m.PolicyUpdate, steps: int = 60) -> list[tuple[int, byt
             ev = ev.model_copy(update={"event_time_ms": t + k,
                                        "load": ev.load.model_copy(update={  # type: ignore[union-attr]
                                            "created_at_ms": t + k,
+                                           "deadline_ms": t + k + 2_500 if deadlines else None,
                                            "required_capabilities": []})})  # fmt: skip
             running += [x for x in add(ev) if x.outcome is core.Outcome.ASSIGNED]
     return records

@@ -6,9 +6,12 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import pickle
 import time
 import types
+from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import numpy as np
@@ -35,8 +38,9 @@ from dispatcher.worker.app import (
     key_partition,
 )
 from dispatcher.worker.fold import PartitionFold
-from dispatcher.worker.readmodel import _gauges
+from dispatcher.worker.readmodel import ReadModel, _gauges
 from tests.unit.core import builders
+from tests.unit.test_policy_whatif import recorded_run
 
 CFG = WorkerConfig(bootstrap="127.0.0.1:1", web_port=6099)
 CODEC = Codec()
@@ -320,3 +324,47 @@ def test_the_pool_gauges_say_which_waiting_loads_no_agent_could_take() -> None:
         1,
     )
     assert (gauges["queued_high"], gauges["queued_normal"]) == (1, 2)
+
+
+def test_the_read_models_counters_are_the_folds_and_a_refold_counts_nothing_twice() -> None:
+    records = recorded_run(policy_update(1), steps=20, deadlines=True)
+    decided: Counter[str] = Counter()
+    whole = PartitionFold(CFG.topics.input_sequence, 0, CODEC)
+    half = len(records) // 2
+    for offset, value in records:
+        for d in whole.apply(value, offset):
+            decided[d.outcome.value] += 1
+            if d.outcome is core.Outcome.COMPLETED and d.deadline_ms is not None:
+                decided["met" if d.time_ms <= d.deadline_ms else "missed"] += 1
+        if offset == half:
+            restored = pickle.loads(pickle.dumps(whole))  # noqa: S301 - a snapshot, as restarts read it
+    assert whole.counts == {"p": dict(decided)}
+    assert decided["COMPLETED"] > 0
+    assert decided["met"] > 0
+    assert decided["missed"] > 0
+    # A restart from the snapshot folds the rest again: each decision counted once.
+    for offset, value in records[half + 1 :]:
+        restored.apply(value, offset)
+    assert restored.counts == whole.counts
+
+    sent: dict[str, dict[str, Any]] = {}
+
+    class Pipe:
+        def hset(self, key: str, mapping: dict[str, Any]) -> None:
+            sent[key] = mapping
+
+        def __getattr__(self, name: str) -> Any:
+            return lambda *a, **kw: None
+
+        async def execute(self) -> None:
+            return None
+
+    model = ReadModel(None, "app")
+    model.client = SimpleNamespace(pipeline=lambda transaction: Pipe())
+    asyncio.run(model._publish({0: whole}))
+    published = sent["app:pool:p"]
+    assert published["decided_COMPLETED"] == decided["COMPLETED"]
+    assert (published.get("sla_met", 0), published.get("sla_missed", 0)) == (
+        decided["met"],
+        decided["missed"],
+    )
