@@ -103,7 +103,7 @@ class Snapshots:
         self.base[fold.partition] = fold.next_offset
         directory = self._dir(fold.partition)
         state = (fold.topic, fold.partition, fold.next_offset, fold.policy, fold.policies,
-                 fold.pools, record_digest(fold.last))  # fmt: skip
+                 fold.pools, fold.counts, record_digest(fold.last))  # fmt: skip
         try:  # a snapshot is an optimisation: failing to take one must not stop the worker
             directory.mkdir(parents=True, exist_ok=True)
             if not hasattr(os, "fork"):
@@ -160,13 +160,14 @@ class Snapshots:
             state = _read(path)
             if state is None:
                 continue
-            topic, part, next_offset, policy, policies, pools, last = state
+            topic, part, next_offset, policy, policies, pools, counts, last = state
             if (topic, part, next_offset) != (self.topic, partition, offset):
                 log.warning("snapshot %s is of %s-%s at %s: ignored", path, topic, part,
                             next_offset)  # fmt: skip
                 continue
             fold = PartitionFold(self.topic, partition, codec, policy)
-            fold.policies, fold.pools, fold.next_offset = policies, pools, offset
+            fold.policies, fold.pools, fold.counts = policies, pools, counts
+            fold.next_offset = offset
             self.base[partition] = offset
             log.info("partition %d: starts from the snapshot at offset %d", partition, offset)
             return Restored(fold, last)
@@ -211,4 +212,4 @@ def _read(path: Path) -> tuple[Any, ...] | None:
     except Exception as exc:  # whatever it is, fold from further back
         log.warning("snapshot %s: does not load (%s), not used", path, exc)
         return None
-    return state if isinstance(state, tuple) and len(state) == 7 else None
+    return state if isinstance(state, tuple) and len(state) == 8 else None
