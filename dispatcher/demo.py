@@ -13,17 +13,20 @@ import contextlib
 import heapq
 import math
 import time
+from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 
 from dispatcher.codecs import models as m
 from dispatcher.codecs.codec import Codec, CodecError
 from dispatcher.codecs.signing import content_hash
 from dispatcher.core import DEFAULT_POLICY, FINAL_OUTCOMES
+from dispatcher.errors import BrokerError
 from dispatcher.policytool import signed
 from dispatcher.reading import partitions
 from dispatcher.sdk.producer import DispatcherProducer, now_ms
@@ -36,6 +39,24 @@ __all__ = ["Behaviour", "DecisionTally", "Fleet", "LoadDriver", "agent_profile",
 VOCAB = ("python", "sql", "go", "rust", "search", "vision", "speech", "legal")
 TENANTS = ("acme", "globex", "initech")
 DIM = 8
+# A demo run without --duration goes on for as long as it is left: what it keeps is bounded.
+REMEMBER = 200_000  # the latest ids kept (to drop repeats by) per kind
+LATENCY_SAMPLE = 200_000  # latencies kept for the summary's percentiles
+CHECK_EVERY_S = 1.0  # how soon a record the broker refused stops the demo (flush raises)
+CATCH_UP_S = 10.0  # the summary reads the decision log to its end this long at most
+
+
+def _remember(recent: OrderedDict[str, Any], key: str, value: Any) -> None:
+    """Adds ``key``, letting the oldest go beyond REMEMBER."""
+    recent[key] = value
+    if len(recent) > REMEMBER:
+        recent.popitem(last=False)
+
+
+def _when_delivered(future: asyncio.Future[Any], count: Callable[[], None]) -> None:
+    """Calls ``count`` once the broker acknowledged the record of ``future`` (the
+    producer's flush raises for one refused: it is never counted)."""
+    future.add_done_callback(lambda f: None if f.cancelled() or f.exception() else count())
 
 
 def agent_profile(rng: np.random.Generator, *, capacity: int | None = None) -> m.AgentProfile:
@@ -111,8 +132,23 @@ class Behaviour:
 class FleetStats:
     received: int = 0
     repeats: int = 0  # the same decision again (after a worker restart): dropped
-    answered: dict[str, int] = field(default_factory=dict)
-    latency_ms: list[float] = field(default_factory=list)  # load published -> assignment seen
+    answered: dict[str, int] = field(default_factory=dict)  # acknowledged by the broker
+    # Load published -> assignment seen (ms): every one, or past LATENCY_SAMPLE a uniform
+    # sample of them all (reservoir sampling, seeded, with a generator of its own so that
+    # the agents' draws stay the same); the summary's p50/p99 are then the sample's: close
+    # to the run's, not exactly them.
+    latency_ms: list[float] = field(default_factory=list)
+    measured: int = 0  # latencies seen, in the sample or not
+    recent_latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
+    _sampler: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+
+    def add_latency(self, ms: float) -> None:
+        self.measured += 1
+        self.recent_latency_ms.append(ms)
+        if len(self.latency_ms) < LATENCY_SAMPLE:
+            self.latency_ms.append(ms)
+        elif (slot := int(self._sampler.integers(self.measured))) < LATENCY_SAMPLE:
+            self.latency_ms[slot] = ms
 
 
 class Fleet:
@@ -129,11 +165,12 @@ class Fleet:
         self.rng = np.random.default_rng(seed)
         self.codec = Codec()
         self.stats = FleetStats()
-        self.published = published if published is not None else {}  # load id -> wall time
+        # Load id -> wall time published, until its first assignment is seen.
+        self.published = published if published is not None else {}
         self.seq = dict.fromkeys(agents, 0)
         self.running: dict[str, set[str]] = {a: set() for a in agents}  # agent -> its work
         self.offline: set[str] = set()
-        self._seen: set[str] = set()
+        self._seen: OrderedDict[str, None] = OrderedDict()
         self._due: list[tuple[float, int, Callable[[], Any]]] = []
         self._n = 0
         self.producer = DispatcherProducer(bootstrap, topics=self.topics, linger_ms=2)
@@ -199,6 +236,7 @@ class Fleet:
                 for agent_id, (pool, _) in self.agents.items():
                     if agent_id not in self.offline:
                         await self._agent_event(agent_id, pool, m.AgentEventKind.HEARTBEAT)
+                await self.producer.flush()  # a refused record stops the fleet now (it raises)
 
     def _on_assignment(self, value: bytes) -> None:
         try:
@@ -211,11 +249,11 @@ class Fleet:
         if a.decision_id in self._seen:
             self.stats.repeats += 1
             return
-        self._seen.add(a.decision_id)
+        _remember(self._seen, a.decision_id, None)
         self.stats.received += 1
-        sent = self.published.get(a.load_id)
+        sent = self.published.pop(a.load_id, None)
         if sent is not None and a.attempt == 1:
-            self.stats.latency_ms.append((time.time() - sent) * 1000)
+            self.stats.add_latency((time.time() - sent) * 1000)
         if a.agent_id in self.offline:
             return
         self.running[a.agent_id].add(a.decision_id)
@@ -237,11 +275,14 @@ class Fleet:
             return
         if done:
             self.running[a.agent_id].discard(a.decision_id)
-        self.stats.answered[outcome.value] = self.stats.answered.get(outcome.value, 0) + 1
-        await self.producer.send(self.topics.task_results, a.pool, m.TaskResult(
+        future = await self.producer.send(self.topics.task_results, a.pool, m.TaskResult(
             event_id=f"{a.decision_id}:{outcome.value}", decision_id=a.decision_id,
             load_id=a.load_id, agent_id=a.agent_id, pool=a.pool, outcome=outcome,
             retryable=outcome is m.TaskOutcome.FAILED, event_time_ms=now_ms()))  # fmt: skip
+        _when_delivered(future, lambda: self._answered(outcome))
+
+    def _answered(self, outcome: m.TaskOutcome) -> None:
+        self.stats.answered[outcome.value] = self.stats.answered.get(outcome.value, 0) + 1
 
 
 class LoadDriver:
@@ -255,12 +296,17 @@ class LoadDriver:
         self.rng = np.random.default_rng(seed)
         self.duration_ms = duration_ms
         self.producer = DispatcherProducer(bootstrap, topics=self.topics, linger_ms=2)
-        self.published: dict[str, float] = {}  # load id -> wall time published
-        self.sent = 0
+        # Load id -> wall time published (a Fleet lets it go once it is assigned).
+        self.published: OrderedDict[str, float] = OrderedDict()
+        self.sent = 0  # acknowledged by the broker
 
     async def run(self, count: int, rate: float, prefix: str = "load") -> None:
-        """Publishes ``count`` loads at ``rate`` per second over the pools, round robin."""
-        start = time.monotonic()
+        """Publishes ``count`` loads at ``rate`` per second over the pools, round robin.
+
+        Raises:
+            BrokerError: the broker refused a load (within CHECK_EVERY_S).
+        """
+        start = checked = time.monotonic()
         for i in range(count):
             due = start + i / rate
             delay = due - time.monotonic()
@@ -269,10 +315,15 @@ class LoadDriver:
             pool = self.pools[i % len(self.pools)]
             load_id = f"{prefix}-{i:07d}"
             event = load_event(self.rng, pool, load_id, duration_ms=self.duration_ms)
-            self.published[load_id] = time.time()
-            await self.producer.send_load(event)
-            self.sent += 1
+            _remember(self.published, load_id, time.time())
+            _when_delivered(await self.producer.send_load(event), self._delivered)
+            if time.monotonic() - checked >= CHECK_EVERY_S:
+                await self.producer.flush()
+                checked = time.monotonic()
         await self.producer.flush()
+
+    def _delivered(self) -> None:
+        self.sent += 1
 
 
 class DecisionTally:
@@ -286,8 +337,10 @@ class DecisionTally:
         self.pools = None if pools is None else frozenset(pools)  # None: every pool
         self.codec = Codec()
         self.outcomes: dict[str, int] = {}
-        self.finals: dict[str, set[str]] = {}  # load id -> final decision ids
-        self.ids: set[str] = set()
+        self.decisions = 0
+        self.undecodable = 0  # records of the decision log skipped
+        self.finals: OrderedDict[str, set[str]] = OrderedDict()  # load id -> final decision ids
+        self.ids: OrderedDict[str, None] = OrderedDict()  # the latest decision ids
         self.first_ms: int | None = None  # broker timestamps of the first and last decision
         self.last_ms = 0
         self._consumer: AIOKafkaConsumer | None = None
@@ -299,23 +352,53 @@ class DecisionTally:
         if self._consumer is not None:
             await self._consumer.stop()
 
-    async def poll(self) -> None:
+    async def poll(self, *, reads: int = 20) -> None:
+        """Counts what has arrived: reads until a read comes back empty, ``reads`` at most
+        (aiokafka fetches a partition again only once its last fetch was read, so one read
+        may hand over old records only)."""
         assert self._consumer is not None  # noqa: S101 - start() first
-        batch = await self._consumer.getmany(timeout_ms=10, max_records=5000)
-        for records in batch.values():
-            for r in records:
-                self._count(self.codec.decode(r.value, "DecisionRecord", trusted=True), r.timestamp)
+        for _ in range(reads):
+            batch = await self._consumer.getmany(timeout_ms=10, max_records=5000)
+            if not batch:
+                return
+            for records in batch.values():
+                for r in records:
+                    self._read(r.value or b"", r.timestamp)
 
-    def _count(self, d: m.Record, timestamp_ms: int) -> None:
+    async def catch_up(self, timeout_s: float = CATCH_UP_S) -> bool:
+        """Counts every decision the log holds now; False when ``timeout_s`` ran out first
+        (the figures may be short)."""
+        assert self._consumer is not None  # noqa: S101 - start() first
+        try:
+            ends = await self._consumer.end_offsets(sorted(self._consumer.assignment()))
+        except KafkaError as exc:
+            raise BrokerError(f"the end of {self.topics.decision_log}: {exc!r}") from exc
+        deadline = time.monotonic() + timeout_s
+        while [tp for tp, end in ends.items() if await self._consumer.position(tp) < end]:
+            if time.monotonic() >= deadline:
+                return False
+            await self.poll()
+        return True
+
+    def _read(self, value: bytes, timestamp_ms: int) -> None:
+        try:
+            d = self.codec.decode(value, "DecisionRecord", trusted=True)
+        except CodecError:
+            self.undecodable += 1  # (not ours to dead-letter: the summary says how many)
+            return
         assert isinstance(d, m.DecisionRecord)  # noqa: S101 - decode checked the schema
         if d.decision_id in self.ids or (self.pools is not None and d.pool not in self.pools):
             return
-        self.ids.add(d.decision_id)
+        _remember(self.ids, d.decision_id, None)
+        self.decisions += 1
         self.first_ms = min(self.first_ms or timestamp_ms, timestamp_ms)
         self.last_ms = max(self.last_ms, timestamp_ms)
         self.outcomes[d.outcome.value] = self.outcomes.get(d.outcome.value, 0) + 1
         if d.outcome.value in FINAL:  # the load's end: each load must have exactly one
-            self.finals.setdefault(d.load_id, set()).add(d.decision_id)
+            if d.load_id in self.finals:
+                self.finals[d.load_id].add(d.decision_id)
+            else:
+                _remember(self.finals, d.load_id, {d.decision_id})
 
     @property
     def rate(self) -> float:
@@ -323,18 +406,22 @@ class DecisionTally:
         least: the first records of a run do not make a rate of thousands)."""
         if self.first_ms is None:
             return 0.0
-        return len(self.ids) / max(1.0, (self.last_ms - self.first_ms) / 1000)
+        return self.decisions / max(1.0, (self.last_ms - self.first_ms) / 1000)
 
 
 async def reader_at_end(bootstrap: str, topic: str) -> AIOKafkaConsumer:
     """A consumer of every partition of ``topic`` (no group) that reads only what comes next."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
-    tps = await partitions(bootstrap, topic)
-    consumer.assign(tps)
-    await consumer.seek_to_end(*tps)
-    for tp in tps:
-        await consumer.position(tp)  # resolved now, so records sent after this are seen
+    try:
+        tps = await partitions(bootstrap, topic)
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
+            await consumer.position(tp)  # resolved now, so records sent after this are seen
+    except BaseException:
+        await consumer.stop()
+        raise
     return consumer
 
 
@@ -353,10 +440,12 @@ class DemoReport:
     latency_p99_ms: float | None
     repeats: int
     seconds: float
+    undecodable: int  # decision records skipped
+    complete: bool  # the decision log was read to its end
 
     def lines(self) -> list[str]:
         o = self.outcomes
-        return [
+        lines = [
             f"loads published {self.published:,} in {self.seconds:.0f}s; "
             f"decisions {self.decisions:,} ({self.decisions_per_s:,.0f}/s)",
             f"assigned {o.get('ASSIGNED', 0):,}  completed {o.get('COMPLETED', 0):,}  "
@@ -365,6 +454,11 @@ class DemoReport:
             f"arrival -> assignment p50 {_ms(self.latency_p50_ms)}  p99 {_ms(self.latency_p99_ms)}"
             f"  (repeated assignments dropped by the agents: {self.repeats})",
         ]
+        if self.undecodable:
+            lines.append(f"undecodable decision records skipped: {self.undecodable:,}")
+        if not self.complete:
+            lines.append("the decision log was not read to its end: the figures may be short")
+        return lines
 
 
 def _ms(v: float | None) -> str:
@@ -429,6 +523,7 @@ async def _drive(
     agents = asyncio.create_task(fleet.run(done.is_set))
     sending = asyncio.create_task(driver.run(count, rate, prefix=prefix))
     seconds: float | None = None
+    complete = False
     try:
         while not sending.done() and not agents.done():
             try:
@@ -436,25 +531,26 @@ async def _drive(
             except asyncio.CancelledError:
                 break  # Ctrl-C: stop sending, summarise
             await tally.poll()
-            o, lat = tally.outcomes, fleet.stats.latency_ms[-2000:]
+            o, recent = tally.outcomes, fleet.stats.recent_latency_ms
             echo(f"{time.monotonic() - started:5.0f}s  loads {driver.sent:>7,}  "
                  f"assigned {o.get('ASSIGNED', 0):>7,}  completed {o.get('COMPLETED', 0):>7,}  "
                  f"requeued {o.get('REQUEUED', 0):>5,}  shed {o.get('SHED', 0):>4,}  "
-                 f"decisions/s {tally.rate:>7,.0f}  latency p50 {_ms(percentile(lat, 50))} "
-                 f"p99 {_ms(percentile(lat, 99))}")  # fmt: skip
+                 f"decisions/s {tally.rate:>7,.0f}  latency p50 {_ms(percentile(recent, 50))} "
+                 f"p99 {_ms(percentile(recent, 99))}")  # fmt: skip
         sending.cancel()  # (done already, unless interrupted)
         seconds = time.monotonic() - started
         if not agents.done():
             await asyncio.sleep(2.0)  # the last answers
-        await tally.poll()
+        complete = await tally.catch_up()
     finally:
         sending.cancel()
         lat = fleet.stats.latency_ms
         report = DemoReport(
-            published=driver.sent, outcomes=dict(tally.outcomes), decisions=len(tally.ids),
+            published=driver.sent, outcomes=dict(tally.outcomes), decisions=tally.decisions,
             decisions_per_s=tally.rate, latency_p50_ms=percentile(lat, 50),
             latency_p99_ms=percentile(lat, 99), repeats=fleet.stats.repeats,
             seconds=seconds if seconds is not None else time.monotonic() - started,
+            undecodable=tally.undecodable, complete=complete,
         )  # fmt: skip
         for line in ["summary:", *report.lines()]:
             echo(line)

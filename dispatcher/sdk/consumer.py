@@ -78,6 +78,7 @@ class DecodingConsumer(CommittingIterator):
         self._partitions = partitions
         self._resume_from = resume_from
         self._uncommitted: dict[TopicPartition, int] = {}
+        self._resumed_at: dict[TopicPartition, int] = {}  # where _resume started a partition
         self._buffer: deque[Any] = deque()
         self._pending_dead: list[Any] = []
         self._max_records = max_records
@@ -121,6 +122,7 @@ class DecodingConsumer(CommittingIterator):
         for tp in fresh:
             if (offset := offsets.get(tp.partition)) is not None:
                 self._consumer.seek(tp, offset)
+                self._resumed_at[tp] = offset
 
     async def stop(self, *, commit: bool = True) -> None:
         """Commits what was yielded (unless ``commit`` is False) and disconnects."""
@@ -196,16 +198,19 @@ class DecodingConsumer(CommittingIterator):
         return future
 
     async def _rewind(self) -> None:
-        """Goes back to the last committed offsets, forgetting what was read since: a dead
-        letter was not delivered, so the records from there on were not all handled.
-        (If it fails, nothing changed, and the next call tries again.)"""
+        """Goes back to the last committed offsets (where none, to where reading started),
+        forgetting what was read since: a dead letter was not delivered, so the records
+        from there on were not all handled. (If it fails, nothing changed, and the next
+        call tries again.)"""
         tps = sorted(self._consumer.assignment())
         committed = [await self._consumer.committed(tp) for tp in tps]
         for tp, offset in zip(tps, committed, strict=True):
-            if offset is None:
-                await self._consumer.seek_to_beginning(tp)  # (auto_offset_reset="earliest")
-            else:
+            if offset is not None:
                 self._consumer.seek(tp, offset)
+            elif tp in self._resumed_at:  # not yet committed: back where it started
+                self._consumer.seek(tp, self._resumed_at[tp])
+            else:
+                await self._consumer.seek_to_beginning(tp)  # (auto_offset_reset="earliest")
         self._pending_dead.clear()
         self._buffer.clear()
         self._uncommitted.clear()

@@ -17,6 +17,7 @@ from fastavro import parse_schema, schemaless_writer
 from dispatcher.codecs import Codec
 from dispatcher.codecs import models as m
 from dispatcher.codecs.schemas import SCHEMA_DIR
+from dispatcher.demo import DecisionTally
 from dispatcher.errors import BrokerError
 from dispatcher.sdk import AgentClient, DecodingConsumer, DispatcherProducer, partition_for
 from dispatcher.topics import TopicNames
@@ -299,6 +300,72 @@ def test_producer_publishes_every_input_kind_keyed_as_declared(
         assert CODEC.decode(policies[0][1], "PolicyUpdate") == SAMPLES["PolicyUpdate"][0]
 
     asyncio.run(scenario())
+
+
+async def _set_topic_config(bootstrap: str, topic: str, configs: dict[str, str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs)])
+    finally:
+        await admin.close()
+
+
+def test_flush_and_leaving_raise_for_the_records_the_broker_refused(
+    kafka_bootstrap: str, topics: TopicNames
+) -> None:
+    """aiokafka's flush() never raises: the records a topic refuses (here: each is over its
+    100 bytes) were lost without a word. Now flush() and leaving ``async with`` say so."""
+
+    async def flush_then_leave() -> None:
+        await _set_topic_config(kafka_bootstrap, topics.load_arrival, {"max.message.bytes": "100"})
+        async with DispatcherProducer(kafka_bootstrap, topics=topics) as producer:
+            for i in range(3):
+                await producer.send_load(_load(i, "pool-a"))
+            with pytest.raises(BrokerError, match=(
+                rf"flushing to .*: 3 record\(s\) not delivered; the first, to "
+                rf"{topics.load_arrival} \(key 'pool-a'\): MessageSizeTooLargeError"
+            )):  # fmt: skip
+                await producer.flush()
+            await producer.flush()  # each is reported once
+            await producer.send_load(_load(9, "pool-b"))
+
+    with pytest.raises(BrokerError, match=r"stopping .* 1 record\(s\) not delivered.*'pool-b'"):
+        asyncio.run(flush_then_leave())
+
+
+def test_the_demo_tally_counts_every_decision_up_to_the_end_of_the_log(
+    kafka_bootstrap: str, topics: TopicNames
+) -> None:
+    """aiokafka fetches a partition again only once its last fetch was read: one read at the
+    end missed what arrived since the read before (the demo's summary was short)."""
+    decision = SAMPLES["DecisionRecord"][0]
+
+    async def scenario() -> tuple[int, DecisionTally]:
+        tally = DecisionTally(kafka_bootstrap, topics)
+        await tally.start()
+        try:
+            async with DispatcherProducer(kafka_bootstrap, topics=topics) as producer:
+
+                async def publish(n: int) -> None:
+                    update = {"decision_id": f"d{n}", "pool": f"pool-{n % 8}"}
+                    await producer.publish(topics.decision_log, update["pool"],
+                                           decision.model_copy(update=update))  # fmt: skip
+
+                for n in range(8):
+                    await publish(n)
+                await asyncio.sleep(0.6)
+                await tally.poll()  # the demo's last progress line
+                for n in range(8, 48):  # the last seconds
+                    await publish(n)
+                    await asyncio.sleep(0.05)
+            assert await tally.catch_up()
+        finally:
+            await tally.stop()
+        return 48, tally
+
+    sent, tally = asyncio.run(scenario())
+    assert (tally.decisions, len(tally.ids), tally.undecodable) == (sent, sent, 0)
 
 
 def test_clients_fail_with_broker_error_when_no_broker_answers() -> None:
