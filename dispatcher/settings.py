@@ -15,6 +15,7 @@ Every variable is optional:
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -45,9 +46,16 @@ def _port(env: Mapping[str, str], name: str, default: int) -> int:
 
 
 def _bootstrap(raw: str) -> str:
-    for entry in filter(None, (e.strip() for e in raw.split(","))):
+    if not raw:
+        return raw
+    for entry in (e.strip() for e in raw.split(",")):
+        # An empty entry would reach the client as the default 127.0.0.1:9092.
+        if not entry:
+            raise ConfigError(f"KAFKA_BOOTSTRAP_SERVERS={raw!r} has an empty entry")
         host, sep, port = entry.rpartition(":")
-        if not (sep and host and port.isdigit() and 1 <= int(port) <= 65535):
+        # isdigit() also takes digits of other scripts and superscripts ("¹"), which
+        # int() refuses or the client does not read.
+        if not (sep and host and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
             raise ConfigError(f"KAFKA_BOOTSTRAP_SERVERS: {entry!r} is not host:port")
     return raw
 
@@ -68,6 +76,12 @@ def _redis_url(raw: str) -> str:
         raise ConfigError(
             f"REDIS_URL={raw!r} is not a redis://host[:port][/db], rediss:// or unix:// URL"
         )
+    # redis-py reads port 0 as the default port and a db that is not a number as db 0.
+    if parts.port == 0:
+        raise ConfigError(f"REDIS_URL={raw!r}: the port is outside 1..65535")
+    db = parts.path[1:]
+    if parts.scheme != "unix" and db and not (db.isascii() and db.isdigit()):
+        raise ConfigError(f"REDIS_URL={raw!r}: the db {db!r} is not a non-negative integer")
     return raw
 
 
@@ -129,10 +143,12 @@ class Settings:
         kafka_port = _port(env, "DISPATCHER_KAFKA_PORT", 9092)
         controller_port = _port(env, "DISPATCHER_KAFKA_CONTROLLER_PORT", 9093)
         redis_port = _port(env, "DISPATCHER_REDIS_PORT", 6379)
-        if kafka_port == controller_port:
-            raise ConfigError(
-                f"DISPATCHER_KAFKA_PORT and DISPATCHER_KAFKA_CONTROLLER_PORT are both {kafka_port}"
-            )
+        ports = {"DISPATCHER_KAFKA_PORT": kafka_port,
+                 "DISPATCHER_KAFKA_CONTROLLER_PORT": controller_port,
+                 "DISPATCHER_REDIS_PORT": redis_port}  # fmt: skip
+        for (a, port_a), (b, port_b) in itertools.combinations(ports.items(), 2):
+            if port_a == port_b:
+                raise ConfigError(f"{a} and {b} are both {port_a}")
         return cls(
             kafka_bootstrap=_bootstrap(env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()) or None,
             redis_url=_redis_url(env.get("REDIS_URL", "").strip()) or None,

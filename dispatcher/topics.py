@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,9 @@ TopicName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,249}$")
 SchemaName = Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Za-z0-9]*$")]
 ConfigKey = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9.]*$")]
 _MANAGED_KEYS = frozenset({"cleanup.policy", "retention.ms"})
+_DOUBLE_KEYS = frozenset({"min.cleanable.dirty.ratio"})  # the topic configs of type double
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?[0-9]*\.?[0-9]+")
 
 
 class _Strict(BaseModel):
@@ -165,6 +169,19 @@ def _problems(exc: ValidationError) -> list[str]:
     return out
 
 
+def _canonical(key: str, value: str) -> str:
+    """``value`` as the broker reports it back: it trims values and list items and
+    parses numbers and booleans (so "01000" comes back "1000", "True" "true")."""
+    v = value.strip()
+    if _INTEGER.fullmatch(v) and key not in _DOUBLE_KEYS:
+        return str(int(v))
+    if _DECIMAL.fullmatch(v):
+        return repr(float(v))  # Java's Double.toString, for the ratios topics take
+    if v.lower() in ("true", "false"):
+        return v.lower()
+    return ",".join(item.strip() for item in v.split(","))
+
+
 def _cross_checks(spec: TopicsFile) -> list[str]:
     out = []
     for group_name, group in spec.co_partitioned.items():
@@ -189,6 +206,21 @@ def _cross_checks(spec: TopicsFile) -> list[str]:
             out.append(
                 f"topic '{name}', field 'config': {', '.join(clash)} belong in "
                 "'cleanup_policy' / 'retention_ms'"
+            )
+        # `topics apply` compares the declared values with the broker's as text: another
+        # spelling of the same value would be drift on every run.
+        for key, value in topic.config.items():
+            if (canonical := _canonical(key, value)) != value:
+                out.append(
+                    f"topic '{name}', field 'config.{key}': the broker reports {value!r} as "
+                    f"{canonical!r}; write {canonical!r}"
+                )
+        isr = topic.config.get("min.insync.replicas", "").strip()
+        if _INTEGER.fullmatch(isr) and int(isr) > spec.replication_factor:
+            out.append(
+                f"topic '{name}', field 'config.min.insync.replicas': {int(isr)} is more than "
+                f"replication_factor {spec.replication_factor} (every write with acks=all "
+                "would fail)"
             )
     return out
 
@@ -324,10 +356,12 @@ async def _apply(
 
     present = [name for name in spec.topics if name in existing]
     partitions: dict[str, int] = {}
+    replicas: dict[str, set[int]] = {}  # topic -> its partitions' replica counts
     broker_configs: dict[str, dict[str, str]] = {}
     if present:
         described = await _admin_call("describing topics", admin.describe_topics(present), seconds)
         partitions = {t["topic"]: len(t["partitions"]) for t in described}
+        replicas = {t["topic"]: {len(p["replicas"]) for p in t["partitions"]} for t in described}
         resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in present]
         responses = await _admin_call(
             "describing topic configs", admin.describe_configs(resources), seconds
@@ -348,6 +382,12 @@ async def _apply(
             drift.append(
                 f"partitions: {partitions.get(name)} on the broker, {topic.partitions} declared"
                 " (not changed: it would move keys between partitions)"
+            )
+        if replicas.get(name, set()) - {spec.replication_factor}:
+            counts = ", ".join(map(str, sorted(replicas[name])))
+            drift.append(
+                f"replication_factor: {counts} on the broker, {spec.replication_factor} declared"
+                " (not changed: reassign the partitions' replicas)"
             )
         actual = broker_configs.get(name, {})
         wrong = {

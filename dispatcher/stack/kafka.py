@@ -26,6 +26,7 @@ MAIN_CLASS = "kafka.Kafka"
 FORMAT_CLASS = "kafka.tools.StorageTool"
 HEAP = ("-Xms256m", "-Xmx1g")
 FETCH_TIMEOUT_S = 900
+FORMAT_TIMEOUT_S = 300  # a JVM start and a few files: seconds, unless something is wrong
 
 _LOG4J = """\
 log4j.rootLogger=INFO, stdout
@@ -174,11 +175,16 @@ class LocalKafka:
         if not cluster_file.exists() or cluster_file.read_text().startswith("-"):
             cluster_file.write_text(new_cluster_id() + "\n")
         cluster_id = cluster_file.read_text().strip()
-        result = subprocess.run(
-            self._jvm(FORMAT_CLASS, "format", "--ignore-formatted",
-                      "-t", cluster_id, "-c", str(self.config_file)),
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
+        try:
+            result = subprocess.run(
+                self._jvm(FORMAT_CLASS, "format", "--ignore-formatted",
+                          "-t", cluster_id, "-c", str(self.config_file)),
+                capture_output=True, text=True, check=False, timeout=FORMAT_TIMEOUT_S,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired as exc:
+            raise StackError(
+                f"formatting KRaft storage in {self.data_dir} took over {FORMAT_TIMEOUT_S}s"
+            ) from exc
         if result.returncode != 0:
             raise StackError(f"formatting KRaft storage failed:\n{result.stdout}{result.stderr}")
 
@@ -186,10 +192,13 @@ class LocalKafka:
         """Starts the broker and waits until it serves. True if it started it now.
 
         Raises:
-            StackError: a port is taken by another program, or the broker did
-                not become ready within ``timeout`` seconds (the log tail says why).
+            StackError: a port is taken by another program, the broker did
+                not become ready within ``timeout`` seconds (the log tail says why),
+                or it runs already but not where the settings say.
         """
-        if self.pid() is not None:
+        pid = self.pid()
+        if pid is not None:
+            self._check_serving(pid)
             return False
         for port in (self.settings.kafka_port, self.settings.kafka_controller_port):
             if port_open(LOOPBACK, port):
@@ -208,6 +217,27 @@ class LocalKafka:
             what="the Kafka broker", timeout=timeout, poll=0.2, cwd=self.home,
         )  # fmt: skip
         return True
+
+    def _check_serving(self, pid: int) -> None:
+        """Raises StackError unless the running broker listens where the settings say:
+        started with other ports, it is not the broker clients now look for."""
+        try:
+            lines = self.config_file.read_text().splitlines()  # what it was started with
+        except OSError:
+            lines = []
+        running = next((ln.partition("=")[2] for ln in lines if ln.startswith("listeners=")), None)
+        wanted = broker_config(self.settings, self.data_dir)["listeners"]
+        if running != wanted:
+            raise StackError(
+                f"the broker (pid {pid}) is running on {running or 'unknown ports'}, not on "
+                f"{wanted} as the settings ask; run `dispatcher stack down` first"
+            )
+        if not port_open(LOOPBACK, self.settings.kafka_port):
+            raise StackError(
+                f"the broker (pid {pid}) is running but does not answer on "
+                f"{LOOPBACK}:{self.settings.kafka_port} (log {self.process.log_file}); "
+                "run `dispatcher stack down` first"
+            )
 
     def down(self) -> bool:
         """Stops the broker. False if it was not running."""

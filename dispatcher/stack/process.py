@@ -18,7 +18,7 @@ from pathlib import Path
 
 from dispatcher.errors import StackError
 
-__all__ = ["LogScan", "ManagedProcess", "port_open", "tail"]
+__all__ = ["LogScan", "ManagedProcess", "argv", "port_open", "tail"]
 
 # Popen objects of the children this interpreter started, so that stop() can
 # reap them and Python does not warn about a child it forgot.
@@ -90,12 +90,13 @@ def _alive(pid: int) -> bool:
     return stat is not None and stat[0] not in (b"Z", b"X")  # a zombie has exited
 
 
-def _cmdline(pid: int) -> str:
+def argv(pid: int) -> list[str]:
+    """The command line of a process ([] when it has gone)."""
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return ""
-    return raw.replace(b"\0", b" ").decode(errors="replace")
+        return []
+    return raw.decode(errors="replace").split("\0")[:-1]  # each argument ends with a NUL
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,26 +117,28 @@ class ManagedProcess:
     marker: str
 
     def pid(self) -> int | None:
-        """The pid of our running process, or None (a stale pid file is removed).
+        """The pid of our running process, or None.
 
         The pid file holds the pid and the process's start time, so a pid that
         the system has since given to another program is not taken for ours.
+        A stale pid file is left in place: this only reads (``stack status``
+        reads without the stack lock, and removing what it read could remove a
+        file a start had written meanwhile); ``start`` replaces it, ``stop``
+        removes it.
         """
         try:
             pid_text, started_text = self.pid_file.read_text().split()
             pid, started = int(pid_text), int(started_text)
         except (FileNotFoundError, ValueError):
-            self.pid_file.unlink(missing_ok=True)
             return None
         stat = _stat(pid)
         if (
             stat is not None
             and stat[0] not in (b"Z", b"X")
             and stat[1] == started
-            and self.marker in _cmdline(pid)
+            and self.marker in " ".join(argv(pid))
         ):
             return pid
-        self.pid_file.unlink(missing_ok=True)
         return None
 
     def start(
@@ -158,7 +161,10 @@ class ManagedProcess:
             )
         _CHILDREN[proc.pid] = proc
         stat = _stat(proc.pid)
-        self.pid_file.write_text(f"{proc.pid} {stat[1] if stat else -1}\n")
+        # Written aside and renamed, so that a reader never sees it half written.
+        aside = self.pid_file.with_name(f".{self.pid_file.name}.{os.getpid()}.tmp")
+        aside.write_text(f"{proc.pid} {stat[1] if stat else -1}\n")
+        aside.replace(self.pid_file)
         return proc.pid
 
     def start_ready(
@@ -208,13 +214,15 @@ class ManagedProcess:
         return not _alive(pid)
 
     def stop(self, timeout: float = 30.0) -> bool:
-        """SIGTERM, then SIGKILL after ``timeout`` seconds. False if it was not running.
+        """SIGTERM, then SIGKILL after ``timeout`` seconds. False if it was not running
+        (a stale pid file is removed). Callers hold the stack lock, as for ``start``.
 
         Raises:
             StackError: the process cannot be signalled, or outlives SIGKILL.
         """
         pid = self.pid()
         if pid is None:
+            self.pid_file.unlink(missing_ok=True)
             return False
         self._signal(pid, signal.SIGTERM)
         if not self._wait(pid, timeout):

@@ -12,7 +12,7 @@ import redis
 
 from dispatcher.errors import StackError
 from dispatcher.settings import LOOPBACK, Settings
-from dispatcher.stack.process import ManagedProcess, port_open
+from dispatcher.stack.process import ManagedProcess, argv, port_open
 
 __all__ = ["LocalRedis", "redis_ping"]
 
@@ -26,6 +26,15 @@ def redis_ping(url: str, timeout: float = 1.0) -> bool:
         return False
     finally:
         client.close()
+
+
+def _port_of(pid: int) -> str:
+    """The port a redis-server we started listens on, from its command line: ours
+    (``--port N``) until it replaces it with its title ("redis-server 127.0.0.1:N")."""
+    words = " ".join(argv(pid)).split()
+    if "--port" in words[:-1]:
+        return words[words.index("--port") + 1]
+    return next((w.partition(":")[2] for w in words if w.startswith(f"{LOOPBACK}:")), "?")
 
 
 class LocalRedis:
@@ -50,11 +59,26 @@ class LocalRedis:
 
         Raises:
             StackError: redis-server is not installed, the port is taken by
-                something that is not Redis, or it did not answer in time.
+                something that is not Redis, it did not answer in time, or it
+                runs already but not where the settings say.
         """
-        if self.pid() is not None:
-            return False
         port = self.settings.redis_port
+        pid = self.pid()
+        if pid is not None:
+            # Started with another port, it is not the Redis clients now look for.
+            running = _port_of(pid)
+            if running != str(port):
+                raise StackError(
+                    f"redis-server (pid {pid}) is running on port {running}, not on {port} as "
+                    "the settings ask; run `dispatcher stack down` first"
+                )
+            if not port_open(LOOPBACK, port):
+                raise StackError(
+                    f"redis-server (pid {pid}) is running but does not answer on "
+                    f"{LOOPBACK}:{port} (log {self.process.log_file}); "
+                    "run `dispatcher stack down` first"
+                )
+            return False
         if port_open(LOOPBACK, port):
             raise StackError(
                 f"port {LOOPBACK}:{port} is in use by a program the project did not start; "

@@ -6,7 +6,8 @@
 Drives one pool through the core on a virtual clock: agents with 2 slots,
 each load taking 1 s, loads arriving at ``factor`` x 70% of what the agents
 can serve (7x what they can do, by default), a tick every 200 ms, and a
-heartbeat from each agent every 5 s. Prints, every tenth of the run: loads
+heartbeat from each agent every 5 s. Prints the resident memory after set-up
+(the pool and its agents: the baseline), then, every tenth of the run: loads
 arrived and assigned, loads waiting (bounded by the policy's max_pending; the rest are shed
 with a decision), loads and event keys remembered for duplicates (for the
 policy's dedupe window, ``window_s``), and the process's resident memory.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import heapq
+import math
 import sys
 from pathlib import Path
 
@@ -81,28 +83,66 @@ class _Pool:
                                           AgentStatusKind.HEARTBEAT), now)  # fmt: skip
 
 
-def main() -> None:
+def _positive(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
+def _args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--agents", type=int, default=200)
-    parser.add_argument("--factor", type=float, default=10.0)
-    parser.add_argument("--minutes", type=float, default=3.0)
-    parser.add_argument("--window-s", type=float, default=60.0)
+    parser.add_argument("--agents", type=_count, default=200)
+    parser.add_argument("--factor", type=_positive, default=10.0)
+    parser.add_argument("--minutes", type=_positive, default=3.0)
+    parser.add_argument("--window-s", type=_positive, default=60.0)
     args = parser.parse_args()
+    # A row says no load was assigned in its tenth of the run if none ended meanwhile: the
+    # first loads end RUN_MS after the agents are full.
+    if args.minutes * 60_000 < 10 * RUN_MS:
+        parser.error(f"--minutes must be at least {10 * RUN_MS / 60_000:.2f} "
+                     f"(a row every tenth of the run, of {RUN_MS} ms at least)")  # fmt: skip
+    return args
+
+
+def main() -> None:
+    args = _args()
     p = _Pool(args.agents, args.window_s)
     state = p.state
     rate = args.factor * 0.7 * args.agents * SLOTS / (RUN_MS / 1000)  # loads/s
     end_ms = int(args.minutes * 60_000)
     print(f"{args.agents} agents x {SLOTS} slots, loads of {RUN_MS} ms arriving at {rate:,.0f}/s "
           f"({args.factor:g}x 70% of what they serve) for {args.minutes:g} min (virtual); dedupe "
-          f"window {args.window_s:g} s, max_pending {state.policy.max_pending:,}")  # fmt: skip
+          f"window {args.window_s:g} s, max_pending {state.policy.max_pending:,}; RSS after "
+          f"set-up {rss_mb():.0f} MB (the flood's is compared with it)")  # fmt: skip
     print(f"{'virtual s':>9} {'arrived':>9} {'assigned':>9} {'waiting':>8} {'remembered':>10} "
           f"{'keys':>9} {'RSS MB':>7}")  # fmt: skip
     rng = np.random.default_rng(3)
     arrived = printed = 0
-    next_arrival, next_tick, next_print = 0.0, 0, end_ms // 10
+    rows, next_print = 1, end_ms // 10
+
+    def row(now: int) -> None:
+        nonlocal printed, rows, next_print
+        if p.assigned == printed:
+            raise SystemExit(f"no load was assigned in the {now / 1000:.0f} s before")
+        printed = p.assigned
+        print(f"{now / 1000:>9.0f} {arrived:>9,} {p.assigned:>9,} {len(state.pending):>8,} "
+              f"{len(state.loads):>10,} {len(state.seen):>9,} {rss_mb():>7.0f}")  # fmt: skip
+        rows += 1
+        next_print = end_ms * rows // 10
+
+    next_arrival, next_tick = 0.0, 0
     while True:
         now = min(int(next_arrival), next_tick, p.due[0][0] if p.due else end_ms)
         if now >= end_ms:
+            row(end_ms)  # the last tenth's row: no event of the run comes at or after its end
             break
         if p.due and p.due[0][0] == now:
             p.apply(heapq.heappop(p.due)[2], now)
@@ -118,12 +158,7 @@ def main() -> None:
             arrived += 1
             next_arrival += float(rng.exponential(1000.0 / rate))
         if now >= next_print:
-            if p.assigned == printed:
-                raise SystemExit(f"no load was assigned in the {now / 1000:.0f} s before")
-            printed = p.assigned
-            print(f"{now / 1000:>9.0f} {arrived:>9,} {p.assigned:>9,} {len(state.pending):>8,} "
-                  f"{len(state.loads):>10,} {len(state.seen):>9,} {rss_mb():>7.0f}")  # fmt: skip
-            next_print += end_ms // 10
+            row(now)
     print(f"assigned {p.assigned:,}, shed {p.shed:,}")
 
 

@@ -109,6 +109,24 @@ def test_partition_drift_is_reported_and_never_changed(topics_file, kafka_bootst
     assert len(described[0]["partitions"]) == 3
 
 
+def test_replication_factor_drift_is_reported_and_never_changed(
+    topics_file, kafka_bootstrap: str
+) -> None:
+    """Before, a topic with fewer replicas than declared was reported "ok"."""
+    path, names = topics_file
+    _apply(path, kafka_bootstrap)
+    doc = yaml.safe_load(path.read_text())
+    doc["replication_factor"] = 2
+    path.write_text(yaml.safe_dump(doc))
+
+    report = _apply(path, kafka_bootstrap, alter_configs=True)
+    assert {r.action for r in report.values()} == {"drift"}
+    assert report[names["in"]].drift == (
+        "replication_factor: 1 on the broker, 2 declared"
+        " (not changed: reassign the partitions' replicas)",
+    )
+
+
 def test_delete_topics_removes_the_named_ones_and_ignores_absent_ones(
     topics_file, kafka_bootstrap: str
 ) -> None:

@@ -5,16 +5,22 @@ from __future__ import annotations
 import base64
 import os
 import socket
+import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from dispatcher.stack.kafka import new_cluster_id
+from dispatcher.stack.kafka import broker_config, new_cluster_id
 from dispatcher.stack.process import LogScan, ManagedProcess, port_open, tail
+
+if TYPE_CHECKING:
+    from dispatcher.settings import Settings
+    from dispatcher.stack import Stack
 
 SLEEPER = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"]
 
@@ -39,20 +45,53 @@ def test_start_find_and_stop(proc: ManagedProcess) -> None:
 def test_pid_file_of_another_program_is_stale(proc: ManagedProcess) -> None:
     proc.pid_file.write_text(f"{os.getpid()} 1\n")  # pytest is alive but not ours
     assert proc.pid() is None
-    assert not proc.pid_file.exists()
+    assert proc.stop(timeout=5) is False
+    assert not proc.pid_file.exists()  # stop (under the stack lock) removes it
     proc.pid_file.write_text("garbage\n")
     assert proc.pid() is None
 
 
-def test_a_recycled_pid_is_not_taken_for_ours(proc: ManagedProcess) -> None:
-    pid = proc.start(SLEEPER)
-    real = proc.pid_file.read_text()
-    _, started = real.split()
-    # Same pid, same command line, but another start time: the pid was given anew.
-    proc.pid_file.write_text(f"{pid} {int(started) + 1}\n")
-    assert proc.pid() is None
-    proc.pid_file.write_text(real)
-    assert proc.pid() == pid
+def test_reading_the_pid_never_removes_the_pid_file(proc: ManagedProcess) -> None:
+    """`stack status` reads without the stack lock: before, a pid() that read a file being
+    written (empty, or the pid alone) removed it once complete, and a started server was
+    lost (2 in 3 starts, with status running in a loop)."""
+    for text in ("", f"{os.getpid()}", f"{os.getpid()} 1\n"):  # half written, or stale
+        proc.pid_file.write_text(text)
+        assert proc.pid() is None
+        assert proc.pid_file.read_text() == text
+
+
+# `stack status` in a loop in another shell: reads the pid file given as argv[1], for ever.
+READER = [
+    sys.executable,
+    "-c",
+    """if True:
+    import sys
+    from pathlib import Path
+    from dispatcher.stack.process import ManagedProcess
+    p = ManagedProcess("sleeper", Path(sys.argv[1]), Path("unused.log"), "time.sleep(60)")
+    print("reading", flush=True)
+    while True:
+        p.pid()
+""",
+]
+
+
+def test_a_start_beside_a_reader_in_a_loop_keeps_its_pid_file(proc: ManagedProcess) -> None:
+    with subprocess.Popen(
+        [*READER, str(proc.pid_file)], stdout=subprocess.PIPE, text=True
+    ) as reader:
+        try:
+            assert reader.stdout is not None
+            assert reader.stdout.readline() == "reading\n"
+            for _ in range(10):
+                pid = proc.start(SLEEPER)
+                time.sleep(0.05)  # (the reader reads the file many times meanwhile)
+                assert proc.pid() == pid
+                assert proc.stop(timeout=5) is True
+        finally:
+            reader.kill()
+    assert [f.name for f in proc.pid_file.parent.iterdir() if f.suffix == ".tmp"] == []
 
 
 def test_log_is_kept_and_previous_run_rotated(proc: ManagedProcess) -> None:
@@ -175,3 +214,72 @@ def test_down_leaves_servers_another_caller_holds_in_use(tmp_path: Path) -> None
         assert stack.down(only=("kafka",)) == ["kafka"]  # `stack down` stops what it is told
     assert stack.down(only=("kafka",), unused_only=True) == ["kafka"]
     assert stops == ["redis", "kafka", "kafka"]
+
+
+def _stand_in(stack: Stack, name: str, settings: Settings) -> int:
+    """A process the stack takes for its server `name` started with ``settings`` (it serves
+    nothing: these tests are about what `up` makes of it)."""
+    if name == "kafka":
+        kafka = stack.kafka
+        kafka.home.mkdir(parents=True)
+        config = broker_config(settings, kafka.data_dir)
+        kafka.config_file.write_text("".join(f"{k}={v}\n" for k, v in config.items()))
+        title = "kafka.Kafka"
+    else:  # as redis-server shows itself once started
+        title = f"redis-server 127.0.0.1:{settings.redis_port}"
+    server = stack.kafka if name == "kafka" else stack.redis
+    return server.process.start([*SLEEPER, title])
+
+
+@pytest.mark.parametrize("name", ["kafka", "redis"])
+@pytest.mark.parametrize("ports", ["other", "same"])
+def test_up_refuses_a_server_of_ours_running_elsewhere_than_the_settings_say(
+    tmp_path: Path, name: str, ports: str
+) -> None:
+    """Before, `stack up` took a server started with other ports for up, and clients
+    looked for it where it was not."""
+    from dispatcher.errors import StackError  # noqa: PLC0415
+    from dispatcher.settings import Settings  # noqa: PLC0415
+    from dispatcher.stack import Stack  # noqa: PLC0415
+
+    def settings() -> Settings:
+        return Settings.from_env({
+            "DISPATCHER_STATE_DIR": str(tmp_path), "DISPATCHER_CACHE_DIR": str(tmp_path / "c"),
+            "DISPATCHER_KAFKA_PORT": str(_unused_port()),
+            "DISPATCHER_KAFKA_CONTROLLER_PORT": str(_unused_port()),
+            "DISPATCHER_REDIS_PORT": str(_unused_port()),
+        })  # fmt: skip
+
+    before = settings()
+    now = settings() if ports == "other" else before
+    stack = Stack(now)
+    pid = _stand_in(stack, name, before)
+    port = before.kafka_port if name == "kafka" else before.redis_port
+    says = (
+        f"is running on .*{port}\\b.*, not on"
+        if ports == "other"
+        else "is running but does not answer"
+    )
+    try:
+        with pytest.raises(StackError, match=f"\\(pid {pid}\\) {says} .*stack down` first"):
+            stack.up(kafka=name == "kafka", redis=name == "redis")
+    finally:
+        (stack.kafka if name == "kafka" else stack.redis).process.stop(timeout=5)
+
+
+def test_a_storage_format_that_hangs_is_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, `stack up` waited for ever for a storage tool that hung."""
+    from dispatcher.errors import StackError  # noqa: PLC0415
+    from dispatcher.settings import Settings  # noqa: PLC0415
+    from dispatcher.stack import kafka as kafka_module  # noqa: PLC0415
+
+    kafka = kafka_module.LocalKafka(Settings.from_env({"DISPATCHER_STATE_DIR": str(tmp_path)}))
+    kafka.home.mkdir(parents=True)
+    monkeypatch.setattr(kafka_module, "FORMAT_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(kafka, "_jvm", lambda *_: [*SLEEPER[:2], "import time; time.sleep(5)"])
+    started = time.monotonic()
+    with pytest.raises(StackError, match=r"formatting KRaft storage in .* took over 0\.5s"):
+        kafka._format()
+    assert time.monotonic() - started < 4

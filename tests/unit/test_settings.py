@@ -47,6 +47,22 @@ def test_external_servers_and_ports_come_from_env(tmp_path: Path) -> None:
         ({"REDIS_URL": "redis://cache:port/0"}, "is not a redis://"),
         ({"KAFKA_BOOTSTRAP_SERVERS": "broker-1:9092,broker-2"}, "'broker-2' is not host:port"),
         ({"KAFKA_BOOTSTRAP_SERVERS": "broker-1:x"}, "'broker-1:x' is not host:port"),
+        # (before: an empty entry became 127.0.0.1:9092, and "¹" passed isdigit() then
+        # made int() raise a ValueError with a traceback)
+        ({"KAFKA_BOOTSTRAP_SERVERS": "broker-1:9092,"}, "has an empty entry"),
+        ({"KAFKA_BOOTSTRAP_SERVERS": ","}, "has an empty entry"),
+        ({"KAFKA_BOOTSTRAP_SERVERS": "broker-1:¹"}, "'broker-1:¹' is not host:port"),
+        ({"KAFKA_BOOTSTRAP_SERVERS": "broker-1:٩٠٩٢"}, "is not host:port"),
+        # (before: accepted, and redis-py read them as port 6379 and db 0)
+        ({"REDIS_URL": "redis://cache/abc"}, "the db 'abc' is not a non-negative integer"),
+        ({"REDIS_URL": "redis://cache/-1"}, "the db '-1' is not a non-negative integer"),
+        ({"REDIS_URL": "redis://cache:0/0"}, "the port is outside 1..65535"),
+        # (before: accepted, and Redis and the broker fought over the port)
+        ({"DISPATCHER_REDIS_PORT": "9092"}, "DISPATCHER_KAFKA_PORT and DISPATCHER_REDIS_PORT"),
+        (
+            {"DISPATCHER_REDIS_PORT": "19093", "DISPATCHER_KAFKA_CONTROLLER_PORT": "19093"},
+            "DISPATCHER_KAFKA_CONTROLLER_PORT and DISPATCHER_REDIS_PORT are both 19093",
+        ),
     ],
 )
 def test_bad_values_are_refused_by_name(env: dict[str, str], words: str) -> None:

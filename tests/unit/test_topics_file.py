@@ -75,6 +75,13 @@ def _managed_in_config(doc):
     doc["topics"]["assignments"]["config"] = {"retention.ms": "1"}
 
 
+def _config(key: str, value: str):
+    def edit(doc):
+        doc["topics"]["assignments"]["config"] = {key: value}
+
+    return edit
+
+
 BROKEN = [
     # (what breaks, edit, words the message must contain)
     ("missing field", _drop("partitions"), ["load-arrival", "partitions", "missing"]),
@@ -102,6 +109,34 @@ BROKEN = [
     ("co-partition key", _group_key, ["task-results", "key", "dispatch-input"]),
     ("unknown top-level key", _top_unknown, ["replication", "unknown"]),
     ("managed key in config", _managed_in_config, ["assignments", "config", "retention.ms"]),
+    # Spellings the broker reports otherwise: before, drift on every `topics apply`, and
+    # "altered" on every `--alter-configs`.
+    (
+        "leading zero",
+        _config("max.message.bytes", "01000"),
+        ["assignments", "config.max.message.bytes", "write '1000'"],
+    ),
+    (
+        "spaces around a value",
+        _config("segment.bytes", " 1048576"),
+        ["assignments", "config.segment.bytes", "write '1048576'"],
+    ),
+    (
+        "capital boolean",
+        _config("unclean.leader.election.enable", "True"),
+        ["config.unclean.leader.election.enable", "write 'true'"],
+    ),
+    (
+        "double as integer",
+        _config("min.cleanable.dirty.ratio", "1"),
+        ["config.min.cleanable.dirty.ratio", "write '1.0'"],
+    ),
+    # (before: accepted, and every write with acks=all to the topic failed)
+    (
+        "min.insync.replicas above the replication factor",
+        _config("min.insync.replicas", "2"),
+        ["assignments", "config.min.insync.replicas", "2 is more than replication_factor 1"],
+    ),
 ]
 
 
@@ -118,6 +153,15 @@ def test_broken_file_is_refused_naming_file_topic_and_field(
     assert message.startswith(f"{path}: "), message
     for word in words:
         assert word in message, f"{case}: {word!r} not in {message!r}"
+
+
+def test_configs_spelled_as_the_broker_reports_them_are_accepted(tmp_path: Path) -> None:
+    doc = _base()
+    config = {"max.message.bytes": "1000", "unclean.leader.election.enable": "false",
+              "min.cleanable.dirty.ratio": "0.5", "min.insync.replicas": "1",
+              "retention.bytes": "-1", "message.timestamp.type": "CreateTime"}  # fmt: skip
+    doc["topics"]["assignments"]["config"] = config
+    assert load_topics(_write(tmp_path, doc)).topics["assignments"].config == config
 
 
 @pytest.mark.parametrize(
