@@ -51,6 +51,10 @@ log = logging.getLogger("dispatcher.worker")
 
 MAGIC = b"dispatcher-snapshot-1\n"
 STALE_S = 600  # a half-written file this old has no writer left
+# A writer still running after this long is stuck (a hung disk, say): it is killed, so
+# that snapshots do not stop for good while the worker runs on. (Below STALE_S: what it
+# left half-written is cleaned up by a later writer.)
+WRITE_TIMEOUT_S = 300
 _ROOT = Path(__file__).resolve().parents[1]
 # What a snapshot's state depends on: the core, how records decode (the schemas give old
 # records their defaults) and how they become events.
@@ -91,6 +95,8 @@ class Snapshots:
         self.root, self.topic, self.every, self.keep = root, topic, every, keep
         self.base: dict[int, int] = {}  # partition -> the offset its last snapshot was at
         self._child: int | None = None  # the writer running now
+        self._child_since = 0.0  # when it started (monotonic)
+        self._killed: list[int] = []  # stuck writers killed, until reaped
 
     def _dir(self, partition: int) -> Path:
         return self.root / f"{self.topic}-{partition}"
@@ -124,11 +130,12 @@ class Snapshots:
                 status = 0
             finally:
                 os._exit(status)
-        self._child = pid
+        self._child, self._child_since = pid, time.monotonic()
         return True
 
     def busy(self) -> bool:
         """Whether a snapshot is being written (reaps the writer once it is done)."""
+        self._killed = [pid for pid in self._killed if not _reaped(pid)]
         if self._child is None:
             return False
         try:
@@ -136,7 +143,17 @@ class Snapshots:
         except ChildProcessError:  # reaped by someone else: done
             pid, status = self._child, 0
         if pid == 0:
-            return True
+            if time.monotonic() - self._child_since < WRITE_TIMEOUT_S:
+                return True
+            log.warning("a snapshot writer ran for over %ds: killed; the next one will retry",
+                        WRITE_TIMEOUT_S)  # fmt: skip
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._child, signal.SIGKILL)
+            # Reaped later, never waited for: one stuck in the kernel dies only when its
+            # I/O returns.
+            self._killed.append(self._child)
+            self._child = None
+            return False
         if os.waitstatus_to_exitcode(status) != 0:
             log.warning("writing a snapshot failed (exit status %d); the next one will retry",
                         os.waitstatus_to_exitcode(status))  # fmt: skip
@@ -172,6 +189,14 @@ class Snapshots:
             log.info("partition %d: starts from the snapshot at offset %d", partition, offset)
             return Restored(fold, last)
         return None
+
+
+def _reaped(pid: int) -> bool:
+    """Whether child ``pid`` has ended (reaping it)."""
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] != 0
+    except ChildProcessError:
+        return True
 
 
 def _write(directory: Path, state: tuple[object, ...], keep: int) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -102,3 +104,36 @@ def test_a_snapshot_that_cannot_be_written_leaves_the_worker_going(
     snaps = Snapshots(tmp_path / "snaps", TOPIC, every=10)
     assert not snaps.maybe_write(fold)  # logged, not raised
     assert snaps.load(0, 10, CODEC) is None
+
+
+def test_a_writer_that_hangs_is_killed_and_snapshots_go_on(
+    tmp_path: Path, records: list[tuple[int, bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def hang(*_: object) -> None:  # (in the forked child)
+        time.sleep(60)
+
+    fold = PartitionFold(TOPIC, 0, CODEC)
+    fold_through(fold, records[:10])
+    snaps = Snapshots(tmp_path, TOPIC, every=10)
+    monkeypatch.setattr(snapshots, "_write", hang)
+    monkeypatch.setattr(snapshots, "WRITE_TIMEOUT_S", 0.5)
+    assert snaps.maybe_write(fold)
+    hung = snaps._child
+    assert hung is not None
+    assert snaps.busy()
+    time.sleep(0.6)
+    assert not snaps.busy()  # killed (before, busy for ever: no snapshot again)
+    monkeypatch.undo()
+    fold_through(fold, records[10:20])
+    assert snaps.maybe_write(fold)
+    snaps.wait()
+    restored = snaps.load(0, 20, CODEC)
+    assert restored is not None
+    assert restored.fold.next_offset == 20
+    for _ in range(100):  # the killed one is reaped, not left a zombie
+        if not snaps.busy() and not snaps._killed:
+            break
+        time.sleep(0.01)
+    assert not snaps._killed
+    with pytest.raises(ChildProcessError):
+        os.waitpid(hung, os.WNOHANG)
