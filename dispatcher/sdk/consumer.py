@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from dispatcher.reading import committed_offsets
 from dispatcher.sdk._lifecycle import CommittingIterator
 
 __all__ = ["DecodingConsumer", "Delivered"]
+
+log = logging.getLogger("dispatcher.sdk.consumer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,8 +39,10 @@ class DecodingConsumer(CommittingIterator):
     """Reads ``topic``, yields every valid record, sends every invalid one to dead-letter.
 
     Offsets are committed once per partition batch, after every record of it
-    was handled, and on a clean ``stop()`` (or leaving ``async with`` without
-    an exception) up to the last record yielded. A bad record counts as
+    was handled, on a rebalance up to the record in hand (the new owner of a
+    partition starts there), and on a clean ``stop()`` (or leaving ``async
+    with`` without an exception) up to the last record yielded. A record counts
+    as handled once the caller asks for the next one. A bad record counts as
     handled once its dead letter is acknowledged by the broker; if that fails,
     ``__anext__`` raises BrokerError and then starts again from the last
     commit. So a crash loses nothing; records may come again, and consumers
@@ -77,7 +82,10 @@ class DecodingConsumer(CommittingIterator):
         self.dead_lettered = 0
         self._partitions = partitions
         self._resume_from = resume_from
-        self._uncommitted: dict[TopicPartition, int] = {}
+        self._uncommitted: dict[TopicPartition, int] = {}  # handled: commit up to these
+        # The record returned last, until the caller asks for the next one (then it was
+        # handled): its partition and the offset after it.
+        self._in_hand: tuple[TopicPartition, int] | None = None
         self._resumed_at: dict[TopicPartition, int] = {}  # where _resume started a partition
         self._buffer: deque[Any] = deque()
         self._pending_dead: list[Any] = []
@@ -106,7 +114,7 @@ class DecodingConsumer(CommittingIterator):
                 if self._resume_from is not None:
                     await self._resume(tps, self._resume_from)
             else:
-                self._consumer.subscribe([self.topic], listener=_ForgetRevoked(self))
+                self._consumer.subscribe([self.topic], listener=_HandOver(self))
         except (KafkaError, BrokerError) as exc:
             await self.stop()
             if isinstance(exc, BrokerError):
@@ -129,6 +137,7 @@ class DecodingConsumer(CommittingIterator):
         try:
             if commit:
                 # Handled: everything returned, and what the buffer never reached is not.
+                self._put_down()
                 for r in self._buffer:
                     tp = TopicPartition(r.topic, r.partition)
                     self._uncommitted[tp] = min(self._uncommitted.get(tp, r.offset), r.offset)
@@ -144,6 +153,7 @@ class DecodingConsumer(CommittingIterator):
         Records fetched but not yet returned stay buffered, so leaving one
         ``async for`` and starting another loses nothing.
         """
+        self._put_down()  # the record returned last was handled
         while True:
             if not self._buffer:
                 await self._commit_handled()  # every record returned so far was handled
@@ -175,7 +185,7 @@ class DecodingConsumer(CommittingIterator):
                     raise
                 self._uncommitted[tp] = r.offset + 1
                 continue
-            self._uncommitted[tp] = r.offset + 1
+            self._in_hand = (tp, r.offset + 1)
             self.delivered += 1
             return Delivered(record, r.topic, r.partition, r.offset, r.key, r.timestamp)
 
@@ -214,8 +224,24 @@ class DecodingConsumer(CommittingIterator):
         self._pending_dead.clear()
         self._buffer.clear()
         self._uncommitted.clear()
+        self._in_hand = None
 
-    def _forget(self, revoked: set[TopicPartition]) -> None:
+    def _put_down(self) -> None:
+        """Counts the record returned last as handled."""
+        if self._in_hand is not None:
+            tp, after = self._in_hand
+            self._uncommitted[tp] = after
+            self._in_hand = None
+
+    async def _hand_over(self, revoked: set[TopicPartition]) -> None:
+        """On a rebalance: commits what was handled (so the new owner of ``revoked`` starts
+        after it; before, it read every record handled since the last commit again), then
+        drops what we hold of ``revoked``. The record in hand is not committed: it may not
+        be handled yet, so the new owner reads it again (at least once)."""
+        try:
+            await self._commit_handled()
+        except BrokerError as exc:  # (then the new owner reads them again: at least once)
+            log.warning("on a rebalance of %s: %s", self.topic, exc)
         self._buffer = deque(
             r for r in self._buffer if TopicPartition(r.topic, r.partition) not in revoked
         )
@@ -253,8 +279,9 @@ class DecodingConsumer(CommittingIterator):
         self._uncommitted.clear()
 
 
-class _ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
-    """On a rebalance, drop what we hold of partitions that went to another member.
+class _HandOver(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    """On a rebalance, commit what was handled and drop what we hold of partitions that go
+    to another member (``DecodingConsumer._hand_over``).
 
     Their records not yet handled are not committed, so the new owner reads
     them again (at least once; consumers deduplicate by id).
@@ -264,7 +291,7 @@ class _ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokaf
         self.owner = owner
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        self.owner._forget(set(revoked))
+        await self.owner._hand_over(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         pass
