@@ -114,6 +114,10 @@ _NOTHING: frozenset[str] = frozenset()  # (each frozenset() call makes a new one
 
 # The classes a full queue sheds from, first to last (critical never).
 _SHED_ORDER = (Priority.LOW, Priority.NORMAL, Priority.HIGH)
+# Requeue reasons that make the agent "tried" for the load: it said no, failed it, or did
+# not answer. (An agent going offline or lost says nothing about the load: one restarted
+# takes its sessions' loads again.)
+_REFUSED = frozenset({"DECLINED", "FAILED_RETRYABLE", "ACK_TIMEOUT"})
 
 
 class PoolState:
@@ -251,14 +255,12 @@ class PoolState:
         p = self.policy
         # A full queue bounds the loads that wait: one an open agent takes at once is let
         # in (before, a queue full of loads that no open agent could take shed it, or
-        # evicted one of them for it), and shed after all if it has to wait.
+        # evicted one of them for it); if it has to wait after all, room is made as for
+        # any other.
         full = len(self.pending) >= p.max_pending and spec.priority is not Priority.CRITICAL
         if full and not self._takes_now(ls):
-            victim = self._evictable(spec)
-            if victim is None:
-                self._finish(ls, Outcome.SHED, "QUEUE_FULL", e.source, out)
+            if not self._make_room(ls, e.source, out):
                 return
-            self._finish(victim, Outcome.SHED, "QUEUE_FULL_EVICTED", e.source, out)
             full = False
         if (not full and len(self.pending) >= p.high_watermark
                 and spec.priority is Priority.LOW and self._queue_hog(spec.tenant)):  # fmt: skip
@@ -269,10 +271,23 @@ class PoolState:
             return
         self._enqueue(ls)
         self._drain(e.source, out)
-        if full and ls.status is LoadStatus.PENDING:  # (loads before it took the agent)
-            self._finish(ls, Outcome.SHED, "QUEUE_FULL", e.source, out)
-        elif ls.status is LoadStatus.PENDING:
+        if full and ls.status is LoadStatus.PENDING and len(self.pending) > p.max_pending:
+            self._dequeue(ls)  # (loads before it took the agent: weighed as it came)
+            if not self._make_room(ls, e.source, out):
+                return
+            self._enqueue(ls)
+        if ls.status is LoadStatus.PENDING:
             out.append(self._queued(ls, e.source))
+
+    def _make_room(self, ls: LoadState, source: Source, out: list[Decision]) -> bool:
+        """Sheds the load a full queue gives up for ``ls`` (``_evictable``), or else ``ls``
+        itself; returns whether ``ls`` stays."""
+        victim = self._evictable(ls.spec)
+        if victim is None:
+            self._finish(ls, Outcome.SHED, "QUEUE_FULL", source, out)
+            return False
+        self._finish(victim, Outcome.SHED, "QUEUE_FULL_EVICTED", source, out)
+        return True
 
     def _takes_now(self, ls: LoadState) -> bool:
         """Whether an open agent would take ``ls`` at once, were it first in line."""
@@ -819,15 +834,16 @@ class PoolState:
                          agent=agent)  # fmt: skip
             return
         ls.attempt += 1
-        if agent is not None and agent not in ls.tried:
+        if agent is not None and reason in _REFUSED and agent not in ls.tried:
             ls.tried += (agent,)
         ls.status = LoadStatus.PENDING
-        # The backoff ends by the load's latest start, when its deadline can still be met:
-        # waiting longer would only make it late.
+        # The backoff ends by the load's latest start while its deadline can still be met:
+        # waiting longer would only make it late. (Past it, the backoff stands: retries
+        # back to back would only use up the attempts.)
         ls.not_before_ms = self.now_ms + self.policy.backoff_ms(ls.attempt)
-        if ls.spec.deadline_ms is not None:
-            latest = ls.spec.deadline_ms - ls.spec.duration_ms
-            ls.not_before_ms = max(self.now_ms, min(ls.not_before_ms, latest))
+        latest = latest_start(ls.spec.deadline_ms, ls.spec.duration_ms)
+        if self.now_ms < latest < ls.not_before_ms:
+            ls.not_before_ms = int(latest)
         ls.failed_epoch = -1
         self._enqueue(ls)
         out.append(self._decision(ls, Outcome.REQUEUED, reason, source, agent=agent))

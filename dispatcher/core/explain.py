@@ -65,7 +65,9 @@ def explain(state: PoolState, load_id: str, agent_ids: tuple[str, ...] = ()) -> 
             why = "unknown_agent" if row is None else "load_finished"
             verdicts.append(AgentVerdict(agent_id, (why,), None, (), None))
             continue
-        failed = _failed(state, row, spec, denied, ls.tried)
+        # (The agent it is on was chosen: any "tried" of its did not apply then.)
+        tried = tuple(a for a in ls.tried if a != ls.agent)
+        failed = _failed(state, row, spec, denied, tried)
         score: float | None = None
         parts: tuple[tuple[str, float], ...] = ()
         gap: float | None = None

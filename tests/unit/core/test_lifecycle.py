@@ -114,7 +114,7 @@ def test_results_move_the_load_as_the_table_says(
     ("deadline_ms", "retry_at"),
     [
         (1_200, 700),  # its latest start (1,200 - 500) comes before the backoff ends (1,100)
-        (550, 100),  # its latest start has passed: at once
+        (550, 1_100),  # its latest start has passed: the whole backoff (no rush left)
         (None, 1_100),  # no deadline: the whole backoff
         (5_000, 1_100),  # the backoff ends before its latest start
     ],
@@ -327,6 +327,30 @@ def test_a_full_queue_lets_in_a_load_an_open_agent_takes_at_once() -> None:
     (shed,) = state.apply(arrive("C2", 4, priority=Priority.LOW))
     assert (shed.outcome, shed.reason) == (Outcome.SHED, "QUEUE_FULL")
     assert sorted(state.pending) == ["G1", "G2"]
+
+
+@pytest.mark.parametrize(("lows", "evicted"), [(2, ["LOW2"]), (1, [])])
+def test_a_full_queue_makes_room_for_an_arrival_a_load_before_it_took_the_agent_from(
+    lows: int, evicted: list[str]
+) -> None:
+    # LOW loads wait (no agent can take them); X, declined, backs off until 1,020 (a
+    # requeue is never shed). Y, let in for the open agent, finds X's retry ahead of it
+    # and has to wait: with the queue over its limit, the newest LOW load makes room for
+    # it as for any high arrival; with room left, it just waits. (Both times Y was shed.)
+    state = PoolState("p", Policy(max_pending=2, high_watermark=2, low_watermark=0))
+    state.apply(register("A"))
+    state.apply(available("A"))
+    for i in range(1, lows + 1):
+        state.apply(arrive(f"LOW{i}", 0, priority=Priority.LOW, required=frozenset({"go"})))
+    (x,) = state.apply(arrive("X", 10, priority=Priority.HIGH))
+    state.apply(report(x.decision_id, "X", "A", TaskOutcome.DECLINED, time_ms=20))
+    out = state.apply(arrive("Y", 1_500, priority=Priority.HIGH))
+    assert [(d.load_id, d.outcome, d.reason) for d in out] == [
+        ("X", Outcome.ASSIGNED, "BEST_SCORE"),
+        *((v, Outcome.SHED, "QUEUE_FULL_EVICTED") for v in evicted),
+        ("Y", Outcome.QUEUED, "NO_CANDIDATE"),  # (A is X's now)
+    ]
+    assert sorted(state.pending) == ["LOW1", "Y"]
 
 
 def test_a_full_queue_sheds_another_tenants_low_load_before_a_high_one() -> None:

@@ -299,3 +299,30 @@ def test_hard_affinity_does_not_wait_for_a_session_agent_that_declined_the_load(
     assert (d.agent_id, d.reason) == ("a1", "AFFINITY")
     again = _taken_back(state, d, TaskOutcome.DECLINED, 100)
     assert (again.outcome, again.agent_id) == (Outcome.ASSIGNED, "a2")
+
+
+def test_an_agent_gone_offline_and_back_is_not_tried_for_the_loads_it_had() -> None:
+    # A restart (offline, then available) says nothing about the load: with hard affinity
+    # it goes back to its session's agent (before, "tried" sent it elsewhere).
+    state, agent = _session_pool()
+    (d,) = state.apply(arrive("L2", 1, session_id="s1", intent=(1.0, 0.0)))
+    assert d.agent_id == agent == "a1"
+    state.apply(status("a1", AgentStatusKind.OFFLINE, 3, time_ms=20))
+    state.apply(status("a1", AgentStatusKind.AVAILABLE, 4, time_ms=30))
+    again = [x for x in state.apply(tick(2_000)) if x.load_id == "L2"]
+    assert [(x.outcome, x.agent_id, x.reason) for x in again] == [
+        (Outcome.ASSIGNED, "a1", "AFFINITY")
+    ]
+    assert state.loads["L2"].tried == ()
+
+
+def test_explain_does_not_hold_tried_against_the_agent_a_load_went_back_to() -> None:
+    state = pool(("a1", {"personality": (1.0, 0.0)}), ("a2", {"personality": (0.0, 1.0)}))
+    (x,) = state.apply(arrive("X", intent=(0.0, 1.0)))  # a2 busy
+    (first,) = state.apply(arrive("L1", intent=(1.0, 0.0)))
+    again = _taken_back(state, first, TaskOutcome.DECLINED, 100)
+    assert (again.agent_id, dict(again.excluded)["tried"]) == ("a1", 0)  # no one else
+    state.apply(report(x.decision_id, "X", "a2", TaskOutcome.SUCCESS, time_ms=2_000))
+    verdicts = explain(state, "L1", ("a1", "a2")).verdicts
+    assert verdicts[0].failed == ()  # (before: "tried", though it was chosen)
+    assert verdicts[0].score is not None
