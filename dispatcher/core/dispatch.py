@@ -837,13 +837,15 @@ class PoolState:
         if agent is not None and reason in _REFUSED and agent not in ls.tried:
             ls.tried += (agent,)
         ls.status = LoadStatus.PENDING
-        # The backoff ends by the load's latest start while its deadline can still be met:
-        # waiting longer would only make it late. (Past it, the backoff stands: retries
-        # back to back would only use up the attempts.)
+        # Before its deadline, the backoff ends by the load's latest start (at once past
+        # that: an agent faster than the estimate may still make it); waiting longer would
+        # only make it late. Past the deadline it stands: retries back to back would only
+        # use up the attempts.
         ls.not_before_ms = self.now_ms + self.policy.backoff_ms(ls.attempt)
-        latest = latest_start(ls.spec.deadline_ms, ls.spec.duration_ms)
-        if self.now_ms < latest < ls.not_before_ms:
-            ls.not_before_ms = int(latest)
+        deadline = ls.spec.deadline_ms
+        if deadline is not None and self.now_ms < deadline:
+            latest = deadline - ls.spec.duration_ms
+            ls.not_before_ms = max(self.now_ms, min(ls.not_before_ms, latest))
         ls.failed_epoch = -1
         self._enqueue(ls)
         out.append(self._decision(ls, Outcome.REQUEUED, reason, source, agent=agent))

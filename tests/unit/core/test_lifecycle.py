@@ -114,7 +114,8 @@ def test_results_move_the_load_as_the_table_says(
     ("deadline_ms", "retry_at"),
     [
         (1_200, 700),  # its latest start (1,200 - 500) comes before the backoff ends (1,100)
-        (550, 1_100),  # its latest start has passed: the whole backoff (no rush left)
+        (550, 100),  # its latest start has passed: at once (a faster agent may make it)
+        (90, 1_100),  # its deadline has passed: the whole backoff (no rush left)
         (None, 1_100),  # no deadline: the whole backoff
         (5_000, 1_100),  # the backoff ends before its latest start
     ],
