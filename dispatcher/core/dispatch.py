@@ -69,7 +69,7 @@ class LoadState:
     finished_ms: int = 0
     last_match: Match | None = None
     affinity_row: int | None = None  # its session's agent when it was last matched
-    tried: tuple[str, ...] = ()  # the agents it was taken back from (declined, failed, lost)
+    tried: tuple[str, ...] = ()  # agents that declined it, failed it or did not answer
 
 
 def decision_id(  # noqa: PLR0917 - the parts of the id, in order
