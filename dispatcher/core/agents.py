@@ -334,7 +334,7 @@ class AgentTable:
             now_left = int(np.count_nonzero(ok))
             excluded.append((name, left - now_left))
             left = now_left
-        keep = self._untried(tried, kind.cand) if left and "tried" not in off else None
+        keep = self._untried(tried, kind.cand) if tried and left and "tried" not in off else None
         if keep is not None and (others := ok & keep).any():
             now_left = int(np.count_nonzero(others))
             excluded.append(("tried", left - now_left))
