@@ -37,6 +37,7 @@ from dispatcher.errors import BrokerError
 from dispatcher.reading import (
     CHUNK,
     PROGRESS_EVERY,
+    bounds,
     committed_offsets,
     end_offsets,
     partitions,
@@ -65,16 +66,31 @@ class Mismatch:
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """The decisions an audit counts as checked: those of ``pool`` (None: all) whose input
-    lies from ``start`` up to (not including) ``end``, each ("offset", n) or ("time",
-    epoch ms), or open. Every decision is compared whatever the scope."""
+    """The decisions an audit checks: those of ``pool`` (None: all) whose input lies from
+    ``start`` up to (not including) ``end``, each ("offset", n) or ("time", epoch ms), or
+    open.
+
+    Every decision is compared whatever the scope (each depends on every input
+    before it, so the replay folds them all), but only those in it count as
+    checked and matched, and as problems (mismatched, missing, unexplained):
+    a problem outside it is counted apart (``PartitionAudit.outside``). A
+    logged record no input decides is placed by what it holds (its pool, time
+    and input offset); one that does not decode tells nothing: it counts
+    whatever the scope.
+    """
 
     pool: str | None = None
     start: tuple[str, int] | None = None
     end: tuple[str, int] | None = None
 
-    def covers(self, d: core.Decision) -> bool:
-        at = {"offset": d.source[2], "time": d.time_ms}
+    def covers(self, d: core.Decision | m.DecisionRecord) -> bool:
+        """Whether decision ``d``, as decided or as logged, is in the scope."""
+        if self.pool is None and self.start is None and self.end is None:
+            return True  # (the usual audit: asked of every decision)
+        if isinstance(d, m.DecisionRecord):
+            at = {"offset": d.input.offset, "time": d.event_time_ms}
+        else:
+            at = {"offset": d.source[2], "time": d.time_ms}
         return ((self.pool is None or d.pool == self.pool)
                 and (self.start is None or at[self.start[0]] >= self.start[1])
                 and (self.end is None or at[self.end[0]] < self.end[1]))  # fmt: skip
@@ -82,6 +98,10 @@ class Scope:
 
 @dataclass
 class PartitionAudit:
+    """What auditing one partition found. The problems (``mismatches``, ``missing``,
+    ``unexplained``) and ``matched`` are those in the audit's scope; ``outside``
+    counts the problems of decisions outside it, found all the same."""
+
     partition: int
     inputs: int = 0
     checked: int = 0  # expected decisions in the audit's scope
@@ -89,6 +109,7 @@ class PartitionAudit:
     logged: int = 0  # distinct decision ids in the log
     repeats: int = 0  # repeated records of a decision id, each identical
     matched: int = 0
+    outside: int = 0  # problems outside the audit's scope: not this audit's to fail on
     # Decided before the first record the log still holds (retention deleted the older
     # ones): not compared, nor counted as checked.
     expired: int = 0
@@ -132,8 +153,8 @@ async def audit(
     group: str | None = None,
 ) -> list[PartitionAudit]:
     """Audits every partition; ``policy`` is the workers' policy before the first update.
-    Each result counts the decisions in ``scope`` as checked and, with ``keep``, holds
-    its partition's expected decisions.
+    Each result counts the decisions in ``scope`` (see ``Scope``) and, with ``keep``,
+    holds its partition's expected decisions.
 
     With ``group`` (the workers' app id: an audit of a live system), a decision
     the log lacks counts as pending, not missing, when its input lies at or
@@ -147,9 +168,19 @@ async def audit(
     0: one per core when the input sequence is long enough to repay starting
     them (about a second each), else in this process. ``progress`` is called
     with the number of inputs replayed so far, now and then.
+
+    Raises:
+        BrokerError: the broker cannot be reached or fails a request, or either topic
+            is missing, or the decision log lacks a partition of the input sequence.
     """
     topics = topics or TopicNames()
     tps = await partitions(bootstrap, topics.input_sequence)
+    # Checked now: reading a partition that does not exist waits ~40 s for it, then fails.
+    logs = {tp.partition for tp in await partitions(bootstrap, topics.decision_log)}
+    if lacking := [str(tp.partition) for tp in tps if tp.partition not in logs]:
+        raise BrokerError(f"{topics.decision_log} at {bootstrap} has no partition "
+                          f"{', '.join(lacking)} (it must have those of "
+                          f"{topics.input_sequence})")  # fmt: skip
     decided = None
     if group is not None:
         decided = await committed_offsets(bootstrap, group, topics.input_sequence)
@@ -234,9 +265,10 @@ class _Job:
         reading the log as far as the replay has got after each fetch of inputs."""
         res = PartitionAudit(partition)
         fold = PartitionFold(self.topics.input_sequence, partition, codec, self.policy)
-        check = _Comparison(codec, res, self.scope)
         log_tp = TopicPartition(self.topics.decision_log, partition)
         input_tp = TopicPartition(self.topics.input_sequence, partition)
+        first, end = await bounds(self.bootstrap, log_tp)  # (no record left: none tells)
+        check = _Comparison(codec, res, self.scope, emptied=first == end > 0)
         async with (
             contextlib.aclosing(read_chunks(self.bootstrap, log_tp)) as log,
             contextlib.aclosing(read_chunks(self.bootstrap, input_tp)) as inputs,
@@ -289,13 +321,21 @@ class _Comparison:
 
     A log that no longer starts at offset 0 lost its oldest records to
     retention: the expected decisions before the one its first record holds
-    are counted as expired, and the comparison starts there.
+    are counted as expired, and the comparison starts there (a log left with
+    no record, ``emptied``: all of them).
+
+    Decisions outside ``scope`` are compared too, their problems counted in
+    ``res.outside`` (see ``Scope``).
     """
 
-    def __init__(self, codec: Codec, res: PartitionAudit, scope: Scope = Scope()) -> None:
+    def __init__(
+        self, codec: Codec, res: PartitionAudit, scope: Scope = Scope(), *, emptied: bool = False
+    ) -> None:
         self.codec, self.res, self.scope = codec, res, scope
         self.started = False  # whether the log's first record came
-        self.seek: str | None = None  # the decision a truncated log starts with, until found
+        # The decision a truncated log starts with, until found; emptied: none (no decision
+        # has the id ""), unless a worker logs one meanwhile (its first record will tell).
+        self.seek: str | None = "" if emptied else None
         self.expected: deque[tuple[bytes, core.Decision]] = deque()  # not yet compared
         self.queued: set[str] = set()  # their ids
         self.waiting: deque[Any] = deque()  # log records the replay has not reached
@@ -303,6 +343,7 @@ class _Comparison:
         self.skipped: dict[str, tuple[bytes, core.Decision]] = {}  # expected, not logged
         self.expected_ids: set[str] = set()
         self.logged: dict[str, bytes] = {}  # decision id -> its record's digest, in log order
+        self.beyond: set[str] = set()  # logged, none expected then, outside the scope
         self.compared = 0
         self.unreadable: list[Mismatch] = []  # undecodable, conflicting repeats: in log order
         self.differing: list[Mismatch] = []  # in order of position
@@ -344,8 +385,9 @@ class _Comparison:
         if not self.started:
             self.started = True
             if r.offset > 0:  # retention deleted the head of the log
-                with contextlib.suppress(CodecError):  # (undecodable: compared as it is)
-                    self.seek = _decode(self.codec, r.value).decision_id
+                self.seek = None  # (undecodable: compared as it is; emptied: not after all)
+                with contextlib.suppress(CodecError):
+                    self.seek = _decode(self.codec, r.value or b"").decision_id
                     self._expire()
         self.waiting.append(r)
         self._drain()
@@ -353,7 +395,7 @@ class _Comparison:
     def _take(self, r: Any, *, final: bool = False) -> bool:
         """Holds log record ``r`` against the expected decision of its id; False: the replay
         has not decided that id yet (``r`` waits for it, unless ``final``)."""
-        value = r.value
+        value = r.value or b""  # (a record with no value, a tombstone, does not decode)
         digest = hashlib.blake2b(value, digest_size=16).digest()
         if self.expected and value == self.expected[0][0]:
             decision_id = self.expected[0][1].decision_id
@@ -371,8 +413,7 @@ class _Comparison:
             self.res.repeats += 1  # a decision logged again (a restarted worker), identical
             return True
         if first is not None:
-            self.unreadable.append(Mismatch(-1, decision_id, "(conflicting repeat)", None, None,
-                                            _input(rec or _decode(self.codec, value))))  # fmt: skip
+            self._conflict(rec or _decode(self.codec, value))
             return True
         if decision_id in self.queued:  # the expected ones before it are not in the log
             while self.expected[0][1].decision_id != decision_id:
@@ -385,6 +426,9 @@ class _Comparison:
             expected = self.skipped.pop(decision_id)
         elif decision_id in self.expected_ids or final:  # (compared already; or no input)
             expected = None
+            # Placed now (the record is not kept), in case no input decides it: unexplained.
+            if not self.scope.covers(rec or _decode(self.codec, value)):
+                self.beyond.add(decision_id)
         else:  # the replay may not have got there yet
             self.blocked = (decision_id, self.res.expected)
             return False
@@ -394,9 +438,20 @@ class _Comparison:
             self._compare(expected, value)
         return True
 
+    def _conflict(self, rec: m.DecisionRecord) -> None:
+        """Reports a repeat of a logged decision that differs from its first record."""
+        if not self.scope.covers(rec):
+            self.res.outside += 1
+            return
+        self.unreadable.append(Mismatch(-1, rec.decision_id, "(conflicting repeat)", None, None,
+                                        _input(rec)))  # fmt: skip
+
     def _compare(self, expected: tuple[bytes, core.Decision], logged: bytes) -> None:
         eb, ed = expected
         position, self.compared = self.compared, self.compared + 1
+        if not self.scope.covers(ed):
+            self.res.outside += eb != logged
+            return
         if eb == logged:
             self.res.matched += 1
             return
@@ -416,8 +471,11 @@ class _Comparison:
         if decided is not None:
             self.res.pending = sum(d.source[2] >= decided for d in lacking)
             lacking = [d for d in lacking if d.source[2] < decided]
-        self.res.missing = [d.decision_id for d in lacking]
-        self.res.unexplained = [i for i in self.logged if i not in self.expected_ids]
+        self.res.missing = [d.decision_id for d in lacking if self.scope.covers(d)]
+        strangers = [i for i in self.logged if i not in self.expected_ids]
+        self.res.unexplained = [i for i in strangers if i not in self.beyond]
+        self.res.outside += (len(lacking) - len(self.res.missing)
+                             + len(strangers) - len(self.res.unexplained))  # fmt: skip
 
 
 def _decode(codec: Codec, value: bytes) -> m.DecisionRecord:
@@ -466,7 +524,7 @@ async def explain_load(
     for tp in await partitions(bootstrap, topics.decision_log):
         async for records in read_chunks(bootstrap, tp):
             for r in records:
-                if needle not in r.value:
+                if r.value is None or needle not in r.value:  # (None: a tombstone)
                     continue
                 with contextlib.suppress(CodecError):  # (audit reports undecodable records)
                     rec = _decode(codec, r.value)

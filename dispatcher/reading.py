@@ -16,10 +16,11 @@ from aiokafka.errors import (
     NotCoordinatorForGroupError,
 )
 
-from dispatcher.errors import BrokerError
+from dispatcher.errors import BrokerError, ConfigError
 
 __all__ = [
     "PROGRESS_EVERY",
+    "bounds",
     "committed_offsets",
     "end_offsets",
     "partitions",
@@ -31,6 +32,7 @@ __all__ = [
 PROGRESS_EVERY = 20_000  # replays report their progress every this many inputs
 CHUNK = 20_000  # records a read hands over at a time, at most
 _UNKNOWN_TOPIC = 3  # Kafka's UNKNOWN_TOPIC_OR_PARTITION
+_INVALID_TOPIC = 17  # Kafka's INVALID_TOPIC_EXCEPTION: a name no topic can have
 _NO_COORDINATOR = (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError,
                    NotCoordinatorForGroupError)  # fmt: skip
 
@@ -41,6 +43,7 @@ async def partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
     Raises:
         BrokerError: the broker cannot be reached, or has no such topic (after 3 s,
             for one created just now), or its partitions have no leader after 30 s.
+        ConfigError: ``topic`` is no valid topic name (asking again will not help).
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     try:
@@ -53,6 +56,10 @@ async def partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
                         sorted(parts, key=lambda p: p["partition"])]  # fmt: skip
             if found["error_code"] == _UNKNOWN_TOPIC and attempt >= 10:
                 break
+            if found["error_code"] == _INVALID_TOPIC:
+                raise ConfigError(f"{topic!r} is no valid topic name: at most 249 characters, "
+                                  "each an ASCII letter or digit, '.', '_' or '-' (is the "
+                                  "topic prefix right?)")  # fmt: skip
             await asyncio.sleep(0.3)
     except KafkaError as exc:
         raise BrokerError(f"reading the partitions of {topic!r} at {bootstrap}: {exc!r}") from exc
@@ -74,6 +81,24 @@ async def end_offsets(bootstrap: str, tps: list[TopicPartition]) -> dict[TopicPa
         return dict(await consumer.end_offsets(tps))
     except KafkaError as exc:
         raise BrokerError(f"reading end offsets at {bootstrap}: {exc!r}") from exc
+    finally:
+        await consumer.stop()
+
+
+async def bounds(bootstrap: str, tp: TopicPartition) -> tuple[int, int]:
+    """The first offset ``tp`` still holds (retention deletes the oldest records) and its end
+    offset: equal, it holds no record.
+
+    Raises:
+        BrokerError: the broker cannot be reached or fails the request.
+    """
+    consumer = replay_consumer(bootstrap)
+    try:
+        await consumer.start()
+        return (await consumer.beginning_offsets([tp]))[tp], (await consumer.end_offsets([tp]))[tp]
+    except KafkaError as exc:
+        raise BrokerError(f"reading the offsets of {tp.topic}[{tp.partition}] at {bootstrap}: "
+                          f"{exc!r}") from exc  # fmt: skip
     finally:
         await consumer.stop()
 

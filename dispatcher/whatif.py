@@ -125,7 +125,7 @@ class WhatIf:
 
 
 def compare(
-    partitions: Iterable[tuple[int, Iterable[tuple[int, bytes]]]], policy: core.Policy, *,
+    partitions: Iterable[tuple[int, Iterable[tuple[int, bytes | None]]]], policy: core.Policy, *,
     base_policy: core.Policy = core.DEFAULT_POLICY, topic: str = "input-sequence",
     codec: Codec | None = None, examples: int = 5,
     progress: Callable[[int], None] | None = None,
@@ -163,13 +163,14 @@ class Replay:
         self.alt = PartitionFold(self.topic, partition, self.codec, self.policy)
         self.holder: dict[_Key, tuple[int, str, str | None]] = {}  # attempt, decision, agent
 
-    def feed(self, offset: int, value: bytes) -> None:
-        """Replays the partition's record at ``offset`` in both runs."""
+    def feed(self, offset: int, value: bytes | None) -> None:
+        """Replays the partition's record at ``offset`` in both runs (one with no value, as
+        one that does not decode, in neither: the worker dead-lettered it)."""
         self.replayed += 1
         if self.progress is not None and self.replayed % PROGRESS_EVERY == 0:
             self.progress(self.replayed)
         try:
-            record = self.codec.decode(value, trusted=True)
+            record = self.codec.decode(value or b"", trusted=True)
         except CodecError:
             return
         if not isinstance(record, INPUTS):  # (written there by something else than a worker)

@@ -40,14 +40,15 @@ class PartitionFold:
         # counters stay exact across restarts and takeovers.
         self.counts: dict[str, dict[str, int]] = {}
 
-    def apply(self, value: bytes, offset: int) -> list[core.Decision]:
+    def apply(self, value: bytes | None, offset: int) -> list[core.Decision]:
         """Applies the record at ``offset``; returns the decisions it caused.
 
         Raises:
-            CodecError: the bytes do not decode (the caller dead-letters them; the
-                same bytes fail the same way on every replay, so skipping them is
-                deterministic).
+            CodecError: the bytes do not decode, or there are none (a record with no
+                value); the caller dead-letters them; the same bytes fail the same
+                way on every replay, so skipping them is deterministic.
         """
+        value = value or b""  # a tombstone fails as empty bytes do (no frame), not as a TypeError
         self.next_offset, self.last = offset + 1, value
         where = {"topic": self.topic, "partition": self.partition, "offset": offset}
         record = self.codec.decode(value, trusted=True, **where)  # type: ignore[arg-type]

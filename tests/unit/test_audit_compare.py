@@ -7,6 +7,7 @@ the verdict of comparing the whole log with the whole replay at once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,14 +16,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dispatcher import audit, core
-from dispatcher.audit import PartitionAudit, _Comparison
+from dispatcher.audit import PartitionAudit, Scope, _Comparison
 from dispatcher.codecs import Codec, CodecError
+from dispatcher.codecs import models as m
 from dispatcher.codecs.adapt import encode_decision, to_records
 from dispatcher.demo import policy_update
 from dispatcher.worker.fold import PartitionFold
 from tests.unit.test_policy_whatif import recorded_run
 
 CODEC = Codec()
+WHOLE = Scope()
 
 
 def _expected() -> list[tuple[bytes, core.Decision]]:
@@ -47,46 +50,57 @@ def _other() -> bytes:
     return CODEC.encode(to_records(d)[0].model_copy(update={"decision_id": "f" * 32}))
 
 
-def reference(expected: list[tuple[bytes, core.Decision]], log: list[bytes]) -> dict[str, Any]:
+def reference(
+    expected: list[tuple[bytes, core.Decision]], log: Sequence[bytes | None], scope: Scope = WHOLE
+) -> dict[str, Any]:
     """The verdict from the whole log and the whole replay: the log's problems in log order,
-    then each distinct logged decision against the expected one of its id, in log order."""
+    then each distinct logged decision against the expected one of its id, in log order;
+    those about decisions outside ``scope`` only counted (an undecodable record tells none)."""
     logged: dict[str, bytes] = {}
-    problems: list[tuple[int, str, str]] = []
+    placed: dict[str, bool] = {}  # decision id -> whether its (first) record is in the scope
+    problems: list[tuple[int, str, str, bool]] = []  # ..., whether in the scope
     repeats = 0
     for value in log:
+        raw = value or b""  # (a record with no value is an undecodable one)
         try:
-            decision_id = CODEC.decode(value, "DecisionRecord").decision_id  # type: ignore[attr-defined]
+            rec = CODEC.decode(raw, "DecisionRecord")
         except CodecError:
-            problems.append((-1, "?", "(undecodable)"))
+            problems.append((-1, "?", "(undecodable)", True))
             continue
-        if decision_id in logged:
-            if logged[decision_id] == value:
+        assert isinstance(rec, m.DecisionRecord)
+        if rec.decision_id in logged:
+            if logged[rec.decision_id] == raw:
                 repeats += 1
             else:
-                problems.append((-1, decision_id, "(conflicting repeat)"))
+                problems.append((-1, rec.decision_id, "(conflicting repeat)", scope.covers(rec)))
             continue
-        logged[decision_id] = value
-    by_id = {d.decision_id: eb for eb, d in expected}
-    pairs = [(i, by_id[i], lb) for i, lb in logged.items() if i in by_id]
+        logged[rec.decision_id] = raw
+        placed[rec.decision_id] = scope.covers(rec)
+    by_id = {d.decision_id: (eb, d) for eb, d in expected}
+    pairs = [(i, *by_id[i], lb) for i, lb in logged.items() if i in by_id]
+    problems += [(k, i, "differs", scope.covers(d))
+                 for k, (i, eb, d, lb) in enumerate(pairs) if eb != lb]  # fmt: skip
+    missing = [d for _, d in expected if d.decision_id not in logged]
+    unexplained = [i for i in logged if i not in by_id]
     return {
-        "matched": sum(eb == lb for _, eb, lb in pairs),
-        "problems": problems + [(k, i, "differs")
-                                for k, (i, eb, lb) in enumerate(pairs) if eb != lb],
-        "repeats": repeats, "missing": [d.decision_id for _, d in expected
-                                        if d.decision_id not in logged],
-        "unexplained": [i for i in logged if i not in by_id], "logged": len(logged),
+        "matched": sum(eb == lb and scope.covers(d) for _, eb, d, lb in pairs),
+        "problems": [p[:3] for p in problems if p[3]], "repeats": repeats,
+        "missing": [d.decision_id for d in missing if scope.covers(d)],
+        "unexplained": [i for i in unexplained if placed[i]], "logged": len(logged),
+        "outside": (sum(not p[3] for p in problems) + sum(not scope.covers(d) for d in missing)
+                    + sum(not placed[i] for i in unexplained)),
     }  # fmt: skip
 
 
 def streamed(
-    expected: list[tuple[bytes, core.Decision]], log: list[bytes], order: list[bool],
-    first_offset: int = 0,
+    expected: list[tuple[bytes, core.Decision]], log: Sequence[bytes | None], order: list[bool],
+    first_offset: int = 0, scope: Scope = WHOLE,
 ) -> PartitionAudit:  # fmt: skip
     """The verdict of ``_Comparison`` fed the two sides in ``order`` (True: the next expected
     decision, False: the next log record; the rest of either side after that), the log's
     records from ``first_offset`` on."""
     res = PartitionAudit(0)
-    check = _Comparison(CODEC, res)
+    check = _Comparison(CODEC, res, scope)
     e = iter(expected)
     records = iter(SimpleNamespace(value=v, topic="decision-log", partition=0, offset=i)
                    for i, v in enumerate(log, first_offset))  # fmt: skip
@@ -110,7 +124,7 @@ def verdict(res: PartitionAudit) -> dict[str, Any]:
         "problems": [(x.position, x.decision_id, x.field if x.position < 0 else "differs")
                      for x in res.mismatches],
         "repeats": res.repeats, "missing": res.missing, "unexplained": res.unexplained,
-        "logged": res.logged,
+        "logged": res.logged, "outside": res.outside,
     }  # fmt: skip
 
 
@@ -127,13 +141,17 @@ def test_a_clean_log_matches_in_every_order_and_is_not_decoded(
         assert res.ok
 
 
-CHANGES = ["keep"] * 6 + ["drop", "repeat", "forge", "garbage", "stranger", "late"]
+CHANGES = ["keep"] * 6 + ["drop", "repeat", "forge", "garbage", "stranger", "late", "tombstone"]
+# Each cuts the run somewhere, by pool, input offset or time.
+SCOPES = [WHOLE, Scope(pool="elsewhere"), Scope(start=("offset", EXPECTED[9][1].source[2])),
+          Scope("p", ("time", EXPECTED[4][1].time_ms),
+                ("offset", EXPECTED[-6][1].source[2]))]  # fmt: skip
 
 
 @settings(max_examples=150, deadline=None)
 @given(data=st.data())
 def test_any_log_gets_the_verdict_of_the_whole_comparison_in_any_order(data: Any) -> None:
-    log: list[bytes] = []
+    log: list[bytes | None] = []
     for i, (value, d) in enumerate(EXPECTED):
         change = data.draw(st.sampled_from(CHANGES), label=f"#{i}")
         if change == "drop":
@@ -147,10 +165,49 @@ def test_any_log_gets_the_verdict_of_the_whole_comparison_in_any_order(data: Any
             log.append(_other())
         elif change == "late":  # a forged repeat: a conflicting one
             log.append(_forged(d))
+        elif change == "tombstone":  # a record with no value (a crash before: bytes expected)
+            log.append(None)
     cut = data.draw(st.integers(0, len(EXPECTED)), label="replayed")  # a replay that stops early
     expected = EXPECTED[:cut]
     order = data.draw(st.lists(st.booleans(), max_size=2 * len(log) + cut), label="order")
-    assert verdict(streamed(expected, log, order)) == reference(expected, log)
+    scope = data.draw(st.sampled_from(SCOPES), label="scope")
+    assert verdict(streamed(expected, log, order, scope=scope)) == reference(expected, log, scope)
+
+
+def test_problems_outside_the_scope_are_counted_apart_and_fail_no_audit() -> None:
+    # Before, a scope changed the "checked" count only: a problem anywhere failed the audit,
+    # and every decision counted as matched.
+    cut = EXPECTED[len(EXPECTED) // 2][1].source[2]
+    before = [i for i, (_, d) in enumerate(EXPECTED) if d.source[2] < cut]
+    log: list[bytes | None] = [v for v, _ in EXPECTED]
+    log[before[1]] = _forged(EXPECTED[before[1]][1])
+    del log[before[2]]
+    log.append(_other())  # (its input: the first decision's)
+    order = [True, False] * len(log)
+    later = streamed(EXPECTED, log, order, scope=Scope(start=("offset", cut)))
+    assert later.ok
+    assert (later.outside, later.matched) == (3, len(EXPECTED) - len(before))
+    elsewhere = streamed(EXPECTED, log, order, scope=Scope(pool="elsewhere"))
+    assert elsewhere.ok
+    assert (elsewhere.outside, elsewhere.matched) == (3, 0)
+    whole = streamed(EXPECTED, log, order)
+    assert (len(whole.mismatches), len(whole.missing), len(whole.unexplained)) == (1, 1, 1)
+    assert (whole.outside, whole.matched) == (0, len(EXPECTED) - 2)
+    # A record that does not decode tells no pool, time or input: it counts whatever the scope.
+    garbled = streamed(EXPECTED, [*log, b"\x00garbage"], order, scope=Scope(pool="elsewhere"))
+    assert [x.field for x in garbled.mismatches] == ["(undecodable)"]
+
+
+def test_a_record_with_no_value_is_an_undecodable_one() -> None:
+    # Before, a tombstone crashed the audit (hashing or decoding None), first record or not.
+    log = [v for v, _ in EXPECTED[5:]]
+    for where, first_offset in ((0, 5), (3, 5), (len(log), 0)):
+        res = streamed(EXPECTED, [*log[:where], None, *log[where:]], [True] * len(EXPECTED),
+                       first_offset)  # fmt: skip
+        assert [(x.field, x.input[2]) for x in res.mismatches] == [
+            ("(undecodable)", first_offset + where)
+        ]
+        assert res.matched == len(log)
 
 
 @pytest.mark.parametrize("behind", [True, False], ids=["log behind", "log ahead"])
@@ -165,6 +222,26 @@ def test_a_mismatch_names_its_position_and_first_differing_field(behind: bool) -
     assert (bad.expected, bad.logged) == (EXPECTED[k][1].agent_id, "intruder")
     assert bad.input == EXPECTED[k][1].source
     assert res.matched == len(log) - 1
+
+
+def test_a_log_whose_records_retention_all_deleted_has_every_decision_expired() -> None:
+    # Before, with no first record to say so, every expected decision was missing.
+    res = PartitionAudit(0)
+    check = _Comparison(CODEC, res, emptied=True)
+    for x in EXPECTED:
+        check.expect(*x)
+    check.finish()
+    assert (res.expired, res.missing, res.matched, res.logged) == (len(EXPECTED), [], 0, 0)
+    assert res.ok
+    # Should a worker log a decision meanwhile, the log is compared from that record on.
+    res = PartitionAudit(0)
+    check = _Comparison(CODEC, res, emptied=True)
+    for i, (v, _) in enumerate(EXPECTED[5:], 5):
+        check.log(SimpleNamespace(value=v, topic="decision-log", partition=0, offset=i))
+    for x in EXPECTED:
+        check.expect(*x)
+    check.finish()
+    assert (res.expired, res.missing, res.matched) == (5, [], len(EXPECTED) - 5)
 
 
 def test_a_log_whose_oldest_records_retention_deleted_is_compared_from_its_first() -> None:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
+from aiokafka import TopicPartition
 
-from dispatcher import core
-from dispatcher.audit import _moment
+from dispatcher import audit, core
+from dispatcher.audit import _moment, explain_load
 from dispatcher.codecs import Codec
 from dispatcher.codecs import models as m
-from dispatcher.codecs.adapt import to_records
+from dispatcher.codecs.adapt import encode_decision, to_records
 from dispatcher.demo import agent_profile, load_event
+from dispatcher.topics import TopicNames
 from dispatcher.worker.fold import PartitionFold
 
 CODEC = Codec()
@@ -54,3 +59,35 @@ def test_explain_asks_which_pool_when_two_have_the_load() -> None:
     assert _moment([logged("a", m.DecisionOutcome.QUEUED)]).pool == "a"
     with pytest.raises(ValueError, match="pools a, b each have a load L1"):
         _moment([logged("a", m.DecisionOutcome.QUEUED), logged("b", m.DecisionOutcome.ASSIGNED)])
+
+
+def test_explain_passes_over_records_with_no_value_in_either_topic(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before, a tombstone crashed it: looking into the log's None, or decoding the inputs'.
+    rng = np.random.default_rng(1)
+    inputs: list[bytes | None] = [CODEC.encode(r) for r in (
+        m.AgentEvent(event_id="r", kind=m.AgentEventKind.REGISTERED, agent_id="a", pool="p",
+                     seq=1, event_time_ms=1, profile=agent_profile(rng)),
+        m.AgentEvent(event_id="u", kind=m.AgentEventKind.AVAILABLE, agent_id="a", pool="p",
+                     seq=2, event_time_ms=1),
+    )]  # fmt: skip
+    inputs.insert(1, None)
+    inputs.append(CODEC.encode(load_event(rng, "p", "L1").model_copy(update={"event_time_ms": 2})))
+    fold = PartitionFold("input-sequence", 0, CODEC)
+    decided = [d for i, v in enumerate(inputs) if v is not None for d in fold.apply(v, i)]
+    logged = [None, *(encode_decision(CODEC, d, assignment=False)[0] for d in decided)]
+    topics = TopicNames()
+
+    async def partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
+        return [TopicPartition(topic, 0)]
+
+    async def read_chunks(bootstrap: str, tp: TopicPartition) -> AsyncIterator[list[Any]]:
+        values = logged if tp.topic == topics.decision_log else inputs
+        yield [SimpleNamespace(value=v, offset=i) for i, v in enumerate(values)]
+
+    monkeypatch.setattr(audit, "partitions", partitions)
+    monkeypatch.setattr(audit, "read_chunks", read_chunks)
+    found = asyncio.run(explain_load("b:1", topics, "L1", ("a",)))
+    assert [d["outcome"] for d in found["decisions"]] == [d.outcome.value for d in decided]
+    assert [v["agent_id"] for v in found["verdicts"]] == ["a"]

@@ -141,12 +141,17 @@ def test_whatif_with_the_recorded_policy_changes_nothing(monkeypatch: pytest.Mon
     assert report.recorded["assigned"] > 40
 
 
-def test_whatif_skips_a_record_in_the_input_sequence_that_is_no_input() -> None:
+STRAY = CODEC.encode(dead_letter(CodecError(m.DeadLetterReason.INVALID, "x", b"", topic="t"),
+                                  failed_at_ms=1))  # fmt: skip
+
+
+# A record of another kind, and one with no value (a tombstone): each a TypeError before,
+# where the worker dead-letters it and audit skips it.
+@pytest.mark.parametrize("stray", [STRAY, None], ids=["no input", "no value"])
+def test_whatif_skips_a_record_in_the_input_sequence_that_is_no_input(stray: bytes | None) -> None:
     policy = policy_update(1)
-    records = recorded_run(policy, steps=3)
-    stray = dead_letter(CodecError(m.DeadLetterReason.INVALID, "x", b"", topic="t"),
-                        failed_at_ms=1)  # fmt: skip
-    records.insert(5, (5, CODEC.encode(stray)))  # (a TypeError before, where audit skips it)
+    records: list[tuple[int, bytes | None]] = [*recorded_run(policy, steps=3)]
+    records.insert(5, (5, stray))
     report = compare([(0, records)], policy_from(policy))
     assert report.changed == 0
     assert report.recorded["assigned"] > 0
