@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import numpy as np
 import pytest
+from aiokafka import TopicPartition
 from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -32,6 +33,7 @@ from dispatcher.worker.app import (
     Worker,
     WorkerConfig,
     _Consumer,
+    _holds,
     _Producer,
     _whole,
     build_app,
@@ -39,6 +41,7 @@ from dispatcher.worker.app import (
 )
 from dispatcher.worker.fold import PartitionFold
 from dispatcher.worker.readmodel import ReadModel, _gauges
+from dispatcher.worker.snapshots import record_digest
 from tests.unit.core import builders
 from tests.unit.test_policy_whatif import recorded_run
 
@@ -368,3 +371,17 @@ def test_the_read_models_counters_are_the_folds_and_a_refold_counts_nothing_twic
         decided["met"],
         decided["missed"],
     )
+
+
+def test_a_snapshot_whose_last_record_had_no_value_is_recognised() -> None:
+    class Consumer:
+        def seek(self, tp: Any, offset: int) -> None:
+            pass
+
+        async def getmany(self, tp: Any, **_: Any) -> dict[Any, list[Any]]:
+            return {tp: [SimpleNamespace(offset=7, value=None)]}
+
+    tp = TopicPartition("input-sequence", 0)
+    # (before: record_digest(None), a TypeError)
+    assert asyncio.run(_holds(Consumer(), tp, 7, record_digest(b"")))
+    assert not asyncio.run(_holds(Consumer(), tp, 7, record_digest(b"x")))
