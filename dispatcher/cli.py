@@ -16,29 +16,35 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+from pydantic import ValidationError
 
 from dispatcher import __version__
 from dispatcher.demo import run_demo
-from dispatcher.errors import ConfigError, DispatcherError, StackError
+from dispatcher.errors import ConfigError, DispatcherError, StackError, TopicsFileError
 from dispatcher.settings import Settings
 from dispatcher.stack import ServiceStatus, Stack
 from dispatcher.topics import (
     DEFAULT_TOPICS_FILE,
     TopicNames,
     TopicReport,
+    TopicsFile,
     apply_topics,
     delete_topics,
     load_topics,
 )
 from dispatcher.watch import watch_topics
+
+if TYPE_CHECKING:
+    from dispatcher.core import Policy
+    from dispatcher.whatif import WhatIf
 
 __all__ = ["cli", "main"]
 
@@ -158,26 +164,50 @@ def topics() -> None:
 
 @topics.command("check")
 @_topics_file
-def topics_check(topics_file: Path) -> None:
-    """Validate the topics file without a broker."""
-    spec = load_topics(topics_file)
+@_prefix
+def topics_check(topics_file: Path, topic_prefix: str) -> None:
+    """Validate the topics file (under the prefix: are the names legal?) without a broker."""
+    spec = _prefixed_topics(topics_file, topic_prefix)
     click.echo(f"{topics_file}: {len(spec.topics)} topics, {len(spec.co_partitioned)} "
                "co-partition group(s), valid")  # fmt: skip
 
 
 @topics.command("apply")
 @_topics_file
+@_prefix
 @click.option(
     "--alter-configs", is_flag=True, help="Set drifted topic configs to the declared ones."
 )
-def topics_apply(topics_file: Path, alter_configs: bool) -> None:
-    """Create missing topics and report drift. Exits 1 when drift remains."""
-    spec = load_topics(topics_file)
+def topics_apply(topics_file: Path, topic_prefix: str, alter_configs: bool) -> None:
+    """Create missing topics and report drift. Exits 1 when drift remains.
+
+    With --topic-prefix, the declared topics under that prefix (a new input
+    sequence; the workers, demo and replays then take the same prefix).
+    """
+    spec = _prefixed_topics(topics_file, topic_prefix)
     bootstrap = _settings().kafka_bootstrap or _settings().local_bootstrap
     reports = asyncio.run(apply_topics(spec, bootstrap, alter_configs=alter_configs))
     _print_reports(reports)
     if any(r.action == "drift" for r in reports):
         sys.exit(1)
+
+
+def _prefixed_topics(topics_file: Path, prefix: str) -> TopicsFile:
+    """The declaration of ``topics_file`` with ``prefix`` before every topic name.
+
+    Raises:
+        TopicsFileError: the file is invalid, or a prefixed name is no legal topic name.
+    """
+    spec = load_topics(topics_file)
+    if not prefix:
+        return spec
+    try:  # (prefixed() copies without validating: the names are checked again here)
+        return TopicsFile.model_validate(spec.prefixed(prefix).model_dump())
+    except ValidationError as exc:
+        name = next(str(e["input"]) for e in exc.errors())
+        raise TopicsFileError(str(topics_file), [
+            f"--topic-prefix {prefix!r} makes {name!r}, not a topic name (at most 249 of "
+            "letters, digits, '.', '_' and '-')"]) from exc  # fmt: skip
 
 
 def _print_reports(reports: list[TopicReport]) -> None:
@@ -240,7 +270,8 @@ def codec_encode(name: str, framing: str, fmt: str) -> None:
     from dispatcher.codecs.codec import MODELS  # noqa: PLC0415
 
     if name not in MODELS:
-        raise click.BadParameter(f"unknown schema {name!r}; one of {', '.join(MODELS)}")
+        raise click.BadParameter(f"unknown schema {name!r}; one of {', '.join(MODELS)}",
+                                 param_hint="'--schema'")  # fmt: skip
     c, failed = Codec(), 0
     for n, line in enumerate(sys.stdin, 1):
         if not line.strip():
@@ -262,7 +293,11 @@ def codec_encode(name: str, framing: str, fmt: str) -> None:
 def codec_decode(name: str | None, fmt: str) -> None:
     """One framed Avro record per line on stdin -> JSON lines on stdout."""
     from dispatcher.codecs import Codec, CodecError  # noqa: PLC0415
+    from dispatcher.codecs.codec import MODELS  # noqa: PLC0415
 
+    if name is not None and name not in MODELS:  # (before: every record refused, as another's)
+        raise click.BadParameter(f"unknown schema {name!r}; one of {', '.join(MODELS)}",
+                                 param_hint="'--schema'")  # fmt: skip
     c, failed = Codec(), 0
     for n, line in enumerate(sys.stdin, 1):
         text = line.strip()
@@ -285,7 +320,8 @@ def codec_decode(name: str | None, fmt: str) -> None:
 @click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True)
 @click.option("--policy", "policy_file", type=click.Path(path_type=Path, dir_okay=False),
               default=None, help="YAML file of Policy fields to change (a mapping such as "
-              "weights: the entries it names).")  # fmt: skip
+              "weights: the entries it names), or a whole policy as `policy publish` takes "
+              "(ops/policies/example.yaml).")  # fmt: skip
 @click.option("--agents", type=click.IntRange(min=1), default=None,
               help="Override the scenario's agent count.")  # fmt: skip
 @click.option("--duration", type=_Finite(min=0.001, max=_WEEK_S),
@@ -309,7 +345,8 @@ def simulate_cmd(  # noqa: PLR0917 - click passes options by position
     sc = SCENARIOS[name].scaled(agents=agents, duration_s=duration)
     policy = sim_policy(sc)
     if policy_file:
-        policy = load_policy(policy_file, policy)
+        published = _published_policy(policy_file)  # (a whole policy: nothing merged)
+        policy = published if published is not None else load_policy(policy_file, policy)
     show = not as_json and sys.stderr.isatty()
     with click.progressbar(length=100, label=f"{name} seed {seed}", file=sys.stderr,
                            hidden=not show) as bar:  # fmt: skip
@@ -341,7 +378,7 @@ def simulate_cmd(  # noqa: PLR0917 - click passes options by position
     click.echo(f"utilisation {cell(m['utilisation_pct'], '.1f', 0)}%   "
                f"jain(weighted) {cell(m['jain_weighted'], '.3f', 0)}   "
                f"total match score {m['total_match_score']:.1f}")  # fmt: skip
-    click.echo("class      SLA%    wait p50    p95     p99 (ms)")
+    click.echo(f"{'class':<9} {'SLA%':>6} {'wait p50':>8} {'p95':>8} {'p99':>8} (ms)")
     for cls, w in m["wait_ms"].items():
         cells = " ".join(cell(w[q], ".0f", 8) for q in ("p50", "p95", "p99"))
         click.echo(f"{cls:<9} {cell(m['sla_compliance_pct'][cls], '.1f', 6)} {cells}")
@@ -349,6 +386,37 @@ def simulate_cmd(  # noqa: PLR0917 - click passes options by position
         tw = m["tenant_wait_ms"][tenant]
         click.echo(f"tenant {tenant:<10} share {share:6.1%}  wait p50 {cell(tw['p50'], '.0f', 7)} "
                    f"p99 {cell(tw['p99'], '.0f', 7)} ms")  # fmt: skip
+
+
+def _published_policy(path: Path) -> Policy | None:
+    """The policy of ``path`` if it is a `policy publish` file (a mapping with a
+    ``document``); None if not (or unreadable: the simulator's own loader says why).
+
+    Raises:
+        ConfigError: the publish file is not valid, or a worker would refuse it.
+    """
+    import yaml  # noqa: PLC0415
+
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return _policy_of(path) if isinstance(doc, dict) and "document" in doc else None
+
+
+def _policy_of(path: Path) -> Policy:
+    """The core policy of a `policy publish` file.
+
+    Raises:
+        ConfigError: the file is not a valid policy, or a worker would refuse it.
+    """
+    from dispatcher.codecs.adapt import policy_from  # noqa: PLC0415
+    from dispatcher.policytool import load_policy_file, problems  # noqa: PLC0415
+
+    update = load_policy_file(path)
+    if found := problems(update):  # (what every worker would refuse is no policy to try)
+        raise ConfigError(f"{path}: {'; '.join(found)}")
+    return policy_from(update)
 
 
 # -- run -------------------------------------------------------------------------
@@ -373,7 +441,8 @@ def run(topics_file: Path, duration: float | None, rate: float, agents: int) -> 
     spec = load_topics(topics_file)
     s = Stack(_settings())
 
-    # SIGTERM (from a supervisor or `kill`) ends the run like Ctrl-C does.
+    # SIGTERM (from a supervisor or `kill`) ends the run like Ctrl-C does (while the demo
+    # runs, through _run_stoppable: its summary is printed, its agents go offline).
     def _interrupt(_sig: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
@@ -405,12 +474,16 @@ def run(topics_file: Path, duration: float | None, rate: float, agents: int) -> 
         whose = "your DISPATCHER_POLICY_KEYS" if s.settings.policy_keys else "a key of this run"
         click.echo(f"policies: the worker applies only those signed with {whose}")
         click.echo("Ctrl-C stops everything this command started.")
-        asyncio.run(run_demo(bootstrap, topics=TopicNames.prefixed(demo.prefix), agents=agents,
-                             rate=rate, duration_s=duration, echo=click.echo,
-                             policy_keys=keys, publish_policy=True))  # fmt: skip
+        _run_stoppable(run_demo(bootstrap, topics=TopicNames.prefixed(demo.prefix),
+                                agents=agents, rate=rate, duration_s=duration, echo=click.echo,
+                                policy_keys=keys, publish_policy=True))  # fmt: skip
     except KeyboardInterrupt:
         click.echo("\ninterrupted")
     finally:
+        # A second Ctrl-C or SIGTERM would break the cleanup off half done (the worker left
+        # running, the topics kept): from here on both are ignored.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
         if worker is not None:
             click.echo("stopping: worker")
             _stop(worker)
@@ -431,7 +504,7 @@ def run(topics_file: Path, duration: float | None, rate: float, agents: int) -> 
 @_duration
 @_prefix
 def watch(topics_file: Path, duration: float | None, topic_prefix: str) -> None:
-    """Show records arriving on every declared topic (counts per second)."""
+    """Every 2 s, print each declared topic that grew: records added, and the rate per second."""
     s = _settings()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(watch_topics(s.kafka_bootstrap or s.local_bootstrap,
@@ -455,11 +528,43 @@ def demo(  # noqa: PLR0917 - click passes options by position
 ) -> None:  # fmt: skip
     """Drive a running worker with simulated producers and agents (see `dispatcher run`)."""
     s = _settings()
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_demo(s.kafka_bootstrap or s.local_bootstrap, agents=agents, pools=pools,
-                             topics=TopicNames.prefixed(topic_prefix), rate=rate,
-                             duration_s=duration, echo=click.echo, policy_keys=s.policy_keys,
-                             publish_policy=publish_policy))  # fmt: skip
+    with contextlib.suppress(KeyboardInterrupt):  # (Ctrl-C or SIGTERM: after the summary)
+        _run_stoppable(run_demo(s.kafka_bootstrap or s.local_bootstrap, agents=agents,
+                                pools=pools, topics=TopicNames.prefixed(topic_prefix), rate=rate,
+                                duration_s=duration, echo=click.echo, policy_keys=s.policy_keys,
+                                publish_policy=publish_policy))  # fmt: skip
+
+
+def _run_stoppable(main: Coroutine[Any, Any, Any]) -> None:
+    """``asyncio.run(main)``, where SIGTERM (a supervisor, `kill`) stops ``main`` as Ctrl-C
+    does: it is cancelled (the demo then prints its summary and its agents go offline),
+    once (a second SIGTERM does not cut that short), and KeyboardInterrupt is raised after.
+    """
+    stopped = False
+
+    async def guarded() -> None:
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        assert task is not None  # noqa: S101 - asyncio.run runs this as a task
+
+        def stop() -> None:
+            nonlocal stopped
+            stopped = True
+            loop.add_signal_handler(signal.SIGTERM, lambda: None)
+            task.cancel()
+
+        loop.add_signal_handler(signal.SIGTERM, stop)
+        await main
+
+    previous = signal.getsignal(signal.SIGTERM)  # (closing the loop resets it to the default)
+    try:
+        asyncio.run(guarded())
+    except asyncio.CancelledError:
+        if not stopped:
+            raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if stopped:
+        raise KeyboardInterrupt  # (as asyncio.run raises it once Ctrl-C stopped main)
 
 
 DEMO_PREFIX = "demo-"
@@ -599,25 +704,42 @@ def _bootstrap() -> str:
     return s.kafka_bootstrap or s.local_bootstrap
 
 
-def _epoch_ms(iso: str) -> int:
-    """An ISO 8601 time as epoch ms (without an offset: local time).
-
-    Raises:
-        ValueError: not an ISO 8601 time.
-    """
-    return round(datetime.fromisoformat(iso).timestamp() * 1000)
+_ZONED = "an ISO 8601 time with its zone (Z or an offset such as +02:00)"
 
 
-def _position(value: str | None) -> tuple[str, int] | None:
-    """An offset (an integer) or a time (ISO 8601, as epoch ms)."""
-    if value is None:
-        return None
-    if value.isascii() and value.isdigit():  # ("²".isdigit() is true)
-        return ("offset", int(value))
-    try:
-        return ("time", _epoch_ms(value))
-    except ValueError as exc:
-        raise click.BadParameter(f"{value!r}: an offset or an ISO 8601 time") from exc
+class _Time(click.ParamType):
+    """An ISO 8601 time with its zone, as epoch ms. A time without one is refused: read
+    as this machine's local time, it would name another instant on another machine."""
+
+    name = "time"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int):
+            return value
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            self.fail(f"{value!r}: not an ISO 8601 time", param, ctx)
+        if when.tzinfo is None:
+            self.fail(f"{value!r} has no zone: give {_ZONED}", param, ctx)
+        return round(when.timestamp() * 1000)
+
+
+class _Position(_Time):
+    """An input offset (an integer), or a time (``_Time``): ``("offset"|"time", n)``."""
+
+    name = "offset|time"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        if value.isascii() and value.isdigit():  # ("²".isdigit() is true)
+            return ("offset", int(value))
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            self.fail(f"{value!r}: an offset or an ISO 8601 time", param, ctx)
+        return ("time", super().convert(value, param, ctx))
 
 
 def _replay_progress() -> Callable[[int], None]:
@@ -633,8 +755,10 @@ def _replay_progress() -> Callable[[int], None]:
 
 @cli.command("audit")
 @click.option("--pool", default=None, help="Check only this pool's decisions.")
-@click.option("--from", "start", default=None, help="Input offset or ISO time to check from.")
-@click.option("--to", "end", default=None, help="Input offset or ISO time to check up to.")
+@click.option("--from", "start", type=_Position(), default=None,
+              help=f"Input offset, or {_ZONED}, to check from.")  # fmt: skip
+@click.option("--to", "end", type=_Position(), default=None,
+              help=f"Input offset, or {_ZONED}, to check up to.")  # fmt: skip
 @click.option("--jobs", type=click.IntRange(min=0), default=0, show_default=True,
               help="Partitions replayed at a time, each in its own process (0: one per core "
                    "for a long input sequence).")  # fmt: skip
@@ -644,8 +768,8 @@ def _replay_progress() -> Callable[[int], None]:
 @_prefix
 @_as_json
 def audit_cmd(  # noqa: PLR0917 - one option each
-    pool: str | None, start: str | None, end: str | None, jobs: int, live_app: str | None,
-    topic_prefix: str, as_json: bool,
+    pool: str | None, start: tuple[str, int] | None, end: tuple[str, int] | None, jobs: int,
+    live_app: str | None, topic_prefix: str, as_json: bool,
 ) -> None:  # fmt: skip
     """Re-run the core on the recorded inputs and check every logged decision byte for byte.
 
@@ -653,7 +777,10 @@ def audit_cmd(  # noqa: PLR0917 - one option each
     """
     from dispatcher.audit import Scope, audit  # noqa: PLC0415 - kept off the import path of others
 
-    scope = Scope(pool, _position(start), _position(end))
+    if start is not None and end is not None and start[0] == end[0] and start[1] >= end[1]:
+        raise click.BadParameter(f"{start[1]} is not before --to {end[1]}: the scope is empty",
+                                 param_hint="'--from'")  # fmt: skip
+    scope = Scope(pool, start, end)
     started = time.monotonic()
     results = asyncio.run(audit(_bootstrap(), TopicNames.prefixed(topic_prefix),
                                 progress=_replay_progress(), jobs=jobs, scope=scope,
@@ -666,43 +793,60 @@ def audit_cmd(  # noqa: PLR0917 - one option each
         rows.append({"partition": r.partition, "inputs": r.inputs, "checked": r.checked,
                      "matched": r.matched, "repeats": r.repeats, "mismatches": len(mism),
                      "missing": len(r.missing), "unexplained": len(r.unexplained),
-                     "expired": r.expired, "pending": r.pending,
+                     "expired": r.expired, "pending": r.pending, "outside": r.outside,
                      "first_mismatch": asdict(mism[0]) if mism else None,
                      "missing_ids": r.missing[:5],
                      "unexplained_ids": r.unexplained[:5]})  # fmt: skip
     total = sum(x["checked"] for x in rows)
+    outside = sum(x["outside"] for x in rows)
     elapsed = time.monotonic() - started
+    if scope != Scope() and not total:
+        click.echo("warning: the scope (--pool/--from/--to) covers no decision: nothing was "
+                   "checked", err=True)  # fmt: skip
     if as_json:
         click.echo(json.dumps({"partitions": rows, "checked": total, "problems": bad,
-                               "seconds": elapsed}, indent=2, default=str))  # fmt: skip
+                               "outside": outside, "seconds": elapsed},
+                              indent=2, default=str))  # fmt: skip
     else:
-        click.echo(f"{'part':>4} {'inputs':>8} {'checked':>8} {'matched':>8} {'repeats':>7} "
-                   f"{'mismatch':>8} {'missing':>7} {'unexpl.':>7}")  # fmt: skip
-        for x in rows:
-            click.echo(f"{x['partition']:>4} {x['inputs']:>8,} {x['checked']:>8,} "
-                       f"{x['matched']:>8,} {x['repeats']:>7,} {x['mismatches']:>8} "
-                       f"{x['missing']:>7} {x['unexplained']:>7}")  # fmt: skip
-            if x["expired"]:
-                click.echo(f"     {x['expired']:,} decisions older than the log's first record "
-                           "(deleted by its retention) not checked")  # fmt: skip
-            if x["pending"]:
-                click.echo(f"     {x['pending']:,} decisions of inputs the workers have not "
-                           "committed yet, not logged yet (pending)")  # fmt: skip
-            if x["first_mismatch"]:
-                f = x["first_mismatch"]
-                click.echo(f"     first mismatch: decision {f['decision_id']} field {f['field']}: "
-                           f"expected {f['expected']!r}, logged {f['logged']!r}; "
-                           f"input {f['input']}")  # fmt: skip
-            for what in ("missing", "unexplained"):  # (the JSON has them too)
-                if x[f"{what}_ids"]:
-                    shown = len(x[f"{what}_ids"])
-                    more = f" and {x[what] - shown:,} more" if x[what] > shown else ""
-                    click.echo(f"     {what}: {', '.join(x[f'{what}_ids'])}{more}")
+        for line in _audit_lines(rows):
+            click.echo(line)
         verdict = "OK" if bad == 0 else f"{bad} PROBLEM(S)"
         click.echo(f"{total:,} decisions checked in {elapsed:.1f}s "
                    f"({total / max(elapsed, 1e-9):,.0f}/s): {verdict}")  # fmt: skip
     if bad:
         sys.exit(1)
+
+
+def _audit_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The audit's table: a row per partition, and under it what it did not check."""
+    out: list[str] = []
+    out.append(f"{'part':>4} {'inputs':>8} {'checked':>8} {'matched':>8} {'repeats':>7} "
+               f"{'mismatch':>8} {'missing':>7} {'unexpl.':>7}")  # fmt: skip
+    for x in rows:
+        out.append(f"{x['partition']:>4} {x['inputs']:>8,} {x['checked']:>8,} "
+                   f"{x['matched']:>8,} {x['repeats']:>7,} {x['mismatches']:>8} "
+                   f"{x['missing']:>7} {x['unexplained']:>7}")  # fmt: skip
+        if x["expired"]:
+            out.append(f"     {x['expired']:,} decisions older than the log's first record "
+                       "(deleted by its retention) not checked")  # fmt: skip
+        if x["pending"]:
+            out.append(f"     {x['pending']:,} decisions of inputs the workers have not "
+                       "committed yet, not logged yet (pending)")  # fmt: skip
+        if x["outside"]:
+            out.append(f"     {x['outside']:,} problem(s) outside the scope "
+                       "(--pool/--from/--to): not counted here; audit without the scope "
+                       "to see them")  # fmt: skip
+        if x["first_mismatch"]:
+            f = x["first_mismatch"]
+            out.append(f"     first mismatch: decision {f['decision_id']} field {f['field']}: "
+                       f"expected {f['expected']!r}, logged {f['logged']!r}; "
+                       f"input {f['input']}")  # fmt: skip
+        for what in ("missing", "unexplained"):  # (the JSON has them too)
+            if x[f"{what}_ids"]:
+                shown = len(x[f"{what}_ids"])
+                more = f" and {x[what] - shown:,} more" if x[what] > shown else ""
+                out.append(f"     {what}: {', '.join(x[f'{what}_ids'])}{more}")
+    return out
 
 
 @cli.command("whatif")
@@ -712,15 +856,10 @@ def audit_cmd(  # noqa: PLR0917 - one option each
 @_as_json
 def whatif_cmd(policy_file: Path, topic_prefix: str, as_json: bool) -> None:
     """Replay the recorded inputs under another policy and report what would change."""
-    from dispatcher.codecs.adapt import policy_from  # noqa: PLC0415
-    from dispatcher.policytool import load_policy_file, problems  # noqa: PLC0415
     from dispatcher.reading import partitions, read_chunks  # noqa: PLC0415
     from dispatcher.whatif import Replay  # noqa: PLC0415
 
-    update = load_policy_file(policy_file)
-    if found := problems(update):  # (what every worker would refuse is no what-if)
-        raise ConfigError(f"{policy_file}: {'; '.join(found)}")
-    policy = policy_from(update)
+    policy = _policy_of(policy_file)
     topics = TopicNames.prefixed(topic_prefix)
     replay = Replay(policy, topic=topics.input_sequence, progress=_replay_progress())
 
@@ -737,22 +876,59 @@ def whatif_cmd(policy_file: Path, topic_prefix: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(asdict(report), indent=2, default=str))
         return
+    for line in _whatif_lines(report):
+        click.echo(line)
+
+
+def _whatif_lines(report: WhatIf) -> list[str]:
+    """The what-if report as a table, then what changed for each example load, and why."""
     a, b = report.recorded, report.alternative
-    click.echo(f"loads {a['loads']:,}; changed {report.changed:,} "
-               f"({report.decisions_changed:,} decisions differ)")  # fmt: skip
-    click.echo(f"{'':<22} {'recorded':>12} {'what-if':>12}")
-    for label, key in (("assigned", "assigned"), ("shed", "shed"), ("SLA %", "sla_pct"),
-                       ("match score", "match_score")):  # fmt: skip
-        click.echo(f"{label:<22} {_num(a[key]):>12} {_num(b[key]):>12}")
+    rows = [(label, _num(a[key]), _num(b[key])) for label, key in (
+        ("assigned", "assigned"), ("shed", "shed"), ("SLA %", "sla_pct"),
+        ("match score", "match_score"))]  # fmt: skip
     for tenant in a["tenants"]:
         ta, tb = a["tenants"][tenant], b["tenants"].get(tenant, {})
-        click.echo(f"{tenant + ' share':<22} {ta['share']:>12.1%} {tb.get('share', 0):>12.1%}")
-        click.echo(f"{tenant + ' wait p50/p99 ms':<22} "
-                   f"{_num(ta['wait_p50_ms'])}/{_num(ta['wait_p99_ms']):>5} "
-                   f"{_num(tb.get('wait_p50_ms'))}/{_num(tb.get('wait_p99_ms')):>5}")  # fmt: skip
-    for ex in report.examples:
-        click.echo(f"  {ex['load']} ({ex['tenant']}): {ex['recorded']['agent']} -> "
-                   f"{ex['alternative']['agent']}; why: {ex['why']}")  # fmt: skip
+        rows.append((f"{tenant} share", f"{ta['share']:.1%}", f"{tb.get('share', 0):.1%}"))
+        rows.append((f"{tenant} wait p50/p99 ms",
+                     f"{_num(ta['wait_p50_ms'])}/{_num(ta['wait_p99_ms'])}",
+                     f"{_num(tb.get('wait_p50_ms'))}/{_num(tb.get('wait_p99_ms'))}"))  # fmt: skip
+    label_w = max(len(row[0]) for row in rows)
+    w = max(12, *(len(cell) for row in rows for cell in row[1:]))  # (the columns stay aligned)
+    return [
+        f"loads {a['loads']:,}; changed {report.changed:,} "
+        f"({report.decisions_changed:,} decisions differ)",
+        f"{'':<{label_w}} {'recorded':>{w}} {'what-if':>{w}}",
+        *(f"{label:<{label_w}} {x:>{w}} {y:>{w}}" for label, x, y in rows),
+        *(_example_line(ex) for ex in report.examples),
+    ]  # fmt: skip
+
+
+def _example_line(ex: Mapping[str, Any]) -> str:
+    """What the what-if run did otherwise with one load, and why it did (its score, or its
+    last decision when it never assigned the load)."""
+    ra, rb = ex["recorded"], ex["alternative"]
+    first, then = ra["agent"] or "none", rb["agent"] or "none"
+    changes = [f"agent {first} -> {then}" if first != then else f"agent {first} both times"]
+    if ra["final"] != rb["final"]:
+        changes.append(f"end {ra['final'] or 'not yet'} -> {rb['final'] or 'not yet'}")
+    if ra["wait_ms"] != rb["wait_ms"] and None not in (ra["wait_ms"], rb["wait_ms"]):
+        changes.append(f"waited {ra['wait_ms']:,} -> {rb['wait_ms']:,} ms")
+    if len(changes) == 1 and first == then:
+        changes.append("the decisions after the first differ")
+    why = ex["why"]
+    if "score_parts" in why:
+        runner = ("no runner-up" if why["runner_up"] is None
+                  else f"runner-up {why['runner_up']} by {why['margin']:.3f}")  # fmt: skip
+        because = (f"score {rb['score']:.3f} = {_parts(why['score_parts'])}; "
+                   f"{why['candidates']} candidate(s), {runner}")  # fmt: skip
+    else:
+        because = f"last decision {why['outcome']}, reason {why['reason']}"
+    return f"  {ex['load']} ({ex['tenant']}): {'; '.join(changes)}; why: {because}"
+
+
+def _parts(parts: Mapping[str, float]) -> str:
+    """The score terms that count, rounded as the scores are."""
+    return ", ".join(f"{k} {v:.3f}" for k, v in parts.items() if v) or "nothing"
 
 
 def _num(v: float | None) -> str:
@@ -781,26 +957,34 @@ def explain_cmd(
     if as_json:
         click.echo(json.dumps(found, indent=2, default=str))
         return
+    for line in _explain_lines(found):
+        click.echo(line)
+
+
+def _explain_lines(found: Mapping[str, Any]) -> list[str]:
+    """The decisions about a load, then the verdicts about the agents asked about."""
+    lines = []
     for d in found["decisions"]:
         where = d["input"]
-        click.echo(f"{d['outcome']:<13} pool {d['pool']} attempt {d['attempt']} "
-                   f"reason {d['reason_code']} "
-                   f"agent {d['agent_id']} policy v{d['policy_version']} "
-                   f"input {where['topic']}[{where['partition']}]@{where['offset']}")  # fmt: skip
+        agent = "no agent" if d["agent_id"] is None else f"agent {d['agent_id']}"
+        lines.append(f"{d['outcome']:<13} pool {d['pool']} attempt {d['attempt']} "
+                     f"reason {d['reason_code']} {agent} policy v{d['policy_version']} "
+                     f"input {where['topic']}[{where['partition']}]@{where['offset']}")  # fmt: skip
         if d["candidates"] or d["excluded"]:
             excluded = ", ".join(f"{k} {v}" for k, v in d["excluded"].items() if v)
-            click.echo(f"  candidates {d['candidates']}; excluded: {excluded or 'none'}")
+            lines.append(f"  candidates {d['candidates']}; excluded: {excluded or 'none'}")
         if d["score"] is not None:
-            parts = ", ".join(f"{k} {v:.3f}" for k, v in d["score_parts"].items() if v)
-            click.echo(f"  score {d['score']:.3f} = {parts}")
-            click.echo(f"  runner-up {d['runner_up']} by {d['margin']}")
+            lines.append(f"  score {d['score']:.3f} = {_parts(d['score_parts'])}")
+            lines.append("  no runner-up" if d["runner_up"] is None else
+                         f"  runner-up {d['runner_up']} by {d['margin']:.3f}")  # fmt: skip
     for v in found["verdicts"]:
         if v["failed"]:
             why = f"fails {', '.join(v['failed'])}"
         else:
             gap = "" if v["gap"] is None else f", {v['gap']:.3f} below the chosen one"
             why = f"scores {v['score']:.3f}{gap}"
-        click.echo(f"why not {v['agent_id']}: {why}")
+        lines.append(f"why not {v['agent_id']}: {why}")
+    return lines
 
 
 @cli.group()
@@ -827,10 +1011,10 @@ def policy_validate(path: Path) -> None:
 @click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--key-id", default=None,
               help="Which DISPATCHER_POLICY_KEYS key signs (default: the only one).")  # fmt: skip
-@click.option("--at", default=None,
-              help="ISO 8601 time (event time) from which it applies; default: now.")  # fmt: skip
+@click.option("--at", "when", type=_Time(), default=None,
+              help=f"From when it applies (event time): {_ZONED}; default: now.")  # fmt: skip
 @_prefix
-def policy_publish(path: Path, key_id: str | None, at: str | None, topic_prefix: str) -> None:
+def policy_publish(path: Path, key_id: str | None, when: int | None, topic_prefix: str) -> None:
     """Publish a valid policy whose version is newer than the current one.
 
     With DISPATCHER_POLICY_KEYS set, the policy is signed (workers holding the
@@ -840,12 +1024,6 @@ def policy_publish(path: Path, key_id: str | None, at: str | None, topic_prefix:
     from dispatcher.policytool import load_policy_file, publish, signed  # noqa: PLC0415
 
     keys = _settings().policy_keys
-    when = None
-    if at is not None:
-        try:
-            when = _epoch_ms(at)
-        except ValueError as exc:
-            raise click.BadParameter(f"{at!r}: not an ISO 8601 time", param_hint="--at") from exc
     update = signed(load_policy_file(path, effective_from_ms=when), keys, key_id)
     partition, offset = asyncio.run(publish(_bootstrap(), TopicNames.prefixed(topic_prefix),
                                             update, keys))  # fmt: skip
@@ -859,20 +1037,24 @@ def policy_publish(path: Path, key_id: str | None, at: str | None, topic_prefix:
 
 # -- worker ----------------------------------------------------------------------
 
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")  # (Faust upper-cases them)
+
 
 @cli.command("worker")
 @click.option("--app-id", default="dispatcher", show_default=True,
               help="Faust app id: the consumer group, and the Redis key prefix.")  # fmt: skip
-@click.option("--web-port", type=int, default=6066, show_default=True)
-@click.option("--tick-ms", type=int, default=200, show_default=True,
+@click.option("--web-port", type=click.IntRange(1, 65535), default=6066, show_default=True,
+              help="Port of the worker's web view on 127.0.0.1 (must be free).")  # fmt: skip
+@click.option("--tick-ms", type=click.IntRange(min=1), default=200, show_default=True,
               help="How often each owned pool gets a Tick on the ticks topic.")  # fmt: skip
 @_prefix
-@click.option("--snapshot-every", type=int, default=100_000, show_default=True,
+@click.option("--snapshot-every", type=click.IntRange(min=0), default=100_000, show_default=True,
               help="Records between snapshots of a partition's state (0: none).")  # fmt: skip
 @click.option("--max-ahead-ms", type=click.IntRange(min=0), default=10_000, show_default=True,
               help="Inputs stamped further ahead of this worker's clock go to dead-letter "
                    "(a pool's clock is the newest event time it saw).")  # fmt: skip
-@click.option("--loglevel", default="warning", show_default=True)
+@click.option("--loglevel", type=click.Choice(_LOG_LEVELS, case_sensitive=False),
+              default="warning", show_default=True)  # fmt: skip
 def worker_cmd(  # noqa: PLR0917 - one option each
     app_id: str, web_port: int, tick_ms: int, topic_prefix: str, snapshot_every: int,
     max_ahead_ms: int, loglevel: str,
@@ -883,6 +1065,7 @@ def worker_cmd(  # noqa: PLR0917 - one option each
     (`dispatcher stack up`). Runs until SIGINT or SIGTERM. State snapshots go
     under the state directory (DISPATCHER_STATE_DIR), in `snapshots/`.
     """
+    _check_port_free(web_port, "--web-port")  # (before: a Faust traceback once it had started)
     # Only this command pays for importing faust.
     from dispatcher.worker.app import Worker, WorkerConfig, build_app  # noqa: PLC0415
 
@@ -896,6 +1079,21 @@ def worker_cmd(  # noqa: PLR0917 - one option each
         policy_keys=s.policy_keys, max_ahead_ms=max_ahead_ms,
     )  # fmt: skip
     Worker(build_app(cfg), loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
+def _check_port_free(port: int, option: str) -> None:
+    """Refuses ``port`` when something listens on it on 127.0.0.1 (where the web view binds).
+
+    Raises:
+        click.BadParameter: the port is taken, naming ``option``.
+    """
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise click.BadParameter(f"port {port} on 127.0.0.1 is not free ({exc.strerror})",
+                                     param_hint=f"'{option}'") from exc  # fmt: skip
 
 
 def main() -> None:

@@ -410,17 +410,23 @@ class DecisionTally:
 
 
 async def reader_at_end(bootstrap: str, topic: str) -> AIOKafkaConsumer:
-    """A consumer of every partition of ``topic`` (no group) that reads only what comes next."""
+    """A consumer of every partition of ``topic`` (no group) that reads only what comes next.
+
+    Raises:
+        BrokerError: the broker cannot be reached, or has no such topic.
+    """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
     try:
+        await consumer.start()
         tps = await partitions(bootstrap, topic)
         consumer.assign(tps)
         await consumer.seek_to_end(*tps)
         for tp in tps:
             await consumer.position(tp)  # resolved now, so records sent after this are seen
-    except BaseException:
-        await consumer.stop()
+    except BaseException as exc:
+        await consumer.stop()  # (a consumer that failed to start is stopped too: not unclosed)
+        if isinstance(exc, KafkaError):
+            raise BrokerError(f"reading {topic!r} at {bootstrap}: {exc!r}") from exc
         raise
     return consumer
 

@@ -39,7 +39,8 @@ async def watch_topics(
     duration: float | None = None,
     echo: Callable[[str], None] = print,
 ) -> dict[str, int]:
-    """Prints a line whenever a topic grows, until cancelled or ``duration`` ends.
+    """Every ``interval`` seconds, prints a line of the topics that grew (by how many
+    records, and at what rate per second), until cancelled or ``duration`` ends.
 
     Returns:
         The last totals per topic.
@@ -65,8 +66,8 @@ async def watch_topics(
         last = await topic_totals(consumer, tps, topics)
         echo("watching: " + ", ".join(f"{t}={n}" for t, n in last.items()))
         started = last_time = time.monotonic()
-        while duration is None or time.monotonic() - started < duration:
-            await asyncio.sleep(interval)
+        while duration is None or (left := started + duration - time.monotonic()) > 0:
+            await asyncio.sleep(interval if duration is None else min(interval, left))
             now_totals, now = await topic_totals(consumer, tps, topics), time.monotonic()
             grown = {t: n - last[t] for t, n in now_totals.items() if n != last[t]}
             if grown:

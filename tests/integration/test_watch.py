@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaProducer
@@ -41,3 +42,17 @@ def test_watch_counts_records_per_topic_and_reports_growth(
     grown = [int(n) for line in lines[1:] for n in re.findall(rf"{busy} \+(\d+)", line)]
     assert sum(grown) == 5, lines
     assert all(quiet not in line for line in lines[1:]), lines
+
+
+def test_watch_stops_when_its_duration_ends_not_at_the_next_interval(
+    kafka_bootstrap: str, new_topics: Callable[..., list[str]], unique: Callable[[str], str]
+) -> None:
+    """Before, it slept a whole interval (2 s by default) past a --duration of 0.5 s."""
+    (topic,) = new_topics(unique("short"))
+
+    async def scenario() -> float:
+        started = time.monotonic()
+        await watch_topics(kafka_bootstrap, [topic], interval=3, duration=0.5, echo=print)
+        return time.monotonic() - started
+
+    assert asyncio.run(scenario()) < 2.5  # (connecting takes a moment; one interval is 3 s)

@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from dispatcher import cli as cli_module
 from dispatcher.topics import DEFAULT_TOPICS_FILE
 from tests.samples import SAMPLES
 
 
 def dispatcher(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dispatcher", *args], capture_output=True, text=True, check=False
-    )
+    return subprocess.run(  # (bounded: a worker that starts after all runs until stopped)
+        [sys.executable, "-m", "dispatcher", *args], capture_output=True, text=True, check=False,
+        timeout=120,
+    )  # fmt: skip
 
 
 def test_topics_check_accepts_the_project_file() -> None:
@@ -158,6 +164,13 @@ def test_simulate_refuses_sizes_it_cannot_run(args: list[str], says: str) -> Non
         (["run", "--rate", "-1"], "'--rate': -1.0 is not in the range"),
         (["run", "--agents", "0"], "'--agents': 0 is not in the range"),
         (["watch", "--duration", "0"], "'--duration': 0.0 is not in the range"),
+        # Before: a tick of 0 ms spun the timer, negative values were taken, and an unknown
+        # log level or port was a Faust traceback once the worker had started.
+        (["worker", "--tick-ms", "0"], "'--tick-ms': 0 is not in the range x>=1"),
+        (["worker", "--snapshot-every", "-1"], "'--snapshot-every': -1 is not in the range"),
+        (["worker", "--web-port", "0"], "'--web-port': 0 is not in the range 1<=x<=65535"),
+        (["worker", "--web-port", "65536"], "'--web-port': 65536 is not in the range"),
+        (["worker", "--loglevel", "bogus"], "'--loglevel': 'bogus' is not one of 'critical',"),
     ],
 )
 def test_demo_options_are_checked_before_anything_starts(args: list[str], says: str) -> None:
@@ -253,3 +266,207 @@ def test_policy_files_a_worker_would_refuse_or_cannot_read_are_refused(
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert says in result.stderr
+
+
+def test_a_worker_refuses_a_web_port_in_use_before_it_starts() -> None:
+    """Before, Faust started, then failed to bind with an ERROR and a traceback."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = dispatcher("worker", "--app-id", "fix-cli", "--web-port", str(port))
+    assert result.returncode == 2
+    assert f"'--web-port': port {port} on 127.0.0.1 is not free" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_without_a_broker_fails_clearly(tmp_path: Path) -> None:
+    """Before, the decision log's reader leaked aiokafka's KafkaConnectionError (a traceback)
+    and was left unclosed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "dispatcher", "demo", "--duration", "1"],
+        capture_output=True, text=True, check=False, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+             "HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "Unclosed" not in result.stderr
+    assert "error: reading 'decision-log' at 127.0.0.1:1: KafkaConnectionError" in result.stderr
+
+
+# -- topics under a prefix ---------------------------------------------------------------
+
+
+def test_topics_check_and_apply_take_a_topic_prefix() -> None:
+    """Before, neither had --topic-prefix (README starts a new input sequence under one)."""
+    ok = dispatcher("topics", "check", "--topic-prefix", "fix-cli-v2-")
+    assert ok.returncode == 0, ok.stderr
+    assert "9 topics" in ok.stdout
+    for verb in ("check", "apply"):  # (apply: refused before it connects)
+        bad = dispatcher("topics", verb, "--topic-prefix", "fix cli/")
+        assert bad.returncode == 1
+        assert bad.stderr.startswith(f"error: {DEFAULT_TOPICS_FILE}: --topic-prefix 'fix cli/' "
+                                     "makes 'fix cli/")  # fmt: skip
+
+
+# -- times: the option is named, a time without a zone is refused --------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["audit", "--to=-5"], "Invalid value for '--to': '-5': an offset or an ISO 8601 time"),
+        (["audit", "--from", "2026-01-01T10:00"],
+         "Invalid value for '--from': '2026-01-01T10:00' has no zone"),
+        (["policy", "publish", str(EXAMPLE_POLICY), "--at", "2026-01-01T10:00"],
+         "Invalid value for '--at': '2026-01-01T10:00' has no zone"),
+        # A scope that covers nothing was an audit of nothing that said OK.
+        (["audit", "--from", "100", "--to", "50"],
+         "Invalid value for '--from': 100 is not before --to 50: the scope is empty"),
+    ],
+)  # fmt: skip
+def test_times_must_name_their_zone_and_errors_name_the_option(args: list[str], says: str) -> None:
+    """Before, "Invalid value: '-5'" named no option, and a time without a zone was read as
+    this machine's local time."""
+    result = dispatcher(*args)
+    assert result.returncode == 2
+    assert says in result.stderr
+
+
+def test_the_time_options_read_a_time_with_its_zone() -> None:
+    from dispatcher.cli import _Position, _Time  # noqa: PLC0415 - the types under test
+
+    assert _Time().convert("1970-01-01T00:00:01Z", None, None) == 1000
+    assert _Time().convert("1970-01-01T02:00:01+02:00", None, None) == 1000
+    assert _Position().convert("42", None, None) == ("offset", 42)
+    assert _Position().convert("1970-01-01T00:00:01Z", None, None) == ("time", 1000)
+
+
+# -- what-if and explain read as tables and sentences ------------------------------------
+
+
+def test_whatif_columns_stay_aligned_and_examples_say_what_changed() -> None:
+    """Before, the p50/p99 cells were not padded (the columns drifted), an example showed only
+    its first agent (`a0 -> a0` when only the end changed) and its why as a dict."""
+    from dispatcher.cli import _whatif_lines  # noqa: PLC0415 - the table under test
+    from dispatcher.codecs.adapt import policy_from  # noqa: PLC0415
+    from dispatcher.demo import policy_update  # noqa: PLC0415
+    from dispatcher.whatif import compare  # noqa: PLC0415
+    from tests.unit.test_policy_whatif import recorded_run  # noqa: PLC0415
+
+    records = recorded_run(policy_update(1))
+    report = compare([(0, records)], policy_from(policy_update(2, tenant_weights={"acme": 4.0})),
+                     examples=8)  # fmt: skip
+    lines = _whatif_lines(report)
+    table = lines[1 : -len(report.examples)]
+    assert any("wait p50/p99 ms" in line for line in table)
+    assert len({len(line) for line in table}) == 1, table  # every column ends where it should
+    examples = lines[-len(report.examples) :]
+    assert not any("{" in line for line in examples), examples  # (a dict's repr)
+    same = [ex for ex in report.examples if ex["recorded"]["agent"] == ex["alternative"]["agent"]]
+    assert same  # (the run has one: the same agent, later and not finished)
+    line = examples[report.examples.index(same[0])]
+    assert f"agent {same[0]['recorded']['agent']} both times; end COMPLETED -> not yet" in line
+    assert re.search(r"why: score \d\.\d{3} = embedding \d\.\d{3}, ", line), line
+    assert any(line.endswith("why: last decision QUEUED, reason NO_CANDIDATE") for line in examples)
+
+
+def test_explain_says_no_agent_and_rounds_the_margin() -> None:
+    """Before: "agent None", and the runner-up's margin unrounded."""
+    from dispatcher.cli import _explain_lines  # noqa: PLC0415 - the lines under test
+
+    assigned = SAMPLES["DecisionRecord"][0].model_dump(mode="json") | {"margin": 0.123456789}
+    queued = assigned | {"outcome": "QUEUED", "reason_code": "NO_CANDIDATE", "agent_id": None,
+                         "score": None, "runner_up": None, "margin": None}  # fmt: skip
+    alone = assigned | {"runner_up": None, "margin": None}
+    lines = _explain_lines({"decisions": [assigned, queued, alone], "verdicts": []})
+    assert "  runner-up agent-2 by 0.123" in lines
+    assert "reason NO_CANDIDATE no agent policy v2" in next(x for x in lines if "QUEUED" in x)
+    assert lines[-1] == "  no runner-up"
+    assert not any("None" in line for line in lines), lines
+
+
+# -- simulate and codec ---------------------------------------------------------------------
+
+
+def test_simulate_header_sits_over_its_columns() -> None:
+    result = dispatcher("simulate", "--scenario", "steady", "--agents", "5", "--duration", "2")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("class "))
+    # Every header word ends where the numbers under it end.
+    ends = [m.end() for m in re.finditer(r"\S+", lines[header + 1])]
+    assert [m.end() for m in re.finditer(r"SLA%|p50|p95|p99", lines[header])] == ends[1:]
+
+
+def test_codec_decode_refuses_an_unknown_schema_as_encode_does() -> None:
+    """Before, decode took any name and refused every record as one of another schema."""
+    for verb in ("encode", "decode"):
+        result = _pipe(["codec", verb, "--schema", "Bogus"], "")
+        assert result.returncode == 2
+        assert "'--schema': unknown schema 'Bogus'; one of AgentEvent, LoadEvent" in result.stderr
+
+
+def test_simulate_takes_a_policy_file_as_policy_publish_does(tmp_path: Path) -> None:
+    """Before: "unknown policy field(s): author, document, policy_id" for the documented
+    format. The file is the whole policy (its weights are the whole set: nothing merged)."""
+    args = ["simulate", "--scenario", "steady", "--agents", "5", "--duration", "5", "--json"]
+    result = dispatcher(*args, "--policy", str(EXAMPLE_POLICY))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["policy_version"] == 2  # the file's
+    refused = tmp_path / "p.yaml"  # one a worker would refuse is refused here too
+    refused.write_bytes(EXAMPLE_POLICY.read_bytes().replace(b"embedding:", b"embeding:"))
+    bad = dispatcher(*args, "--policy", str(refused))
+    assert bad.returncode == 1
+    assert bad.stderr.startswith(f"error: {refused}: weights.embeding: not a score term")
+
+
+# -- SIGTERM stops the demo as Ctrl-C does ---------------------------------------------------
+
+_FAKE_DEMO = """
+import asyncio
+import dispatcher.cli as cli
+
+async def run_demo(bootstrap, *, echo, **_):  # the demo's shape: run, then summarise and leave
+    try:
+        echo("started")
+        await asyncio.sleep(60)
+    except asyncio.CancelledError:
+        echo("summary:")
+    await asyncio.sleep(1)  # the agents leaving: a second SIGTERM must not cut it short
+    echo("agents offline")
+
+cli.run_demo = run_demo
+cli.main()
+"""
+
+
+def test_sigterm_stops_the_demo_as_ctrl_c_does() -> None:
+    """Before, SIGTERM killed `dispatcher demo` at once: no summary, and its agents stayed
+    available for the workers until their heartbeats timed out."""
+    demo = subprocess.Popen([sys.executable, "-u", "-c", _FAKE_DEMO, "demo"], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        assert demo.stdout is not None
+        assert demo.stdout.readline() == "started\n"
+        demo.send_signal(signal.SIGTERM)
+        assert demo.stdout.readline() == "summary:\n"
+        demo.send_signal(signal.SIGTERM)
+        out, err = demo.communicate(timeout=30)
+    finally:
+        demo.kill()
+        demo.wait()
+    assert demo.returncode == 0, err
+    assert out == "agents offline\n"
+    assert "Traceback" not in err
+
+
+def test_the_audit_table_says_how_many_problems_lay_outside_the_scope() -> None:
+    row: dict[str, Any] = {"partition": 0, "inputs": 10, "checked": 4, "matched": 4, "repeats": 0,
+           "mismatches": 0, "missing": 0, "unexplained": 0, "expired": 0, "pending": 0,
+           "outside": 3, "first_mismatch": None, "missing_ids": [],
+           "unexplained_ids": []}  # fmt: skip
+    lines = cli_module._audit_lines([row])
+    assert any("3 problem(s) outside the scope" in line for line in lines)
+    assert not any("outside" in line for line in cli_module._audit_lines([row | {"outside": 0}]))

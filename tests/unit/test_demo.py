@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError
 
 from dispatcher import demo
 from dispatcher.codecs import Codec
@@ -165,7 +166,12 @@ def test_the_summary_reads_the_log_to_its_end_or_says_it_may_be_short(
     ]
 
 
-def test_a_reader_that_cannot_start_reading_is_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("fails", ["start", "partitions"])
+def test_a_reader_that_cannot_start_reading_is_stopped(
+    monkeypatch: pytest.MonkeyPatch, fails: str
+) -> None:
+    """Before, a consumer that could not connect (``start`` raised) was left unclosed and
+    its KafkaConnectionError reached the user as a traceback."""
     started: list[Any] = []
 
     class Consumer:
@@ -174,7 +180,8 @@ def test_a_reader_that_cannot_start_reading_is_stopped(monkeypatch: pytest.Monke
             started.append(self)
 
         async def start(self) -> None:
-            pass
+            if fails == "start":
+                raise KafkaConnectionError("Unable to bootstrap from b:1")
 
         async def stop(self) -> None:
             self.stopped = True
@@ -184,7 +191,8 @@ def test_a_reader_that_cannot_start_reading_is_stopped(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(demo, "AIOKafkaConsumer", Consumer)
     monkeypatch.setattr(demo, "partitions", no_topic)
-    with pytest.raises(BrokerError, match="no topic"):
+    says = "no topic" if fails == "partitions" else "'decisions' at b:1: KafkaConnectionError"
+    with pytest.raises(BrokerError, match=says):
         asyncio.run(demo.reader_at_end("b:1", "decisions"))
     assert [c.stopped for c in started] == [True]
 
