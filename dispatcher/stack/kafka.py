@@ -121,16 +121,9 @@ class LocalKafka:
         # Download next to the cache and rename, so a half download is never used.
         with tempfile.TemporaryDirectory(dir=self.libs.parent) as tmp:
             staging = Path(tmp) / "libs"
-            try:
-                result = subprocess.run(
-                    [mvn, "-B", "-q", "-f", str(POM), "dependency:copy-dependencies",
-                     f"-DoutputDirectory={staging}", "-DincludeScope=runtime"],
-                    capture_output=True, text=True, check=False, timeout=FETCH_TIMEOUT_S,
-                )  # fmt: skip
-            except subprocess.TimeoutExpired as exc:
-                raise StackError(
-                    f"fetching Kafka {KAFKA_VERSION} with Maven took over {FETCH_TIMEOUT_S}s"
-                ) from exc
+            command = [mvn, "-B", "-q", "-f", str(POM), "dependency:copy-dependencies",
+                       f"-DoutputDirectory={staging}", "-DincludeScope=runtime"]  # fmt: skip
+            result = _run(command, FETCH_TIMEOUT_S, f"fetching Kafka {KAFKA_VERSION} with Maven")
             if result.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
                 raise StackError(
                     f"fetching Kafka {KAFKA_VERSION} with Maven failed "
@@ -175,16 +168,9 @@ class LocalKafka:
         if not cluster_file.exists() or cluster_file.read_text().startswith("-"):
             cluster_file.write_text(new_cluster_id() + "\n")
         cluster_id = cluster_file.read_text().strip()
-        try:
-            result = subprocess.run(
-                self._jvm(FORMAT_CLASS, "format", "--ignore-formatted",
-                          "-t", cluster_id, "-c", str(self.config_file)),
-                capture_output=True, text=True, check=False, timeout=FORMAT_TIMEOUT_S,
-            )  # fmt: skip
-        except subprocess.TimeoutExpired as exc:
-            raise StackError(
-                f"formatting KRaft storage in {self.data_dir} took over {FORMAT_TIMEOUT_S}s"
-            ) from exc
+        result = _run(self._jvm(FORMAT_CLASS, "format", "--ignore-formatted",
+                                "-t", cluster_id, "-c", str(self.config_file)),
+                      FORMAT_TIMEOUT_S, f"formatting KRaft storage in {self.data_dir}")  # fmt: skip
         if result.returncode != 0:
             raise StackError(f"formatting KRaft storage failed:\n{result.stdout}{result.stderr}")
 
@@ -248,3 +234,16 @@ class LocalKafka:
         if self.pid() is not None:
             raise StackError("stop the broker before purging its data")
         shutil.rmtree(self.home, ignore_errors=True)
+
+
+def _run(command: list[str], timeout_s: int, doing: str) -> subprocess.CompletedProcess[str]:
+    """Runs ``command`` to its end, its output captured.
+
+    Raises:
+        StackError: it ran longer than ``timeout_s`` (killed).
+    """
+    try:
+        return subprocess.run(command, capture_output=True, text=True, check=False,
+                              timeout=timeout_s)  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        raise StackError(f"{doing} took over {timeout_s}s") from exc
