@@ -8,18 +8,23 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import redis
 import yaml
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from dispatcher import core
 from dispatcher.audit import PartitionAudit, audit
 from dispatcher.codecs import Codec
 from dispatcher.codecs import models as m
+from dispatcher.codecs.signing import content_hash
 from dispatcher.demo import (
     VOCAB,
     Behaviour,
@@ -27,29 +32,141 @@ from dispatcher.demo import (
     Fleet,
     LoadDriver,
     agent_profile,
+    load_event,
     policy_update,
+    reader_at_end,
 )
 from dispatcher.errors import BrokerError
-from dispatcher.reading import partitions, read_partition
 from dispatcher.sdk import DispatcherProducer
+from dispatcher.sdk.producer import now_ms
 from dispatcher.settings import PROJECT_ROOT
+from dispatcher.topics import TopicNames
 from tests.integration.pipeline import (
     Pipeline,
+    Poison,
     assert_audit_clean,
-    assignments_ids,
+    assignment_problems,
     free_port,
     over_capacity,
+    sequence_problems,
+    wait_sequenced,
     wait_until,
 )
 
 pytestmark = pytest.mark.integration
 CODEC = Codec()
-POISON = [b"", b"\x00\x00\x00\x00\x63garbage", b"not avro at all"]
+R = m.DeadLetterReason
+# Bytes that are no record at all, refused on any input topic.
+GARBAGE = [(b"", R.BAD_FRAME), (b"\x00\x00\x00\x00\x63garbage", R.UNKNOWN_SCHEMA),
+           (b"not avro at all", R.BAD_FRAME)]  # fmt: skip
+SLOW = "agent-slow"  # the one agent of pool-c, driven by the test itself
+
+
+def refused_records(t: TopicNames) -> dict[str, list[tuple[bytes, m.DeadLetterReason]]]:
+    """Per input topic, what its sequencer must refuse: garbage; a record of the topic's own
+    kind cut short, or with a byte after it; a well-formed record of another kind; for
+    policies, one whose content hash is wrong. (Each would change decisions, were it let
+    through: a heartbeat from far ahead in an agent's sequence, a load, a policy.)"""
+    rng = np.random.default_rng(0)
+    own = {
+        t.load_arrival: CODEC.encode(load_event(rng, "pool-a", "poison")),
+        t.agent_availability: CODEC.encode(m.AgentEvent(
+            event_id="poison", kind=m.AgentEventKind.HEARTBEAT, agent_id="agent-00",
+            pool="pool-a", seq=10**9, event_time_ms=now_ms())),
+        t.task_results: CODEC.encode(m.TaskResult(
+            event_id="poison", decision_id="d", load_id="first-0000001", agent_id="agent-01",
+            pool="pool-b", outcome=m.TaskOutcome.SUCCESS, event_time_ms=now_ms())),
+        t.ticks: CODEC.encode(m.Tick(pool="pool-a", event_time_ms=now_ms())),
+        t.policy_update: CODEC.encode(policy_update(2)),
+    }  # fmt: skip
+    topics = list(own)
+    out = {}
+    for i, topic in enumerate(topics):
+        other = own[topics[(i + 1) % len(topics)]]
+        out[topic] = [*GARBAGE, (own[topic][:-3], R.MALFORMED),
+                      (own[topic] + b"\x00", R.TRAILING_BYTES),
+                      (other, R.WRONG_SCHEMA)]  # fmt: skip
+    # (version 2 at most: `policy publish` counts refused versions too, and publishes 3)
+    wrong_hash = policy_update(2).model_copy(update={"content_hash": "0" * 64})
+    out[t.policy_update].append((CODEC.encode(wrong_hash), R.INVALID))
+    return out
+
+
+async def drip_poison(p: Pipeline, kafka: Any, poison: Poison, stop: asyncio.Event) -> None:
+    """Sends one refused record to every input topic every 0.25 s, among the traffic, on
+    varying partitions, every kind at least once."""
+    kinds = refused_records(p.topics)
+    keys = [b"pool-a", b"pool-b", b"pool-c", None]
+    rounds = 0
+    while not stop.is_set() or rounds < max(map(len, kinds.values())):
+        for topic, refused in kinds.items():
+            value, reason = refused[rounds % len(refused)]
+            await poison.send(kafka, topic, value, reason, key=keys[rounds % len(keys)])
+        rounds += 1
+        await asyncio.sleep(0.25)
+
+
+def policy_v2(deny: list[str]) -> m.PolicyUpdate:
+    """Version 2: acme may no longer use the agents ``deny``, and locality no longer scores."""
+    base = policy_update(2, ack_ms=1500, heartbeat_ms=4000)
+    doc = base.document.model_copy(update={"weights": base.document.weights | {"locality": 0.0},
+                                           "tenant_deny": {"acme": deny}})  # fmt: skip
+    return base.model_copy(update={"document": doc, "content_hash": content_hash(doc)})
+
+
+async def next_assignment(watch: AIOKafkaConsumer, load_id: str, timeout_s: float) -> m.Assignment:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for records in (await watch.getmany(timeout_ms=100)).values():
+            for r in records:
+                a = CODEC.decode(r.value, "Assignment")
+                assert isinstance(a, m.Assignment)
+                if a.load_id == load_id:
+                    return a
+    raise AssertionError(f"{load_id} was not assigned")
+
+
+async def cancel_held_loads(
+    p: Pipeline, producer: DispatcherProducer, profile: m.AgentProfile
+) -> None:
+    """In pool-c, one agent of capacity 1 accepts held-1 and keeps it; held-2 then waits.
+    Both are cancelled: held-2 waiting, held-1 in flight (its agent freed). The agent then
+    leaves."""
+    rng = np.random.default_rng(9)
+    watch = await reader_at_end(p.bootstrap, p.topics.assignments)
+    try:
+        for seq, kind in enumerate((m.AgentEventKind.REGISTERED, m.AgentEventKind.AVAILABLE), 1):
+            await producer.publish_agent_event(m.AgentEvent(
+                event_id=f"{SLOW}:{seq}", kind=kind, agent_id=SLOW, pool="pool-c", seq=seq,
+                event_time_ms=now_ms(),
+                profile=profile if kind is m.AgentEventKind.REGISTERED else None))  # fmt: skip
+        load = "held-1"
+        await producer.publish_load(load_event(rng, "pool-c", load, tenant="globex",
+                                               deadline=False))  # fmt: skip
+        a = await next_assignment(watch, load, 30)
+        assert a.agent_id == SLOW
+        # Accepted (no ack timeout), and alive (no heartbeat timeout): in flight until cancelled.
+        await producer.publish_result(m.TaskResult(
+            event_id=f"{a.decision_id}:ACCEPTED", decision_id=a.decision_id, load_id=load,
+            agent_id=SLOW, pool="pool-c", outcome=m.TaskOutcome.ACCEPTED,
+            event_time_ms=now_ms()))  # fmt: skip
+        await producer.heartbeat(SLOW, "pool-c", 3)
+        await producer.publish_load(load_event(rng, "pool-c", "held-2", tenant="globex",
+                                               deadline=False))  # fmt: skip
+        await producer.cancel_load("held-2", "pool-c", "globex")
+        await producer.cancel_load("held-1", "pool-c", "globex")
+        await producer.publish_agent_event(m.AgentEvent(
+            event_id=f"{SLOW}:4", kind=m.AgentEventKind.OFFLINE, agent_id=SLOW, pool="pool-c",
+            seq=4, event_time_ms=now_ms()))  # fmt: skip
+    finally:
+        await watch.stop()
 
 
 def test_end_to_end_against_the_core_offline(pipeline: Pipeline, redis_url: str) -> None:
-    """Two pools, three tenants, declines, failures, silent agents (ack timeouts), cancels, an
-    agent leaving mid-task, a policy update mid-stream and poison on every input topic."""
+    """Three pools, three tenants, declines, failures, silent agents (ack timeouts), cancels
+    (of loads done, in flight and waiting), an agent leaving mid-task, a policy update
+    mid-stream and poison among the traffic on every input topic. Checked against what the
+    test itself sent: the input topics, not only the worker's own input sequence."""
     p = pipeline
     p.start_worker()
     rng = np.random.default_rng(7)
@@ -58,6 +175,9 @@ def test_end_to_end_against_the_core_offline(pipeline: Pipeline, redis_url: str)
     agents = {f"agent-{i:02d}": (pools[i % 2],
                                  agent_profile(rng, capacity=2).model_copy(update=every_tool))
               for i in range(10)}  # fmt: skip
+    slow = agent_profile(rng, capacity=1).model_copy(update=every_tool)
+    poison = Poison()
+    denied: list[str] = []
 
     async def scenario() -> tuple[DecisionTally, Fleet, LoadDriver]:
         producer = DispatcherProducer(p.bootstrap, topics=p.topics)
@@ -71,26 +191,29 @@ def test_end_to_end_against_the_core_offline(pipeline: Pipeline, redis_url: str)
                                           work_ms=(100, 300), heartbeat_ms=500))  # fmt: skip
         await fleet.start()
         await driver.producer.start()
-        done = asyncio.Event()
+        done, no_more_poison = asyncio.Event(), asyncio.Event()
         fleet_task = asyncio.create_task(fleet.run(done.is_set))
-        for topic in (p.topics.load_arrival, p.topics.agent_availability, p.topics.task_results,
-                      p.topics.ticks, p.topics.policy_update):  # fmt: skip
-            for junk in POISON:
-                await producer.kafka.send_and_wait(topic, junk, key=b"pool-a")
+        dripping = asyncio.create_task(drip_poison(p, producer.kafka, poison, no_more_poison))
         first = asyncio.create_task(driver.run(150, rate=60, prefix="first"))
         await asyncio.sleep(1.0)
-        for i in range(0, 20, 4):  # cancels: some still queued, some already assigned
+        for i in range(0, 20, 4):  # cancels of loads most likely done already
             await producer.cancel_load(f"first-{i:07d}", pools[i % 2], "acme")
+        await cancel_held_loads(p, producer, slow)
         await first
         second = asyncio.create_task(driver.run(150, rate=60, prefix="second"))
         await asyncio.sleep(1.0)
         busy = sorted(a for a, running in fleet.running.items() if running)
+        assert busy, "no agent has a load in flight: does the worker decide?"
         await fleet.go_offline(busy[0])  # mid-task: its loads are requeued elsewhere
-        await producer.publish_policy(policy_update(2, ack_ms=1500, heartbeat_ms=4000,
-                                                    tenant_weights={"acme": 3.0}))  # fmt: skip
+        # acme loses one agent per pool (one that stays), and locality stops counting.
+        denied.extend(next(a for a, (pool, _) in agents.items() if pool == x and a != busy[0])
+                      for x in pools)  # fmt: skip
+        await producer.publish_policy(policy_v2(denied))
         await second
+        no_more_poison.set()
+        await dripping
         await fleet.producer.flush()
-        arrived = driver.sent
+        arrived = driver.sent + 2  # and pool-c's two
         # Every load reaches its end (the silent agents' loads after their ack timeouts).
         await wait_until(lambda: len(tally.finals) >= arrived, 120, tally.poll)
         await asyncio.sleep(1.0)  # repeats, if any, would land now
@@ -104,10 +227,19 @@ def test_end_to_end_against_the_core_offline(pipeline: Pipeline, redis_url: str)
         return tally, fleet, driver
 
     tally, fleet, driver = asyncio.run(scenario())
-    assert len(tally.finals) == driver.sent == 300
+    assert driver.sent == 300
+    assert len(tally.finals) == driver.sent + 2
     assert all(len(ids) == 1 for ids in tally.finals.values()), "a load with two final decisions"
     assert tally.outcomes["REQUEUED"] > 0  # declines, failures, timeouts, the agent that left
-    assert fleet.stats.received == tally.outcomes["ASSIGNED"]
+
+    # Every input the test sent is in the input sequence once, as sent, and every poison
+    # record on dead-letter (not only the worker's own log agrees with itself).
+    asyncio.run(wait_sequenced(p))
+    assert asyncio.run(sequence_problems(p, poison)) == []
+    assert {(where[0], reason) for where, reason in poison.sent.items()} == {
+        (topic, reason) for topic, refused in refused_records(p.topics).items()
+        for _, reason in refused
+    }  # fmt: skip
 
     # The log, the assignments and the core run offline on the recorded sequence agree.
     counted: list[int] = []
@@ -123,36 +255,38 @@ def test_end_to_end_against_the_core_offline(pipeline: Pipeline, redis_url: str)
     ]
     assert counted[-1] == sum(r.inputs for r in apart)  # (ticks kept coming meanwhile)
     assert sum(1 for r in results if r.decisions) > 1  # more than one partition to share
-    assert over_capacity(results, agents) == []
-    assigned = {rec.decision_id for r in results for rec in r.records
-                if rec.outcome is m.DecisionOutcome.ASSIGNED}  # fmt: skip
-    logged_assignments = asyncio.run(assignments_ids(p))
-    assert set(logged_assignments) == assigned
-    reasons = {rec.reason_code for r in results for rec in r.records}
+    assert over_capacity(results, agents | {SLOW: ("pool-c", slow)}) == []
+    assert asyncio.run(assignment_problems(p, results)) == []
+    decisions = [d for r in results for d in r.decisions]
+    assigned = [d for d in decisions if d.outcome is core.Outcome.ASSIGNED]
+    assert fleet.stats.received == len(assigned) - 1  # (pool-c's one is the test's)
+    reasons = {d.reason for d in decisions}
     assert {"ACK_TIMEOUT", "DECLINED", "FAILED_RETRYABLE", "AGENT_OFFLINE"} <= reasons
-    versions = {rec.policy_version for r in results for rec in r.records}
-    assert {1, 2} <= versions
-    cancels = [rec for r in results for rec in r.records
-               if rec.reason_code in ("CANCELLED", "ALREADY_FINAL")]  # fmt: skip
-    # Each cancel ended its load, or found it ended already (which of the two is timing; the
-    # core's cancel paths are unit-tested).
-    assert len(cancels) == 5
 
-    # Poison on every input topic went to dead-letter, with where it came from.
-    async def dead() -> list[m.DeadLetter]:
-        out = []
-        for tp in await partitions(p.bootstrap, p.topics.dead_letter):
-            for r in await read_partition(p.bootstrap, tp):
-                rec = CODEC.decode(r.value, "DeadLetter")
-                assert isinstance(rec, m.DeadLetter)
-                out.append(rec)
-        return out
+    # Cancels: of a load in flight (its agent named), of one waiting, of loads likely done.
+    def trail(load_id: str, *outcomes: core.Outcome) -> list[tuple[str, str | None]]:
+        return [(d.outcome.value, d.agent_id) for d in decisions
+                if d.load_id == load_id and d.outcome in outcomes]  # fmt: skip
 
-    letters = asyncio.run(dead())
-    per_topic = {t: sum(1 for d in letters if d.source_topic == t) for t in
-                 (p.topics.load_arrival, p.topics.agent_availability, p.topics.task_results,
-                  p.topics.ticks, p.topics.policy_update)}  # fmt: skip
-    assert all(n == len(POISON) for n in per_topic.values()), per_topic
+    # (held-1 may also wait for its agent's registration, and its acceptance may come after
+    # the cancel, rejected then: other topics, either order)
+    in_flight = trail("held-1", core.Outcome.ASSIGNED, core.Outcome.REQUEUED, *core.FINAL_OUTCOMES)
+    assert in_flight == [("ASSIGNED", SLOW), ("CANCELLED", SLOW)]
+    assert trail("held-2", *core.Outcome) == [("QUEUED", None), ("CANCELLED", None)]
+    early = [d for d in decisions if d.reason in ("CANCELLED", "ALREADY_FINAL")
+             and d.load_id.startswith("first-")]  # fmt: skip
+    assert sorted(d.load_id for d in early) == [f"first-{i:07d}" for i in range(0, 20, 4)]
+
+    # The policy update mid-stream: decisions after it are version 2's, and do what it says.
+    v1 = [d for d in assigned if d.policy_version == 1]
+    v2 = [d for d in assigned if d.policy_version == 2]
+    assert len(v1) > 50
+    assert len(v2) > 50
+    assert any(dict(d.score_parts)["locality"] > 0 for d in v1)
+    assert all(dict(d.score_parts)["locality"] == 0 for d in v2)
+    assert [d for d in v2 if d.tenant == "acme" and d.agent_id in denied] == []
+    assert any(dict(d.excluded).get("tenant_deny") for d in decisions
+               if d.policy_version == 2 and d.tenant == "acme")  # fmt: skip
 
     # The read model in Redis.
     r = redis.Redis.from_url(redis_url, decode_responses=True)
@@ -205,7 +339,23 @@ def operator_tools(p: Pipeline, results: list[PartitionAudit]) -> None:
     assert cli(p, "policy", "publish", str(policy_file)).returncode == 0
     whatif = cli(p, "whatif", "--policy", str(policy_file), "--json")
     assert whatif.returncode == 0, whatif.stderr
-    assert json.loads(whatif.stdout)["recorded"]["loads"] == 300
+    report = json.loads(whatif.stdout)
+    assert report["recorded"]["loads"] == report["alternative"]["loads"] == 302
+    assert report["changed"] > 0  # (its ack timeout alone, 30 s, keeps the silent agents' loads)
+    # Its tenant weights (acme 2, globex 1, initech 1 by default) favour acme: against the
+    # same file with acme at 0.5, a larger share of the loads assigned goes to acme. (Not
+    # against the recorded run: there every load was assigned, so the shares are those of
+    # the loads; what-if runs assign fewer, its longer timeouts leaving loads stuck, and
+    # which ones come first moves the shares too. Against acme at 1, the margin went down
+    # to 0.012 in 25 runs here; against 0.5, it stayed within 0.05-0.09 in 8.)
+    control_file = Path(p.logs) / "control.yaml"
+    control_doc = doc["document"] | {"tenant_weights": {"acme": 0.5, "globex": 1.0}}
+    control_file.write_text(yaml.safe_dump(doc | {"version": 3, "document": control_doc}))
+    control = cli(p, "whatif", "--policy", str(control_file), "--json")
+    assert control.returncode == 0, control.stderr
+    shares = [json.loads(out)["alternative"]["tenants"]["acme"]["share"]
+              for out in (whatif.stdout, control.stdout)]  # fmt: skip
+    assert shares[0] > shares[1], shares
 
     # Tamper with one decision: a copy naming another agent. Audit fails and names it.
     part = next(r for r in results if r.records)
@@ -329,6 +479,5 @@ def test_a_record_the_broker_refuses_is_not_committed_past(pipeline: Pipeline) -
 
     results = asyncio.run(decided())
     assert assert_audit_clean(results) >= 6
-    logged = {r.decision_id for res in results for r in res.records
-              if r.outcome is m.DecisionOutcome.ASSIGNED}  # fmt: skip
-    assert set(asyncio.run(assignments_ids(p))) == logged
+    # (the first worker sent the assignments, not the decisions: they come again, identical)
+    assert asyncio.run(assignment_problems(p, results, repeats=True)) == []
