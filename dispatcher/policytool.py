@@ -90,18 +90,24 @@ async def current_version(bootstrap: str, topics: TopicNames) -> int | None:
     """The newest policy version on the policy topic, whatever its ``policy_id`` (workers
     order every policy by version alone), or None.
 
-    Policies the workers refused (unsigned, say) count too: which ones they
-    applied depends on the keys each held at the time, and a version below one
-    they applied would be ignored. A refused version is simply skipped.
+    Policies the workers refused for want of a key (unsigned, say) count too:
+    which ones they applied depends on the keys each held at the time, and a
+    version below one they applied would be ignored. A refused version is
+    simply skipped. Those every worker refuses whatever its keys (a content
+    hash that is not its document's, a semantic problem) do not count: one such
+    record with a high version blocked every later publish.
     """
     codec, newest = Codec(), None
     for tp in await partitions(bootstrap, topics.policy_update):
         for r in await read_partition(bootstrap, tp):
             try:
                 rec = codec.decode(r.value or b"", "PolicyUpdate")
+                written = codec.field_digest(r.value or b"", "document")
             except CodecError:
                 continue  # dead-lettered by the worker
-            if isinstance(rec, m.PolicyUpdate):
+            if not isinstance(rec, m.PolicyUpdate) or verify(rec, {}, written=written):
+                continue  # (without keys, verify checks the content hash alone)
+            if not problems(rec):
                 newest = max(newest or 0, rec.version)
     return newest
 

@@ -17,8 +17,10 @@ from fastavro import parse_schema, schemaless_writer
 from dispatcher.codecs import Codec
 from dispatcher.codecs import models as m
 from dispatcher.codecs.schemas import SCHEMA_DIR
-from dispatcher.demo import DecisionTally
+from dispatcher.codecs.signing import content_hash
+from dispatcher.demo import DecisionTally, policy_update
 from dispatcher.errors import BrokerError
+from dispatcher.policytool import current_version
 from dispatcher.sdk import AgentClient, DecodingConsumer, DispatcherProducer, partition_for
 from dispatcher.topics import TopicNames
 from tests.samples import LOAD, SAMPLES
@@ -551,3 +553,33 @@ def test_two_members_of_a_group_rebalance_and_lose_nothing(
     seen_a, seen_b = asyncio.run(scenario())
     assert set(seen_a) | set(seen_b) == {f"load-{i}" for i in range(total)}
     assert seen_b, "the second member never got a partition"
+
+
+def test_the_current_version_leaves_out_what_every_worker_refuses(
+    kafka_bootstrap: str, topics: TopicNames
+) -> None:
+    """A policy record every worker refuses whatever its keys (a content hash that is not
+    its document's, a semantic problem) blocked every later publish when its version was
+    high; one refused only for want of a key still counts (other workers may hold it)."""
+    good = policy_update(5)
+    wrong_hash = policy_update(99).model_copy(update={"content_hash": "0" * 64})
+    no_weights = policy_update(50)
+    doc = no_weights.document.model_copy(update={"weights": dict.fromkeys(
+        no_weights.document.weights, 0.0)})  # fmt: skip
+    no_weights = no_weights.model_copy(update={"document": doc, "content_hash": content_hash(doc)})
+    unsigned_but_sound = policy_update(7)  # (workers with keys refuse it, others apply it)
+
+    async def scenario() -> int | None:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            for update in (good, wrong_hash, no_weights):
+                await producer.send_and_wait(topics.policy_update, CODEC.encode(update), b"p")
+            assert await current_version(kafka_bootstrap, topics) == 5  # (99, then 50, before)
+            await producer.send_and_wait(topics.policy_update,
+                                         CODEC.encode(unsigned_but_sound), b"p")  # fmt: skip
+        finally:
+            await producer.stop()
+        return await current_version(kafka_bootstrap, topics)
+
+    assert asyncio.run(scenario()) == 7
