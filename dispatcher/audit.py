@@ -516,6 +516,8 @@ async def explain_load(
 
     Raises:
         ValueError: ``agents`` are asked about, and pools name the load id alike.
+        BrokerError: the broker fails a request, or the input sequence is missing (or
+            lacks the partition of the decision's input).
     """
     codec = Codec()
     decisions: list[m.DecisionRecord] = []
@@ -535,6 +537,11 @@ async def explain_load(
     verdicts: list[dict[str, Any]] = []
     if decisions and agents:
         last = _moment(decisions)
+        # Checked now: reading a partition that does not exist waits ~40 s for it, then fails.
+        held = {tp.partition for tp in await partitions(bootstrap, topics.input_sequence)}
+        if last.input.partition not in held:
+            raise BrokerError(f"{topics.input_sequence} at {bootstrap} has no partition "
+                              f"{last.input.partition} (the decision's input)")  # fmt: skip
         tp = TopicPartition(topics.input_sequence, last.input.partition)
         fold = PartitionFold(topics.input_sequence, tp.partition, codec, policy)
         async with contextlib.aclosing(read_chunks(bootstrap, tp)) as chunks:

@@ -11,7 +11,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
-from dispatcher.audit import audit
+from dispatcher.audit import audit, explain_load
 from dispatcher.codecs import Codec
 from dispatcher.codecs.adapt import encode_decision
 from dispatcher.demo import policy_update
@@ -146,4 +146,32 @@ def test_an_audit_of_a_half_made_system_names_what_it_lacks_at_once(
     new_topics(topics.decision_log, partitions=1)
     with pytest.raises(BrokerError, match=f"{topics.decision_log} at .* has no partition 1 "):
         asyncio.run(audit(kafka_bootstrap, topics))
+    assert time.monotonic() - started < 15
+
+
+def test_explain_without_its_input_sequence_says_so_at_once(
+    kafka_bootstrap: str, new_topics: Callable[..., list[str]], unique: Callable[[str], str]
+) -> None:
+    # Before, explain waited ~40 s for the missing input-sequence partition, then failed.
+    topics = TopicNames.prefixed(unique("noinputs") + "-")
+    new_topics(topics.decision_log, partitions=1)
+    fold = PartitionFold(topics.input_sequence, 0, CODEC)
+    decided = [d for offset, value in recorded_run(policy_update(1), steps=2)
+               for d in fold.apply(value, offset)]  # fmt: skip
+    assigned = next(d for d in decided if d.agent_id is not None)
+
+    async def scenario() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            for d in decided:
+                value = encode_decision(CODEC, d, assignment=False)[0]
+                await producer.send_and_wait(topics.decision_log, value, b"p", partition=0)
+        finally:
+            await producer.stop()
+        await explain_load(kafka_bootstrap, topics, assigned.load_id, (assigned.agent_id or "",))
+
+    started = time.monotonic()
+    with pytest.raises(BrokerError, match=f"no topic '{topics.input_sequence}'"):
+        asyncio.run(scenario())
     assert time.monotonic() - started < 15
