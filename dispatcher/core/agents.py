@@ -275,6 +275,13 @@ class AgentTable:
         self.open_count += int(now_open) - int(self.open[row])
         self.open[row] = now_open
 
+    def free_slots(self) -> int:
+        """How many more loads the open agents can take, in all."""
+        if not self.open_count:
+            return 0
+        is_open = self.open[: self.n]
+        return int((self.capacity[: self.n][is_open] - self.active[: self.n][is_open]).sum())
+
     # -- matching -------------------------------------------------------------------
 
     def feasible(

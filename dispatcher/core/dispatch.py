@@ -257,12 +257,13 @@ class PoolState:
         # in (before, a queue full of loads that no open agent could take shed it, or
         # evicted one of them for it); if it has to wait after all, room is made as for
         # any other.
-        full = len(self.pending) >= p.max_pending and spec.priority is not Priority.CRITICAL
+        waiting = self._waiting()
+        full = waiting >= p.max_pending and spec.priority is not Priority.CRITICAL
         if full and not self._takes_now(ls):
             if not self._make_room(ls, e.source, out):
                 return
             full = False
-        if (not full and len(self.pending) >= p.high_watermark
+        if (not full and waiting >= p.high_watermark
                 and spec.priority is Priority.LOW and self._queue_hog(spec.tenant)):  # fmt: skip
             ls.status = LoadStatus.DEFERRED
             self.deferred += 1
@@ -271,13 +272,22 @@ class PoolState:
             return
         self._enqueue(ls)
         self._drain(e.source, out)
-        if full and ls.status is LoadStatus.PENDING and len(self.pending) > p.max_pending:
+        if full and ls.status is LoadStatus.PENDING and self._waiting() > p.max_pending:
             self._dequeue(ls)  # (loads before it took the agent: weighed as it came)
             if not self._make_room(ls, e.source, out):
                 return
             self._enqueue(ls)
         if ls.status is LoadStatus.PENDING:
             out.append(self._queued(ls, e.source))
+
+    def _waiting(self) -> int:
+        """The loads that wait, against the queue's limit and watermarks: in batched mode,
+        less those the next batch has free slots for (they wait for the window only, not
+        for an agent: with idle agents, a burst was shed or deferred)."""
+        n, p = len(self.pending), self.policy
+        if p.mode == "batched" and n >= min(p.max_pending, p.high_watermark):
+            n = max(0, n - self.agents.free_slots())
+        return n
 
     def _make_room(self, ls: LoadState, source: Source, out: list[Decision]) -> bool:
         """Sheds the load a full queue gives up for ``ls`` (``_evictable``), or else ``ls``
@@ -316,12 +326,12 @@ class PoolState:
         counted = Match(None, None, (), len(rows), excluded, None, None)
         if not len(rows):
             reason = "NO_CANDIDATE"
-        elif p.mode == "batched" and ls.spec.priority is not Priority.CRITICAL:
-            reason = "BATCH_WINDOW"
         elif ls.spec.tenant in self._at_quota():
             reason = "TENANT_QUOTA"
         elif ls.spec.tenant in self._held(self.agents.open_count):
             reason = "FAIR_SHARE_RESERVE"
+        elif p.mode == "batched" and ls.spec.priority is not Priority.CRITICAL:
+            reason = "BATCH_WINDOW"
         else:
             reason = "WAITING_TURN"
         return self._decision(ls, Outcome.QUEUED, reason, source, counted)
@@ -728,65 +738,138 @@ class PoolState:
     def _batch(self, source: Source, out: list[Decision]) -> None:
         """Assigns the next loads in service order together, maximising their total score.
 
-        Up to one load per free slot is taken in service order, each tenant's
-        service counted as if the loads taken so far were served (so one tenant
-        does not take the whole batch); each keeps its best ``batch_candidates``
-        agents (held by hard affinity, its session's agent only). ``batch.solve``
-        picks the pairs class by class, most important first, each class from
-        the slots the ones before it left (so a lower class never takes an agent
-        from a higher one). A load no agent can take now waits outside the
-        batch, so it does not keep the loads behind it from the slots (at most
-        ``batch_max_loads + drain_limit`` loads are looked at). The pairs are
-        then made class by class, in service order within a class, and one whose
-        agent no longer has the risk room for it (the loads before it took that)
-        waits for the next batch.
+        Loads are taken in service order, each tenant's service counted as if
+        the loads taken so far were served (so one tenant does not take the
+        whole batch), until they could fill every free slot (each slot listed by
+        a load of the batch; loads that would fill none, once there are as many
+        loads as slots, wait), or ``batch_max_loads`` are taken, or
+        ``batch_max_loads + drain_limit`` were scored. Each keeps its best
+        ``batch_candidates`` agents (held by hard affinity, its session's agent
+        only); a load no agent can take now waits outside the batch, unscored,
+        so it does not keep the loads behind it from the slots; so does a
+        second load of a session no agent has served yet, under hard affinity,
+        until the batch has given the session an agent. The fair-share reserve
+        counts the agents still open, at the fewest, once the loads taken fill
+        the agents with the least room first.
+
+        ``batch.solve`` picks the pairs class by class, most important first,
+        each class from the slots the ones before it left (so a lower class
+        never takes an agent from a higher one), each agent's later slots
+        scored with its load-balance term for the loads before. The pairs are
+        then made class by class, in service order within a class, each scored
+        anew on the agents as they stand (so score, parts, runner-up and margin
+        mean what they mean for a greedy decision; the margin may be negative:
+        the runner-up scored more, and the batch gave it to another load). One
+        whose agent no longer passes (the loads before it took its risk room)
+        waits. Last, a load the batch left without an agent takes the best agent
+        still free for it, as greedy mode would (its best ``batch_candidates``
+        may all have gone to others).
         """
-        p, t = self.policy, self.agents
         self.parked_epoch = -1  # the batch looks at every waiting load again
         self._unpark()
         self.queue.escalate(self.now_ms)
+        batch, candidates = self._gather()
+        left: list[tuple[LoadState, Scored, bool]] = []
+        for k, row in self._solve_by_class(batch, candidates):
+            ls, _, waiting = batch[k]
+            m = self._rescored(ls, row) if row is not None else None
+            if m is None:
+                left.append(batch[k])
+            else:
+                self._assign(ls, m, "AFFINITY" if waiting else "BATCH_OPTIMAL", source, out)
+        for ls, s, held in left:
+            m, waiting = self._match(ls) if self.agents.open_count else (s.none(), held)
+            if m.row is None:
+                self._unmatched(ls, m, waiting)
+            else:
+                self._assign(ls, m, "AFFINITY" if waiting else "BEST_SCORE", source, out)
+
+    def _gather(
+        self,
+    ) -> tuple[list[tuple[LoadState, Scored, bool]], list[list[tuple[int, float]]]]:
+        """The loads of a batch, in service order (each scored, and whether hard affinity
+        holds it), and each one's (agent row, score) pairs; see ``_batch``."""
+        p, t = self.policy, self.agents
         open_rows = np.flatnonzero(t.open[: t.n])
-        slots = int((t.capacity[open_rows] - t.active[open_rows]).sum())
+        room = t.capacity[open_rows] - t.active[open_rows]
+        slots = int(room.sum())
+        fill = np.cumsum(np.sort(room))  # agents closed by k loads, at most: fill <= k
         batch: list[tuple[LoadState, Scored, bool]] = []
         candidates: list[list[tuple[int, float]]] = []
         taken: dict[str, int] = {}
         served = dict(self.served)  # as if the loads taken were served
-        for _ in range(p.batch_max_loads + p.drain_limit):
-            if len(batch) >= min(slots, p.batch_max_loads):
-                break
-            # Each load taken may close an open agent: the reserve counts it so.
-            skip = self._at_quota(taken) | self._held(len(open_rows) - len(batch), taken)
+        unlisted = np.zeros(t.n, np.int64)  # per row, free slots no load of the batch lists
+        unlisted[open_rows] = room
+        covered = scored = 0  # free slots listed by the batch's loads; loads scored
+        new_sessions: set[str] = set()
+        while (len(batch) < p.batch_max_loads and min(len(batch), covered) < slots
+               and scored < p.batch_max_loads + p.drain_limit):  # fmt: skip
+            closed = int(np.searchsorted(fill, len(batch), side="right"))
+            skip = self._at_quota(taken) | self._held(len(open_rows) - closed, taken)
             load_id = self.queue.pop(served, tenant_first=p.tenant_first, skip=skip)
             if load_id is None:
                 break
             ls = self.pending[load_id]
-            affinity_row, waiting = self._affinity(ls)
-            s = t.evaluate(ls.spec, p, self.now_ms, affinity_row=affinity_row,
-                           denied=p.tenant_deny.get(ls.spec.tenant, frozenset()),
-                           tried=ls.tried)  # fmt: skip
-            if waiting:
-                hit = np.flatnonzero(s.rows == affinity_row)[:1]
-                pairs = [(int(s.rows[i]), float(s.total[i])) for i in hit]
-            else:
-                pairs = [(int(s.rows[i]), float(s.total[i])) for i in s.best(p.batch_candidates)]
-            if not pairs:
-                self._unmatched(ls, s.none(), waiting)
+            session = ls.spec.session_id if p.hard_affinity else None
+            if session and session not in self.sessions and session in new_sessions:
+                self.parked.append(ls)  # (back in the queue for the next batch)
                 continue
+            found = self._batch_pairs(ls, unlisted if len(batch) >= slots else None)
+            if found is None:
+                continue
+            scored += 1
+            s, pairs, waiting = found
+            listing = np.array([row for row, _ in pairs], np.intp)
+            fills = int(np.count_nonzero(unlisted.take(listing)))
+            if len(batch) >= slots and not fills:
+                self.parked.append(ls)  # (the slots of its best agents have loads enough)
+                continue
+            covered += fills
+            unlisted[listing] = np.maximum(unlisted.take(listing) - 1, 0)
+            if session:
+                new_sessions.add(session)
             tenant = ls.spec.tenant
             taken[tenant] = taken.get(tenant, 0) + 1
             served[tenant] = served.get(tenant, 0.0) + 1.0 / p.tenant_weight(tenant)
             batch.append((ls, s, waiting))
             candidates.append(pairs)
-        check_risk = p.enforced("risk")
-        for k, row in self._solve_by_class(batch, candidates):
-            ls, s, waiting = batch[k]
-            # (a row whose risk room the loads made before it took: none)
-            if row is None or (check_risk and not t.risk_room[row] >= ls.spec.risk):
-                self._unmatched(ls, s.none(), waiting)
-            else:
-                i = int(np.flatnonzero(s.rows == row)[0])
-                reason = "AFFINITY" if waiting else "BATCH_OPTIMAL"
-                self._assign(ls, s.pick(i, p), reason, source, out)
+        return batch, candidates
+
+    def _batch_pairs(
+        self, ls: LoadState, unlisted: npt.NDArray[np.int64] | None
+    ) -> tuple[Scored, list[tuple[int, float]], bool] | None:
+        """``ls`` scored, its best ``batch_candidates`` (agent row, score) pairs (held by
+        hard affinity: its session's agent), and whether hard affinity holds it; None when
+        it waits outside the batch, unscored: no agent can take it now (it is parked), or
+        no agent it could take has a slot left that no load of the batch lists
+        (``unlisted``, once the batch has a load per free slot)."""
+        p, t, spec = self.policy, self.agents, ls.spec
+        affinity_row, waiting = self._affinity(ls)
+        denied = p.tenant_deny.get(spec.tenant, _NOTHING)
+        feasible, excluded = t.feasible(spec, p, denied, ls.tried)
+        rows = feasible[feasible == affinity_row] if waiting else feasible
+        if not rows.size:
+            self._unmatched(ls, Match(None, None, (), len(feasible), excluded, None, None), waiting)
+            return None
+        if unlisted is not None and not unlisted.take(rows).any():
+            self.parked.append(ls)  # (every slot it could take has loads enough)
+            return None
+        s = t.evaluate(spec, p, self.now_ms, affinity_row=affinity_row, denied=denied,
+                       tried=ls.tried)  # fmt: skip
+        best = np.flatnonzero(s.rows == affinity_row)[:1] if waiting else s.best(p.batch_candidates)
+        return s, [(int(s.rows[i]), float(s.total[i])) for i in best], waiting
+
+    def _rescored(self, ls: LoadState, row: int) -> Match | None:
+        """``ls``'s match with agent ``row``, scored on the agents as they stand (None: the
+        agent no longer passes every hard constraint for it)."""
+        spec, p = ls.spec, self.policy
+        s = self.agents.evaluate(spec, p, self.now_ms, affinity_row=ls.affinity_row,
+                                 denied=p.tenant_deny.get(spec.tenant, _NOTHING),
+                                 tried=ls.tried)  # fmt: skip
+        hit = np.flatnonzero(s.rows == row)
+        if not hit.size or not np.isfinite(s.total[hit[0]]):
+            return None
+        return s.pick(int(hit[0]), p)
 
     def _solve_by_class(
         self, batch: list[tuple[LoadState, Scored, bool]], candidates: list[list[tuple[int, float]]]
@@ -804,13 +887,20 @@ class PoolState:
         for k, (ls, _, _) in enumerate(batch):
             cls = int(ls.spec.priority) - self.queue.escalated(ls.spec.load_id)
             classes.setdefault(cls, []).append(k)
+        balance = self.policy.weight("balance")
+        step = {row: balance / max(int(t.capacity[row]), 1) for row in free}
+        given: dict[int, int] = {}  # row -> loads the classes before gave it
         chosen: list[tuple[int, int | None]] = []
         for cls in sorted(classes):  # (a lower value is served first)
             members = classes[cls]
-            for k, row in zip(members, solve([candidates[k] for k in members], free), strict=True):
+            wants = [[(row, score - given.get(row, 0) * step[row]) for row, score in candidates[k]]
+                     for k in members]  # fmt: skip
+            picks = solve(wants, free, step if balance else None)
+            for k, row in zip(members, picks, strict=True):
                 chosen.append((k, row))
                 if row is not None:
                     free[row] -= 1
+                    given[row] = given.get(row, 0) + 1
         return chosen
 
     # -- endings and requeues --------------------------------------------------------------
