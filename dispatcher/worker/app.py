@@ -574,6 +574,7 @@ def build_app(cfg: WorkerConfig) -> faust.App:
 
     @app.timer(interval=cfg.tick_ms / 1000)  # type: ignore[untyped-decorator]  # faust is untyped
     async def tick() -> None:
+        d.readmodel.flush(d.folds)
         now = _now_ms()
         for pool in d.ticking(now):
             value = d.codec.encode(m.Tick(pool=pool, event_time_ms=now))

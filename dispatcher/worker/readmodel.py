@@ -43,7 +43,7 @@ __all__ = ["ReadModel"]
 log = logging.getLogger("dispatcher.worker.readmodel")
 RECENT = 200
 RETRY_S = 5.0
-POOL_EVERY_S = 0.5  # pool gauges are recounted at most this often
+POOL_EVERY_S = 0.5  # pool gauges are recounted at most this often (and flushed after)
 PUBLISH_EVERY_S = 0.1  # and the counters and recent decisions sent (a round trip each)
 
 
@@ -64,6 +64,7 @@ class ReadModel:
         self._retry_at = 0.0
         self._pools_at = 0.0
         self._publish_at = 0.0
+        self._stale = False  # the pools changed since their gauges were last sent
 
     def publish(self, folds: Mapping[int, PartitionFold], decisions: list[core.Decision]) -> None:
         """Takes ``decisions`` in as recent, and starts a publish in the background unless
@@ -72,6 +73,16 @@ class ReadModel:
         recent decisions a failed publish carried are dropped: the read model is a view,
         not a record."""
         self._recent.extend(decisions[-RECENT:])
+        self._stale = True
+        self._start(folds)
+
+    def flush(self, folds: Mapping[int, PartitionFold]) -> None:
+        """Publishes what the last publishes left out (called on a timer: the state after
+        a worker's last batch, which ``publish`` may have let wait, shows up too)."""
+        if self._stale or self._recent:
+            self._start(folds)
+
+    def _start(self, folds: Mapping[int, PartitionFold]) -> None:
         now = time.monotonic()
         if self.client is None or now < max(self._retry_at, self._publish_at):
             return
@@ -87,6 +98,7 @@ class ReadModel:
             if not self.degraded:
                 log.warning("redis unavailable, read model paused (deciding goes on): %r", exc)
             self.degraded, self._retry_at = True, time.monotonic() + RETRY_S
+            self._stale = True  # (sent again once Redis is back)
             return
         if self.degraded and self.client is not None:
             log.warning("redis is back, read model resumed")
@@ -105,7 +117,7 @@ class ReadModel:
             pipe.ltrim(f"{p}:recent", 0, RECENT - 1)
         now = time.monotonic()
         if now >= self._pools_at:
-            self._pools_at = now + POOL_EVERY_S
+            self._pools_at, self._stale = now + POOL_EVERY_S, False
             for fold in folds.values():
                 for name, state in fold.pools.items():
                     counts = fold.counts.get(name, {})

@@ -385,3 +385,47 @@ def test_a_snapshot_whose_last_record_had_no_value_is_recognised() -> None:
     # (before: record_digest(None), a TypeError)
     assert asyncio.run(_holds(Consumer(), tp, 7, record_digest(b"")))
     assert not asyncio.run(_holds(Consumer(), tp, 7, record_digest(b"x")))
+
+
+def test_the_read_model_shows_the_state_after_the_last_batch() -> None:
+    """A publish right after another is let wait (one round trip per PUBLISH_EVERY_S, gauges
+    per POOL_EVERY_S); the worker's timer flushes it, so the last batch's state is shown,
+    not the one before (agents gone offline showed as available until the next input)."""
+    sent: list[dict[str, Any]] = []
+
+    class Pipe:
+        def hset(self, key: str, mapping: dict[str, Any]) -> None:
+            sent.append(mapping)
+
+        def __getattr__(self, name: str) -> Any:
+            return lambda *a, **kw: None
+
+        async def execute(self) -> None:
+            return None
+
+    fold = PartitionFold("input-sequence", 0, Codec())
+    state = fold.pools["p"] = core.PoolState("p")
+    state.apply(builders.register("a1"))
+    state.apply(builders.available("a1"))
+
+    async def run() -> None:
+        model = ReadModel(None, "app")
+        model.client = SimpleNamespace(pipeline=lambda transaction: Pipe())
+        model.publish({0: fold}, [])
+        await asyncio.sleep(0)  # (the publish runs in the background)
+        assert sent[-1]["available"] == 1
+        state.apply(builders.status("a1", core.AgentStatusKind.OFFLINE, 3))
+        model.publish({0: fold}, [])  # too soon after the first: let wait
+        await asyncio.sleep(0)
+        assert sent[-1]["available"] == 1
+        model._publish_at = model._pools_at = 0.0  # (as if the intervals had passed)
+        model.flush({0: fold})
+        await asyncio.sleep(0)
+        assert sent[-1]["available"] == 0
+        count = len(sent)
+        model._publish_at = model._pools_at = 0.0
+        model.flush({0: fold})  # nothing new: nothing sent
+        await asyncio.sleep(0)
+        assert len(sent) == count
+
+    asyncio.run(run())
