@@ -413,7 +413,8 @@ class _Comparison:
             self.res.repeats += 1  # a decision logged again (a restarted worker), identical
             return True
         if first is not None:
-            self._conflict(rec or _decode(self.codec, value))
+            again = f"{r.topic}[{r.partition}]@{r.offset} (digest {digest.hex()[:16]})"
+            self._conflict(rec or _decode(self.codec, value), first, again)
             return True
         if decision_id in self.queued:  # the expected ones before it are not in the log
             while self.expected[0][1].decision_id != decision_id:
@@ -438,13 +439,15 @@ class _Comparison:
             self._compare(expected, value)
         return True
 
-    def _conflict(self, rec: m.DecisionRecord) -> None:
-        """Reports a repeat of a logged decision that differs from its first record."""
+    def _conflict(self, rec: m.DecisionRecord, first: bytes, again: str) -> None:
+        """Reports a repeat of a logged decision that differs from its first record (only
+        the first one's digest is kept: the repeat's position says where to look)."""
         if not self.scope.covers(rec):
             self.res.outside += 1
             return
-        self.unreadable.append(Mismatch(-1, rec.decision_id, "(conflicting repeat)", None, None,
-                                        _input(rec)))  # fmt: skip
+        first_logged = f"as first logged (digest {first.hex()[:16]})"
+        self.unreadable.append(Mismatch(-1, rec.decision_id, "(conflicting repeat)",
+                                        first_logged, again, _input(rec)))  # fmt: skip
 
     def _compare(self, expected: tuple[bytes, core.Decision], logged: bytes) -> None:
         eb, ed = expected

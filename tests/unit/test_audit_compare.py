@@ -303,3 +303,13 @@ def test_a_logged_decision_no_input_explains_waits_for_the_replay_only_so_far(
         check.expect(*x)
     check.finish()
     assert (res.matched, res.missing, len(res.unexplained)) == (len(EXPECTED), [], 1)
+
+
+def test_a_conflicting_repeat_says_where_the_repeat_is() -> None:
+    log = [eb for eb, _ in EXPECTED]
+    log.insert(3, _forged(EXPECTED[1][1]))  # decision 1 logged again, naming another agent
+    res = streamed(EXPECTED, log, [])
+    (x,) = res.mismatches
+    assert (x.decision_id, x.field) == (EXPECTED[1][1].decision_id, "(conflicting repeat)")
+    assert "decision-log[0]@3" in str(x.logged)
+    assert "as first logged" in str(x.expected)
