@@ -166,14 +166,31 @@ class Stack:
         else:
             pid = self.kafka.pid()
             jars = "jars cached" if self.kafka.fetched else "jars not fetched yet"
-            kafka = ServiceStatus("kafka", s.local_bootstrap, "local", pid is not None, pid,
-                                  f"log {self.kafka.process.log_file} ({jars})")  # fmt: skip
+            detail = f"log {self.kafka.process.log_file} ({jars})"
+            running, detail = _local(pid, self.kafka, s.kafka_port, detail)
+            kafka = ServiceStatus("kafka", s.local_bootstrap, "local", running, pid, detail)
         if self._redis_is_external():
             url = s.redis_url or s.local_redis_url
             why = "from REDIS_URL" if s.redis_url else "already running, not started by dispatcher"
             redis_status = ServiceStatus("redis", url, "external", redis_ping(url), None, why)
         else:
             pid = self.redis.pid()
-            redis_status = ServiceStatus("redis", s.local_redis_url, "local", pid is not None,
-                                         pid, f"log {self.redis.process.log_file}")  # fmt: skip
+            detail = f"log {self.redis.process.log_file}"
+            running, detail = _local(pid, self.redis, s.redis_port, detail)
+            redis_status = ServiceStatus("redis", s.local_redis_url, "local", running, pid, detail)
         return [kafka, redis_status]
+
+
+def _local(
+    pid: int | None, server: LocalKafka | LocalRedis, port: int, detail: str
+) -> tuple[bool, str]:
+    """Whether a server of ours runs where the settings say, and what to say of it: one
+    started with other settings is not running here (and says where it is); with none
+    started, a program answering on the port is named (another state directory's?)."""
+    if pid is not None:
+        problem = server.serving_problem(pid)
+        return (True, detail) if problem is None else (False, problem)
+    if port_open(LOOPBACK, port):
+        return False, (f"not started from this state directory, but something answers on "
+                       f"{LOOPBACK}:{port}")  # fmt: skip
+    return False, detail

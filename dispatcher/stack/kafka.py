@@ -184,7 +184,8 @@ class LocalKafka:
         """
         pid = self.pid()
         if pid is not None:
-            self._check_serving(pid)
+            if (problem := self.serving_problem(pid)) is not None:
+                raise StackError(f"{problem}; run `dispatcher stack down` first")
             return False
         for port in (self.settings.kafka_port, self.settings.kafka_controller_port):
             if port_open(LOOPBACK, port):
@@ -204,9 +205,9 @@ class LocalKafka:
         )  # fmt: skip
         return True
 
-    def _check_serving(self, pid: int) -> None:
-        """Raises StackError unless the running broker listens where the settings say:
-        started with other ports, it is not the broker clients now look for."""
+    def serving_problem(self, pid: int) -> str | None:
+        """Why the running broker is not the one the settings ask for (None: it is): started
+        with other ports, or not answering."""
         try:
             lines = self.config_file.read_text().splitlines()  # what it was started with
         except OSError:
@@ -214,16 +215,13 @@ class LocalKafka:
         running = next((ln.partition("=")[2] for ln in lines if ln.startswith("listeners=")), None)
         wanted = broker_config(self.settings, self.data_dir)["listeners"]
         if running != wanted:
-            raise StackError(
-                f"the broker (pid {pid}) is running on {running or 'unknown ports'}, not on "
-                f"{wanted} as the settings ask; run `dispatcher stack down` first"
-            )
-        if not port_open(LOOPBACK, self.settings.kafka_port):
-            raise StackError(
-                f"the broker (pid {pid}) is running but does not answer on "
-                f"{LOOPBACK}:{self.settings.kafka_port} (log {self.process.log_file}); "
-                "run `dispatcher stack down` first"
-            )
+            return (f"the broker (pid {pid}) is running on {running or 'unknown ports'}, not on "
+                    f"{wanted} as the settings ask")  # fmt: skip
+        port = self.settings.kafka_port
+        if not port_open(LOOPBACK, port):
+            return (f"the broker (pid {pid}) is running but does not answer on "
+                    f"{LOOPBACK}:{port} (log {self.process.log_file})")  # fmt: skip
+        return None
 
     def down(self) -> bool:
         """Stops the broker. False if it was not running."""

@@ -54,6 +54,19 @@ class LocalRedis:
     def pid(self) -> int | None:
         return self.process.pid()
 
+    def serving_problem(self, pid: int) -> str | None:
+        """Why the running redis-server is not the one the settings ask for (None: it is):
+        started with another port, it is not the Redis clients now look for."""
+        port = self.settings.redis_port
+        running = _port_of(pid)
+        if running != str(port):
+            return (f"redis-server (pid {pid}) is running on port {running}, not on {port} as "
+                    "the settings ask")  # fmt: skip
+        if not port_open(LOOPBACK, port):
+            return (f"redis-server (pid {pid}) is running but does not answer on "
+                    f"{LOOPBACK}:{port} (log {self.process.log_file})")  # fmt: skip
+        return None
+
     def up(self, timeout: float = 30.0) -> bool:
         """Starts redis-server and waits for PING. True if it started it now.
 
@@ -65,19 +78,8 @@ class LocalRedis:
         port = self.settings.redis_port
         pid = self.pid()
         if pid is not None:
-            # Started with another port, it is not the Redis clients now look for.
-            running = _port_of(pid)
-            if running != str(port):
-                raise StackError(
-                    f"redis-server (pid {pid}) is running on port {running}, not on {port} as "
-                    "the settings ask; run `dispatcher stack down` first"
-                )
-            if not port_open(LOOPBACK, port):
-                raise StackError(
-                    f"redis-server (pid {pid}) is running but does not answer on "
-                    f"{LOOPBACK}:{port} (log {self.process.log_file}); "
-                    "run `dispatcher stack down` first"
-                )
+            if (problem := self.serving_problem(pid)) is not None:
+                raise StackError(f"{problem}; run `dispatcher stack down` first")
             return False
         if port_open(LOOPBACK, port):
             raise StackError(

@@ -76,6 +76,14 @@ def test_stack_up_status_topics_down_from_a_shell(private_env: dict[str, str]) -
     assert status["redis"]["endpoint"] == f"redis://127.0.0.1:{env['DISPATCHER_REDIS_PORT']}/0"
     assert status["kafka"]["mode"] == status["redis"]["mode"] == "local"
 
+    # Asked about other settings, status does not call our servers theirs.
+    elsewhere = _status(env | {"DISPATCHER_KAFKA_PORT": str(_free_port())})["kafka"]
+    assert not elsewhere["running"]
+    assert f"is running on PLAINTEXT://{kafka_at}" in str(elsewhere["detail"])
+    other_dir = _status(env | {"DISPATCHER_STATE_DIR": env["DISPATCHER_STATE_DIR"] + "-other"})
+    assert not other_dir["kafka"]["running"]
+    assert f"something answers on {kafka_at}" in str(other_dir["kafka"]["detail"])
+
     again = dispatcher(env, "stack", "up")  # idempotent: nothing new starts
     assert again.returncode == 0, again.stderr
     assert "started: nothing" in again.stdout
