@@ -746,9 +746,9 @@ class PoolState:
         ``batch_max_loads + drain_limit`` were scored. Each keeps its best
         ``batch_candidates`` agents (held by hard affinity, its session's agent
         only); a load no agent can take now waits outside the batch, unscored,
-        so it does not keep the loads behind it from the slots; so does a
-        second load of a session no agent has served yet, under hard affinity,
-        until the batch has given the session an agent. The fair-share reserve
+        so it does not keep the loads behind it from the slots; so does, under
+        hard affinity, a second load of a session whose agent this batch
+        chooses (none known, or not available), until it has. The fair-share reserve
         counts the agents still open, at the fewest, once the loads taken fill
         the agents with the least room first.
 
@@ -811,7 +811,7 @@ class PoolState:
                 break
             ls = self.pending[load_id]
             session = ls.spec.session_id if p.hard_affinity else None
-            if session and session not in self.sessions and session in new_sessions:
+            if session and session in new_sessions:
                 self.parked.append(ls)  # (back in the queue for the next batch)
                 continue
             found = self._batch_pairs(ls, unlisted if len(batch) >= slots else None)
@@ -826,7 +826,7 @@ class PoolState:
                 continue
             covered += fills
             unlisted[listing] = np.maximum(unlisted.take(listing) - 1, 0)
-            if session:
+            if session and not waiting:  # (its agent gives the session one)
                 new_sessions.add(session)
             tenant = ls.spec.tenant
             taken[tenant] = taken.get(tenant, 0) + 1

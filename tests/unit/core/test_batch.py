@@ -10,10 +10,18 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dispatcher.core import Decision, Outcome, Policy, PoolState, Priority, TaskOutcome
+from dispatcher.core import (
+    AgentStatusKind,
+    Decision,
+    Outcome,
+    Policy,
+    PoolState,
+    Priority,
+    TaskOutcome,
+)
 from dispatcher.core.agents import Scored
 from dispatcher.core.batch import solve
-from tests.unit.core.builders import arrive, available, register, report, tick
+from tests.unit.core.builders import arrive, available, register, report, status, tick
 
 
 def test_solve_finds_the_pairing_greedy_misses() -> None:
@@ -369,3 +377,18 @@ def test_a_load_kept_waiting_by_its_tenants_quota_says_so_in_batched_mode() -> N
     state.apply(tick(100))
     (d,) = state.apply(arrive("L1", 101))
     assert (d.outcome, d.reason) == (Outcome.QUEUED, "TENANT_QUOTA")
+
+
+def test_under_hard_affinity_a_sessions_loads_stay_together_when_its_agent_is_gone() -> None:
+    policy = _batched(hard_affinity=True, weights={"embedding": 1.0, "affinity": 0.5})
+    state = _pool(policy, {"A": {"capacity": 2, "personality": (1.0, 0.0)},
+                           "B": {"capacity": 2, "personality": (0.0, 1.0)},
+                           "C": {"capacity": 2, "personality": (0.0, 1.0)}})  # fmt: skip
+    state.apply(arrive("S-0", 1, session_id="S", intent=(1.0, 0.0)))
+    assert _assigned(state.apply(tick(100))) == {"S-0": "A"}
+    state.apply(status("A", AgentStatusKind.OFFLINE, 3, 150))  # the session's agent is gone
+    state.apply(arrive("S-1", 160, session_id="S", intent=(0.0, 1.0)))
+    state.apply(arrive("S-2", 161, session_id="S", intent=(0.0, 1.0)))
+    first = _assigned(state.apply(tick(300)))
+    assert list(first) == ["S-1"]  # S-2 waits to learn the session's new agent
+    assert _assigned(state.apply(tick(400))) == {"S-2": first["S-1"]}
