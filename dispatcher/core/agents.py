@@ -72,6 +72,11 @@ class _Kind:
     static: dict[tuple[str, int, float], Floats] = field(default_factory=dict)
 
 
+# What AgentTable.screen says of a load: its kind, which of the kind's candidates pass
+# every enforced hard constraint now, and how many agents each constraint excluded.
+Screened = tuple[_Kind, Bool, tuple[tuple[str, int], ...]]
+
+
 @dataclass(frozen=True, slots=True)
 class Match:
     """The result of matching one load against every agent."""
@@ -292,6 +297,15 @@ class AgentTable:
         and how many agents each constraint excluded."""
         kind, ok, excluded = self._screen(load, policy, denied, tried)
         return kind.cand[ok], excluded
+
+    def screen(
+        self, load: LoadSpec, policy: Policy, denied: frozenset[str] = frozenset(),
+        tried: tuple[str, ...] = (),
+    ) -> tuple[npt.NDArray[np.intp], Screened]:  # fmt: skip
+        """``feasible``, and the screen that found it, for ``evaluate`` to score on."""
+        screened = self._screen(load, policy, denied, tried)
+        kind, ok, _ = screened
+        return kind.cand[ok], screened
 
     def _screen(
         self, load: LoadSpec, policy: Policy, denied: frozenset[str], tried: tuple[str, ...]
@@ -524,10 +538,11 @@ class AgentTable:
     def evaluate(
         self, load: LoadSpec, policy: Policy, now_ms: int, *,
         denied: frozenset[str] = frozenset(), affinity_row: int | None = None,
-        tried: tuple[str, ...] = (),
+        tried: tuple[str, ...] = (), screened: Screened | None = None,
     ) -> Scored:  # fmt: skip
-        """Every agent that qualifies for ``load``, with its weighted score."""
-        kind, ok, excluded = self._screen(load, policy, denied, tried)
+        """Every agent that qualifies for ``load``, with its weighted score (``screened``:
+        what ``screen`` said of the load just before, on these agents)."""
+        kind, ok, excluded = screened or self._screen(load, policy, denied, tried)
         if kind.cols is None:  # gather the qualifying rows' columns only
             return self.scored(kind.cand[ok], load, policy, now_ms, affinity_row=affinity_row,
                                excluded=excluded)  # fmt: skip

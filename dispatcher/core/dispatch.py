@@ -846,16 +846,17 @@ class PoolState:
         p, t, spec = self.policy, self.agents, ls.spec
         affinity_row, waiting = self._affinity(ls)
         denied = p.tenant_deny.get(spec.tenant, _NOTHING)
-        feasible, excluded = t.feasible(spec, p, denied, ls.tried)
+        feasible, screened = t.screen(spec, p, denied, ls.tried)
         rows = feasible[feasible == affinity_row] if waiting else feasible
         if not rows.size:
-            self._unmatched(ls, Match(None, None, (), len(feasible), excluded, None, None), waiting)
+            none = Match(None, None, (), len(feasible), screened[2], None, None)
+            self._unmatched(ls, none, waiting)
             return None
         if unlisted is not None and not unlisted.take(rows).any():
             self.parked.append(ls)  # (every slot it could take has loads enough)
             return None
         s = t.evaluate(spec, p, self.now_ms, affinity_row=affinity_row, denied=denied,
-                       tried=ls.tried)  # fmt: skip
+                       tried=ls.tried, screened=screened)  # fmt: skip
         best = np.flatnonzero(s.rows == affinity_row)[:1] if waiting else s.best(p.batch_candidates)
         return s, [(int(s.rows[i]), float(s.total[i])) for i in best], waiting
 
