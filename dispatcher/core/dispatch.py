@@ -70,6 +70,7 @@ class LoadState:
     last_match: Match | None = None
     affinity_row: int | None = None  # its session's agent when it was last matched
     tried: tuple[str, ...] = ()  # agents that declined it, failed it or did not answer
+    passed: int = 0  # batches it was in and left without an agent (it goes first after)
 
 
 def decision_id(  # noqa: PLR0917 - the parts of the id, in order
@@ -160,6 +161,7 @@ class PoolState:
         self.assignments = 0
         self.deferred = 0
         self.last_batch_ms = -(10**18)
+        self.since_batch = 0  # loads let in since the last batch (batched mode)
         self.epoch = 0  # grows whenever agents' ability to take loads may have grown
         self.profiles = 0  # grows whenever an agent's profile or the policy changes
         # Newer policies waiting for their time, by time (and in order of arrival).
@@ -271,6 +273,7 @@ class PoolState:
             out.append(self._decision(ls, Outcome.DEFERRED, "HIGH_WATERMARK", e.source))
             return
         self._enqueue(ls)
+        self.since_batch += 1
         self._drain(e.source, out)
         if full and ls.status is LoadStatus.PENDING and self._waiting() > p.max_pending:
             self._dequeue(ls)  # (loads before it took the agent: weighed as it came)
@@ -282,11 +285,12 @@ class PoolState:
 
     def _waiting(self) -> int:
         """The loads that wait, against the queue's limit and watermarks: in batched mode,
-        less those the next batch has free slots for (they wait for the window only, not
-        for an agent: with idle agents, a burst was shed or deferred)."""
+        less those let in since the last batch that the next one has free slots for (they
+        wait for the window only, not for an agent: with idle agents, a burst was shed or
+        deferred); a batch that left loads waiting counts them all again."""
         n, p = len(self.pending), self.policy
         if p.mode == "batched" and n >= min(p.max_pending, p.high_watermark):
-            n = max(0, n - self.agents.free_slots())
+            n -= min(self.agents.free_slots(), p.batch_max_loads, self.since_batch)
         return n
 
     def _make_room(self, ls: LoadState, source: Source, out: list[Decision]) -> bool:
@@ -331,7 +335,7 @@ class PoolState:
         elif ls.spec.tenant in self._held(self.agents.open_count):
             reason = "FAIR_SHARE_RESERVE"
         elif p.mode == "batched" and ls.spec.priority is not Priority.CRITICAL:
-            reason = "BATCH_WINDOW"
+            reason = "AFFINITY_WAIT" if self._affinity(ls)[1] else "BATCH_WINDOW"
         else:
             reason = "WAITING_TURN"
         return self._decision(ls, Outcome.QUEUED, reason, source, counted)
@@ -404,7 +408,7 @@ class PoolState:
                     self._finish(ls, Outcome.SHED, "EXPIRED", e.source, out)
         self._prune(now - p.dedupe_window_ms)
         if p.mode == "batched" and now - self.last_batch_ms >= p.batch_window_ms:
-            self.last_batch_ms = now
+            self.last_batch_ms, self.since_batch = now, 0
             self._batch(e.source, out)
         self._drain(e.source, out)
 
@@ -754,8 +758,11 @@ class PoolState:
 
         ``batch.solve`` picks the pairs class by class, most important first,
         each class from the slots the ones before it left (so a lower class
-        never takes an agent from a higher one), each agent's later slots
-        scored with its load-balance term for the loads before. The pairs are
+        never takes an agent from a higher one), and within a class the loads
+        earlier batches left without an agent before the others, the most often
+        left first (so newer loads that score better cannot keep one waiting for
+        ever), each agent's later slots scored with its load-balance term for
+        the loads before. The pairs are
         then made class by class, in service order within a class, each scored
         anew on the agents as they stand (so score, parts, runner-up and margin
         mean what they mean for a greedy decision; the margin may be negative:
@@ -780,6 +787,7 @@ class PoolState:
         for ls, s, held in left:
             m, waiting = self._match(ls) if self.agents.open_count else (s.none(), held)
             if m.row is None:
+                ls.passed += 1
                 self._unmatched(ls, m, waiting)
             else:
                 self._assign(ls, m, "AFFINITY" if waiting else "BEST_SCORE", source, out)
@@ -876,7 +884,8 @@ class PoolState:
         self, batch: list[tuple[LoadState, Scored, bool]], candidates: list[list[tuple[int, float]]]
     ) -> list[tuple[int, int | None]]:
         """``batch.solve`` for each class of the batch's loads in turn (the class the queue
-        served it in: one up once its latest start came), most important first, on the
+        served it in: one up once its latest start came; within it, by how many batches
+        left the load without an agent, most first), most important first, on the
         slots the classes before it left: (index in ``batch``, agent row or None) of each
         load, class by class, in service order within a class (the order to make them in,
         so the risk room goes by class too)."""
@@ -884,15 +893,15 @@ class PoolState:
         free = {
             row: int(t.capacity[row] - t.active[row]) for pairs in candidates for row, _ in pairs
         }
-        classes: dict[int, list[int]] = {}
+        classes: dict[tuple[int, int], list[int]] = {}
         for k, (ls, _, _) in enumerate(batch):
             cls = int(ls.spec.priority) - self.queue.escalated(ls.spec.load_id)
-            classes.setdefault(cls, []).append(k)
+            classes.setdefault((cls, -ls.passed), []).append(k)
         balance = self.policy.weight("balance")
         step = {row: balance / max(int(t.capacity[row]), 1) for row in free}
         given: dict[int, int] = {}  # row -> loads the classes before gave it
         chosen: list[tuple[int, int | None]] = []
-        for cls in sorted(classes):  # (a lower value is served first)
+        for cls in sorted(classes):  # (a lower value is served first; then the most passed)
             members = classes[cls]
             wants = [[(row, score - given.get(row, 0) * step[row]) for row, score in candidates[k]]
                      for k in members]  # fmt: skip

@@ -392,3 +392,46 @@ def test_under_hard_affinity_a_sessions_loads_stay_together_when_its_agent_is_go
     first = _assigned(state.apply(tick(300)))
     assert list(first) == ["S-1"]  # S-2 waits to learn the session's new agent
     assert _assigned(state.apply(tick(400))) == {"S-2": first["S-1"]}
+
+
+def test_newer_loads_that_score_better_do_not_keep_an_older_one_waiting() -> None:
+    # A alone can take these loads; each window a new load that scores better with A
+    # arrives and A finishes one. The old load, left out once, goes first in the next.
+    state = _pool(_batched(weights={"embedding": 1.0}),
+                  {"A": {"personality": (1.0, 0.0)},
+                   "B": {"capabilities": frozenset({"rust"})}})  # fmt: skip
+    state.apply(arrive("warm", 1))
+    state.apply(tick(100))
+    state.apply(arrive("old", 105, intent=(0.0, 1.0)))  # scores low with A
+    order: list[str] = []
+    for k in range(4):
+        t = 200 + 100 * k
+        state.apply(arrive(f"new{k}", t - 50, intent=(1.0, 0.0)))
+        for load_id, ls in list(state.in_flight.items()):
+            state.apply(report(ls.decision_id or "", load_id, "A", TaskOutcome.SUCCESS,
+                               time_ms=t - 5))  # fmt: skip
+        order += [d.load_id for d in state.apply(tick(t)) if d.outcome is Outcome.ASSIGNED]
+    assert order == ["new0", "old", "new1", "new2"]
+
+
+def test_a_batch_that_leaves_loads_waiting_counts_them_against_the_queue_limit() -> None:
+    # Ten idle agents can take none of these loads: a window's arrivals up to the free
+    # slots wait for the batch; once the batch leaves them waiting, the limit holds.
+    agents: dict[str, dict[str, object]] = {"A": {}}
+    agents |= {f"go{i}": {"capabilities": frozenset({"go"})} for i in range(10)}
+    state = _pool(_batched(max_pending=3, high_watermark=3, low_watermark=1), agents)
+    state.apply(arrive("first", 1))
+    state.apply(tick(100))  # A takes it
+    burst = [d for i in range(12) for d in state.apply(arrive(f"w{i}", 110 + i))]
+    assert not [d for d in burst if d.outcome is Outcome.SHED]  # 12 < 3 + 10 free slots
+    state.apply(tick(200))  # the batch finds no free agent for them
+    (d,) = state.apply(arrive("late", 210))
+    assert (d.outcome, d.reason) == (Outcome.SHED, "QUEUE_FULL")
+
+
+def test_a_load_held_for_its_sessions_busy_agent_says_so_in_batched_mode() -> None:
+    state = _pool(_batched(hard_affinity=True, affinity_wait_ms=5_000), {"A": {}, "B": {}})
+    state.apply(arrive("S-1", 10, session_id="S"))
+    state.apply(tick(100))
+    (d,) = state.apply(arrive("S-2", 110, session_id="S"))
+    assert (d.outcome, d.reason) == (Outcome.QUEUED, "AFFINITY_WAIT")
