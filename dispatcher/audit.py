@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import hashlib
 import multiprocessing
 import os
@@ -513,9 +514,11 @@ async def explain_load(
     """The logged decisions about ``load_id`` (in ``pool``, if given); with ``agents``, how
     each stood against it.
 
-    The verdicts come from folding the load's partition up to (and including)
-    the input of the decision ``_moment`` picks, then asking the core
-    (``core.explain``).
+    The verdicts come from folding the load's partition up to the input of the
+    decision ``_moment`` picks, then asking the core (``core.explain``) about
+    the pool as it stood when that decision was made (an assignment: one input
+    may assign many loads, a batch most of all, and the agents the later ones
+    took were free then), or once the input was applied (any other decision).
 
     Raises:
         ValueError: ``agents`` are asked about, and pools name the load id alike.
@@ -545,20 +548,45 @@ async def explain_load(
         if last.input.partition not in held:
             raise BrokerError(f"{topics.input_sequence} at {bootstrap} has no partition "
                               f"{last.input.partition} (the decision's input)")  # fmt: skip
-        tp = TopicPartition(topics.input_sequence, last.input.partition)
-        fold = PartitionFold(topics.input_sequence, tp.partition, codec, policy)
-        async with contextlib.aclosing(read_chunks(bootstrap, tp)) as chunks:
-            async for records in chunks:
-                for r in records:
-                    if r.offset <= last.input.offset:
-                        with contextlib.suppress(CodecError):
-                            fold.apply(r.value, r.offset)
-                if records and records[-1].offset >= last.input.offset:
-                    break
-        state = fold.pools.get(last.pool)
+        state = await _pool_at(bootstrap, topics, last, policy, codec)
         if state is not None and load_id in state.loads:  # (not: decisions about an unknown id)
             why = core.explain(state, load_id, agents)
             verdicts = [{"agent_id": v.agent_id, "failed": list(v.failed), "score": v.score,
                          "gap": v.gap, "parts": dict(v.parts)} for v in why.verdicts]  # fmt: skip
     return {"load_id": load_id, "decisions": [d.model_dump(mode="json") for d in decisions],
             "verdicts": verdicts}  # fmt: skip
+
+
+async def _pool_at(
+    bootstrap: str, topics: TopicNames, last: m.DecisionRecord, policy: core.Policy,
+    codec: Codec,
+) -> core.PoolState | None:  # fmt: skip
+    """The pool of decision ``last`` as it stood when the decision was made (an assignment),
+    or once its input was applied (any other; or a pool that input made); None: the
+    input sequence never named the pool."""
+    tp = TopicPartition(topics.input_sequence, last.input.partition)
+    fold = PartitionFold(topics.input_sequence, tp.partition, codec, policy)
+    moment: list[core.PoolState] = []
+
+    def capture(state: core.PoolState, d: core.Decision) -> None:
+        if d.decision_id == last.decision_id:
+            then = copy.copy(state)
+            then.agents = copy.deepcopy(state.agents)
+            then.loads = {last.load_id: copy.copy(state.loads[last.load_id])}
+            moment.append(then)
+
+    async with contextlib.aclosing(read_chunks(bootstrap, tp)) as chunks:
+        async for records in chunks:
+            for r in records:
+                if r.offset > last.input.offset:
+                    break
+                watched = fold.pools.get(last.pool) if r.offset == last.input.offset else None
+                if watched is not None:
+                    watched.on_assign = capture
+                with contextlib.suppress(CodecError):
+                    fold.apply(r.value, r.offset)
+                if watched is not None:
+                    del watched.on_assign
+            if records and records[-1].offset >= last.input.offset:
+                break
+    return moment[0] if moment else fold.pools.get(last.pool)

@@ -11,6 +11,7 @@ import bisect
 import hashlib
 import heapq
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -123,6 +124,10 @@ _REFUSED = frozenset({"DECLINED", "FAILED_RETRYABLE", "ACK_TIMEOUT"})
 
 class PoolState:
     """Everything one pool's decisions depend on."""
+
+    # Told of each assignment as it is made, with the pool as it stands then (explain
+    # judges the agents at that moment: one input may make many decisions); None: nobody.
+    on_assign: Callable[[PoolState, Decision], None] | None = None
 
     def __init__(self, pool: str, policy: Policy = DEFAULT_POLICY) -> None:
         self.pool = pool
@@ -738,6 +743,8 @@ class PoolState:
         heapq.heappush(self.ack_due, (self.now_ms + self.policy.ack_timeout_ms, self.assignments,
                                       spec.load_id, d.decision_id))  # fmt: skip
         out.append(d)
+        if self.on_assign is not None:
+            self.on_assign(self, d)
 
     def _batch(self, source: Source, out: list[Decision]) -> None:
         """Assigns the next loads in service order together, maximising their total score.
@@ -901,8 +908,8 @@ class PoolState:
         step = {row: balance / max(int(t.capacity[row]), 1) for row in free}
         given: dict[int, int] = {}  # row -> loads the classes before gave it
         chosen: list[tuple[int, int | None]] = []
-        for cls in sorted(classes):  # (a lower value is served first; then the most passed)
-            members = classes[cls]
+        for group in sorted(classes):  # (a lower class is served first; then the most passed)
+            members = classes[group]
             wants = [[(row, score - given.get(row, 0) * step[row]) for row, score in candidates[k]]
                      for k in members]  # fmt: skip
             picks = solve(wants, free, step if balance else None)

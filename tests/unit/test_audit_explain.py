@@ -91,3 +91,51 @@ def test_explain_passes_over_records_with_no_value_in_either_topic(
     found = asyncio.run(explain_load("b:1", topics, "L1", ("a",)))
     assert [d["outcome"] for d in found["decisions"]] == [d.outcome.value for d in decided]
     assert [v["agent_id"] for v in found["verdicts"]] == ["a"]
+
+
+def test_explain_judges_the_agents_as_they_stood_when_the_decision_was_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One batch assigns L1 and L2, one agent each: when L1's pair was made, the other
+    # agent was still free, and the decision's runner-up. (Judged after the whole input,
+    # it "failed capacity", and the gap was not the logged margin.)
+    rng = np.random.default_rng(1)
+    inputs: list[bytes | None] = []
+    for agent in ("a", "b"):
+        profile = agent_profile(rng, capacity=1).model_copy(update={"tools": [], "regions": ["eu"]})
+        inputs += [CODEC.encode(m.AgentEvent(
+            event_id=f"{agent}{kind}", kind=kind, agent_id=agent, pool="p", seq=seq,
+            event_time_ms=1, profile=profile if kind is m.AgentEventKind.REGISTERED else None))
+            for seq, kind in enumerate((m.AgentEventKind.REGISTERED,
+                                        m.AgentEventKind.AVAILABLE), 1)]  # fmt: skip
+    for load_id in ("L1", "L2"):
+        event = load_event(rng, "p", load_id)
+        assert event.load is not None
+        spec = event.load.model_copy(update={"required_capabilities": [], "deadline_ms": None,
+                                             "sensitivity": m.Sensitivity.PUBLIC,
+                                             "priority": m.Priority.NORMAL})  # fmt: skip
+        inputs.append(CODEC.encode(event.model_copy(update={"load": spec, "event_time_ms": 2,
+                                                            "tenant": "acme"})))  # fmt: skip
+    inputs.append(CODEC.encode(m.Tick(pool="p", event_time_ms=500)))
+    policy = core.Policy(mode="batched")
+    fold = PartitionFold("input-sequence", 0, CODEC, policy)
+    decided = [d for i, v in enumerate(inputs) if v is not None for d in fold.apply(v, i)]
+    logged = [encode_decision(CODEC, d, assignment=False)[0] for d in decided]
+    (l1,) = [d for d in decided if d.load_id == "L1" and d.outcome is core.Outcome.ASSIGNED]
+    other = "b" if l1.agent_id == "a" else "a"
+    assert l1.runner_up == other
+    topics = TopicNames()
+
+    async def partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
+        return [TopicPartition(topic, 0)]
+
+    async def read_chunks(bootstrap: str, tp: TopicPartition) -> AsyncIterator[list[Any]]:
+        values = logged if tp.topic == topics.decision_log else inputs
+        yield [SimpleNamespace(value=v, offset=i) for i, v in enumerate(values)]
+
+    monkeypatch.setattr(audit, "partitions", partitions)
+    monkeypatch.setattr(audit, "read_chunks", read_chunks)
+    found = asyncio.run(explain_load("b:1", topics, "L1", (other,), policy=policy))
+    (verdict,) = found["verdicts"]
+    assert verdict["failed"] == []
+    assert verdict["gap"] == pytest.approx(l1.margin)
