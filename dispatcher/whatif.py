@@ -5,16 +5,21 @@ The recorded policy updates are left out of the alternative run (the policy
 under test holds throughout). Agents' answers refer to the recorded run's
 assignments; in the alternative run an answer about a load's current
 assignment there is given to whoever holds the same attempt of the load, so a
-load still completes when its agent reports it done; it is dropped if nobody
-holds the load, and passed as recorded otherwise (the core rejects it, as it
-did an answer about an earlier attempt in the recorded run). That is an
-approximation: a different agent would have taken a different time.
+load still completes when its agent reports it done. One about an attempt
+the alternative run has not made yet (a batched policy, say, assigns later)
+waits for it: it is given as long after that assignment as it came after the
+recorded one (before the first input from then on); one whose attempt the
+replay never makes is dropped, and counted. Any other is passed as recorded
+(the core rejects it, as it did an answer about an earlier attempt in the
+recorded run). That is an approximation: a different agent would have taken
+a different time.
 
 Loads are told apart by pool and load id (two pools may use the same id).
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -122,6 +127,9 @@ class WhatIf:
     changed: int  # loads whose decisions (outcome and agent, in order) differ
     decisions_changed: int  # decisions of one run the other does not have, by content
     examples: list[dict[str, Any]]
+    # Agents' answers the alternative run never got: about attempts it did not make (by
+    # the end of the replay), or that came due after its last input.
+    answers_dropped: int = 0
 
 
 def compare(
@@ -155,6 +163,13 @@ class Replay:
         self.codec, self.progress = codec or Codec(), progress
         self.rec_out, self.alt_out = Outcomes(), Outcomes(why=True)
         self.replayed = 0
+        # Answers about attempts the alternative run has not made yet, per load: (attempt,
+        # ms after the recorded assignment, the record, the event); and those made since,
+        # by when they are due: (due, order, record, the event for the attempt made).
+        self.later: dict[_Key, list[tuple[int, int, m.TaskResult, core.TaskReported]]] = {}
+        self.due: list[tuple[int, int, m.TaskResult, core.TaskReported]] = []
+        self.dropped = 0  # answers of the partitions replayed before never given
+        self._order = 0
 
     def start(self, partition: int) -> None:
         """Starts replaying ``partition``."""
@@ -162,6 +177,8 @@ class Replay:
         self.recorded = PartitionFold(self.topic, partition, self.codec, self.base_policy)
         self.alt = PartitionFold(self.topic, partition, self.codec, self.policy)
         self.holder: dict[_Key, tuple[int, str, str | None]] = {}  # attempt, decision, agent
+        self.dropped += self._waiting()  # (the replay of a partition ends at its last input)
+        self.later, self.due = {}, []
 
     def feed(self, offset: int, value: bytes | None) -> None:
         """Replays the partition's record at ``offset`` in both runs (one with no value, as
@@ -180,24 +197,56 @@ class Replay:
         if isinstance(record, m.PolicyUpdate):
             alt_event = None  # the policy under test holds throughout
         elif isinstance(event, core.TaskReported) and isinstance(record, m.TaskResult):
-            alt_event = self._answer(record.pool, event)  # (before the recorded run moves on)
+            alt_event = self._answer(record, event)  # (before the recorded run moves on)
         self.rec_out.observe(event, self.recorded.apply_event(record, event))
         if alt_event is None:
             return
-        out = self.alt.apply_event(record, alt_event)
-        for d in out:
-            if d.outcome is core.Outcome.ASSIGNED:
-                self.holder[d.pool, d.load_id] = (d.attempt, d.decision_id, d.agent_id)
-        self.alt_out.observe(alt_event, out)
+        if not isinstance(alt_event, core.PolicyChanged):
+            self._give_due(alt_event.time_ms)
+        self._alt(record, alt_event)
 
-    def _answer(self, pool: str, e: core.TaskReported) -> core.TaskReported | None:
-        """The answer ``e`` as the alternative run gets it (None: dropped)."""
-        held = self.holder.get((pool, e.load_id))
+    def _alt(self, record: m.Record, event: core.Event) -> None:
+        """Applies ``event`` to the alternative run, noting who holds what, and which
+        answers waiting for an attempt it made come due when."""
+        out = self.alt.apply_event(record, event)
+        for d in out:
+            if d.outcome is not core.Outcome.ASSIGNED:
+                continue
+            key = (d.pool, d.load_id)
+            self.holder[key] = (d.attempt, d.decision_id, d.agent_id)
+            waiting = self.later.get(key, [])
+            for answer in [a for a in waiting if a[0] == d.attempt]:
+                waiting.remove(answer)
+                _, after, rec, e = answer
+                mine = replace(e, decision_id=d.decision_id, agent_id=d.agent_id or e.agent_id)
+                self._order += 1
+                heapq.heappush(self.due, (d.time_ms + after, self._order, rec, mine))
+        self.alt_out.observe(event, out)
+
+    def _give_due(self, now_ms: int) -> None:
+        """Gives the alternative run the answers due by ``now_ms``, each at its time."""
+        while self.due and self.due[0][0] <= now_ms:
+            at, _, rec, e = heapq.heappop(self.due)
+            self._alt(rec, replace(e, time_ms=at))
+
+    def _waiting(self) -> int:
+        return sum(map(len, self.later.values())) + len(self.due)
+
+    def _answer(self, rec: m.TaskResult, e: core.TaskReported) -> core.TaskReported | None:
+        """The answer ``e`` as the alternative run gets it now (None: not now)."""
+        key = (rec.pool, e.load_id)
+        state = self.recorded.pools.get(rec.pool)
+        ls = state.loads.get(e.load_id) if state is not None else None
+        mine = ls is not None and (ls.decision_id, ls.agent) == (e.decision_id, e.agent_id)
+        held = self.holder.get(key)
+        if mine and ls is not None and (held is None or held[0] < ls.attempt):
+            # An attempt the alternative run has not made yet: the answer waits for it.
+            after = e.time_ms - ls.assigned_ms
+            self.later.setdefault(key, []).append((ls.attempt, after, rec, e))
+            return None
         if held is None or held[2] is None:
             return None  # nobody holds it in the alternative run
-        state = self.recorded.pools.get(pool)
-        ls = state.loads.get(e.load_id) if state is not None else None
-        if ls is None or (ls.decision_id, ls.agent) != (e.decision_id, e.agent_id):
+        if not mine or ls is None:
             return e  # not about the load's assignment in the recorded run either
         if held[0] != ls.attempt:
             return e  # about an attempt the alternative run's holder is not on
@@ -211,6 +260,7 @@ class Replay:
             recorded=rec_out.summary(), alternative=alt_out.summary(), changed=len(changed),
             decisions_changed=len(rec_out.contents ^ alt_out.contents),
             examples=[_example(i, rec_out, alt_out) for i in changed[:examples]],
+            answers_dropped=self.dropped + self._waiting(),
         )  # fmt: skip
 
 

@@ -306,3 +306,48 @@ def test_whatif_sla_counts_loads_whose_deadline_passed_unfinished() -> None:
     summary = out.summary()
     assert summary["sla_pct"] == pytest.approx(100 / 3)  # met; late and late2 missed
     assert summary["tenants"]["acme"]["never_assigned"] == 4
+
+
+def test_whatif_gives_an_answer_to_an_assignment_its_run_makes_later() -> None:
+    """Recorded in greedy mode, agents answering within 200 ms; replayed in batched mode,
+    each load is assigned at the next tick, after the recorded answers: they wait for it
+    and come as long after it (before, they were dropped: no load completed)."""
+    rng = np.random.default_rng(5)
+    fold = PartitionFold("input-sequence", 0, CODEC)
+    records: list[tuple[int, bytes]] = []
+
+    def add(record: m.Record) -> list[core.Decision]:
+        records.append((len(records), CODEC.encode(record)))
+        return fold.apply(records[-1][1], records[-1][0])
+
+    hour = 3_600_000  # (the agents send no heartbeats)
+    add(policy_update(1, heartbeat_ms=hour, effective_from_ms=0))
+    for i in range(2):
+        profile = agent_profile(rng, capacity=1).model_copy(update={"regions": ["eu"]})
+        for seq, kind in ((1, m.AgentEventKind.REGISTERED), (2, m.AgentEventKind.AVAILABLE)):
+            add(m.AgentEvent(event_id=f"a{i}:{seq}", kind=kind, agent_id=f"a{i}", pool="p",
+                             seq=seq, event_time_ms=1_000,
+                             profile=profile if seq == 1 else None))  # fmt: skip
+    for step in range(10):
+        t = 2_000 + step * 1_000
+        ev = load_event(rng, "p", f"L{step}", tenant="acme", deadline=False)
+        ev = ev.model_copy(update={"event_time_ms": t, "load": ev.load.model_copy(update={  # type: ignore[union-attr]
+            "created_at_ms": t, "deadline_ms": None, "required_capabilities": [],
+            "sensitivity": m.Sensitivity.PUBLIC, "region": "eu", "risk_score": 0.0})})  # fmt: skip
+        (d,) = [x for x in add(ev) if x.outcome is core.Outcome.ASSIGNED]
+        for outcome, after in ((m.TaskOutcome.ACCEPTED, 10), (m.TaskOutcome.SUCCESS, 200)):
+            add(m.TaskResult(event_id=f"{d.decision_id}:{outcome.value}",
+                             decision_id=d.decision_id, load_id=d.load_id,
+                             agent_id=d.agent_id or "", pool="p", outcome=outcome,
+                             retryable=False, event_time_ms=t + after))  # fmt: skip
+        add(m.Tick(pool="p", event_time_ms=t + 500))
+    add(m.Tick(pool="p", event_time_ms=20_000))
+    batched = policy_update(2, heartbeat_ms=hour)
+    batched = batched.model_copy(update={"document": batched.document.model_copy(
+        update={"matching_mode": m.MatchingMode.BATCHED})})  # fmt: skip
+    report = compare([(0, records)], policy_from(batched))
+    assert report.recorded["finals"] == {"COMPLETED": 10}
+    assert report.alternative["finals"] == {"COMPLETED": 10}
+    assert report.answers_dropped == 0
+    waits = report.alternative["tenants"]["acme"]
+    assert waits["wait_p50_ms"] == 500  # assigned at the tick after it came
