@@ -7,9 +7,11 @@ import base64
 import contextlib
 import fcntl
 import json
+import logging
 import math
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -17,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -28,7 +30,13 @@ from pydantic import ValidationError
 
 from dispatcher import __version__
 from dispatcher.demo import run_demo
-from dispatcher.errors import ConfigError, DispatcherError, StackError, TopicsFileError
+from dispatcher.errors import (
+    BrokerError,
+    ConfigError,
+    DispatcherError,
+    StackError,
+    TopicsFileError,
+)
 from dispatcher.settings import Settings
 from dispatcher.stack import ServiceStatus, Stack
 from dispatcher.topics import (
@@ -39,6 +47,7 @@ from dispatcher.topics import (
     apply_topics,
     delete_topics,
     load_topics,
+    topic_names,
 )
 from dispatcher.watch import watch_topics
 
@@ -359,6 +368,7 @@ def simulate_cmd(  # noqa: PLR0917 - click passes options by position
                 done[0] += step
 
         report = simulate(sc, seed, policy, progress=progress)
+    report.warnings[:0] = sc.warnings()
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
     if as_json:
@@ -372,20 +382,30 @@ def simulate_cmd(  # noqa: PLR0917 - click passes options by position
 
     click.echo(f"scenario {name}  seed {seed}  agents {sc.agents}  {sc.duration_s:g}s simulated")
     click.echo(f"digest   {report.digest}")
-    click.echo(f"decisions {report.decisions}  ({cell(m['decisions_per_s'], ',.0f', 0)}/s "
+    click.echo(f"decisions {report.decisions:,}  ({cell(m['decisions_per_s'], ',.0f', 0)}/s "
                "in the core)")  # fmt: skip
-    click.echo(f"loads    {json.dumps(m['loads'])}")
+    click.echo(f"loads    {_counts(m['loads'])}")
     click.echo(f"utilisation {cell(m['utilisation_pct'], '.1f', 0)}%   "
                f"jain(weighted) {cell(m['jain_weighted'], '.3f', 0)}   "
-               f"total match score {m['total_match_score']:.1f}")  # fmt: skip
+               f"total match score {m['total_match_score']:,.1f}")  # fmt: skip
     click.echo(f"{'class':<9} {'SLA%':>6} {'wait p50':>8} {'p95':>8} {'p99':>8} (ms)")
     for cls, w in m["wait_ms"].items():
-        cells = " ".join(cell(w[q], ".0f", 8) for q in ("p50", "p95", "p99"))
+        cells = " ".join(cell(w[q], ",.0f", 8) for q in ("p50", "p95", "p99"))
         click.echo(f"{cls:<9} {cell(m['sla_compliance_pct'][cls], '.1f', 6)} {cells}")
     for tenant, share in m["tenant_share"].items():
         tw = m["tenant_wait_ms"][tenant]
-        click.echo(f"tenant {tenant:<10} share {share:6.1%}  wait p50 {cell(tw['p50'], '.0f', 7)} "
-                   f"p99 {cell(tw['p99'], '.0f', 7)} ms")  # fmt: skip
+        click.echo(f"tenant {tenant:<10} share {share:6.1%}  wait p50 {cell(tw['p50'], ',.0f', 7)} "
+                   f"p99 {cell(tw['p99'], ',.0f', 7)} ms")  # fmt: skip
+
+
+def _counts(counts: Mapping[str, Any]) -> str:
+    """``{"arrived": 6544, "outcomes": {"COMPLETED": 5854}}`` as "arrived 6,544  outcomes
+    (COMPLETED 5,854)": the figures with separators, as the other lines print them, under
+    the names --json gives them."""
+    return "  ".join(
+        f"{k} ({_counts(v) if v else 'none'})" if isinstance(v, Mapping) else f"{k} {v:,}"
+        for k, v in counts.items()
+    )
 
 
 def _published_policy(path: Path) -> Policy | None:
@@ -515,8 +535,10 @@ def watch(topics_file: Path, duration: float | None, topic_prefix: str) -> None:
 @cli.command("demo")
 @_duration
 @_rate
-@click.option("--agents", type=click.IntRange(min=1, max=100_000), default=60, show_default=True)
-@click.option("--pools", type=click.IntRange(min=1, max=1_000), default=2, show_default=True)
+@click.option("--agents", type=click.IntRange(min=1, max=100_000), default=60, show_default=True,
+              help="Demo agents.")  # fmt: skip
+@click.option("--pools", type=click.IntRange(min=1, max=1_000), default=2, show_default=True,
+              help="Pools of the demo's own, the agents and loads spread over them.")  # fmt: skip
 @_prefix
 @click.option("--publish-policy", is_flag=True,
               help="First publish the demo's policy (short ack and heartbeat timeouts). Every "
@@ -851,7 +873,9 @@ def _audit_lines(rows: list[dict[str, Any]]) -> list[str]:
 
 @cli.command("whatif")
 @click.option("--policy", "policy_file", required=True,
-              type=click.Path(path_type=Path, dir_okay=False, exists=True))  # fmt: skip
+              type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="The policy to replay under: a file as `policy publish` takes "
+                   "(ops/policies/example.yaml).")  # fmt: skip
 @_prefix
 @_as_json
 def whatif_cmd(policy_file: Path, topic_prefix: str, as_json: bool) -> None:
@@ -894,9 +918,12 @@ def _whatif_lines(report: WhatIf) -> list[str]:
                      f"{_num(tb.get('wait_p50_ms'))}/{_num(tb.get('wait_p99_ms'))}"))  # fmt: skip
     label_w = max(len(row[0]) for row in rows)
     w = max(12, *(len(cell) for row in rows for cell in row[1:]))  # (the columns stay aligned)
+    dropped = report.answers_dropped
     return [
         f"loads {a['loads']:,}; changed {report.changed:,} "
-        f"({report.decisions_changed:,} decisions differ)",
+        f"({report.decisions_changed:,} decisions differ)"
+        + (f"; {dropped:,} agents' answers never reached the what-if run (about attempts it "
+           "did not make)" if dropped else ""),
         f"{'':<{label_w}} {'recorded':>{w}} {'what-if':>{w}}",
         *(f"{label:<{label_w}} {x:>{w}} {y:>{w}}" for label, x, y in rows),
         *(_example_line(ex) for ex in report.examples),
@@ -977,9 +1004,15 @@ def _explain_lines(found: Mapping[str, Any]) -> list[str]:
             lines.append(f"  score {d['score']:.3f} = {_parts(d['score_parts'])}")
             lines.append("  no runner-up" if d["runner_up"] is None else
                          f"  runner-up {d['runner_up']} by {d['margin']:.3f}")  # fmt: skip
+    # The verdicts stand at the load's last assignment (audit.explain_load): its agent is
+    # the chosen one, not one to say "why not" of.
+    assigned = [d["agent_id"] for d in found["decisions"] if d["outcome"] == "ASSIGNED"]
+    chosen = assigned[-1] if assigned else None
     for v in found["verdicts"]:
         if v["failed"]:
             why = f"fails {', '.join(v['failed'])}"
+        elif v["agent_id"] == chosen:
+            why = f"it was chosen (score {v['score']:.3f})"
         else:
             gap = "" if v["gap"] is None else f", {v['gap']:.3f} below the chosen one"
             why = f"scores {v['score']:.3f}{gap}"
@@ -1042,7 +1075,10 @@ _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")  # (Faust upper-
 
 @cli.command("worker")
 @click.option("--app-id", default="dispatcher", show_default=True,
-              help="Faust app id: the consumer group, and the Redis key prefix.")  # fmt: skip
+              help="Faust app id: the consumer group, and the Redis key prefix. One app id "
+                   "per set of topics: more workers of the same id share its pools, while "
+                   "workers of another id on the same topics append every input to the input "
+                   "sequence again (duplicates).")  # fmt: skip
 @click.option("--web-port", type=click.IntRange(1, 65535), default=6066, show_default=True,
               help="Port of the worker's web view on 127.0.0.1 (must be free).")  # fmt: skip
 @click.option("--tick-ms", type=click.IntRange(min=1), default=200, show_default=True,
@@ -1066,19 +1102,47 @@ def worker_cmd(  # noqa: PLR0917 - one option each
     under the state directory (DISPATCHER_STATE_DIR), in `snapshots/`.
     """
     _check_port_free(web_port, "--web-port")  # (before: a Faust traceback once it had started)
+    s = _settings()
+    bootstrap = s.kafka_bootstrap or s.local_bootstrap
+    topics = TopicNames.prefixed(topic_prefix)
+    _check_worker_topics(bootstrap, topics, topic_prefix)
     # Only this command pays for importing faust.
     from dispatcher.worker.app import Worker, WorkerConfig, build_app  # noqa: PLC0415
 
-    s = _settings()
     cfg = WorkerConfig(
-        bootstrap=s.kafka_bootstrap or s.local_bootstrap,
+        bootstrap=bootstrap,
         redis_url=s.redis_url or s.local_redis_url,
         app_id=app_id, web_port=web_port, tick_ms=tick_ms,
-        topics=TopicNames.prefixed(topic_prefix), datadir=s.state_dir / "faust",
+        topics=topics, datadir=s.state_dir / "faust",
         snapshot_dir=s.state_dir / "snapshots", snapshot_every=snapshot_every,
         policy_keys=s.policy_keys, max_ahead_ms=max_ahead_ms,
     )  # fmt: skip
     Worker(build_app(cfg), loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
+def _check_worker_topics(bootstrap: str, topics: TopicNames, prefix: str) -> None:
+    """Fails fast unless the broker answers and has every topic the worker reads or
+    writes (before: Faust's 35-line traceback when the broker was down, and a worker
+    that logged "Topic ... not found" and idled for ever under a wrong prefix).
+
+    Raises:
+        BrokerError: the broker cannot be reached (in 5 s at most), or a topic is missing.
+    """
+    kafka_log = logging.getLogger("aiokafka")
+    level = kafka_log.level
+    kafka_log.setLevel(logging.CRITICAL)  # (its "Unable connect" line would precede ours)
+    try:
+        existing = set(asyncio.run(topic_names(bootstrap, request_timeout_s=5)))
+    finally:
+        kafka_log.setLevel(level)
+    names = [getattr(topics, f.name) for f in fields(topics)]
+    if missing := [name for name in names if name not in existing]:
+        apply = "dispatcher topics apply" + (f" --topic-prefix {shlex.quote(prefix)}"
+                                             if prefix else "")  # fmt: skip
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise BrokerError(f"the worker's topics are missing at {bootstrap}: "
+                          f"{', '.join(missing[:3])}{more} (is the topic prefix right? "
+                          f"`{apply}` creates them)")  # fmt: skip
 
 
 def _check_port_free(port: int, option: str) -> None:

@@ -448,6 +448,7 @@ class DemoReport:
     seconds: float
     undecodable: int  # decision records skipped
     complete: bool  # the decision log was read to its end
+    decision_log: str = "decision-log"  # the topic the decisions were read from
 
     def lines(self) -> list[str]:
         o = self.outcomes
@@ -464,6 +465,10 @@ class DemoReport:
             lines.append(f"undecodable decision records skipped: {self.undecodable:,}")
         if not self.complete:
             lines.append("the decision log was not read to its end: the figures may be short")
+        if self.published and not (self.decisions or self.undecodable):  # (before: no hint)
+            lines.append(f"no decisions in {self.decision_log!r}: is a worker running on "
+                         "these topics (`dispatcher worker` with the demo's "
+                         "--topic-prefix)?")  # fmt: skip
         return lines
 
 
@@ -514,6 +519,8 @@ async def run_demo(
         stack.push_async_callback(fleet.leave)
         stack.push_async_callback(driver.producer.stop)
         await driver.producer.start()
+        more = ", ..." if pools > 3 else ""  # (ids to give `dispatcher explain`)
+        echo(f"loads {run}-0000000 on, in pools {', '.join(pool_names[:3])}{more}")
         return await _drive(fleet, driver, tally, rate=rate, duration_s=duration_s,
                             prefix=run, echo=echo)  # fmt: skip
 
@@ -557,6 +564,7 @@ async def _drive(
             latency_p99_ms=percentile(lat, 99), repeats=fleet.stats.repeats,
             seconds=seconds if seconds is not None else time.monotonic() - started,
             undecodable=tally.undecodable, complete=complete,
+            decision_log=tally.topics.decision_log,
         )  # fmt: skip
         for line in ["summary:", *report.lines()]:
             echo(line)

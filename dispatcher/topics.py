@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,7 +21,14 @@ import yaml
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from dispatcher.errors import BrokerError, TopicsFileError
 from dispatcher.settings import PROJECT_ROOT
@@ -64,6 +72,16 @@ class TopicSpec(_Strict):
     cleanup_policy: Literal["delete", "compact", "compact,delete"]
     retention_ms: int = Field(ge=-1)
     config: dict[ConfigKey, str] = Field(default_factory=dict)
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _scalars_as_text(cls, value: Any) -> Any:
+        """YAML reads ``max.message.bytes: 2000000`` as an int, ``true`` as a bool and
+        ``0.5`` as a float: each becomes the text the broker reports for it (any other
+        kind is left to be refused)."""
+        if not isinstance(value, dict):
+            return value
+        return {k: _config_text(k, v) if isinstance(k, str) else v for k, v in value.items()}
 
     @property
     def schemas(self) -> tuple[str, ...]:
@@ -182,6 +200,16 @@ def _canonical(key: str, value: str) -> str:
     return ",".join(item.strip() for item in v.split(","))
 
 
+def _config_text(key: str, value: Any) -> Any:
+    """A config value YAML read as a bool, int or float, as the broker reports it;
+    anything else unchanged."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float) and math.isfinite(value):
+        return _canonical(key, repr(value))
+    return value
+
+
 def _cross_checks(spec: TopicsFile) -> list[str]:
     out = []
     for group_name, group in spec.co_partitioned.items():
@@ -237,6 +265,8 @@ def load_topics(path: Path | str = DEFAULT_TOPICS_FILE) -> TopicsFile:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
     except OSError as exc:
         raise TopicsFileError(str(path), [f"cannot read: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:  # (before: a traceback)
+        raise TopicsFileError(str(path), [f"cannot read: {exc}"]) from exc
     except yaml.YAMLError as exc:
         raise TopicsFileError(str(path), [f"not valid YAML: {exc}"]) from exc
     if not isinstance(raw, dict):

@@ -40,8 +40,8 @@ def load_policy(path: Path, base: Policy) -> Policy:
             policy no dispatcher should run (every problem named).
     """
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read the policy: {exc}") from exc
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: a policy file is a mapping of Policy fields")
@@ -51,7 +51,13 @@ def load_policy(path: Path, base: Policy) -> Policy:
     fields = {f.name: f for f in dataclasses.fields(Policy) if f.init}
     unknown = sorted(set(doc) - set(fields))
     if unknown:
-        raise ConfigError(f"{path}: unknown policy field(s): {', '.join(unknown)}")
+        # (the published format names them otherwise: matching_mode, timeouts_ms, ...)
+        raise ConfigError(
+            f"{path}: unknown policy field(s): {', '.join(unknown)}; the fields are "
+            f"{', '.join(sorted(fields))} (`simulate --policy` also takes a whole policy "
+            "file as `policy publish` does, with policy_id, version, author and document: "
+            "ops/policies/example.yaml)"
+        )
     types = typing.get_type_hints(Policy)
     values: dict[str, Any] = {}
     for name, value in doc.items():

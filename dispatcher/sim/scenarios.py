@@ -29,6 +29,16 @@ class Scenario:
     success_share: float = 0.95
     extra: dict[str, float] = field(default_factory=dict)
 
+    def warnings(self) -> list[str]:
+        """What this scenario's duration cuts off of what it is about (the simulator says
+        the same of crashed agents it cannot find)."""
+        if self.surge is None or self.duration_s > self.surge[0]:
+            return []
+        start, end, factor = self.surge
+        return [f"the surge (x{factor:g} arrivals from {start:g} s to {end:g} s) does not start "
+                f"before the {self.duration_s:g} s run ends, so this run is steady: simulate more "
+                f"than {start:g} s (at least {end:g} s for the whole surge)"]  # fmt: skip
+
     def scaled(self, *, agents: int | None = None, duration_s: float | None = None) -> Scenario:
         return replace(
             self,

@@ -166,6 +166,22 @@ def test_the_summary_reads_the_log_to_its_end_or_says_it_may_be_short(
     ]
 
 
+@pytest.mark.parametrize(("published", "decisions", "hint"), [(5, 0, True), (5, 3, False),
+                                                              (0, 0, False)])  # fmt: skip
+def test_the_summary_asks_for_a_worker_when_no_decision_came(
+    published: int, decisions: int, hint: bool
+) -> None:
+    """Before, a demo without a worker ended with "decisions 0" and nothing more."""
+    report = demo.DemoReport(published=published, outcomes={}, decisions=decisions,
+                             decisions_per_s=0.0, latency_p50_ms=None, latency_p99_ms=None,
+                             repeats=0, seconds=1.0, undecodable=0, complete=True,
+                             decision_log="x-decision-log")  # fmt: skip
+    said = "no decisions in 'x-decision-log': is a worker running on these topics " \
+           "(`dispatcher worker` with the demo's --topic-prefix)?"  # fmt: skip
+    assert (report.lines()[-1] == said) is hint
+    assert sum("worker" in line for line in report.lines()) == hint
+
+
 @pytest.mark.parametrize("fails", ["start", "partitions"])
 def test_a_reader_that_cannot_start_reading_is_stopped(
     monkeypatch: pytest.MonkeyPatch, fails: str

@@ -139,6 +139,7 @@ def test_whatif_with_the_recorded_policy_changes_nothing(monkeypatch: pytest.Mon
     assert report.decisions_changed == 0
     assert report.recorded == report.alternative
     assert report.recorded["assigned"] > 40
+    assert report.answers_dropped == 0
 
 
 STRAY = CODEC.encode(dead_letter(CodecError(m.DeadLetterReason.INVALID, "x", b"", topic="t"),

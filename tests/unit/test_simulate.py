@@ -136,6 +136,28 @@ def test_a_policy_file_changes_fields_and_refuses_unknown_ones(tmp_path: Path) -
         load_policy(bad, SIM_POLICY)
 
 
+def test_an_unknown_field_is_refused_naming_the_fields_there_are(tmp_path: Path) -> None:
+    """Before, the error named only the unknown field: the published format's names
+    (matching_mode, timeouts_ms) differ, and nothing said which were right."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("matching_mode: BATCHED\n")
+    with pytest.raises(ConfigError) as info:
+        load_policy(bad, SIM_POLICY)
+    said = str(info.value)
+    assert said.startswith(f"{bad}: unknown policy field(s): matching_mode; the fields are "
+                           "ack_timeout_ms, affinity_wait_ms, ")  # fmt: skip
+    assert ", mode, " in said
+    assert "also takes a whole policy file as `policy publish` does" in said
+
+
+def test_a_policy_file_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    """Before, a UnicodeDecodeError leaked (only OSError and YAMLError were caught)."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ConfigError, match="cannot read the policy: 'utf-8' codec can't decode"):
+        load_policy(bad, SIM_POLICY)
+
+
 def test_metrics_count_each_load_once_and_time_within_the_run() -> None:
     # Half the offers are declined, so loads are assigned again and again; a short run on a
     # flooded pool leaves work running past the end and loads waiting at it.

@@ -75,7 +75,7 @@ def _managed_in_config(doc):
     doc["topics"]["assignments"]["config"] = {"retention.ms": "1"}
 
 
-def _config(key: str, value: str):
+def _config(key: str, value: object):
     def edit(doc):
         doc["topics"]["assignments"]["config"] = {key: value}
 
@@ -162,6 +162,37 @@ def test_configs_spelled_as_the_broker_reports_them_are_accepted(tmp_path: Path)
               "retention.bytes": "-1", "message.timestamp.type": "CreateTime"}  # fmt: skip
     doc["topics"]["assignments"]["config"] = config
     assert load_topics(_write(tmp_path, doc)).topics["assignments"].config == config
+
+
+def test_configs_yaml_reads_as_numbers_and_booleans_become_the_brokers_text(
+    tmp_path: Path,
+) -> None:
+    """Before, `max.message.bytes: 2000000` unquoted was refused ("Input should be a valid
+    string"), though the README writes them so."""
+    doc = _base()
+    doc["topics"]["assignments"]["config"] = {
+        "max.message.bytes": 2000000, "unclean.leader.election.enable": True,
+        "min.cleanable.dirty.ratio": 0.5, "preallocate": False,
+    }  # fmt: skip
+    assert load_topics(_write(tmp_path, doc)).topics["assignments"].config == {
+        "max.message.bytes": "2000000", "unclean.leader.election.enable": "true",
+        "min.cleanable.dirty.ratio": "0.5", "preallocate": "false",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("value", [[1, 2], {"a": "b"}, None, float("inf")])
+def test_configs_of_other_kinds_are_still_refused(tmp_path: Path, value: object) -> None:
+    doc = _base()
+    _config("max.message.bytes", value)(doc)
+    with pytest.raises(TopicsFileError, match=r"config\.max\.message\.bytes"):
+        load_topics(_write(tmp_path, doc))
+
+
+def test_a_file_that_is_not_utf8_is_refused_not_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "topics.yaml"
+    path.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(TopicsFileError, match="cannot read: 'utf-8' codec can't decode"):
+        load_topics(path)
 
 
 @pytest.mark.parametrize(
