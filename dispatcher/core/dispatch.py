@@ -72,6 +72,7 @@ class LoadState:
     affinity_row: int | None = None  # its session's agent when it was last matched
     tried: tuple[str, ...] = ()  # agents that declined it, failed it or did not answer
     passed: int = 0  # batches it was in and left without an agent (it goes first after)
+    wait_ends: int = -1  # when its hard-affinity wait ends, as put in ``backing_off``
 
 
 def decision_id(  # noqa: PLR0917 - the parts of the id, in order
@@ -712,8 +713,9 @@ class PoolState:
             return
         self.parked.append(ls)
         self.parked_epoch = self.epoch
-        if waiting:
-            ends = ls.spec.created_ms + self.policy.affinity_wait_ms
+        ends = ls.spec.created_ms + self.policy.affinity_wait_ms
+        if waiting and ls.wait_ends != ends:  # (once: not again at every try while it waits)
+            ls.wait_ends = ends
             heapq.heappush(self.backing_off, (ends, ls.seq, ls.spec.load_id))
 
     def _assign(self, ls: LoadState, m: Match, reason: str, source: Source,

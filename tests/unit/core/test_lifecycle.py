@@ -705,3 +705,23 @@ def test_a_policy_scheduled_later_but_older_than_the_one_applied_is_forgotten() 
     state.apply(tick(2500))
     assert state.policy.version == 3
     assert state.scheduled == []  # (v2 would never apply; it kept the pool ticking)
+
+
+def test_a_load_held_for_its_session_agent_is_scheduled_once_for_the_end_of_its_wait() -> None:
+    # Every agent change tries the held loads again; each try pushed another entry for the
+    # end of the wait (200 held loads, 2,000 results within it: 400,200 entries).
+    state = PoolState("p", Policy(hard_affinity=True, affinity_wait_ms=5_000))
+    state.apply(register("S"))
+    state.apply(available("S"))
+    state.apply(register("o", capacity=1_000, risk_budget=1e9))
+    state.apply(available("o"))
+    state.apply(arrive("s0", 0, session_id="sess", intent=(1.0, 0.0)))
+    assert state.in_flight["s0"].agent == "S"
+    for i in range(20):
+        state.apply(arrive(f"h{i}", 1, session_id="sess"))
+    for k in range(50):  # other loads come and go on "o": each frees a slot
+        state.apply(arrive(f"x{k}", 2 + k))
+        ls = state.in_flight[f"x{k}"]
+        state.apply(report(ls.decision_id or "", f"x{k}", "o", TaskOutcome.SUCCESS, time_ms=2 + k))
+    assert len(state.pending) == 20
+    assert len(state.backing_off) == 20
