@@ -80,3 +80,16 @@ def test_tenants_at_their_quota_are_passed_over() -> None:
     assert q.pop({}, skip=frozenset({"full"})) == "b"
     assert q.pop({}, skip=frozenset({"full"})) is None
     assert q.pop({}) == "a"
+
+
+def test_the_entries_of_loads_gone_do_not_pile_up_while_their_tenant_has_loads_waiting() -> None:
+    q = ServiceQueue()
+    for i in range(100):
+        q.push(f"keep{i}", "acme", 2, i, math.inf)
+    for i in range(10_000):  # in and out again, as evicted or cancelled loads are
+        q.push(f"gone{i}", "acme", 2, 100 + i, math.inf)
+        q.discard(f"gone{i}")
+    heap = q._heaps[False][2]["acme"]
+    assert len(heap) <= 2 * 100 + 64 + 1
+    assert [q.pop({}) for _ in range(100)] == [f"keep{i}" for i in range(100)]
+    assert q.pop({}) is None
