@@ -142,6 +142,7 @@ class PoolState:
         # ``parked_epoch``, and loads backing off until a time (heap by time).
         self.parked: list[LoadState] = []
         self.parked_epoch = -1
+        self.aside: list[LoadState] = []  # loads a batch passed over with agents free for them
         # Loads no registered agent could ever take (``AgentTable.qualified``): only a
         # profile or a policy can change that, not an agent coming free (``profiles``).
         self.unqualified: dict[str, LoadState] = {}
@@ -633,9 +634,13 @@ class PoolState:
             self.parked += self.unqualified.values()
             self.unqualified, self.stuck = {}, {}
             self.parked_epoch = -1
+        back: list[LoadState] = []
         if self.parked and self.parked_epoch != self.epoch:
-            parked, self.parked = self.parked, []
-            for ls in parked:
+            back, self.parked = self.parked, []
+        if self.aside:  # (a batch passed them over: the next one looks again)
+            back, self.aside = back + self.aside, []
+        if back:
+            for ls in back:
                 load_id = ls.spec.load_id
                 if (self.pending.get(load_id) is ls and ls.status is LoadStatus.PENDING
                         and load_id not in self.queue
@@ -779,7 +784,6 @@ class PoolState:
         still free for it, as greedy mode would (its best ``batch_candidates``
         may all have gone to others).
         """
-        self.parked_epoch = -1  # the batch looks at every waiting load again
         self._unpark()
         self.queue.escalate(self.now_ms)
         batch, candidates = self._gather()
@@ -815,19 +819,21 @@ class PoolState:
         served = dict(self.served)  # as if the loads taken were served
         unlisted = np.zeros(t.n, np.int64)  # per row, free slots no load of the batch lists
         unlisted[open_rows] = room
-        covered = scored = 0  # free slots listed by the batch's loads; loads scored
+        covered = scored = popped = 0  # free slots listed by the batch's loads; loads scored
         new_sessions: set[str] = set()
+        looks = p.batch_max_loads + p.drain_limit
         while (len(batch) < p.batch_max_loads and min(len(batch), covered) < slots
-               and scored < p.batch_max_loads + p.drain_limit):  # fmt: skip
+               and scored < looks and popped < 4 * looks):  # fmt: skip
             closed = int(np.searchsorted(fill, len(batch), side="right"))
             skip = self._at_quota(taken) | self._held(len(open_rows) - closed, taken)
             load_id = self.queue.pop(served, tenant_first=p.tenant_first, skip=skip)
             if load_id is None:
                 break
+            popped += 1
             ls = self.pending[load_id]
             session = ls.spec.session_id if p.hard_affinity else None
             if session and session in new_sessions:
-                self.parked.append(ls)  # (back in the queue for the next batch)
+                self.aside.append(ls)  # (back in the queue for the next batch)
                 continue
             found = self._batch_pairs(ls, unlisted if len(batch) >= slots else None)
             if found is None:
@@ -837,7 +843,7 @@ class PoolState:
             listing = np.array([row for row, _ in pairs], np.intp)
             fills = int(np.count_nonzero(unlisted.take(listing)))
             if len(batch) >= slots and not fills:
-                self.parked.append(ls)  # (the slots of its best agents have loads enough)
+                self.aside.append(ls)  # (the slots of its best agents have loads enough)
                 continue
             covered += fills
             unlisted[listing] = np.maximum(unlisted.take(listing) - 1, 0)
@@ -868,7 +874,7 @@ class PoolState:
             self._unmatched(ls, none, waiting)
             return None
         if unlisted is not None and not unlisted.take(rows).any():
-            self.parked.append(ls)  # (every slot it could take has loads enough)
+            self.aside.append(ls)  # (every slot it could take has loads enough)
             return None
         s = t.evaluate(spec, p, self.now_ms, affinity_row=affinity_row, denied=denied,
                        tried=ls.tried, screened=screened)  # fmt: skip

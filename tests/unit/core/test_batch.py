@@ -435,3 +435,19 @@ def test_a_load_held_for_its_sessions_busy_agent_says_so_in_batched_mode() -> No
     state.apply(tick(100))
     (d,) = state.apply(arrive("S-2", 110, session_id="S"))
     assert (d.outcome, d.reason) == (Outcome.QUEUED, "AFFINITY_WAIT")
+
+
+def test_a_batch_looks_at_a_bounded_number_of_loads_no_free_agent_can_take() -> None:
+    # 5,000 loads wait for the busy A, B idle for none of them: a batch pops at most
+    # 4 x (batch_max_loads + drain_limit) of them (it popped and screened the whole queue,
+    # 1.4 s a batch at 100k waiting), and the next leaves them parked while no agent changes.
+    policy = _batched(max_pending=10**6, high_watermark=10**6, low_watermark=10**6)
+    state = _pool(policy, {"A": {"risk_budget": 1e9}, "B": {"capabilities": frozenset({"rust"})}})
+    state.apply(arrive("long", 0, risk=0.0))
+    state.apply(tick(100))
+    for i in range(5_000):
+        state.apply(arrive(f"py{i}", 101, risk=0.0))
+    state.apply(tick(200))
+    looks = policy.batch_max_loads + policy.drain_limit
+    assert len(state.queue) >= 5_000 - 4 * looks
+    assert not _assigned(state.apply(tick(300)))
