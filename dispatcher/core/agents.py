@@ -298,6 +298,15 @@ class AgentTable:
         kind, ok, excluded = self._screen(load, policy, denied, tried)
         return kind.cand[ok], excluded
 
+    def any_of_kind(self, rows: npt.NDArray[np.intp], load: LoadSpec, policy: Policy) -> bool:
+        """Whether any of ``rows`` passes the profile-only constraints (capability,
+        clearance, region) for loads like ``load``."""
+        cand = self._kind(load, policy).cand
+        at = np.searchsorted(cand, rows)
+        return (
+            bool((cand.take(np.minimum(at, len(cand) - 1)) == rows).any()) if cand.size else False
+        )
+
     def screen(
         self, load: LoadSpec, policy: Policy, denied: frozenset[str] = frozenset(),
         tried: tuple[str, ...] = (),

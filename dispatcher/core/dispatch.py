@@ -115,6 +115,13 @@ _OVER_SHARE = 1.25
 
 _NOTHING: frozenset[str] = frozenset()  # (each frozenset() call makes a new one)
 
+
+def _kind_of(spec: LoadSpec) -> tuple[object, ...]:
+    """What the agents a load could go to depend on of its own, but for its risk, tenant,
+    session and the agents it had (the kinds of ``AgentTable``)."""
+    return (spec.required, spec.sensitivity, spec.region)
+
+
 # The classes a full queue sheds from, first to last (critical never).
 _SHED_ORDER = (Priority.LOW, Priority.NORMAL, Priority.HIGH)
 # Requeue reasons that make the agent "tried" for the load: it said no, failed it, or did
@@ -138,10 +145,14 @@ class PoolState:
         self.loads: dict[str, LoadState] = {}
         self.pending: dict[str, LoadState] = {}  # PENDING and DEFERRED, in arrival order
         self.queue = ServiceQueue()  # the PENDING ones, in order of service
-        # Out of the queue until something changes: loads that found no agent at
-        # ``parked_epoch``, and loads backing off until a time (heap by time).
-        self.parked: list[LoadState] = []
-        self.parked_epoch = -1
+        # Out of the queue until something changes: loads that found no agent, by kind
+        # (``_kind_of``), until an agent that could take their kind changes (``woken``:
+        # the rows changed since they were last looked at; None: every kind, after a
+        # profile or the policy changed); and loads backing off until a time (heap by time).
+        # (All of them went back at every agent change before: behind 10k loads waiting for
+        # a busy agent, a load an idle agent could take waited for ever.)
+        self.parked: dict[tuple[object, ...], list[LoadState]] = {}
+        self.woken: set[int] | None = set()
         self.aside: list[LoadState] = []  # loads a batch passed over with agents free for them
         # Loads no registered agent could ever take (``AgentTable.qualified``): only a
         # profile or a policy can change that, not an agent coming free (``profiles``).
@@ -225,6 +236,7 @@ class PoolState:
             return
         self.agents.upsert(e.agent_id, e.seq, e.time_ms, e.profile)
         self.epoch += 1
+        self.woken = None  # (a profile changed: any kind may match now)
         self.profiles += 1
         self._drain(e.source, out)
 
@@ -247,6 +259,7 @@ class PoolState:
             self._requeue_agent(e.agent_id, "AGENT_OFFLINE", e.source, out)
         if e.kind is not AgentStatusKind.HEARTBEAT or revived:
             self.epoch += 1
+            self._wake(row)
             self._drain(e.source, out)
 
     def _requeue_agent(
@@ -461,6 +474,7 @@ class PoolState:
             now = self.policy.version
             self.scheduled = [e for e in self.scheduled if getattr(e.policy, "version", -1) > now]
             self.epoch += 1
+            self.woken = None
             self.profiles += 1
             self._drain(source, out)
 
@@ -631,12 +645,18 @@ class PoolState:
     def _unpark(self) -> None:
         """Returns to the queue the loads that may match now."""
         if self.unqualified and self.unqualified_profiles != self.profiles:
-            self.parked += self.unqualified.values()
+            for ls in self.unqualified.values():
+                self._park(ls)
             self.unqualified, self.stuck = {}, {}
-            self.parked_epoch = -1
+            self.woken = None
         back: list[LoadState] = []
-        if self.parked and self.parked_epoch != self.epoch:
-            back, self.parked = self.parked, []
+        if self.parked and (self.woken is None or self.woken):
+            woken = None if self.woken is None else np.fromiter(self.woken, np.intp)
+            for kind, loads in list(self.parked.items()):
+                if woken is None or self.agents.any_of_kind(woken, loads[0].spec, self.policy):
+                    back += loads
+                    del self.parked[kind]
+        self.woken = set()
         if self.aside:  # (a batch passed them over: the next one looks again)
             back, self.aside = back + self.aside, []
         if back:
@@ -652,6 +672,11 @@ class PoolState:
             if (due is not None and due.status is LoadStatus.PENDING and load_id not in self.queue
                     and load_id not in self.unqualified):  # fmt: skip
                 self._push(due)
+
+    def _park(self, ls: LoadState) -> None:
+        """Keeps ``ls``, which found no agent, out of the queue until an agent that could
+        take its kind changes."""
+        self.parked.setdefault(_kind_of(ls.spec), []).append(ls)
 
     def _affinity(self, ls: LoadState) -> tuple[int | None, bool]:
         """The row of the agent that served the load's session last (None: none known; kept
@@ -716,8 +741,7 @@ class PoolState:
                 self.stuck[ls.spec.tenant] = self.stuck.get(ls.spec.tenant, 0) + 1
             self.unqualified_profiles = self.profiles
             return
-        self.parked.append(ls)
-        self.parked_epoch = self.epoch
+        self._park(ls)
         ends = ls.spec.created_ms + self.policy.affinity_wait_ms
         if waiting and ls.wait_ends != ends:  # (once: not again at every try while it waits)
             ls.wait_ends = ends
@@ -938,6 +962,12 @@ class PoolState:
         self.in_flight.pop(ls.spec.load_id, None)
         ls.agent, ls.decision_id = None, None
         self.epoch += 1
+        self._wake(row)
+
+    def _wake(self, row: int) -> None:
+        """Notes that agent ``row`` may take more now (a slot, risk room, or its status)."""
+        if self.woken is not None:
+            self.woken.add(row)
 
     def _requeue(self, ls: LoadState, reason: str, source: Source, out: list[Decision]) -> None:
         agent = ls.agent

@@ -725,3 +725,25 @@ def test_a_load_held_for_its_session_agent_is_scheduled_once_for_the_end_of_its_
         state.apply(report(ls.decision_id or "", f"x{k}", "o", TaskOutcome.SUCCESS, time_ms=2 + k))
     assert len(state.pending) == 20
     assert len(state.backing_off) == 20
+
+
+def test_an_agent_coming_free_is_offered_the_loads_of_its_kind_not_all_that_wait() -> None:
+    # 1,000 loads wait for the busy A; a rust load waits for the busy R. R comes free: the
+    # rust load goes to it at once (every waiting load went back to the queue at any agent
+    # change, and the drain spent its tries on the older python loads: R idled).
+    state = PoolState("p", Policy(max_pending=10**6, high_watermark=10**6, low_watermark=10**6))
+    for agent, caps in (("A", {"python"}), ("R", {"rust"}), ("C", {"go"})):
+        state.apply(register(agent, capabilities=frozenset(caps), risk_budget=1e9))
+        state.apply(available(agent))
+    state.apply(arrive("a0", 1, risk=0.0))
+    state.apply(arrive("r0", 1, required=frozenset({"rust"})))
+    for i in range(1_000):
+        state.apply(arrive(f"py{i}", 2, risk=0.0))
+    state.apply(arrive("rust", 3, required=frozenset({"rust"})))
+    state.apply(status("C", AgentStatusKind.OFFLINE, 3, 4))  # C is of neither kind
+    assert len(state.queue) == 0  # (nothing went back for it)
+    r0 = state.in_flight["r0"]
+    out = state.apply(report(r0.decision_id or "", "r0", "R", TaskOutcome.SUCCESS, time_ms=5))
+    assert [(d.load_id, d.agent_id) for d in out if d.outcome is Outcome.ASSIGNED] == [
+        ("rust", "R")
+    ]  # fmt: skip
