@@ -151,7 +151,9 @@ class PoolState:
         # profile or the policy changed); and loads backing off until a time (heap by time).
         # (All of them went back at every agent change before: behind 10k loads waiting for
         # a busy agent, a load an idle agent could take waited for ever.)
-        self.parked: dict[tuple[object, ...], list[LoadState]] = {}
+        # (Each kind keeps the spec of the load that opened it: a load's spec is stripped
+        # when it ends, and one ended while parked must not stand for its kind.)
+        self.parked: dict[tuple[object, ...], tuple[LoadSpec, list[LoadState]]] = {}
         self.woken: set[int] | None = set()
         self.aside: list[LoadState] = []  # loads a batch passed over with agents free for them
         # Loads no registered agent could ever take (``AgentTable.qualified``): only a
@@ -587,6 +589,13 @@ class PoolState:
                 out.append(self._decision(ls, Outcome.QUEUED, "READMITTED", source))
         self._unpark()
         self.queue.escalate(self.now_ms)
+        self._serve(source, out)
+        if self.woken is None:  # (a session moved: its loads held for its old agent may go)
+            self._unpark()
+            self._serve(source, out)
+
+    def _serve(self, source: Source, out: list[Decision]) -> None:
+        """``_drain``'s loop: the next loads in order of service, while agents have room."""
         limit, tries = self.policy.drain_limit, 0
         free = self._free_capacity()  # changes only when this loop assigns
         critical_only = self.policy.mode == "batched"  # the rest waits for the batch
@@ -652,8 +661,8 @@ class PoolState:
         back: list[LoadState] = []
         if self.parked and (self.woken is None or self.woken):
             woken = None if self.woken is None else np.fromiter(self.woken, np.intp)
-            for kind, loads in list(self.parked.items()):
-                if woken is None or self.agents.any_of_kind(woken, loads[0].spec, self.policy):
+            for kind, (spec, loads) in list(self.parked.items()):
+                if woken is None or self.agents.any_of_kind(woken, spec, self.policy):
                     back += loads
                     del self.parked[kind]
         self.woken = set()
@@ -676,7 +685,7 @@ class PoolState:
     def _park(self, ls: LoadState) -> None:
         """Keeps ``ls``, which found no agent, out of the queue until an agent that could
         take its kind changes."""
-        self.parked.setdefault(_kind_of(ls.spec), []).append(ls)
+        self.parked.setdefault(_kind_of(ls.spec), (ls.spec, []))[1].append(ls)
 
     def _affinity(self, ls: LoadState) -> tuple[int | None, bool]:
         """The row of the agent that served the load's session last (None: none known; kept
@@ -764,8 +773,14 @@ class PoolState:
         self.vtime = max(self.vtime, before)
         self.served[spec.tenant] = before + 1.0 / weight
         if spec.session_id:
-            self.sessions.pop(spec.session_id, None)  # to the end: the order is by last use
+            # (to the end: the order is by last use)
+            last = self.sessions.pop(spec.session_id, None)
             self.sessions[spec.session_id] = (agent_id, self.now_ms)
+            if last is not None and last[0] != agent_id and self.policy.hard_affinity:
+                # Its loads held for the agent it had wait for this one now, or for none
+                # (this one may not take their kind): every parked load is looked at again
+                # (a session moves only when its agent could not take a load: seldom).
+                self.woken = None
         d = self._decision(ls, Outcome.ASSIGNED, reason, source, m, agent=agent_id)
         ls.decision_id = d.decision_id
         self.assignments += 1

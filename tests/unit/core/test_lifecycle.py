@@ -747,3 +747,38 @@ def test_an_agent_coming_free_is_offered_the_loads_of_its_kind_not_all_that_wait
     assert [(d.load_id, d.agent_id) for d in out if d.outcome is Outcome.ASSIGNED] == [
         ("rust", "R")
     ]  # fmt: skip
+
+
+def test_a_parked_load_that_ends_does_not_keep_the_others_of_its_kind_parked() -> None:
+    # L2 and L3 wait for the busy A; L2 is cancelled: when A comes free, L3 gets it (the
+    # kind was judged by L2's spec, stripped when it ended: L3 waited for ever).
+    state = PoolState("p")
+    state.apply(register("A"))
+    state.apply(available("A"))
+    state.apply(register("B", capabilities=frozenset({"go"})))
+    state.apply(available("B"))
+    (d1,) = state.apply(arrive("L1", 0))
+    state.apply(arrive("L2", 1))
+    state.apply(arrive("L3", 2))
+    state.apply(LoadCancelled(key(), 3, "L2"))
+    out = state.apply(report(d1.decision_id, "L1", "A", TaskOutcome.SUCCESS, time_ms=4))
+    assert [(d.load_id, d.agent_id) for d in out if d.outcome is Outcome.ASSIGNED] == [("L3", "A")]
+
+
+def test_a_load_held_for_its_session_follows_the_session_to_its_new_agent() -> None:
+    policy = Policy(hard_affinity=True, affinity_wait_ms=5_000)
+    state = PoolState("p", policy)
+    state.apply(register("A"))
+    state.apply(available("A"))
+    state.apply(register("B", capacity=2))
+    state.apply(available("B"))
+    state.apply(arrive("L1", 10, session_id="s"))  # to A
+    state.apply(arrive("L2", 20, session_id="s"))  # held for A, which is full
+    late = arrive("L3", 30, session_id="s")
+    out = state.apply(replace(late, load=replace(late.load, created_ms=-10_000)))  # (wait over)
+    # L3 goes to B, so the session is B's now, and L2 follows it (it waited for A until its
+    # own wait ended, B free all along).
+    assert state.sessions["s"][0] == "B"
+    assert [(d.load_id, d.agent_id) for d in out if d.outcome is Outcome.ASSIGNED] == [
+        ("L3", "B"), ("L2", "B")
+    ]  # fmt: skip

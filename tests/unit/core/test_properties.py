@@ -629,7 +629,7 @@ def _waiting_books(state: PoolState) -> None:
         assert load_id not in state.queue
         stuck[ls.spec.tenant] += 1
     assert {k: v for k, v in state.stuck.items() if v} == dict(stuck)
-    parked = {ls.spec.load_id for loads in state.parked.values() for ls in loads}
+    parked = {ls.spec.load_id for _, loads in state.parked.values() for ls in loads}
     parked |= {ls.spec.load_id for ls in state.aside}  # (the next batch looks at them again)
     backing_off = {load_id for _, _, load_id in state.backing_off}
     for load_id, ls in state.pending.items():
