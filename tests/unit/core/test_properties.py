@@ -630,6 +630,7 @@ def _waiting_books(state: PoolState) -> None:
         stuck[ls.spec.tenant] += 1
     assert {k: v for k, v in state.stuck.items() if v} == dict(stuck)
     parked = {ls.spec.load_id for _, loads in state.parked.values() for ls in loads}
+    _parked_only_without_an_agent(state)
     parked |= {ls.spec.load_id for ls in state.aside}  # (the next batch looks at them again)
     backing_off = {load_id for _, _, load_id in state.backing_off}
     for load_id, ls in state.pending.items():
@@ -640,6 +641,29 @@ def _waiting_books(state: PoolState) -> None:
                 or load_id in backing_off
                 or (load_id in state.unqualified)
             ), f"{load_id} waits where nothing will try it again"
+
+
+def _parked_only_without_an_agent(state: PoolState) -> None:
+    """No load waits parked while an open agent passes its hard constraints (held by hard
+    affinity: its session's agent), but for one whose backoff or affinity wait just ended
+    (it goes back at the next event). A kind's parked loads woke only with their first
+    load's kind, and a cancelled first load left the others parked for ever (review)."""
+    p, t = state.policy, state.agents
+    due = {load_id for at, _, load_id in state.backing_off if at <= state.now_ms}
+    for _, loads in state.parked.values():
+        for ls in loads:
+            load_id = ls.spec.load_id
+            if (state.pending.get(load_id) is not ls or ls.status is not LoadStatus.PENDING
+                    or load_id in state.queue or load_id in due):  # fmt: skip
+                continue
+            kept = ls.affinity_row
+            row, waiting = state._affinity(ls)
+            ls.affinity_row = kept  # (explain's; the check changes nothing)
+            rows, _ = t.feasible(ls.spec, p, p.tenant_deny.get(ls.spec.tenant, frozenset()),
+                                 ls.tried)  # fmt: skip
+            if waiting:
+                rows = rows[rows == row]
+            assert not rows.size, f"{load_id} is parked while {t.ids[int(rows[0])]} can take it"
 
 
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
