@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -61,6 +61,24 @@ def test_explain_asks_which_pool_when_two_have_the_load() -> None:
         _moment([logged("a", m.DecisionOutcome.QUEUED), logged("b", m.DecisionOutcome.ASSIGNED)])
 
 
+def _one_partition_broker(
+    monkeypatch: pytest.MonkeyPatch, topics: TopicNames, logged: Sequence[bytes | None],
+    inputs: Sequence[bytes | None],
+) -> None:  # fmt: skip
+    """Audit reads ``logged`` as the decision log and ``inputs`` as the input sequence, one
+    partition each, from no broker."""
+
+    async def partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
+        return [TopicPartition(topic, 0)]
+
+    async def read_chunks(bootstrap: str, tp: TopicPartition) -> AsyncIterator[list[Any]]:
+        values = logged if tp.topic == topics.decision_log else inputs
+        yield [SimpleNamespace(value=v, offset=i) for i, v in enumerate(values)]
+
+    monkeypatch.setattr(audit, "partitions", partitions)
+    monkeypatch.setattr(audit, "read_chunks", read_chunks)
+
+
 def test_explain_passes_over_records_with_no_value_in_either_topic(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -78,16 +96,7 @@ def test_explain_passes_over_records_with_no_value_in_either_topic(
     decided = [d for i, v in enumerate(inputs) if v is not None for d in fold.apply(v, i)]
     logged = [None, *(encode_decision(CODEC, d, assignment=False)[0] for d in decided)]
     topics = TopicNames()
-
-    async def partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
-        return [TopicPartition(topic, 0)]
-
-    async def read_chunks(bootstrap: str, tp: TopicPartition) -> AsyncIterator[list[Any]]:
-        values = logged if tp.topic == topics.decision_log else inputs
-        yield [SimpleNamespace(value=v, offset=i) for i, v in enumerate(values)]
-
-    monkeypatch.setattr(audit, "partitions", partitions)
-    monkeypatch.setattr(audit, "read_chunks", read_chunks)
+    _one_partition_broker(monkeypatch, topics, logged, inputs)
     found = asyncio.run(explain_load("b:1", topics, "L1", ("a",)))
     assert [d["outcome"] for d in found["decisions"]] == [d.outcome.value for d in decided]
     assert [v["agent_id"] for v in found["verdicts"]] == ["a"]
@@ -125,16 +134,7 @@ def test_explain_judges_the_agents_as_they_stood_when_the_decision_was_made(
     other = "b" if l1.agent_id == "a" else "a"
     assert l1.runner_up == other
     topics = TopicNames()
-
-    async def partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
-        return [TopicPartition(topic, 0)]
-
-    async def read_chunks(bootstrap: str, tp: TopicPartition) -> AsyncIterator[list[Any]]:
-        values = logged if tp.topic == topics.decision_log else inputs
-        yield [SimpleNamespace(value=v, offset=i) for i, v in enumerate(values)]
-
-    monkeypatch.setattr(audit, "partitions", partitions)
-    monkeypatch.setattr(audit, "read_chunks", read_chunks)
+    _one_partition_broker(monkeypatch, topics, logged, inputs)
     found = asyncio.run(explain_load("b:1", topics, "L1", (other,), policy=policy))
     (verdict,) = found["verdicts"]
     assert verdict["failed"] == []

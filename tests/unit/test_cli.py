@@ -535,16 +535,21 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _without_a_broker(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``dispatcher *args`` in a shell whose broker is nowhere (127.0.0.1:1)."""
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher", *args],
+        capture_output=True, text=True, check=False, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+             "HOME": str(home)},
+    )  # fmt: skip
+
+
 def test_a_worker_without_a_broker_fails_in_one_line(tmp_path: Path) -> None:
     """Before, Faust started and printed aiokafka's KafkaConnectionError: 35 lines of
     traceback."""
-    result = subprocess.run(
-        [sys.executable, "-m", "dispatcher", "worker", "--topic-prefix", "x-",
-         "--web-port", str(_free_port())],
-        capture_output=True, text=True, check=False, timeout=60,
-        env={"PATH": "/usr/bin:/bin", "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
-             "HOME": str(tmp_path)},
-    )  # fmt: skip
+    result = _without_a_broker(tmp_path, "worker", "--topic-prefix", "x-",
+                               "--web-port", str(_free_port()))  # fmt: skip
     assert result.returncode == 1
     (line,) = result.stderr.splitlines()
     assert line.startswith("error: connecting to Kafka at 127.0.0.1:1 failed: ")
@@ -618,12 +623,7 @@ def test_a_file_that_is_not_utf8_is_refused_in_one_line(tmp_path: Path, args: li
     """Before, a UnicodeDecodeError traceback (`policy validate` already said why)."""
     path = tmp_path / "f.yaml"
     path.write_bytes(b"\xff\xfe\x00")
-    result = subprocess.run(
-        [sys.executable, "-m", "dispatcher", *[str(path) if a == "F" else a for a in args]],
-        capture_output=True, text=True, check=False, timeout=60,
-        env={"PATH": "/usr/bin:/bin", "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
-             "HOME": str(tmp_path)},
-    )  # fmt: skip
+    result = _without_a_broker(tmp_path, *[str(path) if a == "F" else a for a in args])
     assert result.returncode == 1
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"error: {path}: cannot read")
