@@ -237,8 +237,7 @@ class PoolState:
         if self._stale(e.agent_id, e.seq):
             return
         self.agents.upsert(e.agent_id, e.seq, e.time_ms, e.profile)
-        self.epoch += 1
-        self.woken = None  # (a profile changed: any kind may match now)
+        self._wake(None)  # (a profile changed: any kind may match now)
         self.profiles += 1
         self._drain(e.source, out)
 
@@ -260,7 +259,6 @@ class PoolState:
             t.set_status(row, AgentStatus.OFFLINE)
             self._requeue_agent(e.agent_id, "AGENT_OFFLINE", e.source, out)
         if e.kind is not AgentStatusKind.HEARTBEAT or revived:
-            self.epoch += 1
             self._wake(row)
             self._drain(e.source, out)
 
@@ -475,8 +473,7 @@ class PoolState:
             # Those scheduled later, older than the policy now, will never apply.
             now = self.policy.version
             self.scheduled = [e for e in self.scheduled if getattr(e.policy, "version", -1) > now]
-            self.epoch += 1
-            self.woken = None
+            self._wake(None)
             self.profiles += 1
             self._drain(source, out)
 
@@ -976,12 +973,16 @@ class PoolState:
         self.held[ls.agent].pop(ls.spec.load_id, None)
         self.in_flight.pop(ls.spec.load_id, None)
         ls.agent, ls.decision_id = None, None
-        self.epoch += 1
         self._wake(row)
 
-    def _wake(self, row: int) -> None:
-        """Notes that agent ``row`` may take more now (a slot, risk room, or its status)."""
-        if self.woken is not None:
+    def _wake(self, row: int | None) -> None:
+        """Notes that agent ``row`` may take more now (a slot, risk room, or its status;
+        None: any agent, after a profile or the policy changed): a new ``epoch``, and the
+        parked loads of its kinds go back (``_unpark``)."""
+        self.epoch += 1
+        if row is None:
+            self.woken = None
+        elif self.woken is not None:
             self.woken.add(row)
 
     def _requeue(self, ls: LoadState, reason: str, source: Source, out: list[Decision]) -> None:
