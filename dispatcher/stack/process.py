@@ -26,10 +26,15 @@ _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    """True when something accepts TCP connections on host:port."""
+    """True when something accepts TCP connections on host:port.
+
+    A connection to a port of the ephemeral range that nothing listens on can be joined
+    to itself by the kernel (TCP simultaneous open, when the source port it picks is that
+    port): that is no server.
+    """
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            return bool(sock.getsockname() != sock.getpeername())
     except OSError:
         return False
 
