@@ -262,22 +262,23 @@ class AgentTable:
 
     def add_load(self, row: int, risk: float, sign: int) -> None:
         """Counts a load in (sign 1) or out (sign -1) of the agent's active set."""
-        self.active[row] += sign
-        used = float(self.risk_used[row]) + sign * risk
+        self.active[row] = self.active.item(row) + sign
+        used = self.risk_used.item(row) + sign * risk
         self.risk_used[row] = used if used > 1e-12 else 0.0
         self._refresh(row)
 
     def _refresh(self, row: int) -> None:
-        cap = int(self.capacity[row])
-        self.balance[row] = 1.0 - int(self.active[row]) / max(cap, 1)
-        room = float(min(self.risk_budget[row] - self.risk_used[row], self.max_risk[row]))
-        if room > self.risk_room[row]:
+        # (.item: Python numbers, cheaper than numpy's scalars; the same arithmetic)
+        cap, active = self.capacity.item(row), self.active.item(row)
+        self.balance[row] = 1.0 - active / max(cap, 1)
+        room = min(self.risk_budget.item(row) - self.risk_used.item(row), self.max_risk.item(row))
+        if room > self.risk_room.item(row):
             self._floor_loose = True
         if not room >= self._room_floor:  # (NaN too)
             self._room_floor = room
         self.risk_room[row] = room
-        now_open = bool(self.status[row] == _AVAILABLE and self.active[row] < cap)
-        self.open_count += int(now_open) - int(self.open[row])
+        now_open = self.status.item(row) == _AVAILABLE and active < cap
+        self.open_count += int(now_open) - int(self.open.item(row))
         self.open[row] = now_open
 
     def free_slots(self) -> int:
@@ -628,9 +629,11 @@ def _deadline_term(
 
 def _total(weighted: dict[str, Floats], k: int) -> Floats:
     """The sum of the weighted terms, in SCORE_TERMS order (float sums are not associative)."""
-    terms = iter(weighted.values())  # made in that order
-    total = next(terms, np.zeros(k)) + 0.0  # (a new array)
-    for term in terms:
+    terms = list(weighted.values())  # made in that order
+    if len(terms) < 2:
+        return terms[0] + 0.0 if terms else np.zeros(k)  # (a new array)
+    total = terms[0] + terms[1]
+    for term in terms[2:]:
         total += term
     return total
 
@@ -654,16 +657,14 @@ def unit(values: tuple[float, ...], dims: int) -> Floats:
 
 def _unit(values: tuple[float, ...], dims: int) -> Floats | None:
     """``unit``, or None for the zero vector."""
-    head = values[:dims]
-    norm = math.sqrt(math.fsum([x * x for x in map(float, head)]))
+    head = [float(x) for x in values[:dims]]
+    norm = math.sqrt(math.fsum([x * x for x in head]))
     if not norm or not math.isfinite(norm):
         return None
     out = np.zeros(dims)
-    out[: len(head)] = head
-    out /= norm
-    out *= _GRID
-    np.rint(out, out=out)
-    out /= _GRID
+    # (in Python: a few numpy calls cost more than the arithmetic of a short vector; round
+    # is np.rint's round-half-to-even, and the same float operations give the same bits)
+    out[: len(head)] = [round(x / norm * _GRID) / _GRID for x in head]
     return out
 
 
@@ -699,18 +700,18 @@ class Scored:
     def pick(self, i: int, policy: Policy) -> Match:
         """The match that chooses candidate ``i``; the runner-up is the best of the others."""
         runner_up = margin = None
+        total, weighted = self.total, self.weighted
+        best = total.item(i)
         if self.candidates > 1:
-            best = self.total[i]
-            self.total[i] = -np.inf  # hide the chosen one for a moment
-            r = int(self.total.argmax())
-            self.total[i] = best
-            runner_up, margin = int(self.rows[r]), float(best - self.total[r])
+            total[i] = -np.inf  # hide the chosen one for a moment
+            r = int(total.argmax())
+            total[i] = best
+            runner_up, margin = self.rows.item(r), best - total.item(r)
         return Match(
-            row=int(self.rows[i]),
-            score=float(self.total[i]),
+            row=self.rows.item(i),
+            score=best,
             parts=tuple(
-                (t, float(term[i]) if (term := self.weighted.get(t)) is not None else 0.0)
-                for t, _ in policy.all_weights
+                (t, weighted[t].item(i) if t in weighted else 0.0) for t, _ in policy.all_weights
             ),
             candidates=self.candidates,
             excluded=self.excluded,
