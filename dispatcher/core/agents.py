@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from dispatcher.core.policy import Policy
+from dispatcher.core.policy import CONSTRAINTS, SCORE_TERMS, Policy
 from dispatcher.core.types import AgentProfile, LoadSpec
 
 __all__ = ["AgentStatus", "AgentTable", "Match", "unit"]
@@ -42,6 +42,12 @@ class AgentStatus(IntEnum):
 
 
 _AVAILABLE = int(AgentStatus.AVAILABLE)
+
+# What a match reports of a constraint that excluded no agent, and of a score term left
+# out: one pair each, shared by every decision (a decision keeps its pairs, most of them
+# these: fewer new objects for the garbage collector to count and walk).
+_NONE_EXCLUDED = tuple((c, 0) for c in CONSTRAINTS)
+_NO_PARTS = tuple((t, (t, 0.0)) for t in SCORE_TERMS)
 
 
 class _Cols(NamedTuple):
@@ -334,10 +340,10 @@ class AgentTable:
         """
         n = self.n
         off = policy.disabled_constraints
+        # How many each constraint excluded, in CONSTRAINTS order.
         if "status" not in off and "capacity" not in off:  # the common case, from counts kept
             base: Bool = self.open[:n]
-            excluded = [("status", n - self.available_count),
-                        ("capacity", self.available_count - self.open_count)]  # fmt: skip
+            counts = [n - self.available_count, self.available_count - self.open_count]
             left = self.open_count
         else:
             mask = np.ones(n, np.bool_)
@@ -346,32 +352,32 @@ class AgentTable:
             if "capacity" not in off:
                 mask &= self.active[:n] < self.capacity[:n]
             left = int(np.count_nonzero(mask))
-            excluded = [("status", n - left if "status" not in off else 0), ("capacity", 0)]
+            counts = [n - left if "status" not in off else 0, 0]
             base = mask
         kind = self._kind(load, policy)
         ok: Bool = base.take(kind.cand)
-        now_left = int(np.count_nonzero(ok))
         no_clearance = _count(base, kind.no_clearance)
         no_region = _count(base, kind.no_region)
-        excluded += [("capability", left - now_left - no_clearance - no_region),
-                     ("clearance", no_clearance), ("region", no_region)]  # fmt: skip
+        now_left = int(np.count_nonzero(ok))
+        counts += (left - now_left - no_clearance - no_region, no_clearance, no_region)
         left = now_left
         for name, check in (("risk", self._risk_ok), ("tenant_deny", self._allowed)):
             keep = check(load, denied, kind.cand) if left and name not in off else None
             if keep is None:
-                excluded.append((name, 0))
+                counts.append(0)
                 continue
             ok &= keep
             now_left = int(np.count_nonzero(ok))
-            excluded.append((name, left - now_left))
+            counts.append(left - now_left)
             left = now_left
         keep = self._untried(tried, kind.cand) if tried and left and "tried" not in off else None
         if keep is not None and (others := ok & keep).any():
-            now_left = int(np.count_nonzero(others))
-            excluded.append(("tried", left - now_left))
+            counts.append(left - int(np.count_nonzero(others)))
             ok = others
         else:
-            excluded.append(("tried", 0))
+            counts.append(0)
+        # (the pairs of 0 shared: most counts are, and every decision keeps its own)
+        excluded = [(z[0], k) if k else z for z, k in zip(_NONE_EXCLUDED, counts, strict=True)]
         return kind, ok, tuple(excluded)
 
     def qualified(
@@ -393,8 +399,9 @@ class AgentTable:
         """The agents passing the capability check for loads like ``load``, and which of
         the clearance and region checks each fails first (cached until a profile
         changes)."""
-        cap_on, clear_on = policy.enforced("capability"), policy.enforced("clearance")
-        region_on = policy.enforced("region")
+        off = policy.disabled_constraints  # (policy.enforced, without three calls per load)
+        cap_on, clear_on = "capability" not in off, "clearance" not in off
+        region_on = "region" not in off
         key = (load.required if cap_on else None, int(load.sensitivity) if clear_on else -1,
                load.region if region_on else None)  # fmt: skip
         kind = self._kinds.get(key)
@@ -508,7 +515,8 @@ class AgentTable:
                     # (similarity + 1) / 2, exactly: (half the similarity) + 0.5
                     term = intent @ cols.half_embedding
                     term += 0.5
-                    term *= w
+                    if w != 1.0:  # (times 1 changes no bit: the default weight skips a pass)
+                        term *= w
                     out[t] = term
             elif t == "capability_fit":
                 out[t] = self._static(kind, cols, t, len(load.required), w)
@@ -523,6 +531,8 @@ class AgentTable:
             elif t == "affinity":
                 if affinity_row is not None:
                     out[t] = w * (rows == affinity_row).astype(np.float64)
+            elif load.deadline_ms is None:
+                continue  # (speed and deadline fit are 0 for every row without a deadline)
             elif (late := _deadline_term(t, cols.speed_term, load, now_ms, policy)) is not None:
                 out[t] = w * late
         return out
@@ -581,7 +591,7 @@ class AgentTable:
         s = self._score_kind(kind, ok, excluded, load, policy, now_ms, affinity_row)
         if not s.candidates:
             return s.none()
-        return s.pick(int(s.total.argmax()), policy)  # the first maximum: lowest row
+        return s.pick(int(s.total.argmax()))  # the first maximum: lowest row
 
     def _score_kind(  # noqa: PLR0917 - _screen's results and the load's
         self, kind: _Kind, ok: Bool, excluded: tuple[tuple[str, int], ...], load: LoadSpec,
@@ -697,7 +707,7 @@ class Scored:
         """The match that chooses no agent (its candidates and exclusions counted)."""
         return Match(None, None, (), self.candidates, self.excluded, None, None)
 
-    def pick(self, i: int, policy: Policy) -> Match:
+    def pick(self, i: int) -> Match:
         """The match that chooses candidate ``i``; the runner-up is the best of the others."""
         runner_up = margin = None
         total, weighted = self.total, self.weighted
@@ -707,12 +717,12 @@ class Scored:
             r = int(total.argmax())
             total[i] = best
             runner_up, margin = self.rows.item(r), best - total.item(r)
+        # (the terms of weight 0 as shared pairs; a list, not a generator: cheaper to build)
+        parts = [(t, weighted[t].item(i)) if t in weighted else none for t, none in _NO_PARTS]
         return Match(
             row=self.rows.item(i),
             score=best,
-            parts=tuple(
-                (t, weighted[t].item(i) if t in weighted else 0.0) for t, _ in policy.all_weights
-            ),
+            parts=tuple(parts),
             candidates=self.candidates,
             excluded=self.excluded,
             runner_up=runner_up,

@@ -503,11 +503,13 @@ class PoolState:
             # credit it saved while it was away, nor owing what others got meanwhile.
             # (Loads no agent qualifies for do not count: their tenant's service stays
             # where it was, and would give every returning tenant a head start.)
-            floor = min(
-                (self.served.get(u, 0.0) for u, c in self.backlog.items()
-                 if c > self.stuck.get(u, 0)),
-                default=self.vtime,
-            )  # fmt: skip
+            floor = self.vtime
+            if self.backlog:  # (none waits while the pool keeps up)
+                floor = min(
+                    (self.served.get(u, 0.0) for u, c in self.backlog.items()
+                     if c > self.stuck.get(u, 0)),
+                    default=floor,
+                )  # fmt: skip
             self.served[tenant] = max(self.served.get(tenant, 0.0), floor)
         self.backlog[tenant] = self.backlog.get(tenant, 0) + 1
         self.tenant_pending.setdefault((tenant, ls.spec.priority), {})[ls.spec.load_id] = ls
@@ -570,9 +572,6 @@ class PoolState:
                              if c and t != tenant)  # fmt: skip
         return (self.backlog.get(tenant, 0) + 1) * weights >= (len(self.pending) + 1) * mine
 
-    def _free_capacity(self) -> bool:
-        return self.agents.open_count > 0
-
     def _drain(self, source: Source, out: list[Decision]) -> None:
         """Serves waiting loads, in order of service, while agents have room; first readmits
         the deferred ones if the others waiting are below the low watermark, or none waits
@@ -594,10 +593,10 @@ class PoolState:
     def _serve(self, source: Source, out: list[Decision]) -> None:
         """``_drain``'s loop: the next loads in order of service, while agents have room."""
         limit, tries = self.policy.drain_limit, 0
-        free = self._free_capacity()  # changes only when this loop assigns
+        free = self.agents.open_count > 0  # changes only when this loop assigns
         critical_only = self.policy.mode == "batched"  # the rest waits for the batch
         reserve = self.policy.fair_share_reserve * self.agents.available_count
-        while free and tries < limit:
+        while free and tries < limit and self.queue:  # (an arrival taken leaves it empty)
             skip = self._at_quota()
             if self.agents.open_count <= reserve:  # (checked here: most pops are far from it)
                 skip |= self._held(self.agents.open_count)
@@ -611,7 +610,7 @@ class PoolState:
             tries += 1
             self._try_assign(ls, source, out)
             if ls.status is not LoadStatus.PENDING:  # (else parked, until agents change)
-                free = self._free_capacity()
+                free = self.agents.open_count > 0
 
     def _held(self, open_agents: int, extra: dict[str, int] | None = None) -> frozenset[str]:
         """The tenants that may not take the last open agents (policy ``fair_share_reserve``):
@@ -662,7 +661,8 @@ class PoolState:
                 if woken is None or self.agents.any_of_kind(woken, spec, self.policy):
                     back += loads
                     del self.parked[kind]
-        self.woken = set()
+        if self.woken is None or self.woken:  # (kept while empty: most events wake none)
+            self.woken = set()
         if self.aside:  # (a batch passed them over: the next one looks again)
             back, self.aside = back + self.aside, []
         if back:
@@ -721,7 +721,7 @@ class PoolState:
                                      affinity_row=affinity_row, tried=ls.tried)  # fmt: skip
             hit = np.flatnonzero(s.rows == affinity_row)
             # The session's agent, though another scores better; or, if it is full, none.
-            m = s.pick(int(hit[0]), p) if hit.size else replace(m, row=None)
+            m = s.pick(int(hit[0])) if hit.size else replace(m, row=None)
         return m, waiting
 
     def _try_assign(self, ls: LoadState, source: Source, out: list[Decision]) -> None:
@@ -927,7 +927,7 @@ class PoolState:
         hit = np.flatnonzero(s.rows == row)
         if not hit.size or not np.isfinite(s.total[hit[0]]):
             return None
-        return s.pick(int(hit[0]), p)
+        return s.pick(int(hit[0]))
 
     def _solve_by_class(
         self, batch: list[tuple[LoadState, Scored, bool]], candidates: list[list[tuple[int, float]]]

@@ -74,7 +74,7 @@ def explain(state: PoolState, load_id: str, agent_ids: tuple[str, ...] = ()) -> 
         if not failed:
             alone = t.scored(np.array([row]), spec, policy, state.now_ms,
                              affinity_row=ls.affinity_row)  # fmt: skip
-            score, parts = float(alone.total[0]), alone.pick(0, policy).parts
+            score, parts = float(alone.total[0]), alone.pick(0).parts
             gap = chosen - score if chosen is not None else None
         verdicts.append(AgentVerdict(agent_id, failed, score, parts, gap))
     return Explanation(

@@ -131,10 +131,11 @@ class ServiceQueue:
         if not self._where:
             return None
         groups = _CRITICAL if critical_only else _TENANT_FIRST if tenant_first else _STRICT
+        counts = self._count
         for classes in groups:
             live: set[str] = set()
             for cls in classes:
-                live.update(self._count[cls])
+                live.update(counts[cls])
             live -= skip
             if not live:
                 continue
@@ -143,6 +144,8 @@ class ServiceQueue:
             else:
                 tenant = min(live, key=lambda t: (served.get(t, 0.0), t))
             for cls in classes:
+                if tenant not in counts[cls]:
+                    continue  # (none of its loads waits in the class: it has no heaps there)
                 native = self._heaps[False][cls].get(tenant, [])
                 moved = self._heaps[True][cls].get(tenant, [])
                 a = self._head(native, (cls, tenant, False))
