@@ -43,6 +43,31 @@ class AgentStatus(IntEnum):
 
 _AVAILABLE = int(AgentStatus.AVAILABLE)
 
+# The per-row columns of AgentTable: name, dtype, a new row's value, and None for one value
+# per row or the ``_alloc`` argument giving the row's number of values.
+_COLUMNS: tuple[tuple[str, type, float, str | None], ...] = (
+    ("caps", np.uint64, 0, "cap_words"),
+    ("cap_count", np.int32, 0, None),
+    ("regions", np.uint64, 0, "region_words"),
+    ("embedding", np.float64, 0, "dims"),
+    ("capacity", np.int32, 0, None),
+    ("active", np.int32, 0, None),
+    ("status", np.int8, 0, None),
+    ("clearance", np.int8, 0, None),
+    ("risk_budget", np.float64, 0, None),
+    ("risk_used", np.float64, 0, None),
+    ("max_risk", np.float64, 0, None),
+    ("risk_room", np.float64, 0, None),
+    ("speed", np.float64, 1.0, None),
+    ("zone", np.int32, -1, None),
+    ("seq", np.int64, -1, None),
+    ("last_seen", np.int64, 0, None),
+    ("open", np.bool_, 0, None),
+    ("inv_caps", np.float64, 1.0, None),
+    ("balance", np.float64, 0, None),
+    ("speed_term", np.float64, 0.5, None),
+)
+
 # What a match reports of a constraint that excluded no agent, and of a score term left
 # out: one pair each, shared by every decision (a decision keeps its pairs, most of them
 # these: fewer new objects for the garbage collector to count and walk).
@@ -177,33 +202,38 @@ class AgentTable:
         return state
 
     def _alloc(self, rows: int, *, cap_words: int, region_words: int, dims: int) -> None:
-        def grow(old: Any, shape: tuple[int, ...], dtype: type, fill: float = 0) -> Any:
-            new: Any = np.full(shape, fill, dtype=dtype)
+        """Every column with room for ``rows`` rows (and values per row), the old ones'
+        values kept."""
+        widths = {"cap_words": cap_words, "region_words": region_words, "dims": dims}
+        for name, dtype, fill, width in _COLUMNS:
+            new: npt.NDArray[Any] = np.full(
+                (rows,) if width is None else (rows, widths[width]), fill, dtype
+            )
+            old = self.__dict__.get(name)
             if old is not None:
                 new[tuple(slice(0, s) for s in old.shape)] = old
-            return new
+            setattr(self, name, new)
 
-        get = self.__dict__.get
-        self.caps = grow(get("caps"), (rows, cap_words), np.uint64)
-        self.cap_count = grow(get("cap_count"), (rows,), np.int32)
-        self.regions = grow(get("regions"), (rows, region_words), np.uint64)
-        self.embedding = grow(get("embedding"), (rows, dims), np.float64)
-        self.capacity = grow(get("capacity"), (rows,), np.int32)
-        self.active = grow(get("active"), (rows,), np.int32)
-        self.status = grow(get("status"), (rows,), np.int8)
-        self.clearance = grow(get("clearance"), (rows,), np.int8)
-        self.risk_budget = grow(get("risk_budget"), (rows,), np.float64)
-        self.risk_used = grow(get("risk_used"), (rows,), np.float64)
-        self.max_risk = grow(get("max_risk"), (rows,), np.float64)
-        self.risk_room = grow(get("risk_room"), (rows,), np.float64)
-        self.speed = grow(get("speed"), (rows,), np.float64, 1.0)
-        self.zone = grow(get("zone"), (rows,), np.int32, -1)
-        self.seq = grow(get("seq"), (rows,), np.int64, -1)
-        self.last_seen = grow(get("last_seen"), (rows,), np.int64)
-        self.open = grow(get("open"), (rows,), np.bool_)
-        self.inv_caps = grow(get("inv_caps"), (rows,), np.float64, 1.0)
-        self.balance = grow(get("balance"), (rows,), np.float64)
-        self.speed_term = grow(get("speed_term"), (rows,), np.float64, 0.5)
+    def forget(self, rows: npt.NDArray[np.intp]) -> None:
+        """Drops the agents of ``rows`` (none may hold a load); the others move up, in the
+        order they had (ties still go to the earlier registered). One that comes back
+        registers anew."""
+        kept = np.flatnonzero(np.isin(np.arange(self.n), rows, invert=True))
+        for name, *_ in _COLUMNS:
+            setattr(self, name, getattr(self, name)[kept])  # (a compact copy; grows on upsert)
+        self.ids = [self.ids[r] for r in kept]
+        self.row = {agent_id: r for r, agent_id in enumerate(self.ids)}
+        self._row_bits = [self._row_bits[r] for r in kept]
+        self._cap_rows = {}
+        for r, bits in enumerate(self._row_bits):
+            for bit in bits:
+                self._cap_rows.setdefault(bit, set()).add(r)
+        self._cap_array.clear()
+        self._kinds.clear()
+        self._cols_bytes = 0
+        self._floor_loose = True  # (the least room may have gone with them)
+        self.available_count = int(np.count_nonzero(self.status[: self.n] == _AVAILABLE))
+        self.open_count = int(np.count_nonzero(self.open[: self.n]))
 
     @property
     def n(self) -> int:

@@ -112,6 +112,7 @@ _KEY_SPACE = {LoadArrived: "load\0", LoadCancelled: "load\0", TaskReported: "res
 
 # A tenant running more than this times its weighted share is held back from the reserve.
 _OVER_SHARE = 1.25
+_FORGET_AT_LEAST = 64  # departed agents forgotten together, at least (``_forget_departed``)
 
 _NOTHING: frozenset[str] = frozenset()  # (each frozenset() call makes a new one)
 
@@ -183,6 +184,7 @@ class PoolState:
         # the ack timeout, and later assignments then fall due before earlier ones.
         self.ack_due: list[tuple[int, int, str, str]] = []
         self.assignments = 0
+        self.forgotten = 0  # departed agents forgotten (``_forget_departed``)
         self.deferred = 0
         self.last_batch_ms = -(10**18)
         self.since_batch = 0  # loads let in since the last batch (batched mode)
@@ -431,6 +433,7 @@ class PoolState:
                         and ls.spec.priority is not Priority.CRITICAL):  # fmt: skip
                     self._finish(ls, Outcome.SHED, "EXPIRED", e.source, out)
         self._prune(now - p.dedupe_window_ms)
+        self._forget_departed(now - p.dedupe_window_ms)
         if p.mode == "batched" and now - self.last_batch_ms >= p.batch_window_ms:
             self.last_batch_ms, self.since_batch = now, 0
             self._batch(e.source, out)
@@ -492,6 +495,26 @@ class PoolState:
             ls = self.loads.get(load_id)
             if ls is not None and ls.final is not None:
                 del self.loads[load_id]
+
+    def _forget_departed(self, before_ms: int) -> None:
+        """Forgets the agents offline or lost, holding no load, last heard of before
+        ``before_ms`` (the dedupe window), once they are an eighth of the pool's agents
+        (at least 64: the table is rebuilt). A pool whose agents come and go, a new id
+        each time, kept every one it had seen, and its matches looked at them all. One
+        that comes back must register again (its events are an unknown agent's until
+        then)."""
+        t = self.agents
+        n = t.n
+        gone = ((t.status[:n] >= AgentStatus.OFFLINE) & (t.active[:n] == 0)
+                & (t.last_seen[:n] < before_ms))  # fmt: skip
+        if np.count_nonzero(gone) < max(_FORGET_AT_LEAST, n // 8):
+            return
+        rows = np.flatnonzero(gone)
+        for row in rows:
+            self.held.pop(t.ids[row], None)
+        t.forget(rows)
+        self.forgotten += len(rows)
+        self._wake(None)  # (rows moved: what was known of them by row is stale)
 
     # -- the queue and matching ------------------------------------------------------------
 

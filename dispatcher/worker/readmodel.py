@@ -6,7 +6,8 @@ and tries again a little later.
 
 Keys, under the worker's app id ``A``:
 
-- ``A:pool:<pool>`` (hash): agents, available, pending, in_flight, queued per
+- ``A:pool:<pool>`` (hash): agents (known: those departed and forgotten are counted
+  in ``forgotten``), available, pending, in_flight, queued per
   priority class (every pending load), of those the deferred ones and those no
   agent could take (``unqualified``: they wait for a profile or policy to
   change, not for a free agent), policy_version, the next policy waiting for its time
@@ -135,6 +136,7 @@ def _gauges(state: core.PoolState) -> dict[str, int]:
     nxt = state.scheduled[0] if state.scheduled else None  # a policy waiting for its time
     return {
         "agents": t.n,
+        "forgotten": state.forgotten,
         "available": t.available_count,
         "open": t.open_count,
         "pending": len(state.pending),
