@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import heapq
+import math
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -648,17 +649,21 @@ class PoolState:
         # agent, counts fewer open agents than 0.)
         if not reserve or open_agents > reserve:
             return frozenset()
-        extra = extra or {}
-        running = {t: self.running.get(t, 0) + extra.get(t, 0)
-                   for t in (*self.running, *self.backlog, *extra)}  # fmt: skip
+        running = self.running  # (no tenant is kept with 0)
+        if extra:
+            running = running | {t: running.get(t, 0) + n for t, n in extra.items()}
         # (a tenant whose waiting loads no agent qualifies for can use no agent kept)
-        active = [t for t, n in running.items()
-                  if n or self.backlog.get(t, 0) > self.stuck.get(t, 0)]  # fmt: skip
+        stuck = self.stuck
+        active = running.keys() | {t for t, n in self.backlog.items() if n > stuck.get(t, 0)}
         if len(active) < 2:
             return frozenset()
-        total = sum(running[t] for t in active)
-        weights = sum(p.tenant_weight(t) for t in active) / _OVER_SHARE
-        return frozenset(t for t in active if running[t] * weights > total * p.tenant_weight(t))
+        weight = p.tenant_weights.get
+        # (fsum: exactly rounded, whatever the order of the set)
+        weights = math.fsum(float(weight(t, 1.0)) for t in active) / _OVER_SHARE
+        total = sum(running.values())
+        return frozenset(
+            t for t, n in running.items() if n * weights > total * float(weight(t, 1.0))
+        )
 
     def _at_quota(self, extra: dict[str, int] | None = None) -> frozenset[str]:
         """Tenants whose loads in flight (plus ``extra``) have reached their quota."""

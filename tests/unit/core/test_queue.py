@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import random
+
+import pytest
 
 from dispatcher.core.queue import ServiceQueue
 
@@ -93,3 +96,100 @@ def test_the_entries_of_loads_gone_do_not_pile_up_while_their_tenant_has_loads_w
     assert len(heap) <= 2 * 100 + 64 + 1
     assert [q.pop({}) for _ in range(100)] == [f"keep{i}" for i in range(100)]
     assert q.pop({}) is None
+
+
+class _Model:
+    """The order of service, spelled out over a plain list (what ServiceQueue does with
+    heaps, counts and lazy deletion)."""
+
+    def __init__(self) -> None:
+        self.loads: dict[str, tuple[int, str, tuple[float, int, str]]] = {}  # id -> class, ...
+        self.moved: set[str] = set()
+
+    def push(self, load_id: str, tenant: str, priority: int, seq: int, start: float) -> None:
+        cls = priority - 1 if load_id in self.moved else priority
+        self.loads[load_id] = (cls, tenant, (start, seq, load_id))
+
+    def discard(self, load_id: str) -> None:
+        self.loads.pop(load_id, None)
+        self.moved.discard(load_id)
+
+    def escalate(self, now_ms: int) -> None:
+        for load_id, (cls, tenant, entry) in list(self.loads.items()):
+            if cls and load_id not in self.moved and entry[0] <= now_ms:
+                self.moved.add(load_id)
+                self.loads[load_id] = (cls - 1, tenant, entry)
+
+    def pop(self, served: dict[str, float], *, tenant_first: bool, critical_only: bool,
+            skip: frozenset[str]) -> str | None:  # fmt: skip
+        groups = [(0,)] if critical_only else [(0,), (1, 2, 3)] if tenant_first else [
+            (0,), (1,), (2,), (3,)]  # fmt: skip
+        for classes in groups:
+            live = {t for c, t, _ in self.loads.values() if c in classes} - skip
+            if not live:
+                continue
+            tenant = min(live, key=lambda t: (served.get(t, 0.0), t))
+            for cls in classes:
+                mine = [e for c, t, e in self.loads.values() if c == cls and t == tenant]
+                if mine:
+                    load_id = min(mine)[2]
+                    del self.loads[load_id]
+                    return load_id
+        return None
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_queue_serves_in_the_order_its_definition_gives(seed: int) -> None:
+    """Random pushes, pops, discards and escalations, with some loads pushed again (as after
+    a failed match), against ``_Model``."""
+    rng = random.Random(seed)  # noqa: S311 - a test's reproducible draws
+    q, model = ServiceQueue(), _Model()
+    tenants = [f"t{i}" for i in range(rng.choice([1, 3, 12]))]
+    served = dict.fromkeys(tenants, 0.0)
+    out: list[str] = []
+    known: dict[str, tuple[str, int, int, float]] = {}
+    now = 0
+    for step in range(600):
+        r = rng.random()
+        if r < 0.4 or not known:
+            load_id = f"L{step}"
+            args = (rng.choice(tenants), rng.randint(0, 3), step,
+                    rng.choice([math.inf, float(now + rng.randint(0, 400))]))  # fmt: skip
+            known[load_id] = args
+        elif r < 0.5:  # pushed again (popped before), or discarded for good
+            load_id = rng.choice(sorted(known))
+            if load_id in q:
+                q.discard(load_id)
+                model.discard(load_id)
+                continue
+            args = known[load_id]
+        elif r < 0.65:
+            now += rng.randint(0, 120)
+            q.escalate(now)
+            model.escalate(now)
+            continue
+        else:
+            kw = {"tenant_first": rng.random() < 0.7, "critical_only": rng.random() < 0.1,
+                  "skip": frozenset(rng.sample(tenants, rng.randint(0, 1)))}  # fmt: skip
+            got = q.pop(served, **kw)
+            assert got == model.pop(served, **kw), (step, kw)
+            if got is not None:
+                out.append(got)
+                served[known[got][0]] += rng.choice([0.5, 1.0])
+            continue
+        if load_id not in q:
+            q.push(load_id, *args)
+            model.push(load_id, *args)
+    assert len(out) > 50
+
+
+def test_the_deadlines_of_loads_gone_do_not_pile_up_and_those_waiting_still_move_up() -> None:
+    q = ServiceQueue()
+    q.push("waits", "t", 3, 0, 50_000.0)  # LOW, latest start at 50 s
+    q.push("other", "t", 2, 1, math.inf)  # NORMAL, no deadline
+    for i in range(2, 2_000):  # served long before their latest start
+        q.push(f"L{i}", "u", 1, i, 10_000.0 + i)
+        assert q.pop({"t": 1.0, "u": 0.0}) == f"L{i}"
+        assert len(q._due) <= 2 * (len(q) + 1) + 64  # (entries of loads gone are dropped)
+    q.escalate(50_000)
+    assert drain(q) == ["waits", "other"]  # LOW moved up to NORMAL, and started earlier
