@@ -31,6 +31,7 @@ TIMEOUTS = {  # PolicyDocument.timeouts_ms key -> core.Policy field
     "affinity_wait": "affinity_wait_ms",
     "expire_after_deadline": "expire_after_deadline_ms",
     "dedupe_window": "dedupe_window_ms",
+    "forget_departed": "forget_departed_ms",
 }
 
 

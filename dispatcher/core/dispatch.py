@@ -186,6 +186,7 @@ class PoolState:
         self.ack_due: list[tuple[int, int, str, str]] = []
         self.assignments = 0
         self.forgotten = 0  # departed agents forgotten (``_forget_departed``)
+        self.unknown_agent_events = 0  # status events of agents not registered (ignored)
         self.deferred = 0
         self.last_batch_ms = -(10**18)
         self.since_batch = 0  # loads let in since the last batch (batched mode)
@@ -246,8 +247,11 @@ class PoolState:
 
     def _on_agent_status(self, e: AgentStatusChanged, out: list[Decision]) -> None:
         row = self.agents.row.get(e.agent_id)
-        if row is None or self._stale(e.agent_id, e.seq):
-            return  # unknown agents must register first; stale events are ignored
+        if row is None:
+            self.unknown_agent_events += 1  # (it must register first, or again)
+            return
+        if self._stale(e.agent_id, e.seq):
+            return  # stale events are ignored
         t = self.agents
         t.seq[row] = e.seq
         t.last_seen[row] = max(int(t.last_seen[row]), e.time_ms)
@@ -434,7 +438,7 @@ class PoolState:
                         and ls.spec.priority is not Priority.CRITICAL):  # fmt: skip
                     self._finish(ls, Outcome.SHED, "EXPIRED", e.source, out)
         self._prune(now - p.dedupe_window_ms)
-        self._forget_departed(now - p.dedupe_window_ms)
+        self._forget_departed(now)
         if p.mode == "batched" and now - self.last_batch_ms >= p.batch_window_ms:
             self.last_batch_ms, self.since_batch = now, 0
             self._batch(e.source, out)
@@ -443,9 +447,10 @@ class PoolState:
     def wants_tick(self, now_ms: int) -> bool:
         """Whether a tick at ``now_ms`` can change anything here: loads waiting or in flight
         (to time out, retry or escalate), agents whose heartbeats can time out, a policy
-        whose time has come, or event keys, sessions or finished loads the dedupe window
-        has passed. (A pool whose only state is a key of one stray record was ticked five
-        times a second for the whole window, an hour by default.)"""
+        whose time has come, event keys, sessions or finished loads the dedupe window
+        has passed, or departed agents to forget. (A pool whose only state is a key of
+        one stray record was ticked five times a second for the whole window, an hour by
+        default.)"""
         t, before = self.agents, now_ms - self.policy.dedupe_window_ms
         return bool(
             self.pending or self.in_flight or t.available_count
@@ -454,6 +459,7 @@ class PoolState:
             or (self.seen and next(iter(self.seen.values())) < before)
             or (self.sessions and next(iter(self.sessions.values()))[1] < before)
             or (self.finished and self.finished[0][0] < before)
+            or self._departed(now_ms) is not None
         )  # fmt: skip
 
     def _on_policy_changed(self, e: PolicyChanged, out: list[Decision]) -> None:
@@ -497,25 +503,39 @@ class PoolState:
             if ls is not None and ls.final is not None:
                 del self.loads[load_id]
 
-    def _forget_departed(self, before_ms: int) -> None:
-        """Forgets the agents offline or lost, holding no load, last heard of before
-        ``before_ms`` (the dedupe window), once they are an eighth of the pool's agents
-        (at least 64: the table is rebuilt). A pool whose agents come and go, a new id
-        each time, kept every one it had seen, and its matches looked at them all. One
-        that comes back must register again (its events are an unknown agent's until
-        then)."""
+    def _departed(self, now_ms: int) -> npt.NDArray[np.intp] | None:
+        """The rows of the agents to forget at ``now_ms`` (None: too few to bother): not
+        available (registered only, offline or lost), holding no load, not heard of for
+        the policy's ``forget_departed_ms``, once they are an eighth of the pool's agents
+        (at least 64: the table is rebuilt)."""
         t = self.agents
         n = t.n
-        gone = ((t.status[:n] >= AgentStatus.OFFLINE) & (t.active[:n] == 0)
-                & (t.last_seen[:n] < before_ms))  # fmt: skip
+        status = t.status[:n]
+        gone = ((status != AgentStatus.AVAILABLE) & (status != AgentStatus.DRAINING)
+                & (t.active[:n] == 0)
+                & (t.last_seen[:n] < now_ms - self.policy.forget_departed_ms))  # fmt: skip
         if np.count_nonzero(gone) < max(_FORGET_AT_LEAST, n // 8):
+            return None
+        return np.flatnonzero(gone)
+
+    def _forget_departed(self, now_ms: int) -> None:
+        """Forgets the agents ``_departed`` names. A pool whose agents come and go, a new
+        id each time, kept every one it had seen, and its matches looked at them all.
+        One that comes back must register again (its events are an unknown agent's until
+        then, counted in ``unknown_agent_events``)."""
+        rows = self._departed(now_ms)
+        if rows is None:
             return
-        rows = np.flatnonzero(gone)
+        t = self.agents
+        ids = t.ids
         for row in rows:
-            self.held.pop(t.ids[row], None)
+            self.held.pop(ids[row], None)
         t.forget(rows)
         self.forgotten += len(rows)
-        self._wake(None)  # (rows moved: what was known of them by row is stale)
+        for ls in self.loads.values():  # (explain scores its session's agent by row)
+            if ls.affinity_row is not None:
+                ls.affinity_row = t.row.get(ids[ls.affinity_row])
+        self._wake(None)  # (rows moved: those woken by row before are stale)
 
     # -- the queue and matching ------------------------------------------------------------
 

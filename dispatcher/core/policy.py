@@ -81,6 +81,11 @@ class Policy:
     # How long event keys and finished loads are kept to recognise duplicates: memory is
     # about the arrival rate x this x 1 KB (a day at 100 loads/s would be 8.6 GB).
     dedupe_window_ms: int = 3_600_000
+    # An agent not available (registered only, offline or lost), holding no load, not
+    # heard of for this long is forgotten: its events are an unknown agent's (ignored)
+    # until it registers again (a fleet whose agents come and go under new ids would
+    # pile up otherwise).
+    forget_departed_ms: int = 86_400_000
     drain_limit: int = 256  # loads tried per event, so one event's cost stays bounded
     max_pending: int = 100_000
     high_watermark: int = 80_000
@@ -132,8 +137,8 @@ MAX_TIMEOUT_MS = 366 * 86_400_000
 MAX_BATCH_LOADS = 10_000  # a batch solves a loads x slots matrix
 MAX_BATCH_CANDIDATES = 1_000
 TIMEOUT_FIELDS = ("ack_timeout_ms", "heartbeat_timeout_ms", "affinity_wait_ms",
-                  "expire_after_deadline_ms", "dedupe_window_ms")  # fmt: skip
-_NONZERO = ("ack_timeout_ms", "heartbeat_timeout_ms", "dedupe_window_ms")
+                  "expire_after_deadline_ms", "dedupe_window_ms", "forget_departed_ms")  # fmt: skip
+_NONZERO = ("ack_timeout_ms", "heartbeat_timeout_ms", "dedupe_window_ms", "forget_departed_ms")
 _ALWAYS_ENFORCED = ("status", "capacity")
 
 

@@ -7,7 +7,8 @@ and tries again a little later.
 Keys, under the worker's app id ``A``:
 
 - ``A:pool:<pool>`` (hash): agents (known: those departed and forgotten are counted
-  in ``forgotten``), available, pending, in_flight, queued per
+  in ``forgotten``; status events of agents not registered, ignored, in
+  ``unknown_agent_events``), available, pending, in_flight, queued per
   priority class (every pending load), of those the deferred ones and those no
   agent could take (``unqualified``: they wait for a profile or policy to
   change, not for a free agent), policy_version, the next policy waiting for its time
@@ -137,6 +138,7 @@ def _gauges(state: core.PoolState) -> dict[str, int]:
     return {
         "agents": t.n,
         "forgotten": state.forgotten,
+        "unknown_agent_events": state.unknown_agent_events,
         "available": t.available_count,
         "open": t.open_count,
         "pending": len(state.pending),

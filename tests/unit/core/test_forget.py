@@ -1,8 +1,9 @@
 """Departed agents are forgotten: a pool whose agents come and go keeps only the living.
 
-An agent offline or lost, holding no load, and not heard of for the dedupe window
-is dropped from the agent table once such agents are an eighth of it (at least 64).
-The pool then decides exactly as one that never knew them.
+An agent not available (registered only, offline or lost), holding no load, and not
+heard of for the policy's ``forget_departed_ms`` is dropped from the agent table once
+such agents are an eighth of it (at least 64). The pool then decides exactly as one
+that never knew them.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from dispatcher.core import (
     PoolState,
     Sensitivity,
     TaskOutcome,
+    explain,
 )
 from tests.unit.core.builders import arrive, available, register, report, status, tick
 
-POLICY = Policy(version=1, dedupe_window_ms=1_000, heartbeat_timeout_ms=10**9,
+POLICY = Policy(version=1, forget_departed_ms=1_000, heartbeat_timeout_ms=10**9,
                 ack_timeout_ms=10**9)  # fmt: skip
 CAPS = ["py", "go", "sql", "rust"]
 
@@ -148,3 +150,89 @@ def test_agents_that_come_and_go_do_not_pile_up() -> None:
     assert state.forgotten > 1_700
     # The window holds 100 of them (1 s at one per 10 ms), forgotten 64 or more at a time.
     assert biggest <= 100 + 64 + 1
+
+
+def _departed(state: PoolState, k: int = 64) -> None:
+    for i in range(k):
+        state.apply(register(f"d{i}", time_ms=0))
+        state.apply(available(f"d{i}", time_ms=0))
+        state.apply(status(f"d{i}", AgentStatusKind.OFFLINE, seq=3, time_ms=0))
+
+
+def test_an_agent_freed_in_the_tick_that_forgets_takes_the_loads_parked_for_it() -> None:
+    """Agents woken by row before the forget are woken again after it (rows moved)."""
+    state = PoolState("p")
+    state.apply(PolicyChanged(0, replace(POLICY, ack_timeout_ms=500)))
+    _departed(state)
+    state.apply(register("A", time_ms=0, capabilities=frozenset({"rare"})))
+    state.apply(available("A", time_ms=0))
+    state.apply(register("B", time_ms=0))  # open, but not for "rare"
+    state.apply(available("B", time_ms=0))
+    (first,) = state.apply(arrive("L0", 100, required=frozenset({"rare"})))
+    assert first.outcome is Outcome.ASSIGNED  # never accepted: its ack times out
+    state.apply(arrive("L1", 200, required=frozenset({"rare"}), priority=0))  # A is full
+    assert state.parked
+    state.apply(status("A", AgentStatusKind.HEARTBEAT, seq=3, time_ms=1_100))
+    out = state.apply(tick(1_100))  # L0's ack times out (A is free), d0..d63 go
+    assert state.forgotten == 64
+    assert [(d.load_id, d.outcome) for d in out] == [
+        ("L0", Outcome.REQUEUED), ("L1", Outcome.ASSIGNED)]  # fmt: skip
+
+
+def test_what_the_pool_kept_per_agent_goes_with_it() -> None:
+    state = _pool()
+    for i in range(64):  # each holds a load, then leaves (its load goes back)
+        state.apply(register(f"d{i}", time_ms=0))
+        state.apply(available(f"d{i}", time_ms=0))
+        state.apply(arrive(f"L{i}", 0))
+    for i in range(64):
+        state.apply(status(f"d{i}", AgentStatusKind.OFFLINE, seq=3, time_ms=0))
+    assert len(state.held) == 64
+    state.apply(tick(1_001))
+    assert state.forgotten == 64
+    assert state.held == {}
+
+
+def test_explain_credits_the_sessions_agent_after_rows_moved() -> None:
+    state = _pool()
+    _departed(state)
+    state.apply(register("S", time_ms=0, capacity=5))
+    state.apply(available("S", time_ms=0))
+    for i in range(70):  # (registered later: after the forget, one sits on S's old row)
+        state.apply(register(f"k{i}", time_ms=0))
+    state.apply(arrive("L0", 10, session_id="s1"))  # to S: the session's agent is S now
+    state.apply(arrive("L1", 20, session_id="s1"))
+    for i in range(70):
+        state.apply(available(f"k{i}", seq=2, time_ms=1_100))
+    state.apply(status("S", AgentStatusKind.HEARTBEAT, seq=3, time_ms=1_100))
+    state.apply(tick(1_100))
+    assert state.forgotten == 64
+    verdicts = explain(state, "L1", ("S", "k63")).verdicts
+    assert {v.agent_id: dict(v.parts)["affinity"] for v in verdicts} == {"S": 0.5, "k63": 0.0}
+
+
+def test_agents_that_never_became_available_go_too_and_an_idle_pool_is_ticked_for_them() -> None:
+    state = _pool()
+    for i in range(64):
+        state.apply(register(f"r{i}", time_ms=0))  # and nothing more
+    assert not state.wants_tick(1_000)
+    assert state.wants_tick(1_001)  # (nothing else to do: no load, no agent available)
+    state.apply(tick(1_001))
+    assert (state.agents.n, state.forgotten) == (0, 64)
+    assert not state.wants_tick(5_000)
+
+
+def test_a_departed_agent_that_speaks_within_the_horizon_is_kept() -> None:
+    state = _pool()
+    _departed(state, 63)
+    state.apply(register("x", time_ms=0))
+    state.apply(status("x", AgentStatusKind.HEARTBEAT, seq=2, time_ms=900))  # registered only
+    state.apply(tick(1_001))  # 63 departed past the horizon: fewer than 64, none goes
+    assert state.forgotten == 0
+    state.apply(register("y", time_ms=0))
+    state.apply(tick(1_002))
+    assert state.forgotten == 64  # d0..d62 and y; x was heard of at 900
+    assert state.agents.ids == ["x"]
+    assert state.unknown_agent_events == 0
+    state.apply(available("y", seq=9, time_ms=1_003))
+    assert state.unknown_agent_events == 1

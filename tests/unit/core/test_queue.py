@@ -169,10 +169,11 @@ def test_the_queue_serves_in_the_order_its_definition_gives(seed: int) -> None:
             model.escalate(now)
             continue
         else:
-            kw = {"tenant_first": rng.random() < 0.7, "critical_only": rng.random() < 0.1,
-                  "skip": frozenset(rng.sample(tenants, rng.randint(0, 1)))}  # fmt: skip
-            got = q.pop(served, **kw)
-            assert got == model.pop(served, **kw), (step, kw)
+            first, critical = rng.random() < 0.7, rng.random() < 0.1
+            skip = frozenset(rng.sample(tenants, rng.randint(0, 1)))
+            got = q.pop(served, tenant_first=first, critical_only=critical, skip=skip)
+            want = model.pop(served, tenant_first=first, critical_only=critical, skip=skip)
+            assert got == want, (step, first, critical, skip)
             if got is not None:
                 out.append(got)
                 served[known[got][0]] += rng.choice([0.5, 1.0])
