@@ -227,6 +227,28 @@ def test_a_critical_load_past_its_deadline_is_not_shed() -> None:
     assert shed == [("norm", "EXPIRED")]
 
 
+def test_loads_expire_in_the_order_they_came_to_wait_and_only_those_long_past_deadline() -> None:
+    """Expiry looks at the loads whose deadline passed, not at every load waiting; they go
+    in the order they entered the queue (a requeued one as it came back)."""
+    state = one_agent(Policy(expire_after_deadline_ms=100, ack_timeout_ms=50), capacity=1)
+    assigned(state, "first", deadline_ms=700)  # accepted by 50, or back in the queue
+    for load_id, deadline in (("late", 600), ("soon", 400), ("later", 10**9), ("none", None)):
+        state.apply(arrive(load_id, 1, deadline_ms=deadline))
+    # At 60 "first" comes back (after "none"), and "soon" (the earliest latest start) is
+    # taken; at 801 "soon" comes back too (its ack timed out), then those 100 ms past
+    # their deadline expire: in the order they came to wait.
+    assert [x.load_id for x in state.apply(tick(60)) if x.outcome is Outcome.ASSIGNED] == [
+        "soon"]  # fmt: skip
+    expired = [x.load_id for x in state.apply(tick(801)) if x.reason == "EXPIRED"]
+    assert expired == ["late", "first", "soon"]  # (by deadline: soon, late, first)
+    assert state.loads["later"].final is None
+    assert state.loads["none"].final is None
+    for i in range(5_000):  # loads that come and go leave no entries behind
+        state.apply(arrive(f"x{i}", 900, deadline_ms=10**9))
+        state.apply(LoadCancelled(key(), 900, f"x{i}"))
+    assert len(state.deadlines) <= 2 * len(state.pending) + 64 + 1
+
+
 def test_stale_and_duplicate_events_change_nothing() -> None:
     state = one_agent()
     assert state.apply(status("a1", AgentStatusKind.OFFLINE, seq=1)) == []  # seq 1 <= 2
