@@ -47,6 +47,7 @@ class ServiceQueue:
         )
         self._where: dict[str, _Place] = {}
         self._moved: set[str] = set()
+        self._seq: dict[str, int] = {}  # load id -> the seq it was pushed with (ids come back)
         # The entries of loads below critical with a latest start, pushed to their own
         # class, by latest start: ``escalate`` moves up those due.
         self._due: list[_Entry] = []
@@ -75,11 +76,12 @@ class ServiceQueue:
         entry = (start, seq, load_id)
         heapq.heappush(self._heaps[moved][cls].setdefault(tenant, []), entry)
         self._where[load_id] = (cls, tenant, moved)
+        self._seq[load_id] = seq
         self._add(cls, tenant, 1)
         if not moved and cls and start != math.inf:
             heapq.heappush(self._due, entry)
             if len(self._due) > 2 * len(self._where) + 64:  # (entries of loads gone since)
-                live = {e for e in self._due if self._native(e[2])}  # (one per load)
+                live = {e for e in self._due if self._native(e)}  # (one per load)
                 self._due = sorted(live)  # (sorted: a heap)
 
     def escalated(self, load_id: str) -> bool:
@@ -91,6 +93,7 @@ class ServiceQueue:
         """Forgets a load for good; its heap entry is skipped when it surfaces, or dropped
         with the others once they are most of its heap."""
         place = self._where.pop(load_id, None)
+        self._seq.pop(load_id, None)
         if place is not None:
             self._add(place[0], place[1], -1)
             self._compact(place[0], place[1])
@@ -106,13 +109,22 @@ class ServiceQueue:
             heap = self._heaps[moved][cls].get(tenant)
             if heap is not None and len(heap) > 2 * live + 64:
                 place = (cls, tenant, moved)
-                heap[:] = [e for e in heap if self._where.get(e[2]) == place]
+                heap[:] = [e for e in heap if self._live(e, place)]
                 heapq.heapify(heap)
 
-    def _native(self, load_id: str) -> bool:
-        """Whether ``load_id`` waits, below critical, in the class it was pushed to."""
-        place = self._where.get(load_id)
-        return place is not None and place[0] > 0 and not place[2]
+    def _native(self, entry: _Entry) -> bool:
+        """Whether ``entry``'s load waits, below critical, in the class it was pushed to
+        (and is the load the entry was pushed for: an id seen again is a new load)."""
+        place = self._where.get(entry[2])
+        return (
+            place is not None
+            and place[0] > 0
+            and not place[2]
+            and self._seq.get(entry[2]) == entry[1]
+        )
+
+    def _live(self, entry: _Entry, place: _Place) -> bool:
+        return self._where.get(entry[2]) == place and self._seq.get(entry[2]) == entry[1]
 
     def escalate(self, now_ms: int) -> None:
         """Moves up one class every load whose latest start has come."""
@@ -120,7 +132,7 @@ class ServiceQueue:
         while due and due[0][0] <= now_ms:
             entry = heapq.heappop(due)
             load_id = entry[2]
-            if not self._native(load_id):
+            if not self._native(entry):
                 continue  # gone, moved up already, or an older entry of it
             cls, tenant, _ = self._where[load_id]
             # (its entry in its class's heap stays, stale, until it surfaces or is compacted)
@@ -129,6 +141,7 @@ class ServiceQueue:
             self._where[load_id] = (cls - 1, tenant, True)
             self._add(cls, tenant, -1)
             self._add(cls - 1, tenant, 1)
+            self._compact(cls, tenant)  # (its native entry, stale now, is dropped in time)
 
     def pop(
         self,
@@ -172,11 +185,12 @@ class ServiceQueue:
                 heap = moved if a is None or (b is not None and b < a) else native
                 load_id = heapq.heappop(heap)[2]
                 del self._where[load_id]
+                del self._seq[load_id]
                 self._add(cls, tenant, -1)
                 return load_id
         return None
 
     def _head(self, heap: list[_Entry], place: _Place) -> _Entry | None:
-        while heap and self._where.get(heap[0][2]) != place:
+        while heap and not self._live(heap[0], place):
             heapq.heappop(heap)
         return heap[0] if heap else None

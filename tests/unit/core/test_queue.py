@@ -148,6 +148,7 @@ def test_the_queue_serves_in_the_order_its_definition_gives(seed: int) -> None:
     served = dict.fromkeys(tenants, 0.0)
     out: list[str] = []
     known: dict[str, tuple[str, int, int, float]] = {}
+    gone: set[str] = set()  # discarded for good: their ids may come back as new loads
     now = 0
     for step in range(600):
         r = rng.random()
@@ -158,10 +159,15 @@ def test_the_queue_serves_in_the_order_its_definition_gives(seed: int) -> None:
             known[load_id] = args
         elif r < 0.5:  # pushed again (popped before), or discarded for good
             load_id = rng.choice(sorted(known))
-            if load_id in q:
+            if load_id in q or rng.random() < 0.3:
                 q.discard(load_id)
                 model.discard(load_id)
+                gone.add(load_id)
                 continue
+            if load_id in gone:  # the id again: a new load (after the dedupe window)
+                gone.discard(load_id)
+                start = rng.choice([math.inf, float(now + rng.randint(0, 400))])
+                known[load_id] = (rng.choice(tenants), rng.randint(0, 3), step, start)
             args = known[load_id]
         elif r < 0.65:
             now += rng.randint(0, 120)
@@ -194,3 +200,27 @@ def test_the_deadlines_of_loads_gone_do_not_pile_up_and_those_waiting_still_move
         assert len(q._due) <= 2 * (len(q) + 1) + 64  # (entries of loads gone are dropped)
     q.escalate(50_000)
     assert drain(q) == ["waits", "other"]  # LOW moved up to NORMAL, and started earlier
+
+
+def test_an_id_seen_again_is_a_new_load_that_the_old_ones_deadline_does_not_move() -> None:
+    q = ServiceQueue()
+    q.push("L1", "a", 2, 1, 99_000.0)  # NORMAL, latest start at 99 s
+    q.discard("L1")  # (cancelled)
+    q.push("L1", "b", 2, 7, math.inf)  # the id again, after the dedupe window: no deadline
+    q.push("L2", "b", 1, 8, math.inf)  # HIGH
+    q.escalate(99_500)
+    assert not q.escalated("L1")
+    assert drain(q) == ["L2", "L1"]
+
+
+def test_the_entries_loads_leave_behind_when_they_move_up_do_not_pile_up() -> None:
+    """A tenant keeps a load waiting in a class for good, and its other loads of that class
+    move up and go: the entries they left in the class's heap are dropped."""
+    q = ServiceQueue()
+    q.push("keep", "t", 2, 0, math.inf)
+    for i in range(1, 5_000):
+        q.push(f"L{i}", "t", 2, i, float(i))
+        q.escalate(i)
+        q.discard(f"L{i}")  # (from the class it moved to)
+        assert len(q._heaps[False][2]["t"]) <= 2 * 1 + 64 + 1
+    assert drain(q) == ["keep"]
