@@ -116,14 +116,11 @@ class ServiceQueue:
         """Whether ``entry``'s load waits, below critical, in the class it was pushed to
         (and is the load the entry was pushed for: an id seen again is a new load)."""
         place = self._where.get(entry[2])
-        return (
-            place is not None
-            and place[0] > 0
-            and not place[2]
-            and self._seq.get(entry[2]) == entry[1]
-        )
+        return place is not None and place[0] > 0 and not place[2] and self._live(entry, place)
 
     def _live(self, entry: _Entry, place: _Place) -> bool:
+        """Whether ``entry`` is that of a load waiting at ``place`` (an id seen again is a
+        new load: the seq tells them apart)."""
         return self._where.get(entry[2]) == place and self._seq.get(entry[2]) == entry[1]
 
     def escalate(self, now_ms: int) -> None:
