@@ -249,6 +249,22 @@ def test_loads_expire_in_the_order_they_came_to_wait_and_only_those_long_past_de
     assert len(state.deadlines) <= 2 * len(state.pending) + 64 + 1
 
 
+def test_acknowledged_loads_leave_no_ack_timers_behind_and_the_others_still_time_out() -> None:
+    """With an hour's ack timeout, loads accepted and done at once kept their ack timer
+    entry for the hour (a soak grew by 6.7 MB a minute); one never accepted still times
+    out."""
+    state = one_agent(Policy(ack_timeout_ms=3_600_000, heartbeat_timeout_ms=10**9), capacity=2)
+    silent = assigned(state, "silent")  # never accepted
+    for i in range(3_000):
+        d = assigned(state, f"L{i}", time_ms=i)
+        state.apply(report(d.decision_id, d.load_id, "a1", TaskOutcome.ACCEPTED, time_ms=i))
+        state.apply(report(d.decision_id, d.load_id, "a1", TaskOutcome.SUCCESS, time_ms=i))
+        assert len(state.ack_due) <= 2 * 2 + 64 + 1  # (2 in flight at most: silent, L{i})
+    timed_out = [(x.load_id, x.reason) for x in state.apply(tick(3_600_001))
+                 if x.outcome is Outcome.REQUEUED]  # fmt: skip
+    assert timed_out == [(silent.load_id, "ACK_TIMEOUT")]
+
+
 def test_stale_and_duplicate_events_change_nothing() -> None:
     state = one_agent()
     assert state.apply(status("a1", AgentStatusKind.OFFLINE, seq=1)) == []  # seq 1 <= 2
