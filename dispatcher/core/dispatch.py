@@ -15,6 +15,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -114,6 +115,7 @@ _KEY_SPACE = {LoadArrived: "load\0", LoadCancelled: "load\0", TaskReported: "res
 
 # A tenant running more than this times its weighted share is held back from the reserve.
 _OVER_SHARE = 1.25
+_T = TypeVar("_T", bound=tuple[object, ...])  # (heap entries)
 _FORGET_AT_LEAST = 64  # departed agents forgotten together, at least (``_forget_departed``)
 
 _NOTHING: frozenset[str] = frozenset()  # (each frozenset() call makes a new one)
@@ -450,12 +452,17 @@ class PoolState:
         waiting at every tick cost 5.9 ms with 100k waiting.)"""
         due = []
         while self.deadlines and self.deadlines[0][0] < before_ms:
-            _, entered, load_id = heapq.heappop(self.deadlines)
-            ls = self.pending.get(load_id)
-            if ls is not None and ls.entered == entered:  # (else it left, or came back)
+            ls = self._still_waiting(heapq.heappop(self.deadlines))
+            if ls is not None:
                 due.append(ls)
         due.sort(key=lambda ls: ls.entered)
         return due
+
+    def _still_waiting(self, entry: tuple[int, int, str]) -> LoadState | None:
+        """The load of a ``deadlines`` entry, if it still waits since it entered then (else
+        it left, or left and came back)."""
+        ls = self.pending.get(entry[2])
+        return ls if ls is not None and ls.entered == entry[1] else None
 
     def _unacked(self, entry: tuple[int, int, str, str]) -> LoadState | None:
         """The load of an ``ack_due`` entry, if it still waits for the acceptance of that
@@ -584,10 +591,7 @@ class PoolState:
         if deadline is not None and ls.spec.priority is not Priority.CRITICAL:
             heapq.heappush(self.deadlines, (deadline, ls.entered, ls.spec.load_id))
             if len(self.deadlines) > 2 * len(self.pending) + 64:  # (entries of loads gone)
-                self.deadlines = sorted((x.spec.deadline_ms, x.entered, load_id)
-                                        for load_id, x in self.pending.items()
-                                        if x.spec.deadline_ms is not None
-                                        and x.spec.priority is not Priority.CRITICAL)  # fmt: skip
+                self.deadlines = _sifted(self.deadlines, self._still_waiting)
         if ls.status is LoadStatus.PENDING:
             self._push(ls)
 
@@ -864,8 +868,7 @@ class PoolState:
         if len(self.ack_due) > 2 * len(self.in_flight) + 64:  # (entries of loads accepted)
             # (kept until their time came: a soak at 300 loads/s with an hour's ack timeout
             # grew the worker by 6.7 MB a minute, all in flight accepted at once)
-            self.ack_due = [x for x in self.ack_due if self._unacked(x) is not None]
-            heapq.heapify(self.ack_due)
+            self.ack_due = _sifted(self.ack_due, self._unacked)
         out.append(d)
         if self.on_assign is not None:
             self.on_assign(self, d)
@@ -1152,6 +1155,14 @@ def _less(counts: dict[str, int], tenant: str) -> None:
         counts[tenant] = left
     else:
         del counts[tenant]
+
+
+def _sifted(heap: list[_T], live: Callable[[_T], object]) -> list[_T]:
+    """The entries of ``heap`` that ``live`` finds something for, a heap again (in the same
+    order of popping: the entries are unique)."""
+    kept = [entry for entry in heap if live(entry) is not None]
+    heapq.heapify(kept)
+    return kept
 
 
 def decide(state: PoolState, event: Event) -> tuple[PoolState, list[Decision]]:
