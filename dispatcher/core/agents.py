@@ -8,6 +8,7 @@ input order.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -68,10 +69,9 @@ _COLUMNS: tuple[tuple[str, type, float, str | None], ...] = (
     ("speed_term", np.float64, 0.5, None),
 )
 
-# What a match reports of a constraint that excluded no agent, and of a score term left
-# out: one pair each, shared by every decision (a decision keeps its pairs, most of them
-# these: fewer new objects for the garbage collector to count and walk).
-_NONE_EXCLUDED = tuple((c, 0) for c in CONSTRAINTS)
+# What a match reports of a score term left out: one pair each, shared by every decision
+# (a decision keeps its pairs, most of them these: fewer new objects for the garbage
+# collector to count and walk).
 _NO_PARTS = tuple((t, (t, 0.0)) for t in SCORE_TERMS)
 
 
@@ -79,7 +79,8 @@ class _Cols(NamedTuple):
     """Agent-only columns of some rows, gathered for scoring."""
 
     rows: npt.NDArray[np.intp]
-    half_embedding: Floats2  # the rows' embeddings / 2 (exact), one column per row
+    # The rows' embeddings / 2 (exact), one column per row, and a last row of 0.5 each
+    half_embedding: Floats2
     inv_caps: Floats
     zone: npt.NDArray[np.int32]
     speed_term: Floats
@@ -104,8 +105,9 @@ class _Kind:
 
 
 # What AgentTable.screen says of a load: its kind, which of the kind's candidates pass
-# every enforced hard constraint now, and how many agents each constraint excluded.
-Screened = tuple[_Kind, Bool, tuple[tuple[str, int], ...]]
+# every enforced hard constraint now, how many agents each constraint excluded, and how
+# many pass.
+Screened = tuple[_Kind, Bool, tuple[tuple[str, int], ...], int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,7 +334,7 @@ class AgentTable:
     ) -> tuple[npt.NDArray[np.intp], tuple[tuple[str, int], ...]]:  # fmt: skip
         """The rows of the agents that pass every enforced hard constraint, in row order,
         and how many agents each constraint excluded."""
-        kind, ok, excluded = self._screen(load, policy, denied, tried)
+        kind, ok, excluded, _ = self._screen(load, policy, denied, tried)
         return kind.cand[ok], excluded
 
     def any_of_kind(self, rows: npt.NDArray[np.intp], load: LoadSpec, policy: Policy) -> bool:
@@ -350,14 +352,14 @@ class AgentTable:
     ) -> tuple[npt.NDArray[np.intp], Screened]:  # fmt: skip
         """``feasible``, and the screen that found it, for ``evaluate`` to score on."""
         screened = self._screen(load, policy, denied, tried)
-        kind, ok, _ = screened
+        kind, ok, _, _ = screened
         return kind.cand[ok], screened
 
     def _screen(
         self, load: LoadSpec, policy: Policy, denied: frozenset[str], tried: tuple[str, ...]
-    ) -> tuple[_Kind, Bool, tuple[tuple[str, int], ...]]:
+    ) -> Screened:
         """The kind of ``load``, which of its candidates pass every enforced hard
-        constraint now, and how many agents each constraint excluded.
+        constraint now, how many agents each constraint excluded, and how many pass.
 
         Constraints apply in CONSTRAINTS order; each counts the agents it
         removed from those the earlier ones left, so the counts add up. The
@@ -391,24 +393,21 @@ class AgentTable:
         now_left = int(np.count_nonzero(ok))
         counts += (left - now_left - no_clearance - no_region, no_clearance, no_region)
         left = now_left
-        for name, check in (("risk", self._risk_ok), ("tenant_deny", self._allowed)):
-            keep = check(load, denied, kind.cand) if left and name not in off else None
-            if keep is None:
-                counts.append(0)
-                continue
-            ok &= keep
-            now_left = int(np.count_nonzero(ok))
-            counts.append(left - now_left)
-            left = now_left
+        keep = self._risk_ok(load, kind.cand) if left and "risk" not in off else None
+        left = _narrow(ok, keep, left, counts)
+        if denied and left and "tenant_deny" not in off:
+            keep = self._allowed(load, denied, kind.cand)
+        else:
+            keep = None
+        left = _narrow(ok, keep, left, counts)
         keep = self._untried(tried, kind.cand) if tried and left and "tried" not in off else None
         if keep is not None and (others := ok & keep).any():
-            counts.append(left - int(np.count_nonzero(others)))
-            ok = others
+            now_left = int(np.count_nonzero(others))
+            counts.append(left - now_left)
+            ok, left = others, now_left
         else:
             counts.append(0)
-        # (the pairs of 0 shared: most counts are, and every decision keeps its own)
-        excluded = [(z[0], k) if k else z for z, k in zip(_NONE_EXCLUDED, counts, strict=True)]
-        return kind, ok, tuple(excluded)
+        return kind, ok, _exclusions(tuple(counts)), left
 
     def qualified(
         self, load: LoadSpec, policy: Policy, denied: frozenset[str] = frozenset()
@@ -450,7 +449,7 @@ class AgentTable:
                 self._cols_bytes -= _nbytes(oldest.cols) + _nbytes(oldest.static.values())
             cand = rows[stage == 2]
             no_clearance, no_region = rows[stage == 0], rows[stage == 1]
-            size = cand.size * (8 * self.embedding.shape[1] + 28)  # what _nbytes will count
+            size = cand.size * (8 * self.embedding.shape[1] + 36)  # what _nbytes will count
             budget = min(_COLS_BUDGET, _COLS_BUDGET_PER_AGENT * self.n)
             cols = self.columns(cand) if self._cols_bytes + size <= budget else None
             self._cols_bytes += _nbytes(cols)
@@ -461,13 +460,14 @@ class AgentTable:
 
     def columns(self, rows: npt.NDArray[np.intp]) -> _Cols:
         """The agent-only columns of ``rows``."""
-        half = np.ascontiguousarray(self.embedding.take(rows, axis=0).T) / 2.0
+        dims = self.embedding.shape[1]
+        half = np.empty((dims + 1, len(rows)))
+        np.divide(self.embedding.take(rows, axis=0).T, 2.0, out=half[:dims])
+        half[dims] = 0.5
         return _Cols(rows, half, self.inv_caps.take(rows),
                      self.zone.take(rows), self.speed_term.take(rows))  # fmt: skip
 
-    def _risk_ok(
-        self, load: LoadSpec, _: frozenset[str], rows: npt.NDArray[np.intp]
-    ) -> Bool | None:
+    def _risk_ok(self, load: LoadSpec, rows: npt.NDArray[np.intp]) -> Bool | None:
         if load.risk <= self._room_floor:
             return None  # every agent has room for it
         if self._floor_loose:
@@ -540,11 +540,11 @@ class AgentTable:
         for t, w in policy.active_weights:
             if t == "embedding":
                 dims = self.embedding.shape[1]
-                intent = _unit(load.intent, dims) if load.intent and dims else None
+                intent = _unit(load.intent, dims, 1.0) if load.intent and dims else None
                 if intent is not None:
-                    # (similarity + 1) / 2, exactly: (half the similarity) + 0.5
+                    # (similarity + 1) / 2, exactly: half the similarity plus 1 x the 0.5
+                    # ``columns`` puts under each row's half embedding (sums exact: ``unit``)
                     term = intent @ cols.half_embedding
-                    term += 0.5
                     if w != 1.0:  # (times 1 changes no bit: the default weight skips a pass)
                         term *= w
                     out[t] = term
@@ -592,11 +592,12 @@ class AgentTable:
     ) -> Scored:  # fmt: skip
         """Every agent that qualifies for ``load``, with its weighted score (``screened``:
         what ``screen`` said of the load just before, on these agents)."""
-        kind, ok, excluded = screened or self._screen(load, policy, denied, tried)
+        screened = screened or self._screen(load, policy, denied, tried)
+        kind, ok, excluded, _ = screened
         if kind.cols is None:  # gather the qualifying rows' columns only
             return self.scored(kind.cand[ok], load, policy, now_ms, affinity_row=affinity_row,
                                excluded=excluded)  # fmt: skip
-        s = self._score_kind(kind, ok, excluded, load, policy, now_ms, affinity_row)
+        s = self._score_kind(screened, load, policy, now_ms, affinity_row)
         if s.candidates in (0, len(ok)):  # none qualifies, or all do
             return s
         weighted = {t: term[ok] for t, term in s.weighted.items()}
@@ -617,20 +618,20 @@ class AgentTable:
         tried: tuple[str, ...] = (),
     ) -> Match:  # fmt: skip
         """The best agent for ``load`` under ``policy``: ties go to the earliest registered."""
-        kind, ok, excluded = self._screen(load, policy, denied, tried)
-        s = self._score_kind(kind, ok, excluded, load, policy, now_ms, affinity_row)
+        s = self._score_kind(self._screen(load, policy, denied, tried), load, policy, now_ms,
+                             affinity_row)  # fmt: skip
         if not s.candidates:
             return s.none()
         return s.pick(int(s.total.argmax()))  # the first maximum: lowest row
 
-    def _score_kind(  # noqa: PLR0917 - _screen's results and the load's
-        self, kind: _Kind, ok: Bool, excluded: tuple[tuple[str, int], ...], load: LoadSpec,
-        policy: Policy, now_ms: int, affinity_row: int | None,
+    def _score_kind(
+        self, screened: Screened, load: LoadSpec, policy: Policy, now_ms: int,
+        affinity_row: int | None,
     ) -> Scored:  # fmt: skip
-        """Every agent of the load's kind scored (their columns are cached), those failing
-        a hard constraint now at -inf: the same scores as gathering the qualifying rows'
-        columns anew would give."""
-        count = int(np.count_nonzero(ok))
+        """Every agent of the load's kind (``screened``) scored (their columns are cached),
+        those failing a hard constraint now at -inf: the same scores as gathering the
+        qualifying rows' columns anew would give."""
+        kind, ok, excluded, count = screened
         if not count:
             return Scored(kind.cand[:0], np.zeros(0), {}, excluded, 0)
         cols = kind.cols or self.columns(kind.cand)
@@ -643,6 +644,26 @@ class AgentTable:
 
 def _nbytes(arrays: Iterable[npt.NDArray[Any]] | None) -> int:
     return sum(a.nbytes for a in arrays) if arrays is not None else 0
+
+
+def _narrow(ok: Bool, keep: Bool | None, left: int, counts: list[int]) -> int:
+    """Applies a constraint's ``keep`` (None: it excludes none) to the ``left`` agents
+    ``ok`` in place, counts those it excluded, and returns how many are left."""
+    if keep is None:
+        counts.append(0)
+        return left
+    ok &= keep
+    now_left = int(np.count_nonzero(ok))
+    counts.append(left - now_left)
+    return now_left
+
+
+@functools.lru_cache(maxsize=4096)
+def _exclusions(counts: tuple[int, ...]) -> tuple[tuple[str, int], ...]:
+    """Each constraint with how many agents it excluded, in CONSTRAINTS order: one tuple per
+    distinct counts, shared by every decision that has them (fewer new objects for the
+    garbage collector to count and walk)."""
+    return tuple(zip(CONSTRAINTS, counts, strict=True))
 
 
 def _count(mask: Bool, rows: npt.NDArray[np.intp]) -> int:
@@ -695,17 +716,18 @@ def unit(values: tuple[float, ...], dims: int) -> Floats:
     return np.zeros(dims) if out is None else out
 
 
-def _unit(values: tuple[float, ...], dims: int) -> Floats | None:
-    """``unit``, or None for the zero vector."""
+def _unit(values: tuple[float, ...], dims: int, *tail: float) -> Floats | None:
+    """``unit`` with ``tail`` after it, or None for the zero vector."""
     head = [float(x) for x in values[:dims]]
     norm = math.sqrt(math.fsum([x * x for x in head]))
     if not norm or not math.isfinite(norm):
         return None
-    out = np.zeros(dims)
     # (in Python: a few numpy calls cost more than the arithmetic of a short vector; round
     # is np.rint's round-half-to-even, and the same float operations give the same bits)
-    out[: len(head)] = [round(x / norm * _GRID) / _GRID for x in head]
-    return out
+    out = [round(x / norm * _GRID) / _GRID for x in head]
+    out += [0.0] * (dims - len(head))
+    out += tail
+    return np.array(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -748,7 +770,9 @@ class Scored:
             total[i] = best
             runner_up, margin = self.rows.item(r), best - total.item(r)
         # (the terms of weight 0 as shared pairs; a list, not a generator: cheaper to build)
-        parts = [(t, weighted[t].item(i)) if t in weighted else none for t, none in _NO_PARTS]
+        parts = [
+            none if (a := weighted.get(t)) is None else (t, a.item(i)) for t, none in _NO_PARTS
+        ]
         return Match(
             row=self.rows.item(i),
             score=best,
