@@ -549,7 +549,7 @@ async def explain_load(
             raise BrokerError(f"{topics.input_sequence} at {bootstrap} has no partition "
                               f"{last.input.partition} (the decision's input)")  # fmt: skip
         state = await _pool_at(bootstrap, topics, last, policy, codec)
-        if state is not None and load_id in state.loads:  # (not: decisions about an unknown id)
+        if state is not None and state.load(load_id) is not None:  # (not: about an unknown id)
             why = core.explain(state, load_id, agents)
             verdicts = [{"agent_id": v.agent_id, "failed": list(v.failed), "score": v.score,
                          "gap": v.gap, "parts": dict(v.parts)} for v in why.verdicts]  # fmt: skip

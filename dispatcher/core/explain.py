@@ -49,7 +49,9 @@ def explain(state: PoolState, load_id: str, agent_ids: tuple[str, ...] = ()) -> 
     Raises:
         KeyError: the pool does not know the load (never seen, or pruned).
     """
-    ls = state.loads[load_id]
+    ls = state.load(load_id)
+    if ls is None:
+        raise KeyError(load_id)
     m = ls.last_match
     chosen = m.score if m is not None and m.row is not None else None
     if ls.agent is not None and ls.final is None and agent_ids:

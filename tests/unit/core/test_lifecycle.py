@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
 from dataclasses import replace
 from typing import Any, Literal
@@ -557,13 +558,13 @@ def test_event_keys_finished_loads_and_sessions_are_forgotten_after_the_window()
     state.apply(report(d.decision_id, "L1", "a1", TaskOutcome.SUCCESS, time_ms=10))
     state.apply(tick(500))
     assert state.apply(first) == []  # still remembered
-    assert "L1" in state.loads
+    assert "L1" in state.done
     assert "chat-1" in state.sessions
     state.apply(tick(2000))
     assert not state.seen  # every event key forgotten
-    assert "L1" not in state.loads
+    assert state.load("L1") is None
     assert "chat-1" not in state.sessions  # sessions come and go: not kept for ever
-    assert len(state.finished) == 0
+    assert not state.done
     # Seen again, the id is a new load, and its decisions have ids of their own: readers
     # drop repeats by id, so the first load's would hide them.
     again = state.apply(first)[0]
@@ -643,8 +644,14 @@ def test_a_finished_load_keeps_only_what_decisions_about_it_name() -> None:
                  session_id="chat-1", zone="z1")  # fmt: skip
     (done,) = state.apply(report(d.decision_id, "L1", "a1", TaskOutcome.SUCCESS, time_ms=5))
     assert done.outcome is Outcome.COMPLETED
-    kept = state.loads["L1"].spec
+    finished = state.load("L1")
+    assert finished is not None
+    kept = finished.spec
     assert (kept.intent, kept.required, kept.session_id, kept.zone) == ((), frozenset(), None, None)
+    assert "L1" not in state.loads
+    # Kept as plain values, which the garbage collector stops walking.
+    gc.collect()
+    assert not gc.is_tracked(state.done["L1"])
     (late,) = state.apply(LoadCancelled(key(), 6, "L1"))  # still a known, finished load
     assert (late.outcome, late.reason) == (Outcome.REJECTED, "ALREADY_FINAL")
     assert (late.tenant, late.priority, late.deadline_ms, late.attempt) == (
@@ -653,7 +660,15 @@ def test_a_finished_load_keeps_only_what_decisions_about_it_name() -> None:
         9_000,
         1,
     )
-    (dup,) = state.apply(arrive("L1", 7))
+    (zombie,) = state.apply(report(d.decision_id, "L1", "a1", TaskOutcome.SUCCESS, time_ms=7))
+    assert (zombie.outcome, zombie.reason, zombie.agent_id) == (
+        Outcome.REJECTED,
+        "ZOMBIE_RESULT",
+        "a1",
+    )
+    # Each decision about it has an id of its own (its decisions are counted on).
+    assert len({done.decision_id, late.decision_id, zombie.decision_id}) == 3
+    (dup,) = state.apply(arrive("L1", 8))
     assert dup.reason == "DUPLICATE_LOAD_ID"
 
 
