@@ -311,7 +311,9 @@ class Simulation:
             self._report(accept_at, d, "no", TaskOutcome.DECLINED)
             return
         self._report(accept_at, d, "ok", TaskOutcome.ACCEPTED)
-        spec = self.state.loads[d.load_id].spec
+        ls = self.state.load(d.load_id)  # (it may have finished in the same event)
+        assert ls is not None  # noqa: S101 - a load assigned is known for the dedupe window
+        spec = ls.spec
         run_ms = int(spec.duration_ms / self.profiles[d.agent_id].speed
                      * rng.lognormal(0, RUN_NOISE))  # fmt: skip
         # Busy within the run, until the agent crashes if it does (its report never comes).
