@@ -133,8 +133,9 @@ def main() -> None:
         if p.assigned == printed:
             raise SystemExit(f"no load was assigned in the {now / 1000:.0f} s before")
         printed = p.assigned
+        known = len(state.loads) + len(state.done)  # (the finished ones are kept apart)
         print(f"{now / 1000:>9.0f} {arrived:>9,} {p.assigned:>9,} {len(state.pending):>8,} "
-              f"{len(state.loads):>10,} {len(state.seen):>9,} {rss_mb():>7.0f}")  # fmt: skip
+              f"{known:>10,} {len(state.seen):>9,} {rss_mb():>7.0f}")  # fmt: skip
         rows += 1
         next_print = end_ms * rows // 10
 
