@@ -11,7 +11,7 @@ import bisect
 import hashlib
 import heapq
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -171,9 +171,9 @@ class PoolState:
         self.in_flight: dict[str, LoadState] = {}  # ASSIGNED and RUNNING, in assignment order
         self.held: dict[str, dict[str, None]] = {}  # agent -> its loads in flight
         # session -> (the agent that served it last, when), least recently served first.
-        # (Ordered dicts, here and for ``seen``: both are pruned from the front, where a
-        # plain dict leaves deleted slots that every later look at its first item walks
-        # past: with a million keys in the window, a tick took 26 ms, 560 ms at worst.)
+        # (An ordered dict: it is pruned from the front, where a plain dict leaves deleted
+        # slots that every later look at its first item walks past: with a million keys in
+        # the window, a tick took 26 ms, 560 ms at worst.)
         self.sessions: OrderedDict[str, tuple[str, int]] = OrderedDict()
         self.served: dict[str, float] = {}  # tenant -> assignments / weight (fair share)
         self.vtime = 0.0  # the served count of the last load's tenant when it was served
@@ -181,12 +181,16 @@ class PoolState:
         self.backlog: dict[str, int] = {}  # tenant -> pending loads
         # (tenant, class) -> its pending loads, in arrival order
         self.tenant_pending: dict[tuple[str, Priority], dict[str, LoadState]] = {}
-        # event key -> event time (duplicates change nothing)
-        self.seen: OrderedDict[str, int] = OrderedDict()
+        # event key -> event time (duplicates change nothing), and the keys oldest first, to
+        # prune from (a plain dict and a deque: 34 bytes a key besides the key, where an
+        # ordered dict took 72; a finished load has about three keys)
+        self.seen: dict[str, int] = {}
+        self.seen_order: deque[str] = deque()
         self.orphans = 0  # decisions about unknown load ids (not remembered per id)
         # Finished loads, kept for the dedupe window (``_Done``), in the order they finished;
         # ``loads`` holds the others.
-        self.done: OrderedDict[str, _Done] = OrderedDict()
+        self.done: dict[str, _Done] = {}
+        self.done_order: deque[str] = deque()  # (as ``seen_order``)
         # (accept by, assignment number, load id, decision id), a heap: a policy may shorten
         # the ack timeout, and later assignments then fall due before earlier ones.
         self.ack_due: list[tuple[int, int, str, str]] = []
@@ -224,6 +228,7 @@ class PoolState:
             # Stamped with the pool's clock, which never goes back: the oldest key is
             # always first, so pruning reads from the front.
             self.seen[key] = self.now_ms
+            self.seen_order.append(key)
         match event:
             case AgentRegistered():
                 self._on_agent_registered(event, out)
@@ -490,9 +495,9 @@ class PoolState:
             self.pending or self.in_flight or t.available_count
             or (t.status[: t.n] == AgentStatus.DRAINING).any()
             or (self.scheduled and self.scheduled[0].time_ms <= now_ms)
-            or (self.seen and next(iter(self.seen.values())) < before)
+            or (self.seen_order and self.seen[self.seen_order[0]] < before)
             or (self.sessions and next(iter(self.sessions.values()))[1] < before)
-            or (self.done and next(iter(self.done.values()))[0] < before)
+            or (self.done_order and self.done[self.done_order[0]][0] < before)
             or self._departed(now_ms) is not None
         )  # fmt: skip
 
@@ -527,12 +532,14 @@ class PoolState:
         Each is visited oldest first and only as far as they are old, so a
         tick costs what it removes, not the size of the window.
         """
-        while self.seen and next(iter(self.seen.values())) < before_ms:
-            self.seen.popitem(last=False)
+        seen, order = self.seen, self.seen_order
+        while order and seen[order[0]] < before_ms:
+            del seen[order.popleft()]
         while self.sessions and next(iter(self.sessions.values()))[1] < before_ms:
             self.sessions.popitem(last=False)
-        while self.done and next(iter(self.done.values()))[0] < before_ms:
-            self.done.popitem(last=False)
+        done, order = self.done, self.done_order
+        while order and done[order[0]][0] < before_ms:
+            del done[order.popleft()]
 
     def _departed(self, now_ms: int) -> npt.NDArray[np.intp] | None:
         """The rows of the agents to forget at ``now_ms`` (None: too few to bother): not
@@ -1109,6 +1116,7 @@ class PoolState:
         out.append(self._decision(ls, outcome, reason, source, agent=agent))
         del self.loads[ls.spec.load_id]
         self.done[ls.spec.load_id] = _bury(ls)
+        self.done_order.append(ls.spec.load_id)
 
     def load(self, load_id: str) -> LoadState | None:
         """The load ``load_id`` as the pool knows it (None: never seen, or its dedupe window
@@ -1125,7 +1133,7 @@ class PoolState:
         """The rejection of an event about a finished load (counted among its decisions)."""
         ls = _revive(load_id, self.done[load_id])
         d = self._decision(ls, Outcome.REJECTED, reason, source, agent=agent)
-        self.done[load_id] = _bury(ls)  # (in its place: the order is by finish time)
+        self.done[load_id] = _bury(ls)
         return d
 
     # -- decisions ----------------------------------------------------------------------------

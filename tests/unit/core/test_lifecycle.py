@@ -565,6 +565,8 @@ def test_event_keys_finished_loads_and_sessions_are_forgotten_after_the_window()
     assert state.load("L1") is None
     assert "chat-1" not in state.sessions  # sessions come and go: not kept for ever
     assert not state.done
+    assert not state.seen_order  # (nothing left to prune from)
+    assert not state.done_order
     # Seen again, the id is a new load, and its decisions have ids of their own: readers
     # drop repeats by id, so the first load's would hide them.
     again = state.apply(first)[0]
