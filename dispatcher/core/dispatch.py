@@ -535,8 +535,14 @@ class PoolState:
         seen, order = self.seen, self.seen_order
         while order and seen[order[0]] < before_ms:
             del seen[order.popleft()]
+        forgotten = False
         while self.sessions and next(iter(self.sessions.values()))[1] < before_ms:
             self.sessions.popitem(last=False)
+            forgotten = True
+        if forgotten and self.policy.hard_affinity:
+            # Loads held for a session's agent may go to any agent now: every parked load
+            # is looked at again, as when a session moves (``_assign``).
+            self.woken = None
         done, order = self.done, self.done_order
         while order and done[order[0]][0] < before_ms:
             del done[order.popleft()]

@@ -17,10 +17,12 @@ from dispatcher.core import (
     AgentRegistered,
     AgentStatusChanged,
     AgentStatusKind,
+    Decision,
     Event,
     LoadArrived,
     LoadCancelled,
     LoadSpec,
+    Outcome,
     Policy,
     PolicyChanged,
     PoolState,
@@ -101,3 +103,26 @@ def _run(seed: int, n: int = 300) -> None:
 @pytest.mark.parametrize("seed", [162, 191, 193, 194, 327, *range(40)])
 def test_no_load_stays_parked_while_an_agent_could_take_it(seed: int) -> None:
     _run(seed)
+
+
+def test_a_load_held_for_its_sessions_agent_goes_once_the_window_forgets_the_session() -> None:
+    # (An invariant hunt: it stayed parked, another agent free, until its affinity wait ended.)
+    state = PoolState("p", Policy(hard_affinity=True, affinity_wait_ms=5000,
+                                  dedupe_window_ms=1000))  # fmt: skip
+    for i, (agent, personality) in enumerate((("A", (1.0, 0.0)), ("B", (0.0, 1.0)))):
+        profile = AgentProfile(frozenset(), 1, personality, 10.0, 1.0, Sensitivity.RESTRICTED,
+                               frozenset({"eu"}))  # fmt: skip
+        state.apply(AgentRegistered(f"r{i}", agent, 1, 0, profile))
+        state.apply(AgentStatusChanged(f"s{i}", agent, 2, 0, AgentStatusKind.AVAILABLE))
+
+    def arrive(load_id: str, t: int) -> list[Decision]:
+        return state.apply(LoadArrived(load_id, t, LoadSpec(
+            load_id, "t", Priority.NORMAL, frozenset(), (1.0, 0.0), Sensitivity.PUBLIC, "eu", t,
+            None, 100, 0.0, session_id="s")))  # fmt: skip
+
+    assert [(d.outcome, d.agent_id) for d in arrive("L1", 0)] == [(Outcome.ASSIGNED, "A")]
+    assert [d.reason for d in arrive("L2", 900)] == ["AFFINITY_WAIT"]  # A is full
+    out = state.apply(Tick(1500))  # the session is older than the window: forgotten
+    assert [(d.outcome, d.load_id, d.agent_id) for d in out] == [(Outcome.ASSIGNED, "L2", "B")]
+    assert state.sessions["s"] == ("B", 1500)
+    _parked_only_without_an_agent(state)
