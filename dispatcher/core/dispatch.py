@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from dispatcher.core.agents import AgentStatus, AgentTable, Match, Scored
 from dispatcher.core.batch import solve
-from dispatcher.core.policy import DEFAULT_POLICY, Policy
+from dispatcher.core.policy import CONSTRAINTS, DEFAULT_POLICY, Policy
 from dispatcher.core.queue import ServiceQueue, latest_start
 from dispatcher.core.types import (
     AgentRegistered,
@@ -134,6 +134,9 @@ _SHED_ORDER = (Priority.LOW, Priority.NORMAL, Priority.HIGH)
 # not answer. (An agent going offline or lost says nothing about the load: one restarted
 # takes its sessions' loads again.)
 _REFUSED = frozenset({"DECLINED", "FAILED_RETRYABLE", "ACK_TIMEOUT"})
+# Where the constraints that look at the load beyond its kind start (risk, tenant rules,
+# tried), in CONSTRAINTS order; those before it are the agent's state and its kind's.
+_STATIC = CONSTRAINTS.index("risk")
 
 
 class PoolState:
@@ -156,7 +159,11 @@ class PoolState:
         # the rows changed since they were last looked at; None: every kind, after a
         # profile or the policy changed); and loads backing off until a time (heap by time).
         # (All of them went back at every agent change before: behind 10k loads waiting for
-        # a busy agent, a load an idle agent could take waited for ever.)
+        # a busy agent, a load an idle agent could take waited for ever.) A kind no open
+        # agent can take at all waits in the queue itself, in a closed lane of its own
+        # (``_hold``), so the loads of the kind still in line join it unmatched: parked
+        # one by one, 5,000 of them cost each result of the kind 256 matches, and kept a
+        # load an idle agent could take behind them.
         # (Each kind keeps the spec of the load that opened it: a load's spec is stripped
         # when it ends, and one ended while parked must not stand for its kind.)
         self.parked: dict[tuple[object, ...], tuple[LoadSpec, list[LoadState]]] = {}
@@ -689,6 +696,7 @@ class PoolState:
         free = self.agents.open_count > 0  # changes only when this loop assigns
         critical_only = self.policy.mode == "batched"  # the rest waits for the batch
         reserve = self.policy.fair_share_reserve * self.agents.available_count
+        aside = self.queue.closed()  # (live: the kinds set aside, ``_hold``)
         while free and tries < limit and self.queue:  # (an arrival taken leaves it empty)
             skip = self._at_quota()
             if self.agents.open_count <= reserve:  # (checked here: most pops are far from it)
@@ -700,6 +708,8 @@ class PoolState:
             if load_id is None:
                 break
             ls = self.pending[load_id]
+            if aside and self._held_back(ls):
+                continue  # (no try: a kind set aside is not looked at load by load)
             tries += 1
             self._try_assign(ls, source, out)
             if ls.status is not LoadStatus.PENDING:  # (else parked, until agents change)
@@ -752,13 +762,9 @@ class PoolState:
             self.unqualified, self.stuck = {}, {}
             self.woken = None
         back: list[LoadState] = []
-        if self.parked and (self.woken is None or self.woken):
-            woken = None if self.woken is None else np.fromiter(self.woken, np.intp)
-            for kind, (spec, loads) in list(self.parked.items()):
-                if woken is None or self.agents.any_of_kind(woken, spec, self.policy):
-                    back += loads
-                    del self.parked[kind]
         if self.woken is None or self.woken:  # (kept while empty: most events wake none)
+            if self.parked or self.queue.closed():
+                back = self._woken_kinds()
             self.woken = set()
         if self.aside:  # (a batch passed them over: the next one looks again)
             back, self.aside = back + self.aside, []
@@ -775,6 +781,46 @@ class PoolState:
             if (due is not None and due.status is LoadStatus.PENDING and load_id not in self.queue
                     and load_id not in self.unqualified):  # fmt: skip
                 self._push(due)
+
+    def _woken_kinds(self) -> list[LoadState]:
+        """Reopens the queue's lanes (``_hold``) of the kinds an agent ``woken`` could take,
+        and returns the loads parked by those kinds."""
+        woken = None if self.woken is None else np.fromiter(self.woken, np.intp)
+        back: list[LoadState] = []
+        for kind, (spec, loads) in list(self.parked.items()):
+            if woken is None or self.agents.any_of_kind(woken, spec, self.policy):
+                back += loads
+                del self.parked[kind]
+        for lane, tag in list(self.queue.closed().items()):
+            assert isinstance(tag, LoadSpec)  # noqa: S101 - ``_hold``'s tags
+            if woken is None or self.agents.any_of_kind(woken, tag, self.policy):
+                self.queue.reopen(lane)
+        return back
+
+    def _unqualify(self, ls: LoadState) -> None:
+        if ls.spec.load_id not in self.unqualified:
+            self.unqualified[ls.spec.load_id] = ls
+            self.stuck[ls.spec.tenant] = self.stuck.get(ls.spec.tenant, 0) + 1
+        self.unqualified_profiles = self.profiles
+
+    def _hold(self, ls: LoadState) -> None:
+        """Sets ``ls`` aside with the other loads of its kind, in the queue's lane of the kind,
+        which is passed over until an agent that could take the kind changes (``_unpark``)."""
+        spec = ls.spec
+        start = latest_start(spec.deadline_ms, spec.duration_ms)
+        self.queue.hold(spec.load_id, spec.tenant, int(spec.priority), ls.seq, start,
+                        _kind_of(spec), spec)  # fmt: skip
+
+    def _held_back(self, ls: LoadState) -> bool:
+        """Whether ``ls``, just taken from the queue, is of a kind set aside (``_hold``); it
+        joins them unmatched (or, if no agent could ever take it, the unqualified)."""
+        if _kind_of(ls.spec) not in self.queue.closed():
+            return False
+        if self._qualified(ls.spec).size:
+            self._hold(ls)
+        else:
+            self._unqualify(ls)
+        return True
 
     def _park(self, ls: LoadState) -> None:
         """Keeps ``ls``, which found no agent, out of the queue until an agent that could
@@ -839,10 +885,12 @@ class PoolState:
         """
         ls.last_match, ls.failed_epoch = m, self.epoch
         if not waiting and not self._qualified(ls.spec).size:
-            if ls.spec.load_id not in self.unqualified:
-                self.unqualified[ls.spec.load_id] = ls
-                self.stuck[ls.spec.tenant] = self.stuck.get(ls.spec.tenant, 0) + 1
-            self.unqualified_profiles = self.profiles
+            self._unqualify(ls)
+            return
+        if not waiting and not m.candidates and not any(n for _, n in m.excluded[_STATIC:]):
+            # No open agent passes the constraints of its kind alone (capability,
+            # clearance, region): no other load of the kind can go either.
+            self._hold(ls)
             return
         self._park(ls)
         ends = ls.spec.created_ms + self.policy.affinity_wait_ms
@@ -966,8 +1014,10 @@ class PoolState:
             load_id = self.queue.pop(served, tenant_first=p.tenant_first, skip=skip)
             if load_id is None:
                 break
-            popped += 1
             ls = self.pending[load_id]
+            if self._held_back(ls):
+                continue
+            popped += 1
             session = ls.spec.session_id if p.hard_affinity else None
             if session and session in new_sessions:
                 self.aside.append(ls)  # (back in the queue for the next batch)

@@ -13,22 +13,32 @@ the loads below critical with a deadline, by latest start, says which are due
 waiting). Tenant ties
 go by name. Entries of loads that left the queue are skipped when
 they surface (lazy deletion).
+
+Loads wait in lanes: the main one, and lanes the caller opens for loads to be
+passed over until it reopens them (``hold``: the dispatcher holds there the
+loads of a kind no open agent can take, until an agent of that kind changes).
+The loads of the open lanes are served together, in the one order above.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Mapping, Set
+from collections.abc import Hashable, Mapping, Set
 
 __all__ = ["ServiceQueue", "latest_start"]
 
 _Entry = tuple[float, int, str]  # (latest start, arrival seq, load id)
-_Place = tuple[int, str, bool]  # (class, tenant, moved up)
+_Place = tuple[int, str, bool, Hashable]  # (class, tenant, moved up, lane; None: the main one)
 # The classes served together, in turn: critical, then the rest by tenant or class by class.
 _TENANT_FIRST = ((0,), (1, 2, 3))
 _STRICT = ((0,), (1,), (2,), (3,))
 _CRITICAL = ((0,),)
+# A lane reopened with more loads than this stays a lane of its own, served with the main
+# one; one with fewer goes back into it (in a surge, ~200 kinds reopened with 1-15 loads
+# each: every pop looked at each lane).
+_KEPT_OPEN = 64
+_SPARE = 64  # empty lanes kept for reuse
 
 
 def latest_start(deadline_ms: int | None, duration_ms: int) -> float:
@@ -36,33 +46,50 @@ def latest_start(deadline_ms: int | None, duration_ms: int) -> float:
     return math.inf if deadline_ms is None else float(deadline_ms - duration_ms)
 
 
+class _Lane:
+    """One lane's heaps ([moved up?][class] -> tenant -> heap) and live loads (class ->
+    tenant -> how many; so choosing a tenant scans no heap)."""
+
+    __slots__ = ("count", "heaps", "size", "tag")
+
+    def __init__(self, tag: object = None) -> None:
+        self.tag = tag
+        self.heaps: tuple[list[dict[str, list[_Entry]]], ...] = (
+            [{} for _ in range(4)],
+            [{} for _ in range(4)],
+        )
+        self.count: list[dict[str, int]] = [{} for _ in range(4)]
+        self.size = 0
+
+
 class ServiceQueue:
     """Pending loads in the order they are served."""
 
     def __init__(self) -> None:
-        # [moved up?][class] -> tenant -> heap
-        self._heaps: tuple[list[dict[str, list[_Entry]]], ...] = (
-            [{} for _ in range(4)],
-            [{} for _ in range(4)],
-        )
+        main = _Lane()
+        self._lanes: dict[Hashable, _Lane] = {None: main}
+        self._open: dict[Hashable, _Lane] = {None: main}  # the lanes served, main first
+        self._closed: dict[Hashable, object] = {}  # lane -> the tag ``hold`` was given
+        self._spare: list[_Lane] = []
         self._where: dict[str, _Place] = {}
         self._moved: set[str] = set()
         self._seq: dict[str, int] = {}  # load id -> the seq it was pushed with (ids come back)
         # The entries of loads below critical with a latest start, pushed to their own
         # class, by latest start: ``escalate`` moves up those due.
         self._due: list[_Entry] = []
-        # Live loads per class and tenant, so choosing a tenant scans no heap.
-        self._count: list[dict[str, int]] = [{} for _ in range(4)]
 
-    def _add(self, cls: int, tenant: str, delta: int) -> None:
-        counts = self._count[cls]
+    def _add(self, key: Hashable, lane: _Lane, cls: int, tenant: str, delta: int) -> None:
+        counts = lane.count[cls]
         left = counts.get(tenant, 0) + delta
+        lane.size += delta
         if left:
             counts[tenant] = left
         else:  # no live entry of the tenant's in this class: its heaps go, stale entries too
             counts.pop(tenant, None)
-            self._heaps[False][cls].pop(tenant, None)
-            self._heaps[True][cls].pop(tenant, None)
+            lane.heaps[False][cls].pop(tenant, None)
+            lane.heaps[True][cls].pop(tenant, None)
+            if not lane.size and key is not None:  # (a lane opened for loads goes with them)
+                self._drop(key)
 
     def __len__(self) -> int:
         return len(self._where)
@@ -70,19 +97,80 @@ class ServiceQueue:
     def __contains__(self, load_id: str) -> bool:
         return load_id in self._where
 
-    def push(self, load_id: str, tenant: str, priority: int, seq: int, start: float) -> None:
-        moved = load_id in self._moved
+    def push(  # noqa: PLR0917 - the entry's parts, and the lane
+        self, load_id: str, tenant: str, priority: int, seq: int, start: float,
+        lane: Hashable = None,
+    ) -> None:  # fmt: skip
+        """Adds a load to the main lane (or to ``lane``, one ``hold`` opened)."""
+        into, moved = self._lanes[lane], load_id in self._moved
         cls = priority - 1 if moved else priority
         entry = (start, seq, load_id)
-        heapq.heappush(self._heaps[moved][cls].setdefault(tenant, []), entry)
-        self._where[load_id] = (cls, tenant, moved)
+        heapq.heappush(into.heaps[moved][cls].setdefault(tenant, []), entry)
+        self._where[load_id] = (cls, tenant, moved, lane)
         self._seq[load_id] = seq
-        self._add(cls, tenant, 1)
+        self._add(lane, into, cls, tenant, 1)
         if not moved and cls and start != math.inf:
             heapq.heappush(self._due, entry)
             if len(self._due) > 2 * len(self._where) + 64:  # (entries of loads gone since)
                 live = {e for e in self._due if self._native(e)}  # (one per load)
                 self._due = sorted(live)  # (sorted: a heap)
+
+    def hold(  # noqa: PLR0917 - push's arguments, and the lane's tag
+        self, load_id: str, tenant: str, priority: int, seq: int, start: float,
+        lane: Hashable, tag: object,
+    ) -> None:  # fmt: skip
+        """Adds a load to ``lane`` (not None), which is closed (passed over) until
+        ``reopen``; a lane opened anew keeps ``tag`` (``closed``)."""
+        if lane not in self._lanes:
+            self._lanes[lane] = self._spare.pop() if self._spare else _Lane()
+            self._lanes[lane].tag = tag
+        self._open.pop(lane, None)
+        self._closed[lane] = self._lanes[lane].tag
+        self.push(load_id, tenant, priority, seq, start, lane)
+
+    def closed(self) -> Mapping[Hashable, object]:
+        """The closed lanes that hold loads, and their tags."""
+        return self._closed
+
+    def reopen(self, lane: Hashable) -> None:
+        """Serves the loads of a closed ``lane`` again, in order with the others (a few go
+        back into the main lane: each open lane costs every ``pop`` a look)."""
+        if lane not in self._closed:
+            return
+        del self._closed[lane]
+        into = self._lanes[lane]
+        if into.size > _KEPT_OPEN:
+            self._open[lane] = into
+            return
+        main = self._lanes[None]
+        for moved, by_class in enumerate(into.heaps):
+            for cls, heaps in enumerate(by_class):
+                for tenant, heap in heaps.items():
+                    place = (cls, tenant, bool(moved), lane)
+                    for entry in heap:
+                        if self._live(entry, place):
+                            heapq.heappush(main.heaps[moved][cls].setdefault(tenant, []), entry)
+                            self._where[entry[2]] = (cls, tenant, bool(moved), None)
+                            self._add(None, main, cls, tenant, 1)
+                heaps.clear()
+        for counts in into.count:
+            counts.clear()
+        into.size = 0
+        self._drop(lane)
+
+    def _drop(self, key: Hashable) -> None:
+        """Forgets an empty lane (kept for the next one: lanes come and go at every event)."""
+        lane = self._lanes.pop(key)
+        self._open.pop(key, None)
+        self._closed.pop(key, None)
+        if len(self._spare) < _SPARE:
+            lane.tag = None
+            self._spare.append(lane)
+
+    def lane(self, load_id: str) -> Hashable:
+        """The lane ``load_id`` waits in (None: the main one, or it does not wait)."""
+        place = self._where.get(load_id)
+        return None if place is None else place[3]
 
     def escalated(self, load_id: str) -> bool:
         """Whether ``load_id`` was moved up a class (its latest start came) since it was
@@ -95,20 +183,24 @@ class ServiceQueue:
         place = self._where.pop(load_id, None)
         self._seq.pop(load_id, None)
         if place is not None:
-            self._add(place[0], place[1], -1)
-            self._compact(place[0], place[1])
+            cls, tenant, _, key = place
+            self._add(key, self._lanes[key], cls, tenant, -1)
+            self._compact(key, cls, tenant)
         self._moved.discard(load_id)
 
-    def _compact(self, cls: int, tenant: str) -> None:
+    def _compact(self, key: Hashable, cls: int, tenant: str) -> None:
         """Drops the entries of loads gone from ``tenant``'s heaps of class ``cls`` once they
         outnumber the live ones (a tenant that always has loads waiting never empties its
         heaps: the entries of its evicted and cancelled loads stayed, ids and all, 110k
         entries for 10k live loads after 100k evictions)."""
-        live = self._count[cls].get(tenant, 0)
+        lane = self._lanes.get(key)
+        if lane is None:  # (gone with its last load)
+            return
+        live = lane.count[cls].get(tenant, 0)
         for moved in (False, True):
-            heap = self._heaps[moved][cls].get(tenant)
+            heap = lane.heaps[moved][cls].get(tenant)
             if heap is not None and len(heap) > 2 * live + 64:
-                place = (cls, tenant, moved)
+                place = (cls, tenant, moved, key)
                 heap[:] = [e for e in heap if self._live(e, place)]
                 heapq.heapify(heap)
 
@@ -124,21 +216,22 @@ class ServiceQueue:
         return self._where.get(entry[2]) == place and self._seq.get(entry[2]) == entry[1]
 
     def escalate(self, now_ms: int) -> None:
-        """Moves up one class every load whose latest start has come."""
+        """Moves up one class every load whose latest start has come (closed lanes too)."""
         due = self._due
         while due and due[0][0] <= now_ms:
             entry = heapq.heappop(due)
             load_id = entry[2]
             if not self._native(entry):
                 continue  # gone, moved up already, or an older entry of it
-            cls, tenant, _ = self._where[load_id]
+            cls, tenant, _, key = self._where[load_id]
+            lane = self._lanes[key]
             # (its entry in its class's heap stays, stale, until it surfaces or is compacted)
             self._moved.add(load_id)
-            heapq.heappush(self._heaps[True][cls - 1].setdefault(tenant, []), entry)
-            self._where[load_id] = (cls - 1, tenant, True)
-            self._add(cls, tenant, -1)
-            self._add(cls - 1, tenant, 1)
-            self._compact(cls, tenant)  # (its native entry, stale now, is dropped in time)
+            heapq.heappush(lane.heaps[True][cls - 1].setdefault(tenant, []), entry)
+            self._where[load_id] = (cls - 1, tenant, True, key)
+            self._add(key, lane, cls - 1, tenant, 1)  # (first: the lane stays)
+            self._add(key, lane, cls, tenant, -1)
+            self._compact(key, cls, tenant)  # (its native entry, stale now, is dropped in time)
 
     def pop(
         self,
@@ -148,7 +241,8 @@ class ServiceQueue:
         critical_only: bool = False,
         skip: Set[str] = frozenset(),
     ) -> str | None:
-        """Removes and returns the next load to serve, or None when none waits.
+        """Removes and returns the next load to serve from the open lanes, or None when none
+        waits there.
 
         Critical loads always go first, across tenants. Below that, with
         ``tenant_first`` the least-served tenant is chosen first and then its
@@ -158,11 +252,11 @@ class ServiceQueue:
         if not self._where:
             return None
         groups = _CRITICAL if critical_only else _TENANT_FIRST if tenant_first else _STRICT
-        counts = self._count
         for classes in groups:
             live: set[str] = set()
-            for cls in classes:
-                live.update(counts[cls])
+            for lane in self._open.values():
+                for cls in classes:
+                    live.update(lane.count[cls])
             live -= skip
             if not live:
                 continue
@@ -171,21 +265,33 @@ class ServiceQueue:
             else:
                 tenant = min(live, key=lambda t: (served.get(t, 0.0), t))
             for cls in classes:
-                if tenant not in counts[cls]:
-                    continue  # (none of its loads waits in the class: it has no heaps there)
-                native = self._heaps[False][cls].get(tenant, [])
-                moved = self._heaps[True][cls].get(tenant, [])
-                a = self._head(native, (cls, tenant, False))
-                b = self._head(moved, (cls, tenant, True))
-                if a is None and b is None:
+                found = self._first(tenant, cls)
+                if found is None:
                     continue
-                heap = moved if a is None or (b is not None and b < a) else native
-                load_id = heapq.heappop(heap)[2]
+                head, heap, key, lane = found
+                heapq.heappop(heap)
+                load_id = head[2]
                 del self._where[load_id]
                 del self._seq[load_id]
-                self._add(cls, tenant, -1)
+                self._add(key, lane, cls, tenant, -1)
                 return load_id
         return None
+
+    def _first(self, tenant: str, cls: int) -> tuple[_Entry, list[_Entry], Hashable, _Lane] | None:
+        """The entry of ``tenant``'s next load of class ``cls`` in the open lanes, the heap
+        it heads, and its lane."""
+        best: tuple[_Entry, list[_Entry], Hashable, _Lane] | None = None
+        for key, lane in self._open.items():
+            if tenant not in lane.count[cls]:
+                continue  # (none of its loads waits there: it has no heaps there)
+            for moved in (False, True):
+                heap = lane.heaps[moved][cls].get(tenant)
+                if not heap:
+                    continue
+                head = self._head(heap, (cls, tenant, moved, key))
+                if head is not None and (best is None or head < best[0]):
+                    best = (head, heap, key, lane)
+        return best
 
     def _head(self, heap: list[_Entry], place: _Place) -> _Entry | None:
         while heap and not self._live(heap[0], place):

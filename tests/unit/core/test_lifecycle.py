@@ -748,8 +748,9 @@ def test_tenants_that_have_nothing_waiting_or_running_leave_no_books_behind() ->
         state.apply(report(ls.decision_id or "", ls.spec.load_id, "a1", TaskOutcome.SUCCESS,
                            time_ms=i))  # fmt: skip
     assert (state.backlog, state.running, state.tenant_pending, state.stuck) == ({}, {}, {}, {})
-    assert state.queue._heaps == ([{}, {}, {}, {}], [{}, {}, {}, {}])
-    assert state.queue._count == [{}, {}, {}, {}]
+    (main,) = state.queue._lanes.values()
+    assert main.heaps == ([{}, {}, {}, {}], [{}, {}, {}, {}])
+    assert main.count == [{}, {}, {}, {}]
 
 
 def test_a_policy_scheduled_later_but_older_than_the_one_applied_is_forgotten() -> None:
@@ -796,12 +797,57 @@ def test_an_agent_coming_free_is_offered_the_loads_of_its_kind_not_all_that_wait
         state.apply(arrive(f"py{i}", 2, risk=0.0))
     state.apply(arrive("rust", 3, required=frozenset({"rust"})))
     state.apply(status("C", AgentStatusKind.OFFLINE, 3, 4))  # C is of neither kind
-    assert len(state.queue) == 0  # (nothing went back for it)
+    assert state.queue.pop(state.served) is None  # (nothing went back for it: all set aside)
     r0 = state.in_flight["r0"]
     out = state.apply(report(r0.decision_id or "", "r0", "R", TaskOutcome.SUCCESS, time_ms=5))
     assert [(d.load_id, d.agent_id) for d in out if d.outcome is Outcome.ASSIGNED] == [
         ("rust", "R")
     ]  # fmt: skip
+
+
+def _busy_kind(waiting: int) -> tuple[PoolState, dict[str, str]]:
+    """20 python agents, each with a load; 20 idle go agents; ``waiting`` python loads."""
+    state = PoolState("p", Policy(max_pending=10**6, high_watermark=10**6, low_watermark=10**6))
+    for i in range(20):
+        for kind in ("py", "go"):
+            state.apply(register(f"{kind}{i}", capabilities=frozenset({kind})))
+            state.apply(available(f"{kind}{i}"))
+    for i in range(20 + waiting):
+        state.apply(arrive(f"L{i}", 1, required=frozenset({"py"})))
+    return state, {ls.spec.load_id: ls.decision_id or "" for ls in state.in_flight.values()}
+
+
+def test_a_load_an_idle_agent_can_take_goes_at_once_behind_thousands_of_a_busy_kind() -> None:
+    # The drain tried the loads in order of service, up to its limit of 256 tries an
+    # event: the go load, behind 5,000 python loads, waited with 20 go agents idle, for as
+    # long as python results kept putting the loads they woke in front of it.
+    state, offers = _busy_kind(5_000)
+    load_id, decision_id = next(iter(offers.items()))  # (a python agent comes free)
+    state.apply(report(decision_id, load_id, state.loads[load_id].agent or "",
+                       TaskOutcome.SUCCESS, time_ms=2))  # fmt: skip
+    (d,) = state.apply(arrive("G", 3, required=frozenset({"go"})))
+    assert (d.outcome, d.agent_id) == (Outcome.ASSIGNED, "go0")
+
+
+def test_a_result_of_a_busy_kind_looks_at_the_loads_it_can_take_not_all_that_wait() -> None:
+    # Each python result matched 256 loads (one taken, 255 found no agent), 2.4 ms: the
+    # loads of a kind no open agent can take wait set aside, unmatched, until one of the
+    # kind changes.
+    state, offers = _busy_kind(5_000)
+    matched = Counter[str]()
+    match = state.agents.match
+
+    def counted(load: Any, *args: Any, **kw: Any) -> Any:
+        matched[load.load_id] += 1
+        return match(load, *args, **kw)
+
+    state.agents.match = counted  # type: ignore[method-assign]
+    for k, (load_id, decision_id) in enumerate(list(offers.items())[:10]):
+        agent = state.loads[load_id].agent or ""
+        out = state.apply(report(decision_id, load_id, agent, TaskOutcome.SUCCESS, time_ms=2 + k))
+        (taken,) = [d for d in out if d.outcome is Outcome.ASSIGNED]
+        assert (taken.load_id, taken.agent_id) == (f"L{20 + k}", agent)  # in order of service
+    assert sum(matched.values()) <= 2 * 10  # each: the load taken, and one that finds none
 
 
 def test_a_parked_load_that_ends_does_not_keep_the_others_of_its_kind_parked() -> None:

@@ -664,6 +664,13 @@ def _parked_only_without_an_agent(state: PoolState) -> None:
             if waiting:
                 rows = rows[rows == row]
             assert not rows.size, f"{load_id} is parked while {t.ids[int(rows[0])]} can take it"
+    # Set aside with its kind (the queue's closed lanes): no open agent is of its kind.
+    closed = state.queue.closed()
+    for load_id, ls in state.pending.items():
+        if ls.status is LoadStatus.PENDING and state.queue.lane(load_id) in closed:
+            _, excluded = t.feasible(ls.spec, p)
+            of_kind = t.n - sum(n for _, n in excluded[:5])  # (status to region)
+            assert not of_kind, f"{load_id} is set aside while an open agent is of its kind"
 
 
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])

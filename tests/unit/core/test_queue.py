@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from dispatcher.core import queue
 from dispatcher.core.queue import ServiceQueue
 
 
@@ -92,7 +93,7 @@ def test_the_entries_of_loads_gone_do_not_pile_up_while_their_tenant_has_loads_w
     for i in range(10_000):  # in and out again, as evicted or cancelled loads are
         q.push(f"gone{i}", "acme", 2, 100 + i, math.inf)
         q.discard(f"gone{i}")
-    heap = q._heaps[False][2]["acme"]
+    heap = q._lanes[None].heaps[False][2]["acme"]
     assert len(heap) <= 2 * 100 + 64 + 1
     assert [q.pop({}) for _ in range(100)] == [f"keep{i}" for i in range(100)]
     assert q.pop({}) is None
@@ -100,19 +101,38 @@ def test_the_entries_of_loads_gone_do_not_pile_up_while_their_tenant_has_loads_w
 
 class _Model:
     """The order of service, spelled out over a plain list (what ServiceQueue does with
-    heaps, counts and lazy deletion)."""
+    heaps, counts, lanes and lazy deletion)."""
 
     def __init__(self) -> None:
         self.loads: dict[str, tuple[int, str, tuple[float, int, str]]] = {}  # id -> class, ...
         self.moved: set[str] = set()
+        self.lane: dict[str, str] = {}  # load id -> the lane it was held in (else the main one)
+        self.closed: set[str] = set()
 
     def push(self, load_id: str, tenant: str, priority: int, seq: int, start: float) -> None:
         cls = priority - 1 if load_id in self.moved else priority
         self.loads[load_id] = (cls, tenant, (start, seq, load_id))
+        self.lane.pop(load_id, None)
+
+    def hold(  # noqa: PLR0917 - as ServiceQueue.hold
+        self, load_id: str, tenant: str, priority: int, seq: int, start: float,
+        lane: str,
+    ) -> None:  # fmt: skip
+        self.push(load_id, tenant, priority, seq, start)
+        self.lane[load_id] = lane
+        self.closed.add(lane)
+
+    def reopen(self, lane: str, kept_open: int) -> None:
+        self.closed.discard(lane)
+        mine = [i for i, held in self.lane.items() if held == lane]
+        if len(mine) <= kept_open:  # (back into the main lane)
+            for load_id in mine:
+                del self.lane[load_id]
 
     def discard(self, load_id: str) -> None:
         self.loads.pop(load_id, None)
         self.moved.discard(load_id)
+        self.lane.pop(load_id, None)
 
     def escalate(self, now_ms: int) -> None:
         for load_id, (cls, tenant, entry) in list(self.loads.items()):
@@ -124,25 +144,31 @@ class _Model:
             skip: frozenset[str]) -> str | None:  # fmt: skip
         groups = [(0,)] if critical_only else [(0,), (1, 2, 3)] if tenant_first else [
             (0,), (1,), (2,), (3,)]  # fmt: skip
+        shown = {i: v for i, v in self.loads.items() if self.lane.get(i) not in self.closed}
         for classes in groups:
-            live = {t for c, t, _ in self.loads.values() if c in classes} - skip
+            live = {t for c, t, _ in shown.values() if c in classes} - skip
             if not live:
                 continue
             tenant = min(live, key=lambda t: (served.get(t, 0.0), t))
             for cls in classes:
-                mine = [e for c, t, e in self.loads.values() if c == cls and t == tenant]
+                mine = [e for c, t, e in shown.values() if c == cls and t == tenant]
                 if mine:
                     load_id = min(mine)[2]
                     del self.loads[load_id]
+                    self.lane.pop(load_id, None)
                     return load_id
         return None
 
 
 @pytest.mark.parametrize("seed", range(20))
-def test_the_queue_serves_in_the_order_its_definition_gives(seed: int) -> None:
+def test_the_queue_serves_in_the_order_its_definition_gives(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Random pushes, pops, discards and escalations, with some loads pushed again (as after
-    a failed match), against ``_Model``."""
+    a failed match) or held in lanes that close and reopen, against ``_Model``."""
     rng = random.Random(seed)  # noqa: S311 - a test's reproducible draws
+    kept_open = rng.choice([0, 2, 64])  # (lanes reopened go back into the main one, or not)
+    monkeypatch.setattr(queue, "_KEPT_OPEN", kept_open)
     q, model = ServiceQueue(), _Model()
     tenants = [f"t{i}" for i in range(rng.choice([1, 3, 12]))]
     served = dict.fromkeys(tenants, 0.0)
@@ -173,6 +199,21 @@ def test_the_queue_serves_in_the_order_its_definition_gives(seed: int) -> None:
             now += rng.randint(0, 120)
             q.escalate(now)
             model.escalate(now)
+            continue
+        elif r < 0.75:  # held in a lane (as a load of a kind no agent can take), or reopened
+            lanes = sorted(str(lane) for lane in q.closed())
+            if lanes and rng.random() < 0.4:
+                lane = rng.choice(lanes)
+                q.reopen(lane)
+                model.reopen(lane, kept_open)
+                continue
+            load_id = rng.choice(sorted(known))
+            if load_id in q or load_id in gone:
+                continue
+            lane = rng.choice(["K1", "K2", "K3"])
+            q.hold(load_id, *known[load_id], lane, None)
+            model.hold(load_id, *known[load_id], lane)
+            assert lane in q.closed()
             continue
         else:
             first, critical = rng.random() < 0.7, rng.random() < 0.1
@@ -222,5 +263,5 @@ def test_the_entries_loads_leave_behind_when_they_move_up_do_not_pile_up() -> No
         q.push(f"L{i}", "t", 2, i, float(i))
         q.escalate(i)
         q.discard(f"L{i}")  # (from the class it moved to)
-        assert len(q._heaps[False][2]["t"]) <= 2 * 1 + 64 + 1
+        assert len(q._lanes[None].heaps[False][2]["t"]) <= 2 * 1 + 64 + 1
     assert drain(q) == ["keep"]
