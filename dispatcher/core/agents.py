@@ -424,6 +424,25 @@ class AgentTable:
             rows = rows[allowed] if allowed is not None else rows
         return rows
 
+    def risk_ceiling(
+        self, load: LoadSpec, policy: Policy, denied: frozenset[str] = frozenset()
+    ) -> float | None:
+        """What decides ``qualified`` for loads like ``load`` of its tenant, whatever their
+        risk: None when no agent passes the rest, else the most risk one of them takes (with
+        risk a constraint, a load qualifies when that is at least its risk: the same answer
+        as ``qualified(...).size`` for every risk, NaN included, as rows taking NaN take
+        nothing and a NaN risk goes nowhere; inf when risk is no constraint)."""
+        rows = self._kind(load, policy).cand
+        if denied and policy.enforced("tenant_deny") and rows.size:
+            allowed = self._allowed(load, denied, rows)
+            rows = rows[allowed] if allowed is not None else rows
+        if not rows.size:
+            return None
+        if not policy.enforced("risk"):
+            return math.inf
+        most = np.minimum(self.risk_budget.take(rows), self.max_risk.take(rows))
+        return float(np.fmax.reduce(most))  # (NaN only if every row's is)
+
     def _kind(self, load: LoadSpec, policy: Policy) -> _Kind:
         """The agents passing the capability check for loads like ``load``, and which of
         the clearance and region checks each fails first (cached until a profile

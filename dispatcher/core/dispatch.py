@@ -786,6 +786,8 @@ class PoolState:
         """Reopens the queue's lanes (``_hold``) of the kinds an agent ``woken`` could take,
         and returns the loads parked by those kinds."""
         woken = None if self.woken is None else np.fromiter(self.woken, np.intp)
+        if woken is None and self.queue.closed():
+            self._requalify()
         back: list[LoadState] = []
         for kind, (spec, loads) in list(self.parked.items()):
             if woken is None or self.agents.any_of_kind(woken, spec, self.policy):
@@ -796,6 +798,25 @@ class PoolState:
             if woken is None or self.agents.any_of_kind(woken, tag, self.policy):
                 self.queue.reopen(lane)
         return back
+
+    def _requalify(self) -> None:
+        """After a profile, the policy or the agents changed (woken None): the loads set aside
+        (``_hold``) that no agent could take now go to the unqualified, as they would when
+        their turn came; else one still in its kind's lane when it closed again stayed
+        there, and ``stuck`` missed it (a review: only with more than 64 loads of the kind,
+        which stay a lane when it reopens)."""
+        p, ceilings = self.policy, {}
+        for load_id in self.queue.held():
+            ls = self.pending[load_id]
+            spec = ls.spec
+            key = (_kind_of(spec), spec.tenant)
+            if key not in ceilings:
+                denied = p.tenant_deny.get(spec.tenant, _NOTHING)
+                ceilings[key] = self.agents.risk_ceiling(spec, p, denied)
+            ceiling = ceilings[key]
+            if ceiling is None or (p.enforced("risk") and not ceiling >= spec.risk):
+                self.queue.take(load_id)
+                self._unqualify(ls)
 
     def _unqualify(self, ls: LoadState) -> None:
         if ls.spec.load_id not in self.unqualified:
@@ -877,8 +898,9 @@ class PoolState:
 
     def _unmatched(self, ls: LoadState, m: Match, waiting: bool) -> None:
         """Parks ``ls``, which found no agent at this epoch, until agents change (one no agent
-        could ever take, ``AgentTable.qualified``: until a profile or the policy does); held by hard
-        affinity, it is also tried again when the wait for its agent ends.
+        could ever take, ``AgentTable.qualified``: until a profile or the policy does; one
+        that no open agent of its kind could take: set aside with its kind, ``_hold``); held
+        by hard affinity, it is also tried again when the wait for its agent ends.
 
         (A load no agent could ever take, tried again whenever an agent came free, kept
         the loads behind it from the free agents: a drain spent its tries on such loads.)

@@ -167,6 +167,10 @@ class ServiceQueue:
             lane.tag = None
             self._spare.append(lane)
 
+    def held(self) -> list[str]:
+        """The loads in lanes other than the main one, open or closed."""
+        return [load_id for load_id, place in self._where.items() if place[3] is not None]
+
     def lane(self, load_id: str) -> Hashable:
         """The lane ``load_id`` waits in (None: the main one, or it does not wait)."""
         place = self._where.get(load_id)
@@ -180,13 +184,18 @@ class ServiceQueue:
     def discard(self, load_id: str) -> None:
         """Forgets a load for good; its heap entry is skipped when it surfaces, or dropped
         with the others once they are most of its heap."""
+        self.take(load_id)
+        self._moved.discard(load_id)
+
+    def take(self, load_id: str) -> None:
+        """Takes a load out, as ``pop`` does (pushed again, it keeps the class it moved up
+        to); its heap entry is skipped when it surfaces."""
         place = self._where.pop(load_id, None)
         self._seq.pop(load_id, None)
         if place is not None:
             cls, tenant, _, key = place
             self._add(key, self._lanes[key], cls, tenant, -1)
             self._compact(key, cls, tenant)
-        self._moved.discard(load_id)
 
     def _compact(self, key: Hashable, cls: int, tenant: str) -> None:
         """Drops the entries of loads gone from ``tenant``'s heaps of class ``cls`` once they

@@ -850,6 +850,29 @@ def test_a_result_of_a_busy_kind_looks_at_the_loads_it_can_take_not_all_that_wai
     assert sum(matched.values()) <= 2 * 10  # each: the load taken, and one that finds none
 
 
+@pytest.mark.parametrize("waiting", [63, 65])
+def test_a_load_set_aside_that_no_agent_can_take_any_more_counts_as_such(waiting: int) -> None:
+    # X (tenant t2, denied A) waits with the python loads for the busy A and B; B becomes
+    # a go agent: no agent can take X any more. With more than 64 python loads, their kind
+    # stayed a lane when it reopened, closed again with X still in it, unlooked at: X
+    # did not count as stuck, which moves t2's fair share (a review's reproducer).
+    state = PoolState("p", Policy(max_pending=10**6, high_watermark=10**6, low_watermark=10**6,
+                                  tenant_deny={"t2": frozenset({"A"})}))  # fmt: skip
+    for agent in ("A", "B"):
+        state.apply(register(agent))
+        state.apply(available(agent))
+    state.apply(arrive("a0", 1, tenant="t1"))
+    state.apply(arrive("b0", 1, tenant="t1"))
+    for i in range(waiting):
+        state.apply(arrive(f"w{i}", 2, tenant="t1"))
+    state.apply(arrive("X", 3, tenant="t2"))
+    state.apply(register("G", capabilities=frozenset({"go"})))
+    state.apply(available("G"))
+    state.apply(register("B", seq=3, time_ms=4, capabilities=frozenset({"go"})))
+    assert (list(state.unqualified), state.stuck) == (["X"], {"t2": 1})
+    assert "X" not in state.queue
+
+
 def test_a_parked_load_that_ends_does_not_keep_the_others_of_its_kind_parked() -> None:
     # L2 and L3 wait for the busy A; L2 is cancelled: when A comes free, L3 gets it (the
     # kind was judged by L2's spec, stripped when it ended: L3 waited for ever).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from fractions import Fraction
 from typing import Any
 
@@ -19,8 +20,17 @@ from dispatcher.core import (
     agents,
     explain,
 )
-from dispatcher.core.agents import unit
-from tests.unit.core.builders import arrive, available, register, report, status, tick
+from dispatcher.core.agents import AgentTable, unit
+from tests.unit.core.builders import (
+    arrive,
+    available,
+    profile,
+    register,
+    report,
+    spec,
+    status,
+    tick,
+)
 
 
 def pool(*agents: tuple[str, dict[str, Any]], policy: Policy | None = None) -> PoolState:
@@ -326,3 +336,29 @@ def test_explain_does_not_hold_tried_against_the_agent_a_load_went_back_to() -> 
     verdicts = explain(state, "L1", ("a1", "a2")).verdicts
     assert verdicts[0].failed == ()  # (before: "tried", though it was chosen)
     assert verdicts[0].score is not None
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_risk_ceiling_answers_as_qualified_does_for_every_risk(seed: int) -> None:
+    """``AgentTable.risk_ceiling`` (per kind and tenant) against ``qualified`` (per load),
+    over budgets and risks with zeros, infinities and NaN, deny lists and constraints off."""
+    rng = np.random.default_rng(seed)
+    values = [0.0, 0.5, 1.0, 3.0, 1e9, float("inf"), float("nan")]
+    table = AgentTable()
+    for i in range(12):
+        caps = frozenset(rng.choice(["py", "go", "sql"], size=int(rng.integers(1, 3))).tolist())
+        table.upsert(f"a{i}", 1, 0, replace(
+            profile(capabilities=caps), risk_budget=float(rng.choice(values)),
+            abstention_threshold=float(rng.choice([0.0, 0.5, 1.0, float("nan")])),
+        ))  # fmt: skip
+    for off in [frozenset(), frozenset({"risk"}), frozenset({"tenant_deny", "capability"})]:
+        policy = Policy(disabled_constraints=off)
+        for required in (frozenset({"py"}), frozenset({"go", "sql"}), frozenset({"rust"})):
+            for denied in (frozenset(), frozenset({"a0", "a1", "a2"}), frozenset(table.ids)):
+                ceiling = table.risk_ceiling(spec("L", required=required), policy, denied)
+                for risk in [*values, -1.0, float("-inf")]:
+                    load = spec("L", required=required, risk=risk)
+                    want = bool(table.qualified(load, policy, denied).size)
+                    risky = policy.enforced("risk")
+                    got = ceiling is not None and (not risky or ceiling >= risk)
+                    assert got == want, (off, risk)

@@ -671,6 +671,11 @@ def _parked_only_without_an_agent(state: PoolState) -> None:
             _, excluded = t.feasible(ls.spec, p)
             of_kind = t.n - sum(n for _, n in excluded[:5])  # (status to region)
             assert not of_kind, f"{load_id} is set aside while an open agent is of its kind"
+    # Set aside, open lane or closed: some agent could take it (else it is unqualified).
+    for load_id in state.queue.held():
+        spec = state.pending[load_id].spec
+        denied = p.tenant_deny.get(spec.tenant, frozenset())
+        assert t.qualified(spec, p, denied).size, f"{load_id}: no agent could take it"
 
 
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
