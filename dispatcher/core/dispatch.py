@@ -763,7 +763,7 @@ class PoolState:
             self.woken = None
         back: list[LoadState] = []
         if self.woken is None or self.woken:  # (kept while empty: most events wake none)
-            if self.parked or self.queue.closed():
+            if self.parked or self.queue.holds():
                 back = self._woken_kinds()
             self.woken = set()
         if self.aside:  # (a batch passed them over: the next one looks again)
@@ -786,7 +786,7 @@ class PoolState:
         """Reopens the queue's lanes (``_hold``) of the kinds an agent ``woken`` could take,
         and returns the loads parked by those kinds."""
         woken = None if self.woken is None else np.fromiter(self.woken, np.intp)
-        if woken is None and self.queue.closed():
+        if woken is None and self.queue.holds():
             self._requalify()
         back: list[LoadState] = []
         for kind, (spec, loads) in list(self.parked.items()):

@@ -167,9 +167,22 @@ class ServiceQueue:
             lane.tag = None
             self._spare.append(lane)
 
+    def holds(self) -> bool:
+        """Whether loads wait in lanes other than the main one (a lane goes with its last)."""
+        return len(self._lanes) > 1
+
     def held(self) -> list[str]:
         """The loads in lanes other than the main one, open or closed."""
-        return [load_id for load_id, place in self._where.items() if place[3] is not None]
+        out: dict[str, None] = {}
+        for key, lane in self._lanes.items():
+            if key is None:
+                continue
+            for moved, by_class in enumerate(lane.heaps):
+                for cls, heaps in enumerate(by_class):
+                    for tenant, heap in heaps.items():
+                        place = (cls, tenant, bool(moved), key)
+                        out.update((e[2], None) for e in heap if self._live(e, place))
+        return list(out)
 
     def lane(self, load_id: str) -> Hashable:
         """The lane ``load_id`` waits in (None: the main one, or it does not wait)."""

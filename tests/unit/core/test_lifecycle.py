@@ -873,6 +873,32 @@ def test_a_load_set_aside_that_no_agent_can_take_any_more_counts_as_such(waiting
     assert "X" not in state.queue
 
 
+def test_a_load_in_a_reopened_lane_that_no_agent_can_take_any_more_counts_as_such() -> None:
+    # As above, with the python lane open (A came free and took the next load; nothing
+    # failed since) when B, the only agent X's risk fits, becomes a go agent.
+    state = PoolState("p", Policy(max_pending=10**6, high_watermark=10**6, low_watermark=10**6))
+    for agent, caps, budget in (
+        ("A", {"python"}, 1.0),
+        ("B", {"python"}, 10.0),
+        ("G", {"go"}, 1.0),
+    ):
+        state.apply(register(agent, capabilities=frozenset(caps), risk_budget=budget))
+        state.apply(available(agent))
+    state.apply(arrive("a0", 1))
+    state.apply(arrive("b0", 1))
+    for i in range(65):
+        state.apply(arrive(f"w{i}", 2))
+    state.apply(arrive("X", 3, risk=5.0))
+    state.apply(arrive("g", 3, required=frozenset({"go"})))  # G is busy now
+    a0 = state.in_flight["a0"]
+    out = state.apply(report(a0.decision_id or "", "a0", "A", TaskOutcome.SUCCESS, time_ms=4))
+    assert [d.load_id for d in out if d.outcome is Outcome.ASSIGNED] == ["w0"]
+    assert state.queue.lane("X") is not None  # (in its kind's lane, which is open)
+    assert not state.queue.closed()
+    state.apply(register("B", seq=3, time_ms=5, capabilities=frozenset({"go"})))
+    assert (list(state.unqualified), state.stuck) == (["X"], {"acme": 1})
+
+
 def test_a_parked_load_that_ends_does_not_keep_the_others_of_its_kind_parked() -> None:
     # L2 and L3 wait for the busy A; L2 is cancelled: when A comes free, L3 gets it (the
     # kind was judged by L2's spec, stripped when it ended: L3 waited for ever).
