@@ -383,6 +383,7 @@ async def _apply(
             if err["error_code"] not in (0, _TOPIC_EXISTS):
                 message = err.get("error_message") or f"error code {err['error_code']}"
                 raise BrokerError(f"creating topic '{err['topic']}' failed: {message}")
+        await _listed(admin, missing, seconds)
 
     present = [name for name in spec.topics if name in existing]
     partitions: dict[str, int] = {}
@@ -433,6 +434,25 @@ async def _apply(
         drift += [f"{k}: {actual.get(k)!r} on the broker, {v!r} declared" for k, v in wrong.items()]
         reports.append(TopicReport(name, "drift" if drift else "ok", tuple(drift)))
     return reports
+
+
+async def _listed(admin: AIOKafkaAdminClient, names: list[str], seconds: float) -> None:
+    """Waits until the topics just created are listed: the broker's metadata follows its
+    controller's a moment later, and a listing right after could miss them (a second
+    apply on a loaded machine found them missing and reported them created again).
+
+    Raises:
+        BrokerError: they were not listed within ``seconds``.
+    """
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        listed = set(await _admin_call("listing topics", admin.list_topics(), seconds))
+        if listed.issuperset(names):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            missing = ", ".join(sorted(set(names) - listed))
+            raise BrokerError(f"topics created but not listed after {seconds:g} s: {missing}")
+        await asyncio.sleep(0.05)
 
 
 async def _alter(
