@@ -1,13 +1,18 @@
 """Tenant benchmark: the core's cost per event as the tenants with loads waiting grow.
 
-    .venv/bin/python ops/bench/tenant_bench.py [--tenants 10 100 1000] [--results 3000]
+    .venv/bin/python ops/bench/tenant_bench.py [--tenants 10 100 1000 10000] [--results 3000]
 
 A pool of 100 agents of capacity 1, all busy, with 5 loads per tenant waiting
-(of every class below critical, half with a deadline far ahead): each task
-result frees an agent, which takes the next load in the order of service
-(least-served tenant first; the fair-share reserve is in force, every agent
-being busy). Prints microseconds per result and the ratio to the fewest
-tenants, measured in the same run.
+(of every class below critical, half with a deadline far ahead). Prints, in
+microseconds per event, and as a ratio to the fewest tenants, measured in the
+same run:
+- result: each task result frees an agent, which takes the next load in the
+  order of service (least-served tenant first; the fair-share reserve is in
+  force, every agent being busy);
+- return: a load of a tenant with none waiting arrives (it starts at the least
+  service of the tenants waiting) and waits;
+- low: a low-priority load of a waiting tenant arrives above the high watermark
+  (it is deferred if its tenant holds its weighted share of the waiting loads).
 """
 
 from __future__ import annotations
@@ -36,13 +41,15 @@ from dispatcher.core import (
 )
 
 AGENTS, WAITING_PER_TENANT = 100, 5
+HUGE = 10**9
 
 
-def per_result_us(tenants: int, results: int) -> float:
-    """Microseconds per task result, with ``tenants`` tenants' loads waiting."""
-    huge = 10**9
-    state = PoolState("bench", Policy(max_pending=huge, high_watermark=huge, low_watermark=huge,
-                                      ack_timeout_ms=huge, heartbeat_timeout_ms=huge))  # fmt: skip
+def busy_pool(tenants: int, extra: int = 0, **policy: int) -> tuple[PoolState, list[Decision]]:
+    """A pool of ``AGENTS`` busy agents of capacity 1 and ``WAITING_PER_TENANT`` loads of each
+    of ``tenants`` tenants waiting (plus ``extra`` more loads, in the same turn), and the
+    decisions that assigned the loads in flight."""
+    limits = {"max_pending": HUGE, "high_watermark": HUGE, "low_watermark": HUGE} | policy
+    state = PoolState("bench", Policy(ack_timeout_ms=HUGE, heartbeat_timeout_ms=HUGE, **limits))
     profile = AgentProfile(
         capabilities=frozenset({"x"}), capacity=1, personality=(1.0, 0.0), risk_budget=1e9,
         abstention_threshold=1.0, clearance=Sensitivity.RESTRICTED, regions=frozenset({"eu"}),
@@ -51,15 +58,24 @@ def per_result_us(tenants: int, results: int) -> float:
         state.apply(AgentRegistered(f"r{i}", f"a{i}", 1, 0, profile))
         state.apply(AgentStatusChanged(f"u{i}", f"a{i}", 2, 0, AgentStatusKind.AVAILABLE))
     running: list[Decision] = []
-    for j in range(AGENTS + tenants * WAITING_PER_TENANT + results):
-        spec = LoadSpec(
-            load_id=f"L{j}", tenant=f"t{j % tenants}", priority=Priority(1 + j % 3),
-            required=frozenset({"x"}), intent=(1.0, 0.0), sensitivity=Sensitivity.PUBLIC,
-            region="eu", created_ms=0, deadline_ms=huge if j % 2 else None, duration_ms=10,
-            risk=0.0,
-        )  # fmt: skip
-        running += [d for d in state.apply(LoadArrived(f"k{j}", 0, spec))
+    for j in range(AGENTS + tenants * WAITING_PER_TENANT + extra):
+        running += [d for d in state.apply(LoadArrived(f"k{j}", 0, load(j, f"t{j % tenants}")))
                     if d.outcome is Outcome.ASSIGNED]  # fmt: skip
+    return state, running
+
+
+def load(j: int, tenant: str, priority: Priority | None = None) -> LoadSpec:
+    return LoadSpec(
+        load_id=f"L{j}", tenant=tenant, priority=priority or Priority(1 + j % 3),
+        required=frozenset({"x"}), intent=(1.0, 0.0), sensitivity=Sensitivity.PUBLIC,
+        region="eu", created_ms=0, deadline_ms=HUGE if j % 2 else None, duration_ms=10, risk=0.0,
+    )  # fmt: skip
+
+
+def per_result_us(tenants: int, results: int) -> float:
+    """Microseconds per task result, with ``tenants`` tenants' loads waiting: each frees an
+    agent, which takes the next load in the order of service."""
+    state, running = busy_pool(tenants, results)
     start = time.perf_counter()
     for k in range(results):
         d = running[k]
@@ -69,17 +85,42 @@ def per_result_us(tenants: int, results: int) -> float:
     return (time.perf_counter() - start) / results * 1e6
 
 
+def per_return_us(tenants: int, arrivals: int) -> float:
+    """Microseconds per arrival of a load of a tenant with none waiting (it starts at the
+    least service of those waiting), with ``tenants`` tenants' loads waiting."""
+    state, _ = busy_pool(tenants)
+    start = time.perf_counter()
+    for k in range(arrivals):
+        state.apply(LoadArrived(f"new{k}", 1, load(HUGE + k, f"new{k}")))
+    return (time.perf_counter() - start) / arrivals * 1e6
+
+
+def per_low_us(tenants: int, arrivals: int) -> float:
+    """Microseconds per low-priority arrival above the high watermark (deferred if its
+    tenant holds its weighted share of the waiting loads), with ``tenants`` tenants'
+    loads waiting."""
+    state, _ = busy_pool(tenants, high_watermark=0)
+    start = time.perf_counter()
+    for k in range(arrivals):
+        spec = load(HUGE + k, f"t{k % tenants}", Priority.LOW)
+        state.apply(LoadArrived(f"low{k}", 1, spec))
+    return (time.perf_counter() - start) / arrivals * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tenants", type=int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--tenants", type=int, nargs="+", default=[10, 100, 1000, 10000])
     parser.add_argument("--results", type=int, default=3000)
     args = parser.parse_args()
-    base = None
-    print(f"{'tenants':>8} {'us/result':>10} {'x fewest':>9}")
+    base: list[float] = []
+    print(f"{'tenants':>8} {'us/result':>10} {'x fewest':>9} {'us/return':>10} {'x fewest':>9}"
+          f" {'us/low':>8} {'x fewest':>9}")  # fmt: skip
     for tenants in args.tenants:
-        us = per_result_us(tenants, args.results)
-        base = base or us
-        print(f"{tenants:>8} {us:>10.0f} {us / base:>8.1f}x")
+        row = [per_result_us(tenants, args.results), per_return_us(tenants, args.results),
+               per_low_us(tenants, args.results)]  # fmt: skip
+        base = base or row
+        print(f"{tenants:>8} {row[0]:>10.0f} {row[0] / base[0]:>8.1f}x {row[1]:>10.0f}"
+              f" {row[1] / base[1]:>8.1f}x {row[2]:>8.0f} {row[2] / base[2]:>8.1f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ would leave the properties about them true of nothing.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -629,6 +630,20 @@ def _waiting_books(state: PoolState) -> None:
         assert load_id not in state.queue
         stuck[ls.spec.tenant] += 1
     assert {k: v for k, v in state.stuck.items() if v} == dict(stuck)
+    waits = {t for t, n in backlog.items() if n > stuck[t]}
+    assert state.contending == waits | {t for t, n in state.running.items() if n}
+    ranked = state.ranked or {}  # (None: not ranked now)
+    assert state.ranked is None or waits <= ranked.keys()  # (others go as they surface)
+    assert sorted(state.by_service) == sorted((v, t) for t, v in ranked.items())
+    for t, v in ranked.items():
+        assert v <= state.served.get(t, 0.0)  # (service only grows: a rank is a floor)
+    for extra in (None, {"t1": 1}, {"t1": 1, "t9": 1}, {"t0": 2, "t9": 1}):  # (as a batch)
+        assert state._held(0, extra) == _held_by_definition(state, extra), extra
+    p = state.policy
+    for tenant in ("t0", "t1", "t9"):  # (the weighted share a low arrival is deferred at)
+        weights = math.fsum(p.tenant_weight(t) for t in {*backlog, tenant})
+        hog = (backlog[tenant] + 1) * weights >= (len(state.pending) + 1) * p.tenant_weight(tenant)
+        assert state._queue_hog(tenant) == hog, tenant
     parked = {ls.spec.load_id for _, loads in state.parked.values() for ls in loads}
     _parked_only_without_an_agent(state)
     parked |= {ls.spec.load_id for ls in state.aside}  # (the next batch looks at them again)
@@ -641,6 +656,21 @@ def _waiting_books(state: PoolState) -> None:
                 or load_id in backing_off
                 or (load_id in state.unqualified)
             ), f"{load_id} waits where nothing will try it again"
+
+
+def _held_by_definition(state: PoolState, extra: dict[str, int] | None) -> frozenset[str]:
+    """``PoolState._held`` with no agent open, over every tenant (what it keeps counts of)."""
+    p = state.policy
+    if not p.fair_share_reserve * state.agents.available_count:
+        return frozenset()
+    running = Counter(state.running) + Counter(extra or {})
+    waits = {t for t, n in state.backlog.items() if n > state.stuck.get(t, 0)}
+    active = running.keys() | waits | (extra or {}).keys()
+    if len(active) < 2:
+        return frozenset()
+    weights = math.fsum(p.tenant_weight(t) for t in active) / 1.25
+    total = sum(running.values())
+    return frozenset(t for t, n in running.items() if n * weights > total * p.tenant_weight(t))
 
 
 def _parked_only_without_an_agent(state: PoolState) -> None:

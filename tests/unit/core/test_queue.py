@@ -7,8 +7,19 @@ import random
 
 import pytest
 
-from dispatcher.core import queue
+from dispatcher.core import (
+    Decision,
+    Event,
+    LoadCancelled,
+    Outcome,
+    Policy,
+    PoolState,
+    Priority,
+    TaskOutcome,
+    queue,
+)
 from dispatcher.core.queue import ServiceQueue
+from tests.unit.core import builders as b
 
 
 def drain(
@@ -160,7 +171,11 @@ class _Model:
         return None
 
 
-@pytest.mark.parametrize("seed", range(20))
+def _another(rng: random.Random, served: dict[str, float], tenants: list[str]) -> dict[str, float]:
+    return dict(served) if rng.random() < 0.5 else dict.fromkeys(tenants, 0.0)
+
+
+@pytest.mark.parametrize("seed", range(40))
 def test_the_queue_serves_in_the_order_its_definition_gives(
     seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -169,9 +184,11 @@ def test_the_queue_serves_in_the_order_its_definition_gives(
     rng = random.Random(seed)  # noqa: S311 - a test's reproducible draws
     kept_open = rng.choice([0, 2, 64])  # (lanes reopened go back into the main one, or not)
     monkeypatch.setattr(queue, "_KEPT_OPEN", kept_open)
+    # (tenants ranked in a heap from 0, 2 or 16 of them: both ways, and the switches)
+    monkeypatch.setattr(queue, "_RANKED_FROM", rng.choice([0, 2, 16]))
     q, model = ServiceQueue(), _Model()
-    tenants = [f"t{i}" for i in range(rng.choice([1, 3, 12]))]
-    served = dict.fromkeys(tenants, 0.0)
+    tenants = [f"t{i}" for i in range(rng.choice([1, 3, 12, 20, 40]))]
+    served = dict.fromkeys(tenants[: len(tenants) // 2], 0.0)  # (the others: 0, missing)
     out: list[str] = []
     known: dict[str, tuple[str, int, int, float]] = {}
     gone: set[str] = set()  # discarded for good: their ids may come back as new loads
@@ -217,13 +234,16 @@ def test_the_queue_serves_in_the_order_its_definition_gives(
             continue
         else:
             first, critical = rng.random() < 0.7, rng.random() < 0.1
-            skip = frozenset(rng.sample(tenants, rng.randint(0, 1)))
+            skip = frozenset(rng.sample(tenants, rng.randint(0, min(3, len(tenants)))))
+            # Now and then another mapping (as a batch's copy, given up after): ranked anew.
+            served = _another(rng, served, tenants) if rng.random() < 0.05 else served
             got = q.pop(served, tenant_first=first, critical_only=critical, skip=skip)
             want = model.pop(served, tenant_first=first, critical_only=critical, skip=skip)
             assert got == want, (step, first, critical, skip)
             if got is not None:
                 out.append(got)
-                served[known[got][0]] += rng.choice([0.5, 1.0])
+                tenant = known[got][0]
+                served[tenant] = served.get(tenant, 0.0) + rng.choice([0.0, 0.5, 1.0])
             continue
         if load_id not in q:
             q.push(load_id, *args)
@@ -265,3 +285,78 @@ def test_the_entries_loads_leave_behind_when_they_move_up_do_not_pile_up() -> No
         q.discard(f"L{i}")  # (from the class it moved to)
         assert len(q._lanes[None].heaps[False][2]["t"]) <= 2 * 1 + 64 + 1
     assert drain(q) == ["keep"]
+
+
+def _many_tenants(rng: random.Random) -> list[Event]:
+    """Ten busy agents and loads of 40 tenants (some weighted), arriving and finishing."""
+    events: list[Event] = [b.register(f"a{i}") for i in range(10)]
+    events += [b.available(f"a{i}") for i in range(10)]
+    for j in range(400):
+        tenant = f"t{rng.randrange(40)}" if rng.random() < 0.8 else f"new{j}"  # (from idle)
+        deadline = rng.choice([None, 5_000 + 10 * j])
+        events.append(b.arrive(f"L{j}", 10 * j, tenant=tenant, deadline_ms=deadline,
+                               priority=Priority(rng.choice([0, 1, 2, 3, 3]))))  # fmt: skip
+    return events
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_pool_ranks_many_tenants_as_it_would_look_at_each(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same events give the same decisions with the queue's tenants ranked in heaps
+    from the first one (0) as with each looked at; the least service among the tenants
+    waiting (where one back from idle starts) is theirs, looked at one by one."""
+    policy = Policy(high_watermark=30, tenant_weights={"t3": 2.0, "t7": 0.5})
+
+    def run(ranked_from: int) -> list[tuple[object, ...]]:
+        monkeypatch.setattr(queue, "_RANKED_FROM", ranked_from)
+        rng = random.Random(seed)  # noqa: S311 - a test's reproducible draws
+        state = PoolState("p", policy)
+        out: list[tuple[object, ...]] = []
+        flight: list[Decision] = []
+        for event in _many_tenants(rng):
+            decided = state.apply(event)
+            flight += [d for d in decided if d.outcome is Outcome.ASSIGNED]
+            if flight and rng.random() < 0.6:  # (a result frees an agent)
+                d = flight.pop(0)
+                done = b.report(d.decision_id, d.load_id, str(d.agent_id), TaskOutcome.SUCCESS,
+                                time_ms=event.time_ms)  # fmt: skip
+                decided += state.apply(done)
+                flight += [x for x in decided[-1:] if x.outcome is Outcome.ASSIGNED]
+            out += [(d.decision_id, d.outcome, d.reason, d.agent_id) for d in decided]
+            waits = [t for t, n in state.backlog.items() if n > state.stuck.get(t, 0)]
+            if waits:
+                assert state._least_served() == min(state.served.get(t, 0.0) for t in waits)
+        return out
+
+    ranked, looked = run(0), run(10**9)
+    assert ranked == looked
+    assert sum(1 for _, outcome, _, _ in ranked if outcome is Outcome.ASSIGNED) > 100
+
+
+def test_the_rankings_of_tenants_gone_do_not_pile_up() -> None:
+    """Tenants whose loads were cancelled while others waited (their entries never surface:
+    they rank above the tenants still waiting) are dropped once they are most of a ranking,
+    in the queue and in the pool."""
+    q, served = ServiceQueue(), {}
+    for k in range(20):  # (ranked in a heap: more than _RANKED_FROM tenants)
+        q.push(f"s{k}", f"stays{k}", 2, k, math.inf)
+    state = PoolState("p", Policy(high_watermark=10**6, max_pending=10**6))
+    state.apply(b.register("a"))
+    state.apply(b.available("a"))
+    state.apply(b.arrive("busy"))  # (the only agent's)
+    state.apply(b.arrive("waits", tenant="stays"))
+    for i in range(5_000):
+        q.push(f"g{i}", f"gone{i}", 2, 100 + i, math.inf)
+        served[f"gone{i}"] = 1.0 + i  # (served more than the others: never at the top)
+        load_id = q.pop(served)
+        assert load_id is not None
+        assert load_id.startswith("s")
+        q.push(load_id, f"stays{load_id[1:]}", 2, 100 + i, math.inf)  # (back in line)
+        q.discard(f"g{i}")
+        state.served[f"gone{i}"] = 1.0 + i
+        state.apply(b.arrive(f"L{i}", tenant=f"gone{i}"))  # (back from idle: ranked)
+        state.apply(LoadCancelled(b.key(), 0, f"L{i}"))
+        assert len(q._order[1, 2, 3][1]) <= 2 * (len(q) + 1) + 64 + 1  # (as at its last pop)
+        assert state.ranked is not None
+        assert len(state.ranked) <= 2 * len(state.backlog) + 64 + 1
