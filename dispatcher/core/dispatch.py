@@ -12,7 +12,7 @@ import hashlib
 import heapq
 import math
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TypeVar
@@ -130,6 +130,19 @@ def _kind_of(spec: LoadSpec) -> tuple[object, ...]:
 
 # The classes a full queue sheds from, first to last (critical never).
 _SHED_ORDER = (Priority.LOW, Priority.NORMAL, Priority.HIGH)
+
+
+class _Desc(str):
+    """A tenant name that sorts before the names it is greater than (``PoolState.heavy``:
+    the heaviest tenant first, ties to the greatest name)."""
+
+    __slots__ = ()
+
+    def __lt__(self, other: str) -> bool:
+        return str.__gt__(self, other)
+
+
+_Heavy = list[tuple[float, _Desc]]  # (-(waiting loads / weight), tenant)
 # Requeue reasons that make the agent "tried" for the load: it said no, failed it, or did
 # not answer. (An agent going offline or lost says nothing about the load: one restarted
 # takes its sessions' loads again.)
@@ -193,6 +206,12 @@ class PoolState:
         self.contending: set[str] = set()
         self.by_service: list[tuple[float, str]] = []
         self.ranked: dict[str, float] | None = None
+        # While the queue is near full (``_heaviest``): per class it sheds from, the tenants
+        # with loads of it waiting in a heap, heaviest first (an entry per change of their
+        # waiting loads: those not as they are now go as they surface), and the tenant
+        # weights they are weighed with; None while not asked.
+        self.heavy: dict[Priority, _Heavy] | None = None
+        self.heavy_weights: Mapping[str, float] | None = None
         # (tenant, class) -> its pending loads, in arrival order
         self.tenant_pending: dict[tuple[str, Priority], dict[str, LoadState]] = {}
         # event key -> event time (duplicates change nothing), and the keys oldest first, to
@@ -615,6 +634,8 @@ class PoolState:
                 self._rank(tenant)
         self.tenant_pending.setdefault((tenant, ls.spec.priority), {})[ls.spec.load_id] = ls
         self.pending[ls.spec.load_id] = ls
+        if self.heavy is not None:
+            self._weigh(tenant)
         ls.entered, self.entered = self.entered, self.entered + 1
         deadline = ls.spec.deadline_ms
         if deadline is not None and ls.spec.priority is not Priority.CRITICAL:
@@ -647,6 +668,11 @@ class PoolState:
                 _less(self.stuck, tenant)
             if tenant not in self.running:  # (``_contends``, in short: it can only leave)
                 self._contends(tenant)
+            if self.heavy is not None:  # (weighed while the queue is near full)
+                if len(self.pending) < self.policy.max_pending // 2:
+                    self.heavy = None
+                else:
+                    self._weigh(tenant)
             if ls.status is LoadStatus.DEFERRED:
                 self.deferred -= 1
 
@@ -709,15 +735,47 @@ class PoolState:
         for cls in _SHED_ORDER:
             if cls < spec.priority:  # (a lower value is more important)
                 return None
-            heavy = max(((self.backlog[t] / p.tenant_weight(t), t)
-                         for (t, c), loads in self.tenant_pending.items() if c == cls and loads),
-                        default=None)  # fmt: skip
+            heavy = self._heaviest(cls)
             if heavy is None:
                 continue
             if cls == spec.priority and heavy[0] <= mine:
                 return None
             return next(reversed(self.tenant_pending[heavy[1], cls].values()))
         return None
+
+    def _heaviest(self, cls: Priority) -> tuple[float, str] | None:
+        """The tenant with loads of class ``cls`` waiting that holds the most waiting loads
+        for its weight (ties: the greatest name), and that share; None: none waits. From
+        heaps of the tenants (``heavy``) kept while the queue is near full: a look at each
+        tenant cost 2.1 ms an arrival at a full queue with 10,000 tenants waiting."""
+        p, backlog, pending = self.policy, self.backlog, self.tenant_pending
+        if self.heavy is None or self.heavy_weights is not p.tenant_weights:
+            self.heavy = {c: [] for c in _SHED_ORDER}
+            self.heavy_weights = p.tenant_weights
+            for t, c in pending:
+                if c in self.heavy:
+                    self.heavy[c].append((-(backlog[t] / p.tenant_weight(t)), _Desc(t)))
+            for heap in self.heavy.values():
+                heapq.heapify(heap)
+        heap = self.heavy[cls]
+        while heap:
+            share, tenant = heap[0]
+            if (tenant, cls) in pending and share == -(backlog[tenant] / p.tenant_weight(tenant)):
+                return -share, str(tenant)
+            heapq.heappop(heap)  # (not as it is now: a newer entry of it says how it is)
+        return None
+
+    def _weigh(self, tenant: str) -> None:
+        """Weighs ``tenant``, whose waiting loads changed, anew in ``heavy`` (its heaps go
+        once they are mostly entries that no longer hold: made anew when next asked)."""
+        assert self.heavy is not None  # noqa: S101 - called while kept
+        share = -(self.backlog.get(tenant, 0) / self.policy.tenant_weight(tenant))
+        for cls, heap in self.heavy.items():
+            if (tenant, cls) in self.tenant_pending:
+                heapq.heappush(heap, (share, _Desc(tenant)))
+                if len(heap) > 2 * len(self.pending) + 64:
+                    self.heavy = None
+                    return
 
     def _queue_hog(self, tenant: str) -> bool:
         """Whether ``tenant``, with one more load waiting, would hold at least its weighted

@@ -12,7 +12,9 @@ same run:
 - return: a load of a tenant with none waiting arrives (it starts at the least
   service of the tenants waiting) and waits;
 - low: a low-priority load of a waiting tenant arrives above the high watermark
-  (it is deferred if its tenant holds its weighted share of the waiting loads).
+  (it is deferred if its tenant holds its weighted share of the waiting loads);
+- full: a load arrives at a full queue (the newest load of the tenant holding the
+  most waiting loads for its weight is shed for it).
 """
 
 from __future__ import annotations
@@ -107,20 +109,34 @@ def per_low_us(tenants: int, arrivals: int) -> float:
     return (time.perf_counter() - start) / arrivals * 1e6
 
 
+def per_full_us(tenants: int, arrivals: int) -> float:
+    """Microseconds per arrival at a full queue (the newest load of the tenant holding the
+    most waiting loads for its weight is shed for it), with ``tenants`` tenants' loads
+    waiting."""
+    state, _ = busy_pool(tenants, max_pending=tenants * WAITING_PER_TENANT)
+    start = time.perf_counter()
+    for k in range(arrivals):
+        spec = load(HUGE + k, f"new{k % 7}", Priority.NORMAL)
+        state.apply(LoadArrived(f"full{k}", 1, spec))
+    return (time.perf_counter() - start) / arrivals * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tenants", type=int, nargs="+", default=[10, 100, 1000, 10000])
     parser.add_argument("--results", type=int, default=3000)
     args = parser.parse_args()
     base: list[float] = []
-    print(f"{'tenants':>8} {'us/result':>10} {'x fewest':>9} {'us/return':>10} {'x fewest':>9}"
-          f" {'us/low':>8} {'x fewest':>9}")  # fmt: skip
+    columns = {"result": per_result_us, "return": per_return_us, "low": per_low_us,
+               "full": per_full_us}  # fmt: skip
+    print(f"{'tenants':>8}" + "".join(f" {'us/' + c:>10} {'x fewest':>9}" for c in columns))
     for tenants in args.tenants:
-        row = [per_result_us(tenants, args.results), per_return_us(tenants, args.results),
-               per_low_us(tenants, args.results)]  # fmt: skip
+        row = [measure(tenants, args.results) for measure in columns.values()]
         base = base or row
-        print(f"{tenants:>8} {row[0]:>10.0f} {row[0] / base[0]:>8.1f}x {row[1]:>10.0f}"
-              f" {row[1] / base[1]:>8.1f}x {row[2]:>8.0f} {row[2] / base[2]:>8.1f}x")  # fmt: skip
+        print(
+            f"{tenants:>8}"
+            + "".join(f" {us:>10.0f} {us / b:>8.1f}x" for us, b in zip(row, base, strict=True))
+        )
 
 
 if __name__ == "__main__":

@@ -529,6 +529,19 @@ def test_a_full_queue_sheds_the_flooding_tenant_not_the_newcomer() -> None:
     assert len(state.pending) == 4
 
 
+def test_a_full_queue_weighs_its_tenants_with_the_policys_weights_now() -> None:
+    """(Its tenants are kept weighed while it is near full: a new policy weighs them anew.)"""
+    full = Policy(max_pending=5, high_watermark=5, low_watermark=1)
+    state = PoolState("p", full)
+    for i, tenant in enumerate("AABBC"):  # no agents: A and B hold 2 each
+        state.apply(arrive(f"{tenant}{i}", i, tenant=tenant))
+    (evicted, _) = state.apply(arrive("D9", 9, tenant="D"))
+    assert evicted.load_id == "B3"  # (A and B tie: the greater name)
+    state.apply(PolicyChanged(10, replace(full, version=2, tenant_weights={"A": 0.25})))
+    (evicted, _) = state.apply(arrive("E11", 11, tenant="E"))
+    assert evicted.load_id == "A1"  # A holds 2 loads for a weight of 0.25: 8; the others 1
+
+
 def test_a_tenant_at_its_quota_waits_while_others_are_served() -> None:
     state = one_agent(Policy(tenant_quotas={"acme": 1}), capacity=3)
     first = assigned(state, "a1", 1, tenant="acme")

@@ -640,6 +640,9 @@ def _waiting_books(state: PoolState) -> None:
     for extra in (None, {"t1": 1}, {"t1": 1, "t9": 1}, {"t0": 2, "t9": 1}):  # (as a batch)
         assert state._held(0, extra) == _held_by_definition(state, extra), extra
     p = state.policy
+    for cls in (Priority.LOW, Priority.NORMAL, Priority.HIGH):  # (whose load a full queue sheds)
+        shares = [(backlog[t] / p.tenant_weight(t), t) for t, c in by_class if c is cls]
+        assert state._heaviest(cls) == max(shares, default=None), cls
     for tenant in ("t0", "t1", "t9"):  # (the weighted share a low arrival is deferred at)
         weights = math.fsum(p.tenant_weight(t) for t in {*backlog, tenant})
         hog = (backlog[tenant] + 1) * weights >= (len(state.pending) + 1) * p.tenant_weight(tenant)
