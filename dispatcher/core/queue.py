@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Hashable, Mapping, Set
+from collections.abc import Container, Hashable, Mapping
 
 __all__ = ["ServiceQueue", "latest_start"]
 
@@ -279,7 +279,7 @@ class ServiceQueue:
         *,
         tenant_first: bool = True,
         critical_only: bool = False,
-        skip: Set[str] = frozenset(),
+        skip: Container[str] = frozenset(),
     ) -> str | None:
         """Removes and returns the next load to serve from the open lanes, or None when none
         waits there.
@@ -313,7 +313,7 @@ class ServiceQueue:
                 if len(live) > _RANKED_FROM:
                     tenant = self._least(classes, served, skip, live)
                 else:
-                    live -= skip
+                    live = {t for t in live if t not in skip} if skip else live
                     if len(live) == 1:
                         (tenant,) = live
                     else:
@@ -334,7 +334,7 @@ class ServiceQueue:
         return None
 
     def _least(
-        self, classes: tuple[int, ...], served: Mapping[str, float], skip: Set[str],
+        self, classes: tuple[int, ...], served: Mapping[str, float], skip: Container[str],
         live: set[str] | None = None,
     ) -> str | None:  # fmt: skip
         """The tenant with loads of ``classes`` in the open lanes that was served least

@@ -1,8 +1,9 @@
 """Tenant benchmark: the core's cost per event as the tenants with loads waiting grow.
 
     .venv/bin/python ops/bench/tenant_bench.py [--tenants 10 100 1000 10000] [--results 3000]
+                                               [--agents 100]
 
-A pool of 100 agents of capacity 1, all busy, with 5 loads per tenant waiting
+A pool of 100 (``--agents``) agents of capacity 1, all busy, with 5 loads per tenant waiting
 (of every class below critical, half with a deadline far ahead). Prints, in
 microseconds per event, and as a ratio to the fewest tenants, measured in the
 same run:
@@ -46,8 +47,10 @@ AGENTS, WAITING_PER_TENANT = 100, 5
 HUGE = 10**9
 
 
-def busy_pool(tenants: int, extra: int = 0, **policy: int) -> tuple[PoolState, list[Decision]]:
-    """A pool of ``AGENTS`` busy agents of capacity 1 and ``WAITING_PER_TENANT`` loads of each
+def busy_pool(
+    tenants: int, agents: int, extra: int = 0, **policy: int
+) -> tuple[PoolState, list[Decision]]:
+    """A pool of ``agents`` busy agents of capacity 1 and ``WAITING_PER_TENANT`` loads of each
     of ``tenants`` tenants waiting (plus ``extra`` more loads, in the same turn), and the
     decisions that assigned the loads in flight."""
     limits = {"max_pending": HUGE, "high_watermark": HUGE, "low_watermark": HUGE} | policy
@@ -56,11 +59,11 @@ def busy_pool(tenants: int, extra: int = 0, **policy: int) -> tuple[PoolState, l
         capabilities=frozenset({"x"}), capacity=1, personality=(1.0, 0.0), risk_budget=1e9,
         abstention_threshold=1.0, clearance=Sensitivity.RESTRICTED, regions=frozenset({"eu"}),
     )  # fmt: skip
-    for i in range(AGENTS):
+    for i in range(agents):
         state.apply(AgentRegistered(f"r{i}", f"a{i}", 1, 0, profile))
         state.apply(AgentStatusChanged(f"u{i}", f"a{i}", 2, 0, AgentStatusKind.AVAILABLE))
     running: list[Decision] = []
-    for j in range(AGENTS + tenants * WAITING_PER_TENANT + extra):
+    for j in range(agents + tenants * WAITING_PER_TENANT + extra):
         running += [d for d in state.apply(LoadArrived(f"k{j}", 0, load(j, f"t{j % tenants}")))
                     if d.outcome is Outcome.ASSIGNED]  # fmt: skip
     return state, running
@@ -74,10 +77,10 @@ def load(j: int, tenant: str, priority: Priority | None = None) -> LoadSpec:
     )  # fmt: skip
 
 
-def per_result_us(tenants: int, results: int) -> float:
+def per_result_us(tenants: int, results: int, agents: int = AGENTS) -> float:
     """Microseconds per task result, with ``tenants`` tenants' loads waiting: each frees an
     agent, which takes the next load in the order of service."""
-    state, running = busy_pool(tenants, results)
+    state, running = busy_pool(tenants, agents, results)
     start = time.perf_counter()
     for k in range(results):
         d = running[k]
@@ -87,21 +90,21 @@ def per_result_us(tenants: int, results: int) -> float:
     return (time.perf_counter() - start) / results * 1e6
 
 
-def per_return_us(tenants: int, arrivals: int) -> float:
+def per_return_us(tenants: int, arrivals: int, agents: int = AGENTS) -> float:
     """Microseconds per arrival of a load of a tenant with none waiting (it starts at the
     least service of those waiting), with ``tenants`` tenants' loads waiting."""
-    state, _ = busy_pool(tenants)
+    state, _ = busy_pool(tenants, agents)
     start = time.perf_counter()
     for k in range(arrivals):
         state.apply(LoadArrived(f"new{k}", 1, load(HUGE + k, f"new{k}")))
     return (time.perf_counter() - start) / arrivals * 1e6
 
 
-def per_low_us(tenants: int, arrivals: int) -> float:
+def per_low_us(tenants: int, arrivals: int, agents: int = AGENTS) -> float:
     """Microseconds per low-priority arrival above the high watermark (deferred if its
     tenant holds its weighted share of the waiting loads), with ``tenants`` tenants'
     loads waiting."""
-    state, _ = busy_pool(tenants, high_watermark=0)
+    state, _ = busy_pool(tenants, agents, high_watermark=0)
     start = time.perf_counter()
     for k in range(arrivals):
         spec = load(HUGE + k, f"t{k % tenants}", Priority.LOW)
@@ -109,11 +112,11 @@ def per_low_us(tenants: int, arrivals: int) -> float:
     return (time.perf_counter() - start) / arrivals * 1e6
 
 
-def per_full_us(tenants: int, arrivals: int) -> float:
+def per_full_us(tenants: int, arrivals: int, agents: int = AGENTS) -> float:
     """Microseconds per arrival at a full queue (the newest load of the tenant holding the
     most waiting loads for its weight is shed for it), with ``tenants`` tenants' loads
     waiting."""
-    state, _ = busy_pool(tenants, max_pending=tenants * WAITING_PER_TENANT)
+    state, _ = busy_pool(tenants, agents, max_pending=tenants * WAITING_PER_TENANT)
     start = time.perf_counter()
     for k in range(arrivals):
         spec = load(HUGE + k, f"new{k % 7}", Priority.NORMAL)
@@ -125,13 +128,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tenants", type=int, nargs="+", default=[10, 100, 1000, 10000])
     parser.add_argument("--results", type=int, default=3000)
+    parser.add_argument("--agents", type=int, default=AGENTS, help="busy agents")
     args = parser.parse_args()
     base: list[float] = []
     columns = {"result": per_result_us, "return": per_return_us, "low": per_low_us,
                "full": per_full_us}  # fmt: skip
     print(f"{'tenants':>8}" + "".join(f" {'us/' + c:>10} {'x fewest':>9}" for c in columns))
     for tenants in args.tenants:
-        row = [measure(tenants, args.results) for measure in columns.values()]
+        row = [measure(tenants, args.results, args.agents) for measure in columns.values()]
         base = base or row
         print(
             f"{tenants:>8}"

@@ -637,8 +637,11 @@ def _waiting_books(state: PoolState) -> None:
     assert sorted(state.by_service) == sorted((v, t) for t, v in ranked.items())
     for t, v in ranked.items():
         assert v <= state.served.get(t, 0.0)  # (service only grows: a rank is a floor)
+    assert sum(state.running.values()) == len(state.in_flight)
     for extra in (None, {"t1": 1}, {"t1": 1, "t9": 1}, {"t0": 2, "t9": 1}):  # (as a batch)
-        assert state._held(0, extra) == _held_by_definition(state, extra), extra
+        held = state._held(0, extra, also=frozenset({"t8"}))
+        asked = {t for t in (*TENANTS, "t8", "t9", 0) if t in held}
+        assert asked == _held_by_definition(state, extra) | {"t8"}, extra
     p = state.policy
     for cls in (Priority.LOW, Priority.NORMAL, Priority.HIGH):  # (whose load a full queue sheds)
         shares = [(backlog[t] / p.tenant_weight(t), t) for t, c in by_class if c is cls]
