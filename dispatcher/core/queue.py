@@ -370,8 +370,11 @@ class ServiceQueue:
         """Ranks ``tenant``, which has loads of class ``cls`` in an open lane now, in the
         orders of the groups of classes with ``cls`` (below all: ``_least`` finds its place
         when it surfaces)."""
-        for classes, (heap, at) in self._order.items():
+        for classes, (heap, at) in list(self._order.items()):
             if cls in classes and tenant not in at:
+                if len(at) > 2 * len(self._where) + 64:  # (of tenants gone, most: a group no
+                    del self._order[classes]  # pop looks at, or none pops: made anew if asked)
+                    continue
                 at[tenant] = -math.inf
                 heapq.heappush(heap, (-math.inf, tenant))
 

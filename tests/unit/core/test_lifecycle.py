@@ -513,6 +513,22 @@ def test_a_tenant_alone_may_use_every_agent() -> None:
         Policy(fair_share_reserve=1.0)
 
 
+@pytest.mark.parametrize("order", ["abc", "acb", "bac", "bca", "cab", "cba"])
+def test_a_low_load_at_the_watermark_is_judged_alike_whatever_order_the_others_came_in(
+    order: str,
+) -> None:
+    """The weights of the tenants waiting are summed exactly rounded (fsum): in the order
+    they came, 0.3 + 1.7 + 0.7 rounded differently, and the low load was deferred in four
+    orders of six, queued in two (a review of 1b70a96, which made it so)."""
+    weights = {"a": 0.3, "b": 1.7, "c": 0.7, "m": 0.9}
+    state = PoolState("p", Policy(tenant_weights=weights, high_watermark=3, low_watermark=1))
+    for i, tenant in enumerate(order):  # no agents: one load each waits
+        state.apply(arrive(f"L{i}", i, tenant=tenant))
+    (low,) = state.apply(arrive("m-low", 5, tenant="m", priority=Priority.LOW))
+    # (in exact arithmetic a tie, 1 x 3.6 = 4 x 0.9, which defers; rounded, 3.5999...)
+    assert (low.outcome, low.reason) == (Outcome.QUEUED, "NO_CANDIDATE")
+
+
 def test_a_full_queue_sheds_the_flooding_tenant_not_the_newcomer() -> None:
     state = PoolState("p", Policy(max_pending=4, high_watermark=4, low_watermark=3))
     for i in range(4):  # no agents: acme fills the queue

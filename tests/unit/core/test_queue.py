@@ -360,3 +360,19 @@ def test_the_rankings_of_tenants_gone_do_not_pile_up() -> None:
         assert len(q._order[1, 2, 3][1]) <= 2 * (len(q) + 1) + 64 + 1  # (as at its last pop)
         assert state.ranked is not None
         assert len(state.ranked) <= 2 * len(state.backlog) + 64 + 1
+
+
+def test_the_rankings_of_tenants_gone_stay_bounded_while_nothing_pops() -> None:
+    """(As with no agent free, or with a group of classes the policy no longer serves
+    together: a review saw 20,020 entries for 19 loads waiting.)"""
+    q = ServiceQueue()
+    for k in range(20):
+        q.push(f"s{k}", f"stays{k}", 2, k, math.inf)
+    q.push("first", "first", 2, 20, math.inf)
+    assert q.pop({"first": -1.0}) == "first"  # (ranked: 21 tenants)
+    for i in range(5_000):
+        q.push(f"g{i}", f"gone{i}", 2, 100 + i, math.inf)
+        q.discard(f"g{i}")
+        ranked = q._order.get((1, 2, 3), ([], {}))
+        assert len(ranked[1]) <= 2 * (len(q) + 1) + 64 + 1  # (as at its last push)
+        assert len(ranked[0]) == len(ranked[1])
