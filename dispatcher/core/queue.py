@@ -14,8 +14,9 @@ at every event cost 0.5 ms with 1,000 tenants waiting). Entries of loads that
 left the queue are skipped when they surface (lazy deletion). So are those of
 the tenants, which wait in a heap by service per group of classes served
 together, and are put right when they surface (served since, or with no load
-left there): the choice of a tenant costs O(log tenants), where a look at every
-tenant cost 0.3 ms a pop with 1,000 of them waiting.
+left there): the choice of a tenant costs O(log tenants) (with a look at every
+tenant, and the dispatcher's own, a task result cost 0.3 ms with 1,000 tenants
+waiting, 3.4 ms with 10,000).
 
 Loads wait in lanes: the main one, and lanes the caller opens for loads to be
 passed over until it reopens them (``hold``: the dispatcher holds there the
