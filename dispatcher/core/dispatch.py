@@ -234,10 +234,12 @@ class PoolState:
         self.ranked: dict[str, float] | None = None
         # While the queue is near full (``_heaviest``): per class it sheds from, the tenants
         # with loads of it waiting in a heap, heaviest first (an entry per change of their
-        # waiting loads: those not as they are now go as they surface), and the tenant
-        # weights they are weighed with; None while not asked.
+        # waiting loads: those not as they are now go as they surface), and the policy
+        # whose weights they are weighed with (kept, not its weights: a snapshot pickles
+        # the policy, and a policy's mapping of weights does not pickle); None while not
+        # asked.
         self.heavy: dict[Priority, _Heavy] | None = None
-        self.heavy_weights: Mapping[str, float] | None = None
+        self.heavy_policy: Policy | None = None
         # (tenant, class) -> its pending loads, in arrival order
         self.tenant_pending: dict[tuple[str, Priority], dict[str, LoadState]] = {}
         # event key -> event time (duplicates change nothing), and the keys oldest first, to
@@ -775,9 +777,9 @@ class PoolState:
         heaps of the tenants (``heavy``) kept while the queue is near full: a look at each
         tenant cost 2.1 ms an arrival at a full queue with 10,000 tenants waiting."""
         p, backlog, pending = self.policy, self.backlog, self.tenant_pending
-        if self.heavy is None or self.heavy_weights is not p.tenant_weights:
+        if self.heavy is None or self.heavy_policy is not p:
             self.heavy = {c: [] for c in _SHED_ORDER}
-            self.heavy_weights = p.tenant_weights
+            self.heavy_policy = p
             for t, c in pending:
                 if c in self.heavy:
                     self.heavy[c].append((-(backlog[t] / p.tenant_weight(t)), _Desc(t)))

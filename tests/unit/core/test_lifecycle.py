@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import pickle
 from collections import Counter
 from dataclasses import replace
 from typing import Any, Literal
@@ -511,6 +512,18 @@ def test_a_tenant_alone_may_use_every_agent() -> None:
         assigned(state, f"a{i}", i, tenant="acme")
     with pytest.raises(ValueError, match="fair_share_reserve"):
         Policy(fair_share_reserve=1.0)
+
+
+def test_a_pool_with_a_full_queue_pickles_and_decides_alike_after() -> None:
+    """(A snapshot of a pool whose queue had filled failed: it kept its policy's weights,
+    a mapping that does not pickle; a review of 94a4d96.)"""
+    state = PoolState("p", Policy(max_pending=3, high_watermark=3, tenant_weights={"y": 0.5}))
+    for i, tenant in enumerate("xyyz"):  # no agents: the fourth arrival sheds one of y's
+        state.apply(arrive(f"L{i}", i, tenant=tenant))
+    assert state.heavy is not None  # (its tenants weighed while it is near full)
+    copy = pickle.loads(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))  # noqa: S301 - its own
+    later = [arrive(f"M{i}", 10 + i, tenant=t) for i, t in enumerate("zzxyw")]
+    assert [copy.apply(e) for e in later] == [state.apply(e) for e in later]
 
 
 @pytest.mark.parametrize("order", ["abc", "acb", "bac", "bca", "cab", "cba"])
