@@ -15,6 +15,7 @@ would leave the properties about them true of nothing.
 from __future__ import annotations
 
 import math
+import pickle
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -739,6 +740,22 @@ def test_the_same_events_give_the_same_decisions(
     decisions, _, history, _ = _run(script, policy)
     fresh = PoolState("p", policy)
     replayed = [d for e in history for d in fresh.apply(e)]
+    assert replayed == decisions
+
+
+@settings(SETTINGS, max_examples=50)
+@given(scripts, st.sampled_from([GREEDY[0], SHARES, BATCHED[0]]))
+def test_a_pool_pickled_between_events_decides_as_one_never_pickled(
+    script: list[tuple[Any, ...]], policy: Policy
+) -> None:
+    """(A worker's snapshots pickle its pools: one whose queue had filled did not pickle, a
+    review of 94a4d96 found.)"""
+    decisions, _, history, _ = _run(script, policy)
+    pool, replayed = PoolState("p", policy), []
+    for i, e in enumerate(history):
+        if i % 7 == 3:
+            pool = pickle.loads(pickle.dumps(pool, protocol=pickle.HIGHEST_PROTOCOL))  # noqa: S301 - its own
+        replayed += pool.apply(e)
     assert replayed == decisions
 
 
