@@ -8,6 +8,7 @@ input order.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from collections.abc import Iterable
@@ -68,6 +69,9 @@ _COLUMNS: tuple[tuple[str, type, float, str | None], ...] = (
     ("balance", np.float64, 0, None),
     ("speed_term", np.float64, 0.5, None),
 )
+
+# The columns a load taken or given back changes (``add_load``: ``released`` copies them).
+_PER_LOAD = ("active", "risk_used", "balance", "risk_room", "open")
 
 # What a match reports of a score term left out: one pair each, shared by every decision
 # (a decision keeps its pairs, most of them these: fewer new objects for the garbage
@@ -297,6 +301,19 @@ class AgentTable:
         self.available_count += int(status == _AVAILABLE) - int(self.status[row] == _AVAILABLE)
         self.status[row] = status
         self._refresh(row)
+
+    def released(self, row: int, risk: float) -> AgentTable:
+        """A copy of the table with a load of ``risk`` given back by agent ``row`` (explain
+        judges a load in flight as if its agent had not taken it). The columns a load
+        changes (``_PER_LOAD``) are copied, the others shared, unchanged by the copy, and
+        so are the kinds' caches, which hold nothing a load changes (a deep copy took
+        0.8 s at 100k agents)."""
+        out = copy.copy(self)
+        for name in _PER_LOAD:
+            setattr(out, name, getattr(self, name).copy())
+        out._kinds, out._cap_array = dict(self._kinds), dict(self._cap_array)
+        out.add_load(row, risk, -1)
+        return out
 
     def add_load(self, row: int, risk: float, sign: int) -> None:
         """Counts a load in (sign 1) or out (sign -1) of the agent's active set."""

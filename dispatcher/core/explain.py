@@ -56,8 +56,7 @@ def explain(state: PoolState, load_id: str, agent_ids: tuple[str, ...] = ()) -> 
     chosen = m.score if m is not None and m.row is not None else None
     if ls.agent is not None and ls.final is None and agent_ids:
         state = copy.copy(state)  # (a view: the pool itself stays as it is)
-        state.agents = copy.deepcopy(state.agents)
-        state.agents.add_load(state.agents.row[ls.agent], ls.spec.risk, -1)
+        state.agents = state.agents.released(state.agents.row[ls.agent], ls.spec.risk)
     t, spec, policy = state.agents, ls.spec, state.policy
     denied = policy.tenant_deny.get(spec.tenant, frozenset())
     verdicts = []
