@@ -12,7 +12,7 @@ import hashlib
 import heapq
 import math
 from collections import OrderedDict, deque
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Collection, Container, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TypeVar
@@ -813,11 +813,9 @@ class PoolState:
         # The weights of the others waiting: those the policy names, and 1 for each other
         # (fsum: exactly rounded, in any order; a pass over every tenant cost a flood's
         # arrivals O(tenants)).
-        named = p.tenant_weights
-        if len(named) <= len(backlog):
-            on = [float(w) for t, w in named.items() if t in backlog and t != tenant]
-        else:
-            on = [float(named[t]) for t in backlog if t in named and t != tenant]
+        on = _named_weights(p.tenant_weights, backlog)
+        if tenant in backlog and tenant in p.tenant_weights:
+            on.remove(mine)
         others = len(backlog) - (tenant in backlog) - len(on)
         weights = mine + math.fsum([float(others), *on])
         return (self.backlog.get(tenant, 0) + 1) * weights >= (len(self.pending) + 1) * mine
@@ -894,10 +892,7 @@ class PoolState:
         # The sum of their weights (fsum: exactly rounded, so the same as over each tenant
         # in any order): those the policy names, and 1 for each other.
         named = p.tenant_weights
-        if len(named) <= len(active):
-            on = [float(w) for t, w in named.items() if t in active or t in joining]
-        else:
-            on = [float(named[t]) for t in (*active, *joining) if t in named]
+        on = _named_weights(named, active) + _named_weights(named, joining)
         weights = math.fsum([float(len(active) + len(joining) - len(on)), *on]) / _OVER_SHARE
         return _Over(self.running, extra or {}, weights, total, named, also)
 
@@ -1408,6 +1403,14 @@ class PoolState:
             pool=self.pool, load_id=load_id, attempt=1, outcome=outcome, reason=reason,
             agent_id=None, policy_version=self.policy.version, time_ms=self.now_ms, source=source,
         )  # fmt: skip
+
+
+def _named_weights(named: Mapping[str, float], tenants: Collection[str]) -> list[float]:
+    """The weights ``named`` gives those of ``tenants`` it names (looking over the fewer:
+    a policy may name many tenants, and many may wait)."""
+    if len(named) <= len(tenants):
+        return [float(w) for t, w in named.items() if t in tenants]
+    return [float(named[t]) for t in tenants if t in named]
 
 
 def _less(counts: dict[str, int], tenant: str) -> None:
