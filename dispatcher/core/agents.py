@@ -308,10 +308,11 @@ class AgentTable:
         changes (``_PER_LOAD``) are copied, the others shared, unchanged by the copy, and
         so are the kinds' caches, which hold nothing a load changes (a deep copy took
         0.8 s at 100k agents)."""
-        out = copy.copy(self)
+        out = copy.copy(self)  # (through __getstate__, which leaves the caches out)
         for name in _PER_LOAD:
             setattr(out, name, getattr(self, name).copy())
         out._kinds, out._cap_array = dict(self._kinds), dict(self._cap_array)
+        out._cols_bytes = self._cols_bytes  # (what its kinds hold, counted against the budget)
         out.add_load(row, risk, -1)
         return out
 
