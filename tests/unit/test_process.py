@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -160,10 +160,23 @@ def test_a_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) 
     assert new_cluster_id() == base64.urlsafe_b64encode(b"\x01" * 16).rstrip(b"=").decode()
 
 
-def _unused_port() -> int:
-    with socket.socket() as s:
+@pytest.fixture
+def unused_port() -> Iterator[Callable[[], int]]:
+    """Gives ports nothing listens on, held bound (not listening) until the test ends: a
+    connection there is refused, and no other program can start serving on one meanwhile
+    (before, a port picked and released was once answered during the test, by whatever
+    had taken it since)."""
+    held: list[socket.socket] = []
+
+    def port() -> int:
+        s = socket.socket()
+        held.append(s)
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+    yield port
+    for s in held:
+        s.close()
 
 
 @pytest.mark.parametrize(
@@ -174,14 +187,14 @@ def _unused_port() -> int:
     ],
 )
 def test_stack_up_says_when_an_external_server_does_not_answer(
-    tmp_path: Path, env: dict[str, str], says: str
+    tmp_path: Path, env: dict[str, str], says: str, unused_port: Callable[[], int]
 ) -> None:
     """Before, `stack up` (and `dispatcher run`) went on as if it were there."""
     from dispatcher.errors import StackError  # noqa: PLC0415
     from dispatcher.settings import Settings  # noqa: PLC0415
     from dispatcher.stack import Stack  # noqa: PLC0415
 
-    port = _unused_port()
+    port = unused_port()
     both = {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}", "REDIS_URL": f"redis://127.0.0.1:{port}/0",
             "DISPATCHER_STATE_DIR": str(tmp_path)}  # fmt: skip
     settings = Settings.from_env(both | {k: v.format(port=port) for k, v in env.items()})
@@ -234,7 +247,7 @@ def _stand_in(stack: Stack, name: str, settings: Settings) -> int:
 @pytest.mark.parametrize("name", ["kafka", "redis"])
 @pytest.mark.parametrize("ports", ["other", "same"])
 def test_up_refuses_a_server_of_ours_running_elsewhere_than_the_settings_say(
-    tmp_path: Path, name: str, ports: str
+    tmp_path: Path, name: str, ports: str, unused_port: Callable[[], int]
 ) -> None:
     """Before, `stack up` took a server started with other ports for up, and clients
     looked for it where it was not."""
@@ -245,9 +258,9 @@ def test_up_refuses_a_server_of_ours_running_elsewhere_than_the_settings_say(
     def settings() -> Settings:
         return Settings.from_env({
             "DISPATCHER_STATE_DIR": str(tmp_path), "DISPATCHER_CACHE_DIR": str(tmp_path / "c"),
-            "DISPATCHER_KAFKA_PORT": str(_unused_port()),
-            "DISPATCHER_KAFKA_CONTROLLER_PORT": str(_unused_port()),
-            "DISPATCHER_REDIS_PORT": str(_unused_port()),
+            "DISPATCHER_KAFKA_PORT": str(unused_port()),
+            "DISPATCHER_KAFKA_CONTROLLER_PORT": str(unused_port()),
+            "DISPATCHER_REDIS_PORT": str(unused_port()),
         })  # fmt: skip
 
     before = settings()
