@@ -2,8 +2,8 @@
 
 One row per agent, in registration order (rows are never reused, so row
 order, and with it every tie-break, depends only on the input order).
-Capabilities and regions are bitmasks over vocabularies that also grow in
-input order.
+Capabilities are an inverted index (capability -> the rows that have it), regions a
+bitmask; both over vocabularies that grow in input order.
 """
 
 from __future__ import annotations
@@ -48,8 +48,6 @@ _AVAILABLE = int(AgentStatus.AVAILABLE)
 # The per-row columns of AgentTable: name, dtype, a new row's value, and None for one value
 # per row or the ``_alloc`` argument giving the row's number of values.
 _COLUMNS: tuple[tuple[str, type, float, str | None], ...] = (
-    ("caps", np.uint64, 0, "cap_words"),
-    ("cap_count", np.int32, 0, None),
     ("regions", np.uint64, 0, "region_words"),
     ("embedding", np.float64, 0, "dims"),
     ("capacity", np.int32, 0, None),
@@ -159,8 +157,6 @@ def _mask(bits: list[int], words: int) -> npt.NDArray[np.uint64]:
 class AgentTable:
     """Columns of agent state for the hot path."""
 
-    caps: npt.NDArray[np.uint64]  # capability bitmask words
-    cap_count: npt.NDArray[np.int32]
     regions: npt.NDArray[np.uint64]  # permitted-region bitmask words
     embedding: Floats2  # personality vectors, ``unit``
     capacity: npt.NDArray[np.int32]
@@ -199,7 +195,7 @@ class AgentTable:
         self._room_floor = math.inf
         self._floor_loose = False
         self._caps_vocab, self._region_vocab, self._zone_vocab = _Vocab(), _Vocab(), _Vocab()
-        self._alloc(max(8, capacity_hint), cap_words=1, region_words=1, dims=0)
+        self._alloc(max(8, capacity_hint), region_words=1, dims=0)
 
     def __getstate__(self) -> dict[str, Any]:
         # Snapshots leave out what is rebuilt on demand (it decides nothing).
@@ -207,10 +203,10 @@ class AgentTable:
         state.update(_kinds={}, _cols_bytes=0, _cap_array={})
         return state
 
-    def _alloc(self, rows: int, *, cap_words: int, region_words: int, dims: int) -> None:
+    def _alloc(self, rows: int, *, region_words: int, dims: int) -> None:
         """Every column with room for ``rows`` rows (and values per row), the old ones'
         values kept."""
-        widths = {"cap_words": cap_words, "region_words": region_words, "dims": dims}
+        widths = {"region_words": region_words, "dims": dims}
         for name, dtype, fill, width in _COLUMNS:
             new: npt.NDArray[Any] = np.full(
                 (rows,) if width is None else (rows, widths[width]), fill, dtype
@@ -245,13 +241,11 @@ class AgentTable:
     def n(self) -> int:
         return len(self.ids)
 
-    def _fit(self, *, rows: int, cap_words: int, region_words: int, dims: int) -> None:
-        have = self.caps.shape[0]
-        if (rows > have or cap_words > self.caps.shape[1] or region_words > self.regions.shape[1]
-                or dims > self.embedding.shape[1]):  # fmt: skip
+    def _fit(self, *, rows: int, region_words: int, dims: int) -> None:
+        have = self.regions.shape[0]
+        if rows > have or region_words > self.regions.shape[1] or dims > self.embedding.shape[1]:
             self._alloc(
                 max(rows, have * 2 if rows > have else have),
-                cap_words=max(cap_words, self.caps.shape[1]),
                 region_words=max(region_words, self.regions.shape[1]),
                 dims=max(dims, self.embedding.shape[1]),
             )
@@ -268,7 +262,10 @@ class AgentTable:
             time_ms = max(time_ms, int(self.last_seen[row]))
         cap_bits = self._caps_vocab.bits(profile.capabilities)
         for bit in self._row_bits[row]:
-            self._cap_rows[bit].discard(row)
+            holders = self._cap_rows[bit]
+            holders.discard(row)
+            if not holders:  # (a tool renamed, a version replaced: none has it now)
+                del self._cap_rows[bit]
             self._cap_array.pop(bit, None)
         for bit in cap_bits:
             self._cap_rows.setdefault(bit, set()).add(row)
@@ -277,11 +274,8 @@ class AgentTable:
         self._kinds.clear()
         self._cols_bytes = 0
         region_bits = self._region_vocab.bits(profile.regions)
-        self._fit(rows=row + 1, cap_words=len(self._caps_vocab.index) // 64 + 1,
-                  region_words=len(self._region_vocab.index) // 64 + 1,
+        self._fit(rows=row + 1, region_words=len(self._region_vocab.index) // 64 + 1,
                   dims=len(profile.personality))  # fmt: skip
-        self.caps[row] = _mask(cap_bits, self.caps.shape[1])
-        self.cap_count[row] = len(cap_bits)
         self.regions[row] = _mask(region_bits, self.regions.shape[1])
         self.embedding[row] = unit(profile.personality, self.embedding.shape[1])
         self.capacity[row] = profile.capacity
