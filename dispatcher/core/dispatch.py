@@ -15,6 +15,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Container, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from fractions import Fraction
 from typing import TypeVar
 
 import numpy as np
@@ -145,6 +146,30 @@ class _Desc(str):
 _Heavy = list[tuple[float, _Desc]]  # (-(waiting loads / weight), tenant)
 
 
+class _NamedSum:
+    """The weights a policy names for the tenants of a set, counted and summed exactly as
+    tenants join and leave it: the float of the sum is fsum's over them (both are exactly
+    rounded), in whatever order they came, without a pass over the set at each look."""
+
+    __slots__ = ("count", "exact")
+
+    def __init__(self, named: Mapping[str, float], tenants: Collection[str]) -> None:
+        weights = _named_weights(named, tenants)
+        self.count, self.exact = len(weights), sum(map(Fraction, weights), Fraction(0))
+
+    def move(self, named: Mapping[str, float], tenant: str, sign: int) -> None:
+        """``tenant`` joined the set (``sign`` 1) or left it (-1)."""
+        if (weight := named.get(tenant)) is not None:
+            self.count += sign
+            self.exact += sign * Fraction(weight)
+
+    def total(self, others: int, more: Collection[float] = ()) -> float:
+        """These weights, ``more`` weights besides, and 1 for each of ``others`` tenants."""
+        if not self.count and not more:
+            return float(others)
+        return float(self.exact + others + sum(map(Fraction, more), Fraction(0)))
+
+
 class _Over:
     """The tenants ``PoolState._held`` holds back, asked one at a time: those in ``also``,
     and those whose loads in flight (``running`` plus ``extra``), times ``weights`` (the
@@ -230,6 +255,12 @@ class PoolState:
         # while loads wait, those waiting in a heap by service (``_least_served``), with
         # each one's entry (None: not ranked, as while the pool keeps up).
         self.contending: set[str] = set()
+        # The weights the policy names for the tenants contending, and for those waiting
+        # (``backlog``), and the policy whose names they are (made anew for another): a
+        # sum over either set cost each pop O(tenants) while the reserve binds, and each
+        # low arrival above the watermark, with a policy naming many.
+        self.on_named, self.waiting_named = _NamedSum({}, ()), _NamedSum({}, ())
+        self.named_for: Policy | None = None
         self.by_service: list[tuple[float, str]] = []
         self.ranked: dict[str, float] | None = None
         # While the queue is near full (``_heaviest``): per class it sheds from, the tenants
@@ -656,8 +687,11 @@ class PoolState:
                 floor = least
             self.served[tenant] = max(self.served.get(tenant, 0.0), floor)
         waits = self.backlog[tenant] = self.backlog.get(tenant, 0) + 1
+        if waits == 1:
+            self.waiting_named.move(self.policy.tenant_weights, tenant, 1)
         if waits > self.stuck.get(tenant, 0):  # (``_contends``, in short: it can only join)
-            self.contending.add(tenant)
+            if tenant not in self.contending:
+                self._contend(tenant, 1)
             if self.ranked is not None and tenant not in self.ranked:
                 self._rank(tenant)
         self.tenant_pending.setdefault((tenant, ls.spec.priority), {})[ls.spec.load_id] = ls
@@ -686,6 +720,8 @@ class PoolState:
         if self.pending.pop(ls.spec.load_id, None) is not None:
             tenant = ls.spec.tenant
             _less(self.backlog, tenant)
+            if tenant not in self.backlog:
+                self.waiting_named.move(self.policy.tenant_weights, tenant, -1)
             if not self.backlog and self.ranked is not None:  # (none waits: ranked no more)
                 self.by_service, self.ranked = [], None
             waiting = self.tenant_pending[tenant, ls.spec.priority]
@@ -709,12 +745,31 @@ class PoolState:
         for (``contending``; the waiting ones ranked by service), after one of those
         counts changed."""
         if self.backlog.get(tenant, 0) > self.stuck.get(tenant, 0):
-            self.contending.add(tenant)
+            if tenant not in self.contending:
+                self._contend(tenant, 1)
             self._rank(tenant)
         elif tenant in self.running:
+            if tenant not in self.contending:
+                self._contend(tenant, 1)
+        elif tenant in self.contending:
+            self._contend(tenant, -1)
+
+    def _contend(self, tenant: str, sign: int) -> None:
+        """Puts ``tenant`` in ``contending`` (``sign`` 1) or takes it out (-1)."""
+        if sign > 0:
             self.contending.add(tenant)
         else:
             self.contending.discard(tenant)
+        self.on_named.move(self.policy.tenant_weights, tenant, sign)
+
+    def _named_sums(self) -> tuple[_NamedSum, _NamedSum]:
+        """``on_named`` and ``waiting_named``, made anew if the policy is not theirs."""
+        if self.named_for is not self.policy:
+            named = self.policy.tenant_weights
+            self.on_named = _NamedSum(named, self.contending)
+            self.waiting_named = _NamedSum(named, self.backlog)
+            self.named_for = self.policy
+        return self.on_named, self.waiting_named
 
     def _rank(self, tenant: str) -> None:
         """Ranks ``tenant``, whose loads wait now, by service, if tenants are ranked."""
@@ -811,13 +866,14 @@ class PoolState:
         p, backlog = self.policy, self.backlog
         mine = p.tenant_weight(tenant)
         # The weights of the others waiting: those the policy names, and 1 for each other
-        # (fsum: exactly rounded, in any order; a pass over every tenant cost a flood's
-        # arrivals O(tenants)).
-        on = _named_weights(p.tenant_weights, backlog)
+        # (exactly rounded, so alike in any order the tenants came).
+        waiting = self._named_sums()[1]
         if tenant in backlog and tenant in p.tenant_weights:
-            on.remove(mine)
-        others = len(backlog) - (tenant in backlog) - len(on)
-        weights = mine + math.fsum([float(others), *on])
+            rest = waiting.exact - Fraction(mine)
+            others = len(backlog) - waiting.count
+            weights = mine + float(rest + others)
+        else:
+            weights = mine + waiting.total(len(backlog) - (tenant in backlog) - waiting.count)
         return (self.backlog.get(tenant, 0) + 1) * weights >= (len(self.pending) + 1) * mine
 
     def _drain(self, source: Source, out: list[Decision]) -> None:
@@ -889,11 +945,12 @@ class PoolState:
             total += sum(extra.values())
         if len(active) + len(joining) < 2:
             return also
-        # The sum of their weights (fsum: exactly rounded, so the same as over each tenant
-        # in any order): those the policy names, and 1 for each other.
-        named = p.tenant_weights
-        on = _named_weights(named, active) + _named_weights(named, joining)
-        weights = math.fsum([float(len(active) + len(joining) - len(on)), *on]) / _OVER_SHARE
+        # The sum of their weights (exactly rounded, so alike in any order the tenants
+        # came): those the policy names, and 1 for each other.
+        named, on = p.tenant_weights, self._named_sums()[0]
+        more = _named_weights(named, joining)
+        others = len(active) + len(joining) - on.count - len(more)
+        weights = on.total(others, more) / _OVER_SHARE
         return _Over(self.running, extra or {}, weights, total, named, also)
 
     def _at_quota(self, extra: dict[str, int] | None = None) -> frozenset[str]:
@@ -1087,7 +1144,8 @@ class PoolState:
         self.in_flight[spec.load_id] = ls
         self.held.setdefault(agent_id, {})[spec.load_id] = None
         self.running[spec.tenant] = self.running.get(spec.tenant, 0) + 1
-        self.contending.add(spec.tenant)
+        if spec.tenant not in self.contending:
+            self._contend(spec.tenant, 1)
         weight = self.policy.tenant_weight(spec.tenant)
         before = self.served.get(spec.tenant, 0.0)
         self.vtime = max(self.vtime, before)

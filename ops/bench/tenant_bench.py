@@ -1,7 +1,7 @@
 """Tenant benchmark: the core's cost per event as the tenants with loads waiting grow.
 
     .venv/bin/python ops/bench/tenant_bench.py [--tenants 10 100 1000 10000] [--results 3000]
-                                               [--agents 100]
+                                               [--agents 100] [--named]
 
 A pool of 100 (``--agents``) agents of capacity 1, all busy, with 5 loads per tenant waiting
 (of every class below critical, half with a deadline far ahead). Prints, in
@@ -16,6 +16,10 @@ same run:
   (it is deferred if its tenant holds its weighted share of the waiting loads);
 - full: a load arrives at a full queue (the newest load of the tenant holding the
   most waiting loads for its weight is shed for it).
+
+With ``--named`` the policy names every tenant: a weight (1, 2 or 3) and a quota (more
+loads than it ever runs here), so what goes over the tenants a policy names is in the
+figures too.
 """
 
 from __future__ import annotations
@@ -48,13 +52,19 @@ HUGE = 10**9
 
 
 def busy_pool(
-    tenants: int, agents: int, extra: int = 0, **policy: int
+    tenants: int, agents: int, extra: int = 0, *, named: bool = False, **policy: int
 ) -> tuple[PoolState, list[Decision]]:
     """A pool of ``agents`` busy agents of capacity 1 and ``WAITING_PER_TENANT`` loads of each
     of ``tenants`` tenants waiting (plus ``extra`` more loads, in the same turn), and the
-    decisions that assigned the loads in flight."""
+    decisions that assigned the loads in flight; ``named``: the policy gives each tenant a
+    weight and a quota."""
     limits = {"max_pending": HUGE, "high_watermark": HUGE, "low_watermark": HUGE} | policy
-    state = PoolState("bench", Policy(ack_timeout_ms=HUGE, heartbeat_timeout_ms=HUGE, **limits))
+    names = [f"t{i}" for i in range(tenants)] if named else []
+    state = PoolState("bench", Policy(
+        ack_timeout_ms=HUGE, heartbeat_timeout_ms=HUGE, **limits,
+        tenant_weights={t: 1.0 + i % 3 for i, t in enumerate(names)},
+        tenant_quotas=dict.fromkeys(names, HUGE),
+    ))  # fmt: skip
     profile = AgentProfile(
         capabilities=frozenset({"x"}), capacity=1, personality=(1.0, 0.0), risk_budget=1e9,
         abstention_threshold=1.0, clearance=Sensitivity.RESTRICTED, regions=frozenset({"eu"}),
@@ -77,10 +87,12 @@ def load(j: int, tenant: str, priority: Priority | None = None) -> LoadSpec:
     )  # fmt: skip
 
 
-def per_result_us(tenants: int, results: int, agents: int = AGENTS) -> float:
+def per_result_us(
+    tenants: int, results: int, agents: int = AGENTS, *, named: bool = False
+) -> float:
     """Microseconds per task result, with ``tenants`` tenants' loads waiting: each frees an
     agent, which takes the next load in the order of service."""
-    state, running = busy_pool(tenants, agents, results)
+    state, running = busy_pool(tenants, agents, results, named=named)
     start = time.perf_counter()
     for k in range(results):
         d = running[k]
@@ -90,21 +102,23 @@ def per_result_us(tenants: int, results: int, agents: int = AGENTS) -> float:
     return (time.perf_counter() - start) / results * 1e6
 
 
-def per_return_us(tenants: int, arrivals: int, agents: int = AGENTS) -> float:
+def per_return_us(
+    tenants: int, arrivals: int, agents: int = AGENTS, *, named: bool = False
+) -> float:
     """Microseconds per arrival of a load of a tenant with none waiting (it starts at the
     least service of those waiting), with ``tenants`` tenants' loads waiting."""
-    state, _ = busy_pool(tenants, agents)
+    state, _ = busy_pool(tenants, agents, named=named)
     start = time.perf_counter()
     for k in range(arrivals):
         state.apply(LoadArrived(f"new{k}", 1, load(HUGE + k, f"new{k}")))
     return (time.perf_counter() - start) / arrivals * 1e6
 
 
-def per_low_us(tenants: int, arrivals: int, agents: int = AGENTS) -> float:
+def per_low_us(tenants: int, arrivals: int, agents: int = AGENTS, *, named: bool = False) -> float:
     """Microseconds per low-priority arrival above the high watermark (deferred if its
     tenant holds its weighted share of the waiting loads), with ``tenants`` tenants'
     loads waiting."""
-    state, _ = busy_pool(tenants, agents, high_watermark=0)
+    state, _ = busy_pool(tenants, agents, high_watermark=0, low_watermark=0, named=named)
     start = time.perf_counter()
     for k in range(arrivals):
         spec = load(HUGE + k, f"t{k % tenants}", Priority.LOW)
@@ -112,11 +126,11 @@ def per_low_us(tenants: int, arrivals: int, agents: int = AGENTS) -> float:
     return (time.perf_counter() - start) / arrivals * 1e6
 
 
-def per_full_us(tenants: int, arrivals: int, agents: int = AGENTS) -> float:
+def per_full_us(tenants: int, arrivals: int, agents: int = AGENTS, *, named: bool = False) -> float:
     """Microseconds per arrival at a full queue (the newest load of the tenant holding the
     most waiting loads for its weight is shed for it), with ``tenants`` tenants' loads
     waiting."""
-    state, _ = busy_pool(tenants, agents, max_pending=tenants * WAITING_PER_TENANT)
+    state, _ = busy_pool(tenants, agents, max_pending=tenants * WAITING_PER_TENANT, named=named)
     start = time.perf_counter()
     for k in range(arrivals):
         spec = load(HUGE + k, f"new{k % 7}", Priority.NORMAL)
@@ -129,13 +143,16 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, nargs="+", default=[10, 100, 1000, 10000])
     parser.add_argument("--results", type=int, default=3000)
     parser.add_argument("--agents", type=int, default=AGENTS, help="busy agents")
+    parser.add_argument("--named", action="store_true",
+                        help="the policy names each tenant: a weight and a quota")  # fmt: skip
     args = parser.parse_args()
     base: list[float] = []
     columns = {"result": per_result_us, "return": per_return_us, "low": per_low_us,
                "full": per_full_us}  # fmt: skip
     print(f"{'tenants':>8}" + "".join(f" {'us/' + c:>10} {'x fewest':>9}" for c in columns))
     for tenants in args.tenants:
-        row = [measure(tenants, args.results, args.agents) for measure in columns.values()]
+        row = [measure(tenants, args.results, args.agents, named=args.named)
+               for measure in columns.values()]  # fmt: skip
         base = base or row
         print(
             f"{tenants:>8}"

@@ -542,6 +542,37 @@ def test_a_low_load_at_the_watermark_is_judged_alike_whatever_order_the_others_c
     assert (low.outcome, low.reason) == (Outcome.QUEUED, "NO_CANDIDATE")
 
 
+def test_a_low_load_at_the_watermark_is_judged_by_the_policys_weights_now() -> None:
+    """(The weights of the tenants waiting are summed as they come and go, for the policy
+    they were summed for: a new policy sums them anew.)"""
+    base = Policy(high_watermark=2, low_watermark=1)
+    state = PoolState("p", base)
+    state.apply(arrive("a0", 0, tenant="a"))
+    state.apply(arrive("b0", 1, tenant="b"))
+    (low,) = state.apply(arrive("a-low", 2, tenant="a", priority=Priority.LOW))
+    assert low.outcome is Outcome.DEFERRED  # a holds 2 of 3 for half the weight
+    state.apply(PolicyChanged(3, replace(base, version=2, tenant_weights={"b": 0.25})))
+    (low,) = state.apply(arrive("a-low2", 4, tenant="a", priority=Priority.LOW))
+    # a would hold 3 of 4 waiting for 1 / 1.25 of the weight: below its share.
+    assert (low.outcome, low.reason) == (Outcome.QUEUED, "NO_CANDIDATE")
+
+
+def test_the_reserve_holds_back_by_the_policys_weights_now() -> None:
+    """(As above, for the weights of the tenants contending.)"""
+    state = ten_agents(0.2)  # 2 of 10 agents
+    state.apply(arrive("g0", 0, tenant="globex"))
+    for i in range(9):
+        state.apply(arrive(f"a{i}", 1 + i, tenant="acme"))
+    (held,) = state.apply(arrive("a-crit", 20, tenant="acme", priority=Priority.CRITICAL))
+    assert held.reason == "FAIR_SHARE_RESERVE"  # acme runs 7 of 8 for half the weight
+    weighs = replace(state.policy, version=2, tenant_weights={"globex": 0.125})
+    out = state.apply(PolicyChanged(20, weighs))  # 7 of 8 for 8 / 9 of the weight: not above
+    assert [(d.load_id, d.outcome) for d in out] == [
+        ("a-crit", Outcome.ASSIGNED),
+        ("a7", Outcome.ASSIGNED),  # (the last agent)
+    ]
+
+
 def test_a_full_queue_sheds_the_flooding_tenant_not_the_newcomer() -> None:
     state = PoolState("p", Policy(max_pending=4, high_watermark=4, low_watermark=3))
     for i in range(4):  # no agents: acme fills the queue
