@@ -13,6 +13,7 @@ import heapq
 import math
 from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Container, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from fractions import Fraction
@@ -180,7 +181,7 @@ class _Over:
 
     def __init__(  # noqa: PLR0917 - what the question is about, in the order it is asked
         self, running: Mapping[str, int], extra: Mapping[str, int], weights: float,
-        total: int, named: Mapping[str, float], also: frozenset[str],
+        total: int, named: Mapping[str, float], also: AbstractSet[str],
     ) -> None:  # fmt: skip
         self._running, self._extra, self._weights, self._total = running, extra, weights, total
         self._weight, self._also = named.get, also
@@ -249,6 +250,11 @@ class PoolState:
         self.served: dict[str, float] = {}  # tenant -> assignments / weight (fair share)
         self.vtime = 0.0  # the served count of the last load's tenant when it was served
         self.running: dict[str, int] = {}  # tenant -> loads in flight (quotas)
+        # The tenants whose loads in flight have reached their quota, and the policy whose
+        # quotas they are (made anew for another): a look at every quota cost each pop
+        # O(quotas), with a policy giving many tenants one.
+        self.at_quota: set[str] = set()
+        self.quotas_for: Policy | None = None
         self.backlog: dict[str, int] = {}  # tenant -> pending loads
         # The tenants with loads in flight, or waiting that an agent qualifies for
         # (``_contends``: kept, as ``_held`` asks at every pop while the pool is busy); and,
@@ -921,7 +927,7 @@ class PoolState:
 
     def _held(
         self, open_agents: int, extra: dict[str, int] | None = None,
-        also: frozenset[str] = frozenset(),
+        also: AbstractSet[str] = frozenset(),
     ) -> Container[str]:  # fmt: skip
         """The tenants that may not take the last open agents (policy ``fair_share_reserve``),
         and those in ``also``: with ``open_agents`` down to the reserve, those whose loads
@@ -953,15 +959,21 @@ class PoolState:
         weights = on.total(others, more) / _OVER_SHARE
         return _Over(self.running, extra or {}, weights, total, named, also)
 
-    def _at_quota(self, extra: dict[str, int] | None = None) -> frozenset[str]:
-        """Tenants whose loads in flight (plus ``extra``) have reached their quota."""
-        quotas = self.policy.tenant_quotas
+    def _at_quota(self, extra: dict[str, int] | None = None) -> AbstractSet[str]:
+        """Tenants whose loads in flight (plus ``extra``) have reached their quota (without
+        ``extra``, ``at_quota`` itself: to be asked, not kept)."""
+        quotas, running = self.policy.tenant_quotas, self.running
         if not quotas:
             return frozenset()
-        return frozenset(
-            t for t, q in quotas.items()
-            if self.running.get(t, 0) + (extra or {}).get(t, 0) >= q
-        )  # fmt: skip
+        if self.quotas_for is not self.policy:
+            self.at_quota = {t for t, q in quotas.items() if running.get(t, 0) >= q}
+            self.quotas_for = self.policy
+        if not extra:
+            return self.at_quota
+        return self.at_quota | {
+            t for t, n in extra.items()
+            if (q := quotas.get(t)) is not None and running.get(t, 0) + n >= q
+        }  # fmt: skip
 
     def _unpark(self) -> None:
         """Returns to the queue the loads that may match now."""
@@ -1143,7 +1155,9 @@ class PoolState:
         ls.last_match = m
         self.in_flight[spec.load_id] = ls
         self.held.setdefault(agent_id, {})[spec.load_id] = None
-        self.running[spec.tenant] = self.running.get(spec.tenant, 0) + 1
+        runs = self.running[spec.tenant] = self.running.get(spec.tenant, 0) + 1
+        if (quota := self.policy.tenant_quotas.get(spec.tenant)) is not None and runs >= quota:
+            self.at_quota.add(spec.tenant)
         if spec.tenant not in self.contending:
             self._contend(spec.tenant, 1)
         weight = self.policy.tenant_weight(spec.tenant)
@@ -1356,8 +1370,13 @@ class PoolState:
             return
         row = self.agents.row[ls.agent]
         self.agents.add_load(row, ls.spec.risk, -1)
-        _less(self.running, ls.spec.tenant)
-        self._contends(ls.spec.tenant)
+        tenant = ls.spec.tenant
+        _less(self.running, tenant)
+        if tenant in self.at_quota and (
+            self.running.get(tenant, 0) < self.policy.tenant_quotas.get(tenant, 0)
+        ):  # (a quota lowered while loads ran may still be reached)
+            self.at_quota.discard(tenant)
+        self._contends(tenant)
         self.held[ls.agent].pop(ls.spec.load_id, None)
         self.in_flight.pop(ls.spec.load_id, None)
         ls.agent, ls.decision_id = None, None

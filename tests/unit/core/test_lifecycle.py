@@ -615,6 +615,30 @@ def test_a_tenant_at_its_quota_waits_while_others_are_served() -> None:
     ]
 
 
+def test_a_quota_lowered_while_loads_run_holds_as_they_finish() -> None:
+    state = one_agent(Policy(tenant_quotas={"acme": 3}), capacity=5)
+    running = [assigned(state, f"a{i}", i, tenant="acme") for i in range(3)]
+    lowered = replace(state.policy, version=2, tenant_quotas={"acme": 1})
+    state.apply(PolicyChanged(3, lowered))
+    (held,) = state.apply(arrive("a3", 4, tenant="acme"))
+    assert held.reason == "TENANT_QUOTA"
+    first = running[0]
+    freed = state.apply(report(first.decision_id, "a0", "a1", TaskOutcome.SUCCESS, time_ms=5))
+    assert [d.outcome for d in freed] == [Outcome.COMPLETED]  # 2 still run, for a quota of 1
+    (held,) = state.apply(arrive("a4", 6, tenant="acme"))
+    assert held.reason == "TENANT_QUOTA"
+
+
+def test_a_quota_raised_lets_the_loads_it_held_run() -> None:
+    state = one_agent(Policy(tenant_quotas={"acme": 1}), capacity=5)
+    assigned(state, "a0", 0, tenant="acme")
+    (held,) = state.apply(arrive("a1", 1, tenant="acme"))
+    assert held.reason == "TENANT_QUOTA"
+    raised = replace(state.policy, version=2, tenant_quotas={"acme": 3})
+    out = state.apply(PolicyChanged(1, raised))
+    assert [(d.load_id, d.outcome) for d in out] == [("a1", Outcome.ASSIGNED)]
+
+
 def test_quotas_hold_in_batched_mode_too() -> None:
     policy = Policy(tenant_quotas={"acme": 1}, mode="batched", batch_window_ms=10)
     state = one_agent(policy, capacity=3)

@@ -644,6 +644,10 @@ def _waiting_books(state: PoolState) -> None:
         asked = {t for t in (*TENANTS, "t8", "t9", 0) if t in held}
         assert asked == _held_by_definition(state, extra) | {"t8"}, extra
     p = state.policy
+    for extra in (None, {"t0": 1}, {"t0": 1, "t9": 1}):  # (tenants at their quota, kept)
+        at = {t for t, q in p.tenant_quotas.items()
+              if state.running.get(t, 0) + (extra or {}).get(t, 0) >= q}  # fmt: skip
+        assert set(state._at_quota(extra)) == at, extra
     for cls in (Priority.LOW, Priority.NORMAL, Priority.HIGH):  # (whose load a full queue sheds)
         shares = [(backlog[t] / p.tenant_weight(t), t) for t, c in by_class if c is cls]
         assert state._heaviest(cls) == max(shares, default=None), cls
