@@ -21,8 +21,10 @@ import copy
 import hashlib
 import multiprocessing
 import os
+import signal
+import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -232,20 +234,44 @@ def _audit_in_process(job: _Job, partition: int) -> PartitionAudit:
 async def _in_processes(
     job: _Job, parts: list[int], progress: Callable[[int], None] | None, jobs: int
 ) -> list[PartitionAudit]:
+    """Audits ``parts`` in ``jobs`` processes. They start with Ctrl-C ignored (it came to
+    each, and each printed its KeyboardInterrupt): this one stops them when it is cancelled."""
     ctx = multiprocessing.get_context("spawn")  # not fork: this process runs an event loop
     counter = ctx.Value("q", 0)
     loop = asyncio.get_running_loop()
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_share,
                              initargs=(counter,)) as pool:  # fmt: skip
-        done = asyncio.gather(*(loop.run_in_executor(pool, _audit_in_process, job, p)
-                                for p in parts))  # fmt: skip
-        shown, finished = 0, False
-        while not finished:
-            finished = bool((await asyncio.wait({done}, timeout=0.5))[0])
-            if progress is not None and counter.value != shown:
-                shown = counter.value
-                progress(shown)
+        with _interrupts_ignored():  # (the processes start as the work is handed out)
+            done = asyncio.gather(*(loop.run_in_executor(pool, _audit_in_process, job, p)
+                                    for p in parts))  # fmt: skip
+        try:
+            shown, finished = 0, False
+            while not finished:
+                finished = bool((await asyncio.wait({done}, timeout=0.5))[0])
+                if progress is not None and counter.value != shown:
+                    shown = counter.value
+                    progress(shown)
+        except BaseException:
+            done.cancel()  # (and its outcome taken, so none is reported as never retrieved)
+            done.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+            for process in list(getattr(pool, "_processes", {}).values()):  # (3.14 has
+                process.terminate()  # terminate_workers(); else shutting down waits for them)
+            raise
         return list(done.result())
+
+
+@contextlib.contextmanager
+def _interrupts_ignored() -> Iterator[None]:
+    """SIGINT ignored meanwhile, so processes started meanwhile ignore it (in the main
+    thread: the only one that may set how a signal is handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @dataclass(frozen=True, slots=True)

@@ -542,6 +542,8 @@ async def _drive(
             try:
                 await asyncio.sleep(1.0)
             except asyncio.CancelledError:
+                if (task := asyncio.current_task()) is not None:
+                    task.uncancel()  # (handled: what follows is not cancelled, ``closing``)
                 break  # Ctrl-C: stop sending, summarise
             await tally.poll()
             o, recent = tally.outcomes, fleet.stats.recent_latency_ms

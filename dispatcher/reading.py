@@ -4,7 +4,7 @@ demo share."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -21,6 +21,7 @@ from dispatcher.errors import BrokerError, ConfigError
 __all__ = [
     "PROGRESS_EVERY",
     "bounds",
+    "closing",
     "committed_offsets",
     "end_offsets",
     "partitions",
@@ -64,7 +65,7 @@ async def partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
     except KafkaError as exc:
         raise BrokerError(f"reading the partitions of {topic!r} at {bootstrap}: {exc!r}") from exc
     finally:
-        await admin.close()
+        await closing(admin.close())
     raise BrokerError(f"no topic {topic!r} with partitions at {bootstrap} (is the topic "
                       "prefix right?)")  # fmt: skip
 
@@ -82,7 +83,7 @@ async def end_offsets(bootstrap: str, tps: list[TopicPartition]) -> dict[TopicPa
     except KafkaError as exc:
         raise BrokerError(f"reading end offsets at {bootstrap}: {exc!r}") from exc
     finally:
-        await consumer.stop()
+        await closing(consumer.stop())
 
 
 async def bounds(bootstrap: str, tp: TopicPartition) -> tuple[int, int]:
@@ -100,7 +101,22 @@ async def bounds(bootstrap: str, tp: TopicPartition) -> tuple[int, int]:
         raise BrokerError(f"reading the offsets of {tp.topic}[{tp.partition}] at {bootstrap}: "
                           f"{exc!r}") from exc  # fmt: skip
     finally:
-        await consumer.stop()
+        await closing(consumer.stop())
+
+
+async def closing(stop: Awaitable[None]) -> None:
+    """Awaits ``stop`` (an aiokafka client's ``stop()`` or ``close()``), then raises again a
+    cancellation of this task that it swallowed.
+
+    aiokafka 0.14 closes its fetcher and client by cancelling their tasks and awaiting
+    them with CancelledError suppressed: a Ctrl-C that came meanwhile was lost, and an
+    audit interrupted went on to its end, said OK and exited 0. (A task that means to go
+    on after a cancellation says so with ``uncancel()``, as the demo's summary does.)
+    """
+    await stop
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def replay_consumer(bootstrap: str) -> AIOKafkaConsumer:
@@ -143,7 +159,7 @@ async def committed_offsets(
             if not isinstance(exc, _NO_COORDINATOR) or asyncio.get_running_loop().time() > deadline:
                 raise BrokerError(f"offsets of group {group} at {bootstrap}: {exc!r}") from exc
         finally:
-            await admin.close()
+            await closing(admin.close())
         await asyncio.sleep(0.3)
     return {tp.partition: om.offset for tp, om in offsets.items()
             if tp.topic == topic and om.offset >= 0}  # fmt: skip
@@ -172,4 +188,4 @@ async def read_chunks(bootstrap: str, tp: TopicPartition) -> AsyncGenerator[list
     except KafkaError as exc:
         raise BrokerError(f"reading {tp.topic}[{tp.partition}] at {bootstrap}: {exc!r}") from exc
     finally:
-        await consumer.stop()
+        await closing(consumer.stop())

@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from dispatcher.errors import BrokerError, TopicsFileError
+from dispatcher.reading import closing
 from dispatcher.settings import PROJECT_ROOT
 
 __all__ = [
@@ -317,7 +318,7 @@ async def _admin(bootstrap_servers: str, seconds: float) -> AsyncIterator[AIOKaf
         await _admin_call(f"connecting to Kafka at {bootstrap_servers}", admin.start(), seconds)
         yield admin
     finally:
-        await admin.close()
+        await closing(admin.close())
 
 
 async def apply_topics(

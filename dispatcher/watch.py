@@ -16,6 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from dispatcher.errors import BrokerError
+from dispatcher.reading import closing
 
 __all__ = ["topic_totals", "watch_topics"]
 
@@ -80,5 +81,7 @@ async def watch_topics(
     except KafkaError as exc:
         raise BrokerError(f"watching topics at {bootstrap_servers} failed: {exc!r}") from exc
     finally:
-        await consumer.stop()
-        await admin.close()
+        try:
+            await closing(consumer.stop())
+        finally:
+            await closing(admin.close())

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from dispatcher.reading import read_chunks
 
 
 async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
@@ -64,3 +67,33 @@ def test_produce_and_consume_through_the_real_broker(
         assert len({p for p, k, _ in got if k == key}) == 1
         assert [v for _, k, v in got if k == key] == [v for k2, v in records if k2 == key]
     assert asyncio.run(_committed(kafka_bootstrap, topic, group, 3)) == len(records)
+
+
+def test_a_reader_cancelled_while_its_consumer_stops_is_cancelled(
+    kafka_bootstrap: str,
+    new_topics: Callable[..., list[str]],
+    unique: Callable[[str], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aiokafka's consumer, stopping, awaits its fetcher's task with CancelledError
+    suppressed, so a cancellation of the reader that comes meanwhile was lost: an audit
+    interrupted there by Ctrl-C went on to its end, said OK and exited 0."""
+    (topic,) = new_topics(unique("cancelled"), partitions=1)
+    asyncio.run(_produce(kafka_bootstrap, topic, [(b"k", b"v")] * 3))
+    stop = AIOKafkaConsumer.stop
+
+    async def cancelled_while_stopping(consumer: AIOKafkaConsumer) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()  # (as Ctrl-C does, at the next await: in the consumer's stop)
+        await stop(consumer)
+
+    monkeypatch.setattr(AIOKafkaConsumer, "stop", cancelled_while_stopping)
+
+    async def read() -> int:
+        return sum(
+            [len(chunk) async for chunk in read_chunks(kafka_bootstrap, TopicPartition(topic, 0))]
+        )
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(read())
