@@ -318,15 +318,25 @@ class PoolState:
             if key in self.seen:
                 return []
         out: list[Decision] = []
+        changed = False  # (a policy took effect with this event)
         if not isinstance(event, PolicyChanged):  # (a policy's time is when it takes effect)
             self.now_ms = max(self.now_ms, event.time_ms)
             if self.scheduled and self.scheduled[0].time_ms <= self.now_ms:
-                self._policy_due(event.source, out)
+                changed = self._policy_due()
         if key is not None:
             # Stamped with the pool's clock, which never goes back: the oldest key is
             # always first, so pruning reads from the front.
             self.seen[key] = self.now_ms
             self.seen_order.append(key)
+        self._handle(event, out)
+        if changed:
+            # Served under the policy after the event, not before it: the loads its change
+            # let go went to agents the event was about to take away (lost at this tick,
+            # gone offline, or with less room in a new profile).
+            self._drain(event.source, out)
+        return out
+
+    def _handle(self, event: Event, out: list[Decision]) -> None:
         match event:
             case AgentRegistered():
                 self._on_agent_registered(event, out)
@@ -342,7 +352,6 @@ class PoolState:
                 self._on_tick(event, out)
             case PolicyChanged():
                 self._on_policy_changed(event, out)
-        return out
 
     # -- agents -------------------------------------------------------------------------
 
@@ -605,11 +614,12 @@ class PoolState:
         if not isinstance(e.policy, Policy) or e.policy.version <= self.policy.version:
             return  # policies only move forward; a replayed older one changes nothing
         bisect.insort(self.scheduled, e, key=lambda x: x.time_ms)  # after those due as early
-        if e.time_ms <= self.now_ms:
-            self._policy_due(e.source, out)
+        if e.time_ms <= self.now_ms and self._policy_due():
+            self._drain(e.source, out)
 
-    def _policy_due(self, source: Source, out: list[Decision]) -> None:
-        """Applies the scheduled policies whose time has come (a newer version only)."""
+    def _policy_due(self) -> bool:
+        """Applies the scheduled policies whose time has come (a newer version only);
+        whether one did (the queue is then to be drained)."""
         changed = False
         while self.scheduled and self.scheduled[0].time_ms <= self.now_ms:
             policy = self.scheduled.pop(0).policy
@@ -622,7 +632,7 @@ class PoolState:
             self.scheduled = [e for e in self.scheduled if getattr(e.policy, "version", -1) > now]
             self._wake(None)
             self.profiles += 1
-            self._drain(source, out)
+        return changed
 
     def _prune(self, before_ms: int) -> None:
         """Forgets event keys, finished loads and sessions older than the dedupe window.

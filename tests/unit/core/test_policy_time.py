@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from dispatcher.codecs import Codec
 from dispatcher.codecs import models as m
-from dispatcher.core import DEFAULT_POLICY, Outcome, PolicyChanged, PoolState
+from dispatcher.core import DEFAULT_POLICY, AgentStatusKind, Outcome, PolicyChanged, PoolState
 from dispatcher.worker.fold import PartitionFold
-from tests.unit.core.builders import arrive, available, register, tick
+from tests.unit.core.builders import arrive, available, register, status, tick
 
 DAY = 86_400_000
 
@@ -74,3 +76,27 @@ def test_a_pool_that_appears_later_gets_the_policies_at_their_times() -> None:
         assert fold.pools[pool].policy.version == version
     fold.apply_event(m.Tick(pool="q", event_time_ms=DAY), tick(DAY))
     assert fold.pools["q"].policy.version == 4
+
+
+@pytest.mark.parametrize("then", ["offline", "smaller", "lost"])
+def test_a_policy_that_comes_due_with_an_event_serves_the_queue_after_it(then: str) -> None:
+    """Before, the loads a policy let go were served before the event that brought the
+    policy's time was applied: to an agent that event took offline, lost at that tick, or
+    whose new profile had no room left (one over its capacity)."""
+    s = working_pool(capacity=2)  # a1 runs L1
+    (waits,) = s.apply(arrive("L2", time_ms=1_600, required=frozenset({"gpu"})))  # a1 has none
+    assert waits.outcome is Outcome.QUEUED
+    loose = replace(DEFAULT_POLICY, version=2, disabled_constraints=frozenset({"capability"}))
+    s.apply(PolicyChanged(5_000, loose))  # lets L2 go to a1, from then on
+    event = {
+        "offline": status("a1", AgentStatusKind.OFFLINE, seq=3, time_ms=5_000),
+        "smaller": register("a1", seq=3, time_ms=5_000, capacity=1),
+        "lost": tick(5_000 + DEFAULT_POLICY.heartbeat_timeout_ms),
+    }[then]
+    if then != "lost":
+        s.apply(status("a1", AgentStatusKind.HEARTBEAT, seq=2, time_ms=4_999))  # (not lost)
+    out = s.apply(event)
+    assert s.policy.version == 2
+    assert [d for d in out if d.load_id == "L2" and d.outcome is Outcome.ASSIGNED] == []
+    t = s.agents
+    assert int(t.active[t.row["a1"]]) <= int(t.capacity[t.row["a1"]])
