@@ -27,6 +27,7 @@ __all__ = [
     "MAX_EMBEDDING_DIM",
     "MAX_EPOCH_MS",
     "MAX_LIST_ITEMS",
+    "MAX_RISK",
     "MAX_TOPIC_CHARS",
     "AgentEvent",
     "AgentEventKind",
@@ -62,6 +63,9 @@ MAX_LIST_ITEMS = 1024
 MAX_MAP_ITEMS = 1024
 MAX_TOPIC_CHARS = 249  # Kafka's limit
 MAX_EPOCH_MS = 2**53  # exact in a double, so in JSON and JavaScript too
+# Risk scores and budgets: an agent's risk in use sums the scores of its loads (up to its
+# capacity), and a sum that rounded to infinity took the agent out of use for good.
+MAX_RISK = 1e9
 # The ranges of Avro's int and long: every integer field is bounded by its schema type, or
 # fastavro writes an "int" that Java readers refuse, or fails a "long" with OverflowError.
 INT_MAX = 2**31 - 1
@@ -151,7 +155,7 @@ class AgentProfile(Record):
     cpu_millicores: Count
     memory_mb: Count
     personality: Embedding
-    risk_budget: Annotated[float, Field(ge=0)]
+    risk_budget: Annotated[float, Field(ge=0, le=MAX_RISK)]
     abstention_threshold: Annotated[float, Field(ge=0, le=1)]
     clearance: Sensitivity
     regions: Names
@@ -204,7 +208,7 @@ class LoadSpec(Record):
     created_at_ms: EpochMs
     deadline_ms: EpochMs | None = None
     estimated_duration_ms: DurationMs
-    risk_score: Annotated[float, Field(ge=0)]
+    risk_score: Annotated[float, Field(ge=0, le=MAX_RISK)]
     session_id: Id | None = None
     zone: Name | None = None
 

@@ -155,6 +155,20 @@ FAILURES = [
         "load.risk_score",
     ),
     (
+        "a risk past the bound",  # (an agent's sum of them rounded to infinity: out for good)
+        _raw("LoadEvent", _load_event(risk_score=1.1e9)),
+        None,
+        m.DeadLetterReason.INVALID,
+        "load.risk_score: Input should be less than or equal to 1000000000",
+    ),
+    (
+        "a risk budget past the bound",
+        _raw("AgentEvent", _agent_event(risk_budget=1e308)),
+        None,
+        m.DeadLetterReason.INVALID,
+        "profile.risk_budget: Input should be less than or equal to 1000000000",
+    ),
+    (
         "deadline before created",
         _raw("LoadEvent", _load_event(deadline_ms=1)),
         None,
