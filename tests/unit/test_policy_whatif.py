@@ -62,6 +62,7 @@ def test_the_example_policy_is_valid() -> None:
         ({"document.timeouts_ms": {"dedupe_window": 0}}, "timeouts_ms.dedupe_window: 0"),
         ({"document.timeouts_ms": {"ack": 2**53}}, "more than a year"),
         ({"document.batch_max_loads": 2**31 - 1}, "batch_max_loads: 2147483647 (at most"),
+        ({"document.batch_max_loads": 1_025}, "batch_max_loads: 1025 (at most 1,024)"),
         ({"document.tenant_weights": {"acme": 5e-324}}, "tenant_weights.acme: 5e-324 (tenant"),
         ({"document.tenant_weights": {"acme": 1e7}}, "tenant_weights.acme: 10000000.0 (tenant"),
     ],
