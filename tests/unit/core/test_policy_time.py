@@ -12,7 +12,14 @@ import pytest
 
 from dispatcher.codecs import Codec
 from dispatcher.codecs import models as m
-from dispatcher.core import DEFAULT_POLICY, AgentStatusKind, Outcome, PolicyChanged, PoolState
+from dispatcher.core import (
+    DEFAULT_POLICY,
+    AgentStatusKind,
+    Event,
+    Outcome,
+    PolicyChanged,
+    PoolState,
+)
 from dispatcher.worker.fold import PartitionFold
 from tests.unit.core.builders import arrive, available, register, status, tick
 
@@ -88,11 +95,12 @@ def test_a_policy_that_comes_due_with_an_event_serves_the_queue_after_it(then: s
     assert waits.outcome is Outcome.QUEUED
     loose = replace(DEFAULT_POLICY, version=2, disabled_constraints=frozenset({"capability"}))
     s.apply(PolicyChanged(5_000, loose))  # lets L2 go to a1, from then on
-    event = {
+    events: dict[str, Event] = {
         "offline": status("a1", AgentStatusKind.OFFLINE, seq=3, time_ms=5_000),
         "smaller": register("a1", seq=3, time_ms=5_000, capacity=1),
         "lost": tick(5_000 + DEFAULT_POLICY.heartbeat_timeout_ms),
-    }[then]
+    }
+    event = events[then]
     if then != "lost":
         s.apply(status("a1", AgentStatusKind.HEARTBEAT, seq=2, time_ms=4_999))  # (not lost)
     out = s.apply(event)
