@@ -590,6 +590,15 @@ class PoolState:
             return ls
         return None
 
+    def idle(self) -> bool:
+        """Whether nothing here sets this pool apart from a new one under the same policies
+        beyond its clock and its tenants' fair-share service: no agent, no load waiting, in
+        flight or finished within the dedupe window, no event key, no session. (Its fold
+        then drops it: a record naming a pool once, a stray tick, made a pool kept for ever
+        and looked at by every timer.)"""
+        return not (self.agents.n or self.pending or self.in_flight or self.seen
+                    or self.done or self.sessions)  # fmt: skip
+
     def wants_tick(self, now_ms: int) -> bool:
         """Whether a tick at ``now_ms`` can change anything here: loads waiting or in flight
         (to time out, retry or escalate), agents whose heartbeats can time out, a policy
@@ -661,6 +670,8 @@ class PoolState:
         (at least 64: the table is rebuilt)."""
         t = self.agents
         n = t.n
+        if n < _FORGET_AT_LEAST:  # (as few gone as that: none forgotten; a cheap look)
+            return None
         status = t.status[:n]
         gone = ((status != AgentStatus.AVAILABLE) & (status != AgentStatus.DRAINING)
                 & (t.active[:n] == 0)

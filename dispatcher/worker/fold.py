@@ -6,7 +6,9 @@ fold the same bytes through this class, so they reach the same decisions.
 A partition holds many pools. Each record names its pool; a PolicyUpdate
 (fanned out to every partition by the sequencer) goes to every pool of the
 partition, in pool-name order, and to the pools that appear later; each pool
-applies it from its effective time on (``core.PoolState``).
+applies it from its effective time on (``core.PoolState``). A pool left with nothing in
+it (``core.PoolState.idle``) is dropped, and made anew by the next record naming it: the
+fold of the same records drops it at the same record, so replays decide alike.
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ class PartitionFold:
                 for update in self.policies:  # (an empty pool: no decisions)
                     state.apply(update)
             out = state.apply(event)
+            if state.idle():  # (what any later record finds again: a new pool)
+                del self.pools[pool]
         for d in out:
             counts = self.counts.setdefault(d.pool, {})
             counts[d.outcome.value] = counts.get(d.outcome.value, 0) + 1

@@ -198,8 +198,9 @@ def test_a_policy_with_a_semantic_problem_is_refused_even_if_published_around_th
 
 
 def test_the_timer_ticks_the_pools_a_tick_can_change_only() -> None:
-    """Not the empty pools any record makes, nor a pool whose agents all left (before, it
-    was ticked for ever), nor one whose agent never became available."""
+    """Not the empty pools any record makes (those holding nothing are not even kept), nor
+    a pool whose agents all left (before, it was ticked for ever), nor one whose agent
+    never became available."""
     d = Dispatcher(CFG)
     fold = d.folds[0] = PartitionFold(CFG.topics.input_sequence, 0, CODEC)
     profile = agent_profile(np.random.default_rng(1), capacity=1)
@@ -219,7 +220,7 @@ def test_the_timer_ticks_the_pools_a_tick_can_change_only() -> None:
     ]  # fmt: skip
     for offset, record in enumerate(records):
         fold.apply(CODEC.encode(record), offset)
-    assert len(fold.pools) == 6
+    assert sorted(fold.pools) == ["busy", "left", "waiting"]  # (not the junk: kept for ever)
     assert d.ticking(2) == ["busy"]
     fold.apply(CODEC.encode(load_event(np.random.default_rng(2), "left", "L1")), len(records))
     assert d.ticking(2) == ["busy", "left"]  # a load waits there now
@@ -232,6 +233,7 @@ def test_the_timer_ticks_the_pools_a_tick_can_change_only() -> None:
     assert "stray" not in d.ticking(2)
     assert "stray" in d.ticking(2 + window)
     fold.apply(CODEC.encode(m.Tick(pool="stray", event_time_ms=2 + window)), len(records) + 2)
+    assert "stray" not in fold.pools  # (its key forgotten, nothing was left in it)
     assert "stray" not in d.ticking(3 + window)
 
 

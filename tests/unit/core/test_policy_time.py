@@ -78,8 +78,8 @@ def test_a_pool_that_appears_later_gets_the_policies_at_their_times() -> None:
     for version, at in ((2, 1_000), (3, DAY), (4, DAY), (4, DAY)):  # 4 makes 3 moot; a copy
         fold.apply_event(m.Tick(pool="p", event_time_ms=0), policy(version, at))
     assert [(p.time_ms, p.policy.version) for p in fold.policies] == [(1_000, 2), (DAY, 4)]  # type: ignore[attr-defined]
-    for pool, at, version in (("q", 2_000, 2), ("r", DAY, 4)):
-        fold.apply_event(m.Tick(pool=pool, event_time_ms=at), tick(at))
+    for pool, at, version in (("q", 2_000, 2), ("r", DAY, 4)):  # (an agent: the pool stays)
+        fold.apply_event(m.Tick(pool=pool, event_time_ms=at), register("a", time_ms=at))
         assert fold.pools[pool].policy.version == version
     fold.apply_event(m.Tick(pool="q", event_time_ms=DAY), tick(DAY))
     assert fold.pools["q"].policy.version == 4
