@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ctypes
 import fcntl
 import json
 import logging
@@ -676,8 +677,8 @@ def _start_worker(
     demo: _DemoRun, bootstrap: str, redis_url: str, policy_keys: Mapping[str, bytes]
 ) -> subprocess.Popen[bytes]:
     """A worker process on the demo's topics, in its own session (Ctrl-C reaches us, and
-    we stop it), holding the run's lock too; its app id (consumer group) is the demo's
-    own."""
+    we stop it), holding the run's lock too, and told to stop when this process ends,
+    killed -9 too (``_stop_with_parent``); its app id (consumer group) is the demo's own."""
     log_path, prefix = demo.log, demo.prefix
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -690,7 +691,7 @@ def _start_worker(
             [sys.executable, "-m", "dispatcher", "worker", "--web-port", str(web_port),
              "--topic-prefix", prefix, "--app-id", f"{prefix}dispatcher", "--loglevel", "info"],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            pass_fds=(demo.lock,),
+            pass_fds=(demo.lock,), preexec_fn=_stop_with_parent(),  # noqa: PLW1509 - below
         )  # fmt: skip
     deadline = time.monotonic() + 120
     try:
@@ -704,6 +705,25 @@ def _start_worker(
         raise
     click.echo(f"worker: pid {proc.pid}, web http://127.0.0.1:{web_port}/, log {log_path}")
     return proc
+
+
+def _stop_with_parent() -> Callable[[], None] | None:
+    """What a child runs before it starts the worker, on Linux: SIGTERM to it when this
+    process ends (PR_SET_PDEATHSIG, kept across exec). A `dispatcher run` killed with -9
+    left its worker running, holding the run's lock, so the next run kept its topics.
+    (Looked up here: the child only calls it, taking no lock a thread of ours may hold.)"""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: the worker outlives a run killed -9
+        return None
+    parent = os.getpid()
+
+    def child() -> None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # (it died already: the signal will not come)
+            os._exit(1)
+
+    return child
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -167,3 +167,40 @@ def test_a_start_that_fails_half_way_leaves_nothing_running(private_env: dict[st
         time.sleep(0.1)
     assert kafka.up() is True  # and a real start works afterwards
     assert kafka.down() is True
+
+
+def test_a_run_killed_with_9_takes_its_worker_with_it(private_env: dict[str, str]) -> None:
+    """Before, the worker ran on, holding the run's lock: the next run kept its topics."""
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "dispatcher", "run", "--rate", "5", "--agents", "2"],
+        env=private_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 240
+        assert proc.stdout is not None
+        while not (found := re.search(r"^worker: pid (\d+)", lines[-1] if lines else "")):
+            assert time.monotonic() < deadline, "".join(lines)
+            line = proc.stdout.readline()
+            assert line, "dispatcher run ended early:\n" + "".join(lines)
+            lines.append(line)
+        worker = int(found.group(1))
+        proc.kill()
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()  # type: ignore[union-attr]  # (a pipe: asked for above)
+    deadline = time.monotonic() + 60  # (it stops as on SIGTERM: its consumer leaves the group)
+    while _alive(worker):
+        assert time.monotonic() < deadline, f"the worker (pid {worker}) outlived its run"
+        time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie no parent reaped yet does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
