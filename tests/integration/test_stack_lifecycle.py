@@ -114,21 +114,32 @@ def test_up_refuses_a_port_held_by_another_program(private_env: dict[str, str]) 
     assert "Traceback" not in result.stderr
 
 
-def test_run_starts_everything_and_ctrl_c_stops_it(private_env: dict[str, str]) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-u", "-m", "dispatcher", "run", "--rate", "20", "--agents", "10"],
-        env=private_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+def _run(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """`dispatcher run` with ``args``, its output in a pipe."""
+    return subprocess.Popen(
+        [sys.executable, "-u", "-m", "dispatcher", "run", *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+
+
+def _read_until(proc: subprocess.Popen[str], pattern: str, lines: list[str]) -> re.Match[str]:
+    """Reads ``proc``'s output into ``lines`` until a line matches ``pattern`` (4 min at most)."""
+    deadline = time.monotonic() + 240
+    assert proc.stdout is not None
+    while not (found := re.search(pattern, lines[-1] if lines else "")):
+        assert time.monotonic() < deadline, "".join(lines)
+        line = proc.stdout.readline()
+        assert line, "dispatcher run ended early:\n" + "".join(lines)
+        lines.append(line)
+    return found
+
+
+def test_run_starts_everything_and_ctrl_c_stops_it(private_env: dict[str, str]) -> None:
+    proc = _run(private_env, "--rate", "20", "--agents", "10")
     lines: list[str] = []
     try:
-        deadline = time.monotonic() + 240
-        assert proc.stdout is not None
         # Progress lines until the demo's loads are being completed by its agents.
-        while not re.search(r"completed +[1-9]", lines[-1] if lines else ""):
-            assert time.monotonic() < deadline, "".join(lines)
-            line = proc.stdout.readline()
-            assert line, "dispatcher run ended early:\n" + "".join(lines)
-            lines.append(line)
+        _read_until(proc, r"completed +[1-9]", lines)
         assert _status(private_env)["kafka"]["running"]
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         rest, _ = proc.communicate(timeout=120)
@@ -171,20 +182,9 @@ def test_a_start_that_fails_half_way_leaves_nothing_running(private_env: dict[st
 
 def test_a_run_killed_with_9_takes_its_worker_with_it(private_env: dict[str, str]) -> None:
     """Before, the worker ran on, holding the run's lock: the next run kept its topics."""
-    proc = subprocess.Popen(
-        [sys.executable, "-u", "-m", "dispatcher", "run", "--rate", "5", "--agents", "2"],
-        env=private_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    lines: list[str] = []
+    proc = _run(private_env, "--rate", "5", "--agents", "2")
     try:
-        deadline = time.monotonic() + 240
-        assert proc.stdout is not None
-        while not (found := re.search(r"^worker: pid (\d+)", lines[-1] if lines else "")):
-            assert time.monotonic() < deadline, "".join(lines)
-            line = proc.stdout.readline()
-            assert line, "dispatcher run ended early:\n" + "".join(lines)
-            lines.append(line)
-        worker = int(found.group(1))
+        worker = int(_read_until(proc, r"^worker: pid (\d+)", []).group(1))
         proc.kill()
         proc.wait(timeout=10)
     finally:
