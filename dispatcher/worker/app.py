@@ -32,6 +32,7 @@ import functools
 import gc
 import inspect
 import logging
+import sys
 import tempfile
 import time
 import types
@@ -112,6 +113,11 @@ class Worker(faust.Worker):
         await super().on_startup_finished()
         gc.collect()
         gc.freeze()
+        # (at the default log level Faust says nothing once it serves: one line says so)
+        conf = self.app.conf
+        brokers = ",".join(f"{u.host}:{u.port}" for u in conf.broker)
+        web = f"http://{conf.web_host}:{conf.web_port}/"
+        print(f"ready: worker {conf.id} on {brokers}, web {web}", file=sys.stderr, flush=True)
 
 
 # How long the broker may hold a fetch that finds no new data. Faust fixes it at

@@ -64,7 +64,9 @@ def test_the_workers_consumer_lets_the_broker_hold_a_fetch_only_briefly() -> Non
     assert asyncio.run(consumer_wait()) == FETCH_MAX_WAIT_MS  # not Faust's 1,500 ms
 
 
-def test_the_worker_keeps_the_configured_log_level_and_freezes_start_up_objects() -> None:
+def test_the_worker_keeps_the_configured_log_level_and_freezes_start_up_objects(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     async def check() -> None:
         worker = Worker(build_app(CFG), loglevel="warning", quiet=True)
         root = logging.getLogger()
@@ -77,6 +79,8 @@ def test_the_worker_keeps_the_configured_log_level_and_freezes_start_up_objects(
             gc.unfreeze()
             await worker.on_startup_finished()
             assert gc.get_freeze_count() > 0
+            # (before, nothing said so at the default log level)
+            assert capsys.readouterr().err.startswith(f"ready: worker {CFG.app_id} on ")
         finally:
             gc.unfreeze()
             root.setLevel(before)
