@@ -606,7 +606,7 @@ async def _pool_at(
             for r in records:
                 if r.offset > last.input.offset:
                     break
-                watched = fold.pools.get(last.pool) if r.offset == last.input.offset else None
+                watched = fold.pool(last.pool) if r.offset == last.input.offset else None
                 if watched is not None:
                     watched.on_assign = capture
                 with contextlib.suppress(CodecError):

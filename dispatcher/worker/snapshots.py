@@ -109,7 +109,7 @@ class Snapshots:
         self.base[fold.partition] = fold.next_offset
         directory = self._dir(fold.partition)
         state = (fold.topic, fold.partition, fold.next_offset, fold.policy, fold.policies,
-                 fold.pools, fold.counts, record_digest(fold.last))  # fmt: skip
+                 fold.pools, fold.dropped, fold.counts, record_digest(fold.last))  # fmt: skip
         try:  # a snapshot is an optimisation: failing to take one must not stop the worker
             directory.mkdir(parents=True, exist_ok=True)
             if not hasattr(os, "fork"):
@@ -177,13 +177,13 @@ class Snapshots:
             state = _read(path)
             if state is None:
                 continue
-            topic, part, next_offset, policy, policies, pools, counts, last = state
+            topic, part, next_offset, policy, policies, pools, dropped, counts, last = state
             if (topic, part, next_offset) != (self.topic, partition, offset):
                 log.warning("snapshot %s is of %s-%s at %s: ignored", path, topic, part,
                             next_offset)  # fmt: skip
                 continue
             fold = PartitionFold(self.topic, partition, codec, policy)
-            fold.policies, fold.pools, fold.counts = policies, pools, counts
+            fold.policies, fold.pools, fold.dropped, fold.counts = policies, pools, dropped, counts
             fold.next_offset = offset
             self.base[partition] = offset
             log.info("partition %d: starts from the snapshot at offset %d", partition, offset)
@@ -237,4 +237,4 @@ def _read(path: Path) -> tuple[Any, ...] | None:
     except Exception as exc:  # whatever it is, fold from further back
         log.warning("snapshot %s: does not load (%s), not used", path, exc)
         return None
-    return state if isinstance(state, tuple) and len(state) == 8 else None
+    return state if isinstance(state, tuple) and len(state) == 9 else None

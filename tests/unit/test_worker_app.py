@@ -41,7 +41,7 @@ from dispatcher.worker.app import (
 )
 from dispatcher.worker.fold import PartitionFold
 from dispatcher.worker.readmodel import ReadModel, _gauges
-from dispatcher.worker.snapshots import record_digest
+from dispatcher.worker.snapshots import Snapshots, record_digest
 from tests.unit.core import builders
 from tests.unit.test_policy_whatif import recorded_run
 
@@ -239,6 +239,35 @@ def test_the_timer_ticks_the_pools_a_tick_can_change_only() -> None:
     fold.apply(CODEC.encode(m.Tick(pool="stray", event_time_ms=2 + window)), len(records) + 2)
     assert "stray" not in fold.pools  # (its key forgotten, nothing was left in it)
     assert "stray" not in d.ticking(3 + window)
+
+
+def test_a_pool_dropped_and_made_anew_gives_no_decision_an_id_given_before(
+    tmp_path: Path,
+) -> None:
+    """A pool left with nothing in it is dropped; the one a later record makes goes on from
+    its id counts, after a restart from a snapshot too (the review's fuzzer: a second
+    decision about an unknown load id had the first's id, which readers drop as a repeat)."""
+    fold = PartitionFold(CFG.topics.input_sequence, 0, CODEC)
+    window = core.DEFAULT_POLICY.dedupe_window_ms
+    ids: list[str] = []
+    for n in range(3):
+        if n == 2:  # (restarted from a snapshot taken after the pool was dropped)
+            snaps = Snapshots(tmp_path, fold.topic, every=1)
+            fold.next_offset = 7  # (as if the records above had come through ``apply``)
+            assert snaps.maybe_write(fold)
+            snaps.wait()
+            restored = snaps.load(0, 7, CODEC)
+            assert restored is not None
+            fold = restored.fold
+        t = n * 2 * window  # (each round after the last one's keys were forgotten)
+        where = m.Tick(pool="p", event_time_ms=t)
+        for event in (builders.arrive("L1", t), core.LoadCancelled(f"c{n}", t, "L1"),
+                      core.LoadCancelled(f"u{n}", t, "unknown")):  # fmt: skip
+            ids += [d.decision_id for d in fold.apply_event(where, event)]
+        fold.apply_event(where, builders.tick(t + window + 1))  # (forgets them: dropped)
+        assert "p" not in fold.pools
+    assert len(ids) == 9  # queued, cancelled, unknown load: three times
+    assert len(set(ids)) == len(ids)
 
 
 def test_no_bad_input_gets_past_the_sequencer_as_anything_but_a_dead_letter(
