@@ -592,23 +592,28 @@ class PoolState:
 
     def idle(self) -> bool:
         """Whether nothing here sets this pool apart from a new one under the same policies
-        that ``id_counts`` are given to, beyond its clock and its tenants' fair-share
-        service: no agent, no load waiting, in flight or finished within the dedupe
-        window, no event key, no session. (Its fold then drops it: a record naming a pool
-        once, a stray tick, made a pool kept for ever and looked at by every timer.)"""
+        that goes on from its ``carried``, beyond its tenants' fair-share service: no
+        agent, no load waiting, in flight or finished within the dedupe window, no event
+        key, no session. (Its fold then drops it: a record naming a pool once, a stray
+        tick, made a pool kept for ever and looked at by every timer.)"""
         return not (self.agents.n or self.pending or self.in_flight or self.seen
                     or self.done or self.sessions)  # fmt: skip
 
-    def id_counts(self) -> tuple[int, int]:
-        """The counts decision ids are made with (arrivals, decisions about unknown load
-        ids): a pool made anew in this one's place goes on from them
-        (``go_on_from``), else its decisions would repeat ids this one gave, and readers
-        drop a repeated id as a repeat."""
-        return self.arrivals, self.orphans
+    def carried(self) -> tuple[int, int, int] | None:
+        """What a pool made anew in this one's place goes on from (``go_on_from``): the
+        counts decision ids are made with (arrivals, decisions about unknown load ids),
+        else its decisions would repeat ids this one gave, which readers drop as repeats;
+        and its clock, which never goes back (a record stamped earlier would be decided
+        under an older policy than this pool ran). None when nothing is to be carried: no
+        load came, no decision about an unknown one, no agent forgotten (a stray tick:
+        the next record is decided as in a pool it never made)."""
+        if not (self.arrivals or self.orphans or self.forgotten):
+            return None
+        return self.arrivals, self.orphans, self.now_ms
 
-    def go_on_from(self, counts: tuple[int, int]) -> None:
-        """Gives a new pool the ``id_counts`` of the one it replaces."""
-        self.arrivals, self.orphans = counts
+    def go_on_from(self, carried: tuple[int, int, int]) -> None:
+        """Gives a new pool what the one it replaces ``carried``."""
+        self.arrivals, self.orphans, self.now_ms = carried
 
     def wants_tick(self, now_ms: int) -> bool:
         """Whether a tick at ``now_ms`` can change anything here: loads waiting or in flight

@@ -7,9 +7,9 @@ A partition holds many pools. Each record names its pool; a PolicyUpdate
 (fanned out to every partition by the sequencer) goes to every pool of the
 partition, in pool-name order, and to the pools that appear later; each pool
 applies it from its effective time on (``core.PoolState``). A pool left with nothing in
-it (``core.PoolState.idle``) is dropped, but for the counts its decision ids go on from,
-and made anew by the next record naming it: the fold of the same records drops it at the
-same record, so replays decide alike.
+it (``core.PoolState.idle``) is dropped, but for what a new one goes on from (its id
+counts and clock), and made anew by the next record naming it: the fold of the same
+records drops it at the same record, so replays decide alike.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ class PartitionFold:
         # The policy updates seen, less those a version as new and no later makes moot.
         self.policies: list[core.PolicyChanged] = []
         self.pools: dict[str, core.PoolState] = {}
-        # The id counts of the pools dropped (``core.PoolState.id_counts``), for the pool
-        # a later record makes in their place: a few numbers a name, not a pool.
-        self.dropped: dict[str, tuple[int, int]] = {}
+        # What the pools dropped carry over (``core.PoolState.carried``) to the pool a later
+        # record makes in their place: three numbers a name, not a pool.
+        self.dropped: dict[str, tuple[int, int, int]] = {}
         self.next_offset = 0  # the offset of the next record to apply
         self.last: bytes = b""  # the bytes of the record applied last (snapshots name it)
         # Per pool, its decisions per outcome and its deadline loads completed in time
@@ -77,8 +77,8 @@ class PartitionFold:
             out = state.apply(event)
             if state.idle():  # (what any later record finds again: a new pool)
                 del self.pools[pool]
-                if state.id_counts() != (0, 0):
-                    self.dropped[pool] = state.id_counts()
+                if (carried := state.carried()) is not None:
+                    self.dropped[pool] = carried
         for d in out:
             counts = self.counts.setdefault(d.pool, {})
             counts[d.outcome.value] = counts.get(d.outcome.value, 0) + 1
@@ -88,8 +88,8 @@ class PartitionFold:
         return out
 
     def pool(self, name: str) -> core.PoolState:
-        """The pool ``name``, made if there is none (under the policies seen, going on
-        from the id counts of the one dropped in its place, if any)."""
+        """The pool ``name``, made if there is none (going on from what the one dropped in
+        its place carried, if any, then under the policies seen)."""
         state = self.pools.get(name)
         if state is None:
             state = self.pools[name] = core.PoolState(name, self.policy)

@@ -270,6 +270,23 @@ def test_a_pool_dropped_and_made_anew_gives_no_decision_an_id_given_before(
     assert len(set(ids)) == len(ids)
 
 
+def test_a_pool_made_anew_goes_on_from_the_clock_of_the_one_dropped() -> None:
+    """(Its clock never goes back: a review found a late record decided under an older
+    policy than the dropped pool had run, and stamped before its decisions.)"""
+    fold = PartitionFold(CFG.topics.input_sequence, 0, CODEC)
+    window = core.DEFAULT_POLICY.dedupe_window_ms
+    where = m.Tick(pool="p", event_time_ms=0)
+    v2 = core.PolicyChanged(1_000, dataclasses.replace(core.DEFAULT_POLICY, version=2))
+    fold.apply_event(where, v2)
+    fold.apply_event(where, builders.arrive("L1", 2_000))
+    fold.apply_event(where, core.LoadCancelled("c1", 2_000, "L1"))
+    end = 2_000 + window + 1
+    fold.apply_event(where, builders.tick(end))  # (forgets them: dropped)
+    assert "p" not in fold.pools
+    (late,) = fold.apply_event(where, builders.arrive("L2", 500))  # (stamped before v2)
+    assert (late.policy_version, late.time_ms) == (2, end)
+
+
 def test_no_bad_input_gets_past_the_sequencer_as_anything_but_a_dead_letter(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
