@@ -67,6 +67,7 @@ class ReadModel:
         self._pools_at = 0.0
         self._publish_at = 0.0
         self._stale = False  # the pools changed since their gauges were last sent
+        self._shown: set[str] = set()  # the pools whose gauges were sent last time
 
     def publish(self, folds: Mapping[int, PartitionFold], decisions: list[core.Decision]) -> None:
         """Takes ``decisions`` in as recent, and starts a publish in the background unless
@@ -120,16 +121,25 @@ class ReadModel:
         now = time.monotonic()
         if now >= self._pools_at:
             self._pools_at, self._stale = now + POOL_EVERY_S, False
+            shown: set[str] = set()
             for fold in folds.values():
                 for name, state in fold.pools.items():
                     counts = fold.counts.get(name, {})
                     pipe.hset(f"{p}:pool:{name}", mapping=_gauges(state) | {
                         ("sla_" if k in {"met", "missed"} else "decided_") + k: n
                         for k, n in counts.items()})  # fmt: skip
+                    shown.add(name)
+            # A pool its fold dropped (nothing left in it) shows so, not its last gauges
+            # for ever; one gone with its partition to another worker is that one's to show.
+            for name in self._shown - shown:
+                if any(name in fold.dropped for fold in folds.values()):
+                    pipe.hset(f"{p}:pool:{name}", mapping=_EMPTY)
+            self._shown = shown
         await pipe.execute()
 
 
 def _gauges(state: core.PoolState) -> dict[str, int]:
+    """What the read model shows of a pool."""
     queued = dict.fromkeys(("critical", "high", "normal", "low"), 0)
     for (_, priority), loads in state.tenant_pending.items():  # (not a pass over the loads)
         queued[priority.name.lower()] += len(loads)
@@ -151,3 +161,8 @@ def _gauges(state: core.PoolState) -> dict[str, int]:
         "policy_next_ms": nxt.time_ms if nxt else 0,
         "now_ms": state.now_ms,
     }
+
+
+# The gauges of a pool with nothing in it (its policy and clock left as they were shown).
+_EMPTY = {k: v for k, v in _gauges(core.PoolState("")).items()
+          if not k.startswith("policy_") and k != "now_ms"}  # fmt: skip

@@ -481,3 +481,45 @@ def test_the_read_model_shows_the_state_after_the_last_batch() -> None:
         assert len(sent) == count
 
     asyncio.run(run())
+
+
+def test_the_read_model_shows_a_pool_dropped_as_empty_and_leaves_one_gone_elsewhere() -> None:
+    """(A review: a dropped pool's last gauges stayed for ever.)"""
+    sent: dict[str, dict[str, Any]] = {}
+
+    class Pipe:
+        def hset(self, key: str, mapping: dict[str, Any]) -> None:
+            sent[key] = mapping
+
+        def __getattr__(self, name: str) -> Any:
+            return lambda *a, **kw: None
+
+        async def execute(self) -> None:
+            return None
+
+    fold = PartitionFold("input-sequence", 0, Codec())
+    where = m.Tick(pool="p", event_time_ms=0)
+    fold.apply_event(where, builders.arrive("L1", 1))  # (no agent: it waits)
+    other = PartitionFold("input-sequence", 1, Codec())
+    other.apply_event(m.Tick(pool="q", event_time_ms=0), builders.arrive("L2", 1))
+
+    async def run() -> None:
+        model = ReadModel(None, "app")
+        model.client = SimpleNamespace(pipeline=lambda transaction: Pipe())
+
+        async def publish(folds: dict[int, PartitionFold]) -> None:
+            model._publish_at = model._pools_at = 0.0  # (as if the intervals had passed)
+            model.publish(folds, [])  # (as after a batch)
+            await asyncio.sleep(0)
+
+        await publish({0: fold, 1: other})
+        assert sent["app:pool:p"]["pending"] == sent["app:pool:q"]["pending"] == 1
+        fold.apply_event(where, core.LoadCancelled("c", 2, "L1"))
+        fold.apply_event(where, builders.tick(3 + core.DEFAULT_POLICY.dedupe_window_ms))
+        assert "p" not in fold.pools  # dropped
+        sent.clear()
+        await publish({0: fold})  # (and partition 1 went to another worker)
+        assert sent["app:pool:p"]["pending"] == 0
+        assert "app:pool:q" not in sent
+
+    asyncio.run(run())
