@@ -381,6 +381,22 @@ def test_the_pool_gauges_say_which_waiting_loads_no_agent_could_take() -> None:
     assert (gauges["queued_high"], gauges["queued_normal"]) == (1, 2)
 
 
+class _Pipe:
+    """Stands in for a Redis pipeline: what ``hset`` is given goes to ``sent``."""
+
+    def __init__(self, sent: list[tuple[str, dict[str, Any]]]) -> None:
+        self.sent = sent
+
+    def hset(self, key: str, mapping: dict[str, Any]) -> None:
+        self.sent.append((key, mapping))
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *a, **kw: None
+
+    async def execute(self) -> None:
+        return None
+
+
 def test_the_read_models_counters_are_the_folds_and_a_refold_counts_nothing_twice() -> None:
     records = recorded_run(policy_update(1), steps=20, deadlines=True)
     decided: Counter[str] = Counter()
@@ -402,22 +418,11 @@ def test_the_read_models_counters_are_the_folds_and_a_refold_counts_nothing_twic
         restored.apply(value, offset)
     assert restored.counts == whole.counts
 
-    sent: dict[str, dict[str, Any]] = {}
-
-    class Pipe:
-        def hset(self, key: str, mapping: dict[str, Any]) -> None:
-            sent[key] = mapping
-
-        def __getattr__(self, name: str) -> Any:
-            return lambda *a, **kw: None
-
-        async def execute(self) -> None:
-            return None
-
+    calls: list[tuple[str, dict[str, Any]]] = []
     model = ReadModel(None, "app")
-    model.client = SimpleNamespace(pipeline=lambda transaction: Pipe())
+    model.client = SimpleNamespace(pipeline=lambda transaction: _Pipe(calls))
     asyncio.run(model._publish({0: whole}))
-    published = sent["app:pool:p"]
+    published = dict(calls)["app:pool:p"]
     assert published["decided_COMPLETED"] == decided["COMPLETED"]
     assert (published.get("sla_met", 0), published.get("sla_missed", 0)) == (
         decided["met"],
@@ -443,18 +448,7 @@ def test_the_read_model_shows_the_state_after_the_last_batch() -> None:
     """A publish right after another is let wait (one round trip per PUBLISH_EVERY_S, gauges
     per POOL_EVERY_S); the worker's timer flushes it, so the last batch's state is shown,
     not the one before (agents gone offline showed as available until the next input)."""
-    sent: list[dict[str, Any]] = []
-
-    class Pipe:
-        def hset(self, key: str, mapping: dict[str, Any]) -> None:
-            sent.append(mapping)
-
-        def __getattr__(self, name: str) -> Any:
-            return lambda *a, **kw: None
-
-        async def execute(self) -> None:
-            return None
-
+    sent: list[tuple[str, dict[str, Any]]] = []
     fold = PartitionFold("input-sequence", 0, Codec())
     state = fold.pools["p"] = core.PoolState("p")
     state.apply(builders.register("a1"))
@@ -462,18 +456,18 @@ def test_the_read_model_shows_the_state_after_the_last_batch() -> None:
 
     async def run() -> None:
         model = ReadModel(None, "app")
-        model.client = SimpleNamespace(pipeline=lambda transaction: Pipe())
+        model.client = SimpleNamespace(pipeline=lambda transaction: _Pipe(sent))
         model.publish({0: fold}, [])
         await asyncio.sleep(0)  # (the publish runs in the background)
-        assert sent[-1]["available"] == 1
+        assert sent[-1][1]["available"] == 1
         state.apply(builders.status("a1", core.AgentStatusKind.OFFLINE, 3))
         model.publish({0: fold}, [])  # too soon after the first: let wait
         await asyncio.sleep(0)
-        assert sent[-1]["available"] == 1
+        assert sent[-1][1]["available"] == 1
         model._publish_at = model._pools_at = 0.0  # (as if the intervals had passed)
         model.flush({0: fold})
         await asyncio.sleep(0)
-        assert sent[-1]["available"] == 0
+        assert sent[-1][1]["available"] == 0
         count = len(sent)
         model._publish_at = model._pools_at = 0.0
         model.flush({0: fold})  # nothing new: nothing sent
@@ -485,18 +479,7 @@ def test_the_read_model_shows_the_state_after_the_last_batch() -> None:
 
 def test_the_read_model_shows_a_pool_dropped_as_empty_and_leaves_one_gone_elsewhere() -> None:
     """(A review: a dropped pool's last gauges stayed for ever.)"""
-    sent: dict[str, dict[str, Any]] = {}
-
-    class Pipe:
-        def hset(self, key: str, mapping: dict[str, Any]) -> None:
-            sent[key] = mapping
-
-        def __getattr__(self, name: str) -> Any:
-            return lambda *a, **kw: None
-
-        async def execute(self) -> None:
-            return None
-
+    calls: list[tuple[str, dict[str, Any]]] = []
     fold = PartitionFold("input-sequence", 0, Codec())
     where = m.Tick(pool="p", event_time_ms=0)
     fold.apply_event(where, builders.arrive("L1", 1))  # (no agent: it waits)
@@ -505,7 +488,7 @@ def test_the_read_model_shows_a_pool_dropped_as_empty_and_leaves_one_gone_elsewh
 
     async def run() -> None:
         model = ReadModel(None, "app")
-        model.client = SimpleNamespace(pipeline=lambda transaction: Pipe())
+        model.client = SimpleNamespace(pipeline=lambda transaction: _Pipe(calls))
 
         async def publish(folds: dict[int, PartitionFold]) -> None:
             model._publish_at = model._pools_at = 0.0  # (as if the intervals had passed)
@@ -513,12 +496,14 @@ def test_the_read_model_shows_a_pool_dropped_as_empty_and_leaves_one_gone_elsewh
             await asyncio.sleep(0)
 
         await publish({0: fold, 1: other})
+        sent = dict(calls)
         assert sent["app:pool:p"]["pending"] == sent["app:pool:q"]["pending"] == 1
         fold.apply_event(where, core.LoadCancelled("c", 2, "L1"))
         fold.apply_event(where, builders.tick(3 + core.DEFAULT_POLICY.dedupe_window_ms))
         assert "p" not in fold.pools  # dropped
-        sent.clear()
+        calls.clear()
         await publish({0: fold})  # (and partition 1 went to another worker)
+        sent = dict(calls)
         assert sent["app:pool:p"]["pending"] == 0
         assert "app:pool:q" not in sent
 
