@@ -250,11 +250,10 @@ class PoolState:
         self.served: dict[str, float] = {}  # tenant -> assignments / weight (fair share)
         self.vtime = 0.0  # the served count of the last load's tenant when it was served
         self.running: dict[str, int] = {}  # tenant -> loads in flight (quotas)
-        # The tenants whose loads in flight have reached their quota, and the policy whose
-        # quotas they are (made anew for another): a look at every quota cost each pop
-        # O(quotas), with a policy giving many tenants one.
+        # The tenants whose loads in flight have reached their quota (a look at every
+        # quota cost each pop O(quotas), with a policy giving many tenants one); kept for
+        # ``books_for``, as are ``on_named`` and ``waiting_named`` below (``_books``).
         self.at_quota: set[str] = set()
-        self.quotas_for: Policy | None = None
         self.backlog: dict[str, int] = {}  # tenant -> pending loads
         # The tenants with loads in flight, or waiting that an agent qualifies for
         # (``_contends``: kept, as ``_held`` asks at every pop while the pool is busy); and,
@@ -262,11 +261,10 @@ class PoolState:
         # each one's entry (None: not ranked, as while the pool keeps up).
         self.contending: set[str] = set()
         # The weights the policy names for the tenants contending, and for those waiting
-        # (``backlog``), and the policy whose names they are (made anew for another): a
-        # sum over either set cost each pop O(tenants) while the reserve binds, and each
-        # low arrival above the watermark, with a policy naming many.
+        # (``backlog``): a sum over either set cost each pop O(tenants) while the reserve
+        # binds, and each low arrival above the watermark, with a policy naming many.
         self.on_named, self.waiting_named = _NamedSum({}, ()), _NamedSum({}, ())
-        self.named_for: Policy | None = None
+        self.books_for: Policy | None = None  # the policy of these books (None: to be made)
         self.by_service: list[tuple[float, str]] = []
         self.ranked: dict[str, float] | None = None
         # While the queue is near full (``_heaviest``): per class it sheds from, the tenants
@@ -733,8 +731,7 @@ class PoolState:
         if waits == 1:
             self.waiting_named.move(self.policy.tenant_weights, tenant, 1)
         if waits > self.stuck.get(tenant, 0):  # (``_contends``, in short: it can only join)
-            if tenant not in self.contending:
-                self._contend(tenant, 1)
+            self._contend(tenant, True)
             if self.ranked is not None and tenant not in self.ranked:
                 self._rank(tenant)
         self.tenant_pending.setdefault((tenant, ls.spec.priority), {})[ls.spec.load_id] = ls
@@ -787,32 +784,32 @@ class PoolState:
         """Notes whether ``tenant`` has loads in flight, or waiting that an agent qualifies
         for (``contending``; the waiting ones ranked by service), after one of those
         counts changed."""
-        if self.backlog.get(tenant, 0) > self.stuck.get(tenant, 0):
-            if tenant not in self.contending:
-                self._contend(tenant, 1)
+        waits = self.backlog.get(tenant, 0) > self.stuck.get(tenant, 0)
+        self._contend(tenant, waits or tenant in self.running)
+        if waits:
             self._rank(tenant)
-        elif tenant in self.running:
-            if tenant not in self.contending:
-                self._contend(tenant, 1)
-        elif tenant in self.contending:
-            self._contend(tenant, -1)
 
-    def _contend(self, tenant: str, sign: int) -> None:
-        """Puts ``tenant`` in ``contending`` (``sign`` 1) or takes it out (-1)."""
-        if sign > 0:
+    def _contend(self, tenant: str, contends: bool) -> None:
+        """Puts ``tenant`` in ``contending`` or takes it out, its named weight with it."""
+        if (tenant in self.contending) is contends:
+            return
+        if contends:
             self.contending.add(tenant)
         else:
             self.contending.discard(tenant)
-        self.on_named.move(self.policy.tenant_weights, tenant, sign)
+        self.on_named.move(self.policy.tenant_weights, tenant, 1 if contends else -1)
 
-    def _named_sums(self) -> tuple[_NamedSum, _NamedSum]:
-        """``on_named`` and ``waiting_named``, made anew if the policy is not theirs."""
-        if self.named_for is not self.policy:
-            named = self.policy.tenant_weights
+    def _books(self) -> None:
+        """Makes ``at_quota``, ``on_named`` and ``waiting_named`` anew if the policy is not
+        theirs (they follow the tenants as loads come and go, by the policy they were made
+        for)."""
+        p = self.policy
+        if self.books_for is not p:
+            running, named = self.running, p.tenant_weights
+            self.at_quota = {t for t, q in p.tenant_quotas.items() if running.get(t, 0) >= q}
             self.on_named = _NamedSum(named, self.contending)
             self.waiting_named = _NamedSum(named, self.backlog)
-            self.named_for = self.policy
-        return self.on_named, self.waiting_named
+            self.books_for = p
 
     def _rank(self, tenant: str) -> None:
         """Ranks ``tenant``, whose loads wait now, by service, if tenants are ranked."""
@@ -910,7 +907,8 @@ class PoolState:
         mine = p.tenant_weight(tenant)
         # The weights of the others waiting: those the policy names, and 1 for each other
         # (exactly rounded, so alike in any order the tenants came).
-        waiting = self._named_sums()[1]
+        self._books()
+        waiting = self.waiting_named
         if tenant in backlog and tenant in p.tenant_weights:
             rest = waiting.exact - Fraction(mine)
             others = len(backlog) - waiting.count
@@ -990,7 +988,8 @@ class PoolState:
             return also
         # The sum of their weights (exactly rounded, so alike in any order the tenants
         # came): those the policy names, and 1 for each other.
-        named, on = p.tenant_weights, self._named_sums()[0]
+        self._books()
+        named, on = p.tenant_weights, self.on_named
         more = _named_weights(named, joining)
         others = len(active) + len(joining) - on.count - len(more)
         weights = on.total(others, more) / _OVER_SHARE
@@ -1002,9 +1001,7 @@ class PoolState:
         quotas, running = self.policy.tenant_quotas, self.running
         if not quotas:
             return frozenset()
-        if self.quotas_for is not self.policy:
-            self.at_quota = {t for t, q in quotas.items() if running.get(t, 0) >= q}
-            self.quotas_for = self.policy
+        self._books()
         if not extra:
             return self.at_quota
         return self.at_quota | {
@@ -1195,8 +1192,7 @@ class PoolState:
         runs = self.running[spec.tenant] = self.running.get(spec.tenant, 0) + 1
         if (quota := self.policy.tenant_quotas.get(spec.tenant)) is not None and runs >= quota:
             self.at_quota.add(spec.tenant)
-        if spec.tenant not in self.contending:
-            self._contend(spec.tenant, 1)
+        self._contend(spec.tenant, True)
         weight = self.policy.tenant_weight(spec.tenant)
         before = self.served.get(spec.tenant, 0.0)
         self.vtime = max(self.vtime, before)
