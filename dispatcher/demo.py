@@ -28,7 +28,7 @@ from dispatcher.codecs.signing import content_hash
 from dispatcher.core import DEFAULT_POLICY, FINAL_OUTCOMES
 from dispatcher.errors import BrokerError
 from dispatcher.policytool import signed
-from dispatcher.reading import partitions
+from dispatcher.reading import closing, partitions
 from dispatcher.sdk.producer import DispatcherProducer, now_ms
 from dispatcher.topics import TopicNames
 
@@ -186,9 +186,11 @@ class Fleet:
         await self.producer.flush()
 
     async def stop(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
-        await self.producer.stop()
+        try:
+            if self._consumer is not None:
+                await closing(self._consumer.stop())
+        finally:
+            await self.producer.stop()
 
     async def leave(self) -> None:
         """Every agent still here goes offline (their pools stop being ticked once their
@@ -350,7 +352,7 @@ class DecisionTally:
 
     async def stop(self) -> None:
         if self._consumer is not None:
-            await self._consumer.stop()
+            await closing(self._consumer.stop())
 
     async def poll(self, *, reads: int = 20) -> None:
         """Counts what has arrived: reads until a read comes back empty, ``reads`` at most
@@ -424,7 +426,7 @@ async def reader_at_end(bootstrap: str, topic: str) -> AIOKafkaConsumer:
         for tp in tps:
             await consumer.position(tp)  # resolved now, so records sent after this are seen
     except BaseException as exc:
-        await consumer.stop()  # (a consumer that failed to start is stopped too: not unclosed)
+        await closing(consumer.stop())  # (one that failed to start is stopped too: not unclosed)
         if isinstance(exc, KafkaError):
             raise BrokerError(f"reading {topic!r} at {bootstrap}: {exc!r}") from exc
         raise

@@ -15,7 +15,7 @@ from aiokafka.structs import OffsetAndMetadata
 from dispatcher.codecs import Codec, CodecError, dead_letter
 from dispatcher.codecs.models import Record
 from dispatcher.errors import BrokerError
-from dispatcher.reading import committed_offsets
+from dispatcher.reading import closing, committed_offsets
 from dispatcher.sdk._lifecycle import CommittingIterator
 
 __all__ = ["DecodingConsumer", "Delivered"]
@@ -143,9 +143,11 @@ class DecodingConsumer(CommittingIterator):
                     self._uncommitted[tp] = min(self._uncommitted.get(tp, r.offset), r.offset)
                 await self._commit_handled()
         finally:
-            await self._consumer.stop()
-            if self._own_producer:
-                await self._producer.stop()
+            try:
+                await closing(self._consumer.stop())
+            finally:
+                if self._own_producer:
+                    await closing(self._producer.stop())
 
     async def __anext__(self) -> Delivered:
         """The next valid record, waiting for it as long as it takes (cancel to stop).

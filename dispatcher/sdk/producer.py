@@ -22,6 +22,7 @@ from dispatcher.codecs.models import (
     TaskResult,
 )
 from dispatcher.errors import BrokerError
+from dispatcher.reading import closing
 from dispatcher.topics import TopicNames
 
 __all__ = ["DispatcherProducer"]
@@ -88,7 +89,7 @@ class DispatcherProducer:
         try:
             await self._producer.start()
         except KafkaError as exc:
-            await self._producer.stop()
+            await closing(self._producer.stop())
             raise BrokerError(f"connecting a producer to {self._bootstrap}: {exc!r}") from exc
 
     async def stop(self) -> None:
@@ -97,7 +98,7 @@ class DispatcherProducer:
         Raises:
             BrokerError: a record queued by ``send`` was refused or never acknowledged.
         """
-        await self._producer.stop()
+        await closing(self._producer.stop())
         # What is still on its way now never gets there.
         self._check_delivered(f"stopping the producer of {self._bootstrap}", stopped=True)
 
