@@ -11,6 +11,7 @@ import bisect
 import hashlib
 import heapq
 import math
+import zlib
 from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Container, Mapping
 from collections.abc import Set as AbstractSet
@@ -115,6 +116,9 @@ _RESULTS: dict[tuple[LoadStatus, TaskOutcome], str] = {
 # and a pool's heartbeats would otherwise be most of its memory (10k agents beating every
 # 5 s: 7.2 million keys an hour).
 _KEY_SPACE = {LoadArrived: "load\0", LoadCancelled: "load\0", TaskReported: "result\0"}
+_KEYED = (LoadArrived, LoadCancelled, TaskReported)
+_KEY_BITS = 32  # a key's entry in ``seen``: the time it came, then (these bits) what it said
+_KEY_SAID = (1 << _KEY_BITS) - 1
 
 # A tenant running more than this times its weighted share is held back from the reserve.
 _OVER_SHARE = 1.25
@@ -277,8 +281,9 @@ class PoolState:
         self.heavy_policy: Policy | None = None
         # (tenant, class) -> its pending loads, in arrival order
         self.tenant_pending: dict[tuple[str, Priority], dict[str, LoadState]] = {}
-        # event key -> event time (duplicates change nothing), and the keys oldest first, to
-        # prune from (a plain dict and a deque: 34 bytes a key besides the key, where an
+        # event key -> event time and what its event said (``_said``), one int: a repeat
+        # changes nothing, another event with the key is refused; and the keys oldest first,
+        # to prune from (a plain dict and a deque: 34 bytes a key besides the key, where an
         # ordered dict took 72; a finished load has about three keys)
         self.seen: dict[str, int] = {}
         self.seen_order: deque[str] = deque()
@@ -311,10 +316,15 @@ class PoolState:
     def apply(self, event: Event) -> list[Decision]:
         """Applies one event; returns the decisions it caused, in order."""
         key = None
-        if (space := _KEY_SPACE.get(type(event))) is not None:
-            key = space + event.key  # type: ignore[union-attr]  # the keyed kinds have one
-            if key in self.seen:
-                return []
+        if isinstance(event, _KEYED):
+            key = _KEY_SPACE[type(event)] + event.key
+            said, load_id = _said(event)
+            if (before := self.seen.get(key)) is not None:
+                if before & _KEY_SAID == said:
+                    return []  # a repeat
+                # The key of another event: a producer's mistake, refused (it was dropped
+                # as a repeat: a cancel reusing its arrival's key, a result another's id).
+                return [self._orphan(load_id, Outcome.REJECTED, "KEY_REUSED", event.source)]
         out: list[Decision] = []
         changed = False  # (a policy took effect with this event)
         if not isinstance(event, PolicyChanged):  # (a policy's time is when it takes effect)
@@ -324,7 +334,7 @@ class PoolState:
         if key is not None:
             # Stamped with the pool's clock, which never goes back: the oldest key is
             # always first, so pruning reads from the front.
-            self.seen[key] = self.now_ms
+            self.seen[key] = self.now_ms << _KEY_BITS | said
             self.seen_order.append(key)
         self._handle(event, out)
         if changed:
@@ -625,7 +635,7 @@ class PoolState:
             self.pending or self.in_flight or t.available_count
             or (t.status[: t.n] == AgentStatus.DRAINING).any()
             or (self.scheduled and self.scheduled[0].time_ms <= now_ms)
-            or (self.seen_order and self.seen[self.seen_order[0]] < before)
+            or (self.seen_order and self.seen[self.seen_order[0]] >> _KEY_BITS < before)
             or (self.sessions and next(iter(self.sessions.values()))[1] < before)
             or (self.done_order and self.done[self.done_order[0]][0] < before)
             or self._departed(now_ms) is not None
@@ -664,7 +674,7 @@ class PoolState:
         tick costs what it removes, not the size of the window.
         """
         seen, order = self.seen, self.seen_order
-        while order and seen[order[0]] < before_ms:
+        while order and seen[order[0]] >> _KEY_BITS < before_ms:
             del seen[order.popleft()]
         while self.sessions and next(iter(self.sessions.values()))[1] < before_ms:
             _, (agent, _) = self.sessions.popitem(last=False)
@@ -1513,6 +1523,24 @@ class PoolState:
             pool=self.pool, load_id=load_id, attempt=1, outcome=outcome, reason=reason,
             agent_id=None, policy_version=self.policy.version, time_ms=self.now_ms, source=source,
         )  # fmt: skip
+
+
+def _said(event: LoadArrived | LoadCancelled | TaskReported) -> tuple[int, str]:
+    """What an event with a key says, as far as its repeats must say it too, as a CRC-32
+    (deterministic, unlike ``hash``, for snapshots): its kind and load, and a result's
+    decision, agent and outcome; not its time, which a producer's retry may stamp anew.
+    And the load."""
+    match event:
+        case LoadArrived():
+            load_id = event.load.load_id
+            said = f"arrival\0{load_id}"
+        case LoadCancelled():
+            load_id = event.load_id
+            said = f"cancel\0{load_id}"
+        case TaskReported():
+            load_id = event.load_id
+            said = f"result\0{load_id}\0{event.decision_id}\0{event.agent_id}\0{event.outcome}"
+    return zlib.crc32(said.encode()), load_id
 
 
 def _named_weights(named: Mapping[str, float], tenants: Collection[str]) -> list[float]:

@@ -15,6 +15,7 @@ from dispatcher.core import (
     AgentStatusKind,
     Decision,
     LoadCancelled,
+    LoadStatus,
     Outcome,
     Policy,
     PolicyChanged,
@@ -276,6 +277,33 @@ def test_stale_and_duplicate_events_change_nothing() -> None:
     assert state.apply(event) == []  # the same key again
     (dup,) = state.apply(arrive("L1"))  # a new key, an existing load id
     assert (dup.outcome, dup.reason) == (Outcome.REJECTED, "DUPLICATE_LOAD_ID")
+
+
+def test_a_key_reused_by_another_event_is_refused_not_dropped_as_a_repeat() -> None:
+    """A repeat says what its key's first event said (its time may differ: a producer's
+    retry); an event of another kind, load, decision, agent or outcome with the key is a
+    producer's mistake, refused with a decision, where it was dropped with none."""
+    state = one_agent(capacity=2)
+    first = arrive("L1")
+    d = state.apply(first)[0]
+    assert state.apply(replace(first, time_ms=5)) == []  # a retry, stamped anew
+    refused: list[Decision] = []
+    another = replace(first, load=replace(first.load, load_id="L2"))
+    for wrong, load_id in ((LoadCancelled(first.key, 6, "L1"), "L1"), (another, "L2")):
+        refused += state.apply(wrong)
+        assert (refused[-1].outcome, refused[-1].reason) == (Outcome.REJECTED, "KEY_REUSED")
+        assert refused[-1].load_id == load_id
+    assert "L2" not in state.loads
+    accepted = report(d.decision_id, "L1", "a1", TaskOutcome.ACCEPTED)
+    assert state.apply(accepted) == []
+    assert state.apply(replace(accepted, time_ms=9, retryable=True)) == []  # a repeat
+    for change in ({"outcome": TaskOutcome.SUCCESS}, {"agent_id": "a2"},
+                   {"decision_id": "x"}, {"load_id": "L3"}):  # fmt: skip
+        (refusal,) = state.apply(replace(accepted, **change))
+        assert (refusal.outcome, refusal.reason) == (Outcome.REJECTED, "KEY_REUSED"), change
+        refused.append(refusal)
+    assert state.loads["L1"].status is LoadStatus.RUNNING  # the success was not taken
+    assert len({x.decision_id for x in refused}) == len(refused) == 6  # (no id repeated)
 
 
 def test_cancel_pending_assigned_final_and_unknown() -> None:
