@@ -25,7 +25,7 @@ from dispatcher.codecs import models as m
 from dispatcher.codecs.adapt import policy_problems as problems
 from dispatcher.codecs.codec import Codec, CodecError
 from dispatcher.codecs.signing import content_hash, sign, verify
-from dispatcher.errors import ConfigError
+from dispatcher.errors import ConfigError, Where, validation_problems
 from dispatcher.reading import partitions, read_partition
 from dispatcher.sdk.producer import DispatcherProducer, now_ms
 from dispatcher.topics import TopicNames
@@ -48,6 +48,7 @@ def load_policy_file(path: Path, *, effective_from_ms: int | None = None) -> m.P
     # Strictly, as JSON: lax validation read `version: true` as version 1, "3" as 3 and
     # 50.0 ms as 50 (enum names and lists of names stay as YAML writes them).
     head = {k: v for k, v in doc.items() if k != "document"}
+    document = None
     try:
         document = m.PolicyDocument.model_validate_json(_json(path, doc["document"]), strict=True)
         return m.PolicyUpdate.model_validate_json(_json(path, {
@@ -56,7 +57,9 @@ def load_policy_file(path: Path, *, effective_from_ms: int | None = None) -> m.P
             "content_hash": content_hash(document),
         }), strict=True)  # fmt: skip
     except ValidationError as exc:
-        raise ConfigError(f"{path}: not a valid policy: {exc}") from exc
+        where: Where = ("document",) if document is None else ()
+        found = "\n  ".join(validation_problems(exc, under=where))
+        raise ConfigError(f"{path}: not a valid policy:\n  {found}") from exc
 
 
 def _json(path: Path, value: Any) -> str:

@@ -30,7 +30,7 @@ from pydantic import (
     field_validator,
 )
 
-from dispatcher.errors import BrokerError, TopicsFileError
+from dispatcher.errors import BrokerError, TopicsFileError, field_at, validation_problems
 from dispatcher.reading import closing
 from dispatcher.settings import PROJECT_ROOT
 
@@ -172,20 +172,7 @@ def _describe(loc: tuple[int | str, ...]) -> str:
     if len(loc) >= 2 and loc[0] == "co_partitioned":
         where = f"co-partition group '{loc[1]}'"
         return f"{where}, field '{'.'.join(map(str, loc[2:]))}'" if len(loc) > 2 else where
-    return f"field '{'.'.join(map(str, loc))}'" if loc else "top level"
-
-
-def _problems(exc: ValidationError) -> list[str]:
-    out = []
-    for err in exc.errors(include_url=False):
-        loc, kind = tuple(err["loc"]), err["type"]
-        if kind == "missing":
-            out.append(f"{_describe(loc)}: required field is missing")
-        elif kind == "extra_forbidden":
-            out.append(f"{_describe(loc)}: unknown field")
-        else:
-            out.append(f"{_describe(loc)}: {err['msg']} (got {err['input']!r})")
-    return out
+    return field_at(loc)
 
 
 def _canonical(key: str, value: str) -> str:
@@ -275,7 +262,7 @@ def load_topics(path: Path | str = DEFAULT_TOPICS_FILE) -> TopicsFile:
     try:
         spec = TopicsFile.model_validate(raw)
     except ValidationError as exc:
-        raise TopicsFileError(str(path), _problems(exc)) from exc
+        raise TopicsFileError(str(path), validation_problems(exc, _describe)) from exc
     problems = _cross_checks(spec)
     if problems:
         raise TopicsFileError(str(path), problems)

@@ -85,6 +85,24 @@ def test_schema_problems_are_refused(tmp_path: Path, change: dict[str, Any]) -> 
         load_policy_file(write(tmp_path, change))
 
 
+def test_schema_problems_are_named_one_a_line(tmp_path: Path) -> None:
+    path = write(tmp_path, {"version": "3", "document.weights.embedding": "high",
+                            "document.retry": None, "document.typo": 1})  # fmt: skip
+    doc = yaml.safe_load(path.read_text())
+    del doc["document"]["batch_window_ms"]
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError) as raised:
+        load_policy_file(path)
+    head, *lines = str(raised.value).splitlines()
+    assert head == f"{path}: not a valid policy:"
+    assert sorted(lines) == [
+        "  field 'document.batch_window_ms': required field is missing",
+        "  field 'document.retry': Input should be an object (got None)",
+        "  field 'document.typo': unknown field",
+        "  field 'document.weights.embedding': Input should be a valid number (got 'high')",
+    ]  # (the version's problem shows once the document has none)
+
+
 def recorded_run(
     policy: m.PolicyUpdate, steps: int = 60, *, deadlines: bool = False
 ) -> list[tuple[int, bytes]]:
