@@ -124,6 +124,7 @@ class PartitionAudit:
     unexplained: list[str] = field(default_factory=list)  # in the log, no input decides it
     # The expected decisions, in order (kept only when the audit is asked to).
     decisions: list[core.Decision] = field(default_factory=list)
+    pools: set[str] = field(default_factory=set)  # those the expected decisions are about
 
     @cached_property
     def records(self) -> list[m.DecisionRecord]:
@@ -314,6 +315,7 @@ class _Job:
                     for d in out:
                         check.expect(encode_decision(codec, d, assignment=False)[0], d)
                         res.checked += self.scope.covers(d)
+                        res.pools.add(d.pool)
                     if self.keep:
                         res.decisions += out
                 while check.expected and (records := await anext(log, None)) is not None:

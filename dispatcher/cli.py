@@ -842,6 +842,11 @@ def audit_cmd(  # noqa: PLR0917 - one option each
     total = sum(x["checked"] for x in rows)
     outside = sum(x["outside"] for x in rows)
     elapsed = time.monotonic() - started
+    pools = set().union(*(r.pools for r in results))
+    if pool is not None and pool not in pools and not bad:  # (a typo: it said OK, exit 0)
+        named = ", ".join(sorted(pools)) or "none"
+        raise click.BadParameter(f"no decision is about pool {pool!r}; the log's pools: {named}",
+                                 param_hint="'--pool'")  # fmt: skip
     if scope != Scope() and not total:
         click.echo("warning: the scope (--pool/--from/--to) covers no decision: nothing was "
                    "checked", err=True)  # fmt: skip
@@ -1000,7 +1005,8 @@ def explain_cmd(
     except ValueError as exc:
         raise click.UsageError(f"{exc} with --pool") from exc
     if not found["decisions"]:
-        raise click.ClickException(f"no decision about load {load_id} in the decision log")
+        where = f" of pool {pool} (without --pool: of any pool)" if pool else ""
+        raise click.ClickException(f"no decision about load {load_id} in the decision log{where}")
     if as_json:
         click.echo(json.dumps(found, indent=2, default=str))
         return

@@ -333,7 +333,15 @@ def operator_tools(p: Pipeline, results: list[PartitionAudit]) -> None:
     assert f"why not {assigned.runner_up}" in explained.stdout
     elsewhere = cli(p, "explain", assigned.load_id, "--pool", "no-such-pool")
     assert elsewhere.returncode == 1
-    assert f"no decision about load {assigned.load_id}" in elsewhere.stderr
+    assert (
+        f"no decision about load {assigned.load_id} in the decision log of pool no-such-pool"
+        in elsewhere.stderr
+    )
+    typo = cli(p, "audit", "--pool", "pool-x")
+    assert typo.returncode == 2
+    assert (
+        "no decision is about pool 'pool-x'; the log's pools: pool-a, pool-b, pool-c" in typo.stderr
+    )
 
     policy_file = Path(p.logs) / "p3.yaml"
     doc = yaml.safe_load((PROJECT_ROOT / "ops/policies/example.yaml").read_text())
