@@ -124,7 +124,10 @@ def to_event(  # noqa: PLR0911 - one return per kind of input
                 priority=core.Priority[spec.priority.value],
                 required=frozenset(spec.required_capabilities), intent=tuple(spec.intent),
                 sensitivity=core.Sensitivity[spec.sensitivity.value], region=spec.region,
-                created_ms=spec.created_at_ms, deadline_ms=spec.deadline_ms,
+                # Never after the event that says it came (a creation time far ahead held a
+                # hard affinity's wait, which counts from it, until then).
+                created_ms=min(spec.created_at_ms, record.event_time_ms),
+                deadline_ms=spec.deadline_ms,
                 duration_ms=spec.estimated_duration_ms, risk=spec.risk_score,
                 session_id=spec.session_id, zone=spec.zone,
             )  # fmt: skip

@@ -69,6 +69,20 @@ def test_each_input_record_becomes_its_event() -> None:
         to_event(SAMPLES["Assignment"][0])
 
 
+def test_a_load_is_never_created_after_the_event_that_says_it_came() -> None:
+    """(A creation time far ahead held a hard affinity's wait, counted from it, until then.)"""
+    sample = SAMPLES["LoadEvent"][0]
+    assert isinstance(sample, m.LoadEvent)
+    assert sample.load is not None
+    for created, expected in ((sample.event_time_ms - 5, sample.event_time_ms - 5),
+                              (sample.event_time_ms + 10**9, sample.event_time_ms)):  # fmt: skip
+        record = sample.model_copy(update={"load": sample.load.model_copy(update={
+            "created_at_ms": created, "deadline_ms": None})})  # fmt: skip
+        arrival = to_event(record)
+        assert isinstance(arrival, core.LoadArrived)
+        assert arrival.load.created_ms == expected
+
+
 def test_a_policy_update_becomes_a_core_policy() -> None:
     update = SAMPLES["PolicyUpdate"][0]
     assert isinstance(update, m.PolicyUpdate)
