@@ -376,7 +376,7 @@ class Kill:
 
 
 async def deciding(
-    p: Pipeline, worker: int, busy: set[int], *, every: bool = False, timeout_s: float = 60.0
+    p: Pipeline, worker: int, busy: set[int], *, every: bool = False, timeout_s: float = 120.0
 ) -> None:
     """Waits until ``worker`` decides for a partition of ``busy`` (for all of them, with
     ``every``): it caught up on them, and no other worker did since."""

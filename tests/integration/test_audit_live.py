@@ -140,13 +140,17 @@ def test_an_audit_of_a_half_made_system_names_what_it_lacks_at_once(
     # KafkaTimeoutError naming no topic.
     topics = TopicNames.prefixed(unique("half") + "-")
     new_topics(topics.input_sequence, partitions=2)
+    took = []  # (the audits alone: making topics on a loaded broker may take a while)
     started = time.monotonic()
     with pytest.raises(BrokerError, match=f"no topic '{topics.decision_log}'"):
         asyncio.run(audit(kafka_bootstrap, topics))
+    took.append(time.monotonic() - started)
     new_topics(topics.decision_log, partitions=1)
+    started = time.monotonic()
     with pytest.raises(BrokerError, match=f"{topics.decision_log} at .* has no partition 1 "):
         asyncio.run(audit(kafka_bootstrap, topics))
-    assert time.monotonic() - started < 15
+    took.append(time.monotonic() - started)
+    assert max(took) < 15, took
 
 
 def test_explain_without_its_input_sequence_says_so_at_once(
@@ -169,9 +173,14 @@ def test_explain_without_its_input_sequence_says_so_at_once(
                 await producer.send_and_wait(topics.decision_log, value, b"p", partition=0)
         finally:
             await producer.stop()
-        await explain_load(kafka_bootstrap, topics, assigned.load_id, (assigned.agent_id or "",))
+        started = time.monotonic()
+        try:
+            await explain_load(kafka_bootstrap, topics, assigned.load_id,
+                               (assigned.agent_id or "",))  # fmt: skip
+        finally:
+            took.append(time.monotonic() - started)
 
-    started = time.monotonic()
+    took: list[float] = []
     with pytest.raises(BrokerError, match=f"no topic '{topics.input_sequence}'"):
         asyncio.run(scenario())
-    assert time.monotonic() - started < 15
+    assert took[0] < 15, took

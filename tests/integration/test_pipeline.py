@@ -54,6 +54,13 @@ from tests.integration.pipeline import (
 )
 
 pytestmark = pytest.mark.integration
+# The end-to-end test's timeouts: an agent's answer, or its silence, is seen by the pool's
+# clock, which the worker's ticks move with the wall clock; so these are wall-clock budgets
+# for a round trip (worker, agent, input sequence) that a loaded machine stretches. At 1.5 s
+# and 4 s, an agent that answered could be found silent or lost. (Silent agents still time
+# out: ACK_TIMEOUT is still asserted.)
+ACK_MS, HEARTBEAT_MS = 5_000, 15_000
+HOUR_MS = 3_600_000
 CODEC = Codec()
 R = m.DeadLetterReason
 # Bytes that are no record at all, refused on any input topic.
@@ -108,7 +115,7 @@ async def drip_poison(p: Pipeline, kafka: Any, poison: Poison, stop: asyncio.Eve
 
 def policy_v2(deny: list[str]) -> m.PolicyUpdate:
     """Version 2: acme may no longer use the agents ``deny``, and locality no longer scores."""
-    base = policy_update(2, ack_ms=1500, heartbeat_ms=4000)
+    base = policy_update(2, ack_ms=ACK_MS, heartbeat_ms=HEARTBEAT_MS)
     doc = base.document.model_copy(update={"weights": base.document.weights | {"locality": 0.0},
                                            "tenant_deny": {"acme": deny}})  # fmt: skip
     return base.model_copy(update={"document": doc, "content_hash": content_hash(doc)})
@@ -182,7 +189,7 @@ def test_end_to_end_against_the_core_offline(pipeline: Pipeline, redis_url: str)
     async def scenario() -> tuple[DecisionTally, Fleet, LoadDriver]:
         producer = DispatcherProducer(p.bootstrap, topics=p.topics)
         await producer.start()
-        await producer.publish_policy(policy_update(1, ack_ms=1500, heartbeat_ms=4000))
+        await producer.publish_policy(policy_update(1, ack_ms=ACK_MS, heartbeat_ms=HEARTBEAT_MS))
         tally = DecisionTally(p.bootstrap, p.topics)
         await tally.start()
         driver = LoadDriver(p.bootstrap, pools, topics=p.topics, seed=3, duration_ms=150)
@@ -202,8 +209,8 @@ def test_end_to_end_against_the_core_offline(pipeline: Pipeline, redis_url: str)
         await first
         second = asyncio.create_task(driver.run(150, rate=60, prefix="second"))
         await asyncio.sleep(1.0)
+        await wait_until(lambda: any(fleet.running.values()), 30, lambda: asyncio.sleep(0.05))
         busy = sorted(a for a, running in fleet.running.items() if running)
-        assert busy, "no agent has a load in flight: does the worker decide?"
         await fleet.go_offline(busy[0])  # mid-task: its loads are requeued elsewhere
         # acme loses one agent per pool (one that stays), and locality stops counting.
         denied.extend(next(a for a, (pool, _) in agents.items() if pool == x and a != busy[0])
@@ -358,13 +365,14 @@ def operator_tools(p: Pipeline, results: list[PartitionAudit]) -> None:
     assert report["recorded"]["loads"] == report["alternative"]["loads"] == loads
     assert report["changed"] > 0  # (its ack timeout alone, 30 s, keeps the silent agents' loads)
     # Its tenant weights (acme 2, globex 1, initech 1 by default) favour acme: against the
-    # same file with acme at 0.5, a larger share of the loads assigned goes to acme. (Not
+    # same file with acme at 0.25, a larger share of the loads assigned goes to acme. (Not
     # against the recorded run: there every load was assigned, so the shares are those of
     # the loads; what-if runs assign fewer, its longer timeouts leaving loads stuck, and
     # which ones come first moves the shares too. Against acme at 1, the margin went down
-    # to 0.012 in 25 runs here; against 0.5, it stayed within 0.05-0.09 in 8.)
+    # to 0.012 in 25 runs here; against 0.5, it stayed within 0.05-0.09 in 8; 0.25 widens
+    # it, as a run's speed moves what waits.)
     control_file = Path(p.logs) / "control.yaml"
-    control_doc = doc["document"] | {"tenant_weights": {"acme": 0.5, "globex": 1.0}}
+    control_doc = doc["document"] | {"tenant_weights": {"acme": 0.25, "globex": 1.0}}
     control_file.write_text(yaml.safe_dump(doc | {"version": 3, "document": control_doc}))
     control = cli(p, "whatif", "--policy", str(control_file), "--json")
     assert control.returncode == 0, control.stderr
@@ -465,6 +473,11 @@ def test_a_record_the_broker_refuses_is_not_committed_past(pipeline: Pipeline) -
               for i in range(2)}  # fmt: skip
 
     async def publish() -> None:
+        async with DispatcherProducer(p.bootstrap, topics=p.topics) as producer:
+            # (no ack or heartbeat timeout within the test: nothing else is decided after
+            # the 6 assignments, else the assignments read at the end could be ahead of
+            # the decisions the audit read)
+            await producer.publish_policy(policy_update(1, ack_ms=HOUR_MS, heartbeat_ms=HOUR_MS))
         fleet = Fleet(p.bootstrap, agents, topics=p.topics)
         driver = LoadDriver(p.bootstrap, ["pool-d"], topics=p.topics, seed=2, duration_ms=50)
         await fleet.start()  # registers the agents, who then take no assignment

@@ -115,7 +115,10 @@ def test_only_signed_policies_apply(pipeline: Pipeline, tmp_path: Path) -> None:
             await until(lambda: sequenced(5))
             second = await decided_version(p, producer, "L2")
             # A policy for later applies from its time on; until then pools keep their clocks.
-            at = (now_ms() // 1000 + 8) * 1000  # whole seconds, 7-8 s from now
+            # (whole seconds, 19-20 s from now: before it, the CLI publishes, the policy is
+            # sequenced, a load decided and the read model looked at, 4.5-7.5 s here, more
+            # on a loaded machine, which 7-8 s left too little for)
+            at = (now_ms() // 1000 + 20) * 1000
             path.write_text(yaml.safe_dump(policy_file | {"version": 6}))
             iso = datetime.fromtimestamp(at / 1000, UTC).isoformat()
             scheduled = publish_cli(p, path, "--at", iso)
