@@ -192,6 +192,8 @@ class Replay:
             return
         if not isinstance(record, INPUTS):  # (written there by something else than a worker)
             return
+        if isinstance(record, m.PolicyUpdate) and self.recorded.conflict(record) is not None:
+            return  # (as the worker: dead-lettered)
         event = to_event(record, (self.topic, self.partition, offset))
         alt_event: core.Event | None = event
         if isinstance(record, m.PolicyUpdate):

@@ -35,6 +35,8 @@ class PartitionFold:
         self.policy = policy  # new pools start with it, then get ``policies``
         # The policy updates seen, less those a version as new and no later makes moot.
         self.policies: list[core.PolicyChanged] = []
+        # The content hash each policy version came with: a version names one document.
+        self.versions: dict[int, str] = {}
         self.pools: dict[str, core.PoolState] = {}
         # What the pools dropped carry over (``core.PoolState.carried``) to the pool a later
         # record makes in their place: three numbers a name, not a pool.
@@ -61,11 +63,26 @@ class PartitionFold:
         if not isinstance(record, INPUTS):  # (written there by something else than a worker)
             detail = f"a {type(record).__name__} is no input of the core"
             raise CodecError(m.DeadLetterReason.WRONG_SCHEMA, detail, value, **where)  # type: ignore[arg-type]
+        if isinstance(record, m.PolicyUpdate) and (problem := self.conflict(record)) is not None:
+            raise CodecError(m.DeadLetterReason.INVALID, problem, value, **where)  # type: ignore[arg-type]
         return self.apply_event(record, to_event(record, (self.topic, self.partition, offset)))
+
+    def conflict(self, update: m.PolicyUpdate) -> str | None:
+        """Why ``update`` is refused, if it is: its version came before with another
+        document. (Such a policy was ignored, or, were the first one scheduled for later,
+        applied in its place: neither said.)"""
+        known = self.versions.get(update.version)
+        if known is None or known == update.content_hash:
+            return None
+        return (f"policy {update.policy_id} version {update.version} came before with another "
+                f"document (content hash {known[:12]}..., this one {update.content_hash[:12]}"
+                "...): a version names one document; publish a newer version")  # fmt: skip
 
     def apply_event(self, record: m.Record, event: core.Event) -> list[core.Decision]:
         """Applies a decoded input (``whatif`` rewrites some events before they apply)."""
         if isinstance(event, core.PolicyChanged):
+            if isinstance(record, m.PolicyUpdate):  # (what to_event makes one of)
+                self.versions.setdefault(record.version, record.content_hash)
             self._remember(event)
             out: list[core.Decision] = []
             for name in sorted(self.pools):

@@ -75,6 +75,10 @@ def _fingerprint() -> bytes:
 
 
 FINGERPRINT = _fingerprint()
+# What a snapshot keeps of a fold, in this order, then the digest of its last record (the
+# first four make the fold; the others are set on it).
+_KEPT = ("topic", "partition", "next_offset", "policy", "policies", "versions", "pools",
+         "dropped", "counts")  # fmt: skip
 
 
 def record_digest(value: bytes) -> bytes:
@@ -108,8 +112,7 @@ class Snapshots:
             return False
         self.base[fold.partition] = fold.next_offset
         directory = self._dir(fold.partition)
-        state = (fold.topic, fold.partition, fold.next_offset, fold.policy, fold.policies,
-                 fold.pools, fold.dropped, fold.counts, record_digest(fold.last))  # fmt: skip
+        state = (*(getattr(fold, name) for name in _KEPT), record_digest(fold.last))
         try:  # a snapshot is an optimisation: failing to take one must not stop the worker
             directory.mkdir(parents=True, exist_ok=True)
             if not hasattr(os, "fork"):
@@ -177,13 +180,14 @@ class Snapshots:
             state = _read(path)
             if state is None:
                 continue
-            topic, part, next_offset, policy, policies, pools, dropped, counts, last = state
-            if (topic, part, next_offset) != (self.topic, partition, offset):
-                log.warning("snapshot %s is of %s-%s at %s: ignored", path, topic, part,
-                            next_offset)  # fmt: skip
+            kept, last = dict(zip(_KEPT, state, strict=False)), state[-1]
+            at = (kept["topic"], kept["partition"], kept["next_offset"])
+            if at != (self.topic, partition, offset):
+                log.warning("snapshot %s is of %s-%s at %s: ignored", path, *at)
                 continue
-            fold = PartitionFold(self.topic, partition, codec, policy)
-            fold.policies, fold.pools, fold.dropped, fold.counts = policies, pools, dropped, counts
+            fold = PartitionFold(self.topic, partition, codec, kept["policy"])
+            for name in _KEPT[4:]:
+                setattr(fold, name, kept[name])
             fold.next_offset = offset
             self.base[partition] = offset
             log.info("partition %d: starts from the snapshot at offset %d", partition, offset)
@@ -237,4 +241,4 @@ def _read(path: Path) -> tuple[Any, ...] | None:
     except Exception as exc:  # whatever it is, fold from further back
         log.warning("snapshot %s: does not load (%s), not used", path, exc)
         return None
-    return state if isinstance(state, tuple) and len(state) == 9 else None
+    return state if isinstance(state, tuple) and len(state) == len(_KEPT) + 1 else None

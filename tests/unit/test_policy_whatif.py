@@ -15,6 +15,7 @@ from dispatcher import core, policytool
 from dispatcher.codecs import Codec, CodecError, dead_letter
 from dispatcher.codecs import models as m
 from dispatcher.codecs.adapt import policy_from
+from dispatcher.codecs.signing import content_hash
 from dispatcher.demo import agent_profile, load_event, policy_update
 from dispatcher.errors import ConfigError
 from dispatcher.policytool import load_policy_file, problems
@@ -175,6 +176,40 @@ def test_whatif_skips_a_record_in_the_input_sequence_that_is_no_input(stray: byt
     report = compare([(0, records)], policy_from(policy))
     assert report.changed == 0
     assert report.recorded["assigned"] > 0
+
+
+def taken_version(version: int, at_ms: int) -> tuple[m.PolicyUpdate, m.PolicyUpdate]:
+    """Policy ``version`` for ``at_ms``, and a policy of the same version, with another
+    document, in effect at once."""
+    first = policy_update(version, effective_from_ms=at_ms)
+    doc = first.document.model_copy(update={"weights": first.document.weights | {"locality": 9.0}})
+    return first, first.model_copy(
+        update={"document": doc, "content_hash": content_hash(doc), "effective_from_ms": 0}
+    )
+
+
+def test_a_policy_of_a_version_that_came_with_another_document_is_refused() -> None:
+    """Before, it applied in place of the first if that was scheduled for later (and the
+    first then never did), or was ignored: either way with nothing said."""
+    fold = PartitionFold("input-sequence", 0, CODEC)
+    first, other = taken_version(2, 10**12)
+    fold.apply(CODEC.encode(first), 0)
+    fold.apply(CODEC.encode(first.model_copy(update={"effective_from_ms": 0})), 1)  # (its time)
+    with pytest.raises(CodecError, match="version 2 came before with another document") as bad:
+        fold.apply(CODEC.encode(other), 2)
+    assert bad.value.reason is m.DeadLetterReason.INVALID
+    fold.apply(CODEC.encode(m.Tick(pool="p", event_time_ms=5)), 3)
+    assert fold.pool("p").policy.weights["locality"] == first.document.weights["locality"] != 9
+
+
+def test_whatif_skips_a_policy_of_a_version_taken_as_the_worker_does() -> None:
+    policy = policy_update(1)
+    records: list[tuple[int, bytes | None]] = [*recorded_run(policy, steps=10)]
+    records[5:5] = [(5, CODEC.encode(p)) for p in taken_version(2, 10**12)]
+    records = [(i, value) for i, (_, value) in enumerate(records)]
+    report = compare([(0, records)], policy_from(policy))
+    assert report.recorded["assigned"] > 10
+    assert report.changed == 0  # (applied, the other made every recorded decision anew)
 
 
 def test_whatif_with_more_weight_for_a_tenant_shifts_its_share_and_wait() -> None:

@@ -56,6 +56,7 @@ def test_a_fold_restored_from_a_snapshot_decides_as_the_fold_from_the_start(
     assert again == later
     assert [repr(d) for d in again] == [repr(d) for d in later]
     assert restored.fold.counts == whole.counts  # (the read model's counters)
+    assert restored.fold.versions == whole.versions != {}  # (a version taken stays taken)
 
 
 def test_a_snapshot_past_the_offset_wanted_is_not_used(
