@@ -54,6 +54,9 @@ class _Load:
 _Key = tuple[str, str]  # (pool, load id)
 
 
+REJECTED = core.Outcome.REJECTED
+
+
 @dataclass
 class Outcomes:
     """What one run decided, per load (a run keeps no decision whole)."""
@@ -66,7 +69,8 @@ class Outcomes:
     def observe(self, event: core.Event, decisions: list[core.Decision]) -> None:
         if not isinstance(event, core.PolicyChanged):  # (its time is when it takes effect)
             self.last_ms = max(self.last_ms, event.time_ms)
-        if isinstance(event, core.LoadArrived) and decisions:  # (none: a repeated arrival)
+        # (a repeated arrival has no decision, a refused one its REJECTED)
+        if isinstance(event, core.LoadArrived) and decisions and decisions[0].outcome != REJECTED:
             spec = event.load
             self.loads.setdefault((decisions[0].pool, spec.load_id),
                                   _Load(spec.tenant, event.time_ms, spec.deadline_ms))  # fmt: skip
@@ -195,6 +199,11 @@ class Replay:
         if isinstance(record, m.PolicyUpdate) and self.recorded.conflict(record) is not None:
             return  # (as the worker: dead-lettered)
         event = to_event(record, (self.topic, self.partition, offset))
+        if not isinstance(record, m.PolicyUpdate) and (
+            (state := self.recorded.pools.get(record.pool)) is not None and state.repeats(event)
+        ):  # (the alternative run's copy of an answer may say another holder: no repeat there)
+            self.rec_out.observe(event, self.recorded.apply_event(record, event))
+            return
         alt_event: core.Event | None = event
         if isinstance(record, m.PolicyUpdate):
             alt_event = None  # the policy under test holds throughout

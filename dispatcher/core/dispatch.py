@@ -283,8 +283,8 @@ class PoolState:
         self.tenant_pending: dict[tuple[str, Priority], dict[str, LoadState]] = {}
         # event key -> event time and what its event said (``_said``), one int: a repeat
         # changes nothing, another event with the key is refused; and the keys oldest first,
-        # to prune from (a plain dict and a deque: 34 bytes a key besides the key, where an
-        # ordered dict took 72; a finished load has about three keys)
+        # to prune from (a plain dict and a deque: 34 bytes a key besides the key and its
+        # int of 36, where an ordered dict took 72; a finished load has about three keys)
         self.seen: dict[str, int] = {}
         self.seen_order: deque[str] = deque()
         self.orphans = 0  # decisions about unknown load ids (not remembered per id)
@@ -343,6 +343,14 @@ class PoolState:
             # gone offline, or with less room in a new profile).
             self._drain(event.source, out)
         return out
+
+    def repeats(self, event: Event) -> bool:
+        """Whether ``event`` repeats one this pool has seen (its key, saying the same), which
+        then changes nothing."""
+        if not isinstance(event, _KEYED):
+            return False
+        before = self.seen.get(_KEY_SPACE[type(event)] + event.key)
+        return before is not None and before & _KEY_SAID == _said(event)[0]
 
     def _handle(self, event: Event, out: list[Decision]) -> None:
         match event:
@@ -1539,7 +1547,9 @@ def _said(event: LoadArrived | LoadCancelled | TaskReported) -> tuple[int, str]:
             said = f"cancel\0{load_id}"
         case TaskReported():
             load_id = event.load_id
-            said = f"result\0{load_id}\0{event.decision_id}\0{event.agent_id}\0{event.outcome}"
+            said = (
+                f"result\0{load_id}\0{event.decision_id}\0{event.agent_id}\0{event.outcome.value}"
+            )
     return zlib.crc32(said.encode()), load_id
 
 

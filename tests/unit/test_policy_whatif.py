@@ -212,6 +212,23 @@ def test_whatif_skips_a_policy_of_a_version_taken_as_the_worker_does() -> None:
     assert report.changed == 0  # (applied, the other made every recorded decision anew)
 
 
+def test_whatif_takes_a_repeated_answer_and_a_reused_key_as_the_recorded_run_does() -> None:
+    """An answer sent twice (a producer's retry) after its load finished: the what-if run's
+    first copy named its own holder, and the second, another key's content there, was
+    refused (KEY_REUSED), so a what-if of the recorded document under a new version saw
+    58 loads changed. And an arrival refused for its key counted as a load that came."""
+    policy = policy_update(1)
+    values: list[bytes] = []
+    for _, value in recorded_run(policy, steps=30):
+        values += [value] * (2 if isinstance(CODEC.decode(value), m.TaskResult) else 1)
+    arrival = next(r for v in values if isinstance(r := CODEC.decode(v), m.LoadEvent))
+    values.append(CODEC.encode(arrival.model_copy(update={"load_id": "L-new"})))  # its key
+    arrivals = sum(isinstance(CODEC.decode(v), m.LoadEvent) for v in values) - 1
+    report = compare([(0, list(enumerate(values)))], policy_from(policy_update(2)))
+    assert (report.changed, report.decisions_changed) == (0, 0)
+    assert report.recorded["loads"] == report.alternative["loads"] == arrivals
+
+
 def test_whatif_with_more_weight_for_a_tenant_shifts_its_share_and_wait() -> None:
     # Recorded with equal weights: acme (3 loads a step) and globex (1) each get about one of
     # the two slots a step. Weight 4 for acme should move acme's share towards 4/5.
