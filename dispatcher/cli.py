@@ -844,9 +844,9 @@ def audit_cmd(  # noqa: PLR0917 - one option each
     elapsed = time.monotonic() - started
     pools = set().union(*(r.pools for r in results))
     if pool is not None and pool not in pools and not bad:  # (a typo: it said OK, exit 0)
-        named = ", ".join(sorted(pools)) or "none"
-        raise click.BadParameter(f"no decision is about pool {pool!r}; the log's pools: {named}",
-                                 param_hint="'--pool'")  # fmt: skip
+        named = ", ".join(sorted(pools)[:10]) + (", ..." if len(pools) > 10 else "")
+        raise click.BadParameter(f"no decision is about pool {pool!r}; the pools decided about: "
+                                 f"{named or 'none'}", param_hint="'--pool'")  # fmt: skip
     if scope != Scope() and not total:
         click.echo("warning: the scope (--pool/--from/--to) covers no decision: nothing was "
                    "checked", err=True)  # fmt: skip
@@ -1005,7 +1005,7 @@ def explain_cmd(
     except ValueError as exc:
         raise click.UsageError(f"{exc} with --pool") from exc
     if not found["decisions"]:
-        where = f" of pool {pool} (without --pool: of any pool)" if pool else ""
+        where = f" of pool {pool} (try without --pool)" if pool else ""
         raise click.ClickException(f"no decision about load {load_id} in the decision log{where}")
     if as_json:
         click.echo(json.dumps(found, indent=2, default=str))

@@ -110,7 +110,7 @@ def to_event(  # noqa: PLR0911 - one return per kind of input
                 capacity=p.capacity, personality=tuple(p.personality), risk_budget=p.risk_budget,
                 abstention_threshold=p.abstention_threshold,
                 clearance=core.Sensitivity[p.clearance.value], regions=frozenset(p.regions),
-                zone=p.zone, speed=p.speed,
+                zone=p.zone, speed=max(p.speed, m.MIN_SPEED),
             )  # fmt: skip
             return core.AgentRegistered(record.event_id, record.agent_id, record.seq,
                                         record.event_time_ms, profile, source)  # fmt: skip

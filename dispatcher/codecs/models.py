@@ -67,7 +67,10 @@ MAX_EPOCH_MS = 2**53  # exact in a double, so in JSON and JavaScript too
 # Risk scores and budgets: an agent's risk in use sums the scores of its loads (up to its
 # capacity), and a sum that rounded to infinity took the agent out of use for good.
 MAX_RISK = 1e9
-MIN_SPEED = 1e-3  # an agent's relative speed: a thousand times slower than nominal at most
+# The slowest an agent is taken to be: a speed near 0 made its time for a load overflow to
+# infinity, with a warning. (Taken so, not refused: records the worker took before are
+# replayed from the input sequence, which a refusal now would make decide otherwise.)
+MIN_SPEED = 1e-3
 # The ranges of Avro's int and long: every integer field is bounded by its schema type, or
 # fastavro writes an "int" that Java readers refuse, or fails a "long" with OverflowError.
 INT_MAX = 2**31 - 1
@@ -162,8 +165,7 @@ class AgentProfile(Record):
     clearance: Sensitivity
     regions: Names
     zone: Name | None = None
-    # (a speed near 0 made an agent's time for a load overflow to infinity, with a warning)
-    speed: Annotated[float, Field(ge=MIN_SPEED, le=1000)] = 1.0
+    speed: Annotated[float, Field(gt=0, le=1000)] = 1.0  # (taken as MIN_SPEED at least)
 
 
 class AgentEvent(Record):

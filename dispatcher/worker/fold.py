@@ -53,8 +53,9 @@ class PartitionFold:
 
         Raises:
             CodecError: the bytes do not decode, or there are none (a record with no
-                value); the caller dead-letters them; the same bytes fail the same
-                way on every replay, so skipping them is deterministic.
+                value), or a policy's version came before with another document
+                (``conflict``); the caller dead-letters them; the same records fail the
+                same way on every replay, so skipping them is deterministic.
         """
         value = value or b""  # a tombstone fails as empty bytes do (no frame), not as a TypeError
         self.next_offset, self.last = offset + 1, value

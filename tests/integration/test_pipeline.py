@@ -347,7 +347,8 @@ def operator_tools(p: Pipeline, results: list[PartitionAudit]) -> None:
     typo = cli(p, "audit", "--pool", "pool-x")
     assert typo.returncode == 2
     assert (
-        "no decision is about pool 'pool-x'; the log's pools: pool-a, pool-b, pool-c" in typo.stderr
+        "no decision is about pool 'pool-x'; the pools decided about: pool-a, pool-b, pool-c"
+        in typo.stderr
     )
 
     policy_file = Path(p.logs) / "p3.yaml"

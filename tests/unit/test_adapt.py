@@ -69,6 +69,21 @@ def test_each_input_record_becomes_its_event() -> None:
         to_event(SAMPLES["Assignment"][0])
 
 
+def test_an_agent_is_never_slower_than_the_slowest_speed() -> None:
+    """(5e-324 made its time for a load overflow to infinity, with a numpy warning; taken
+    as the slowest, not refused, as records taken before are replayed.)"""
+    sample = SAMPLES["AgentEvent"][0]
+    assert isinstance(sample, m.AgentEvent)
+    assert sample.profile is not None
+    for speed, expected in ((5e-324, m.MIN_SPEED), (0.5, 0.5)):
+        record = sample.model_copy(
+            update={"profile": sample.profile.model_copy(update={"speed": speed})}
+        )
+        registered = to_event(CODEC.decode(CODEC.encode(record)))
+        assert isinstance(registered, core.AgentRegistered)
+        assert registered.profile.speed == expected
+
+
 def test_a_load_is_never_created_after_the_event_that_says_it_came() -> None:
     """(A creation time far ahead held a hard affinity's wait, counted from it, until then.)"""
     sample = SAMPLES["LoadEvent"][0]

@@ -169,13 +169,6 @@ FAILURES = [
         "profile.risk_budget: Input should be less than or equal to 1000000000",
     ),
     (
-        "a speed near 0",  # (an agent's time for a load overflowed to infinity)
-        _raw("AgentEvent", _agent_event(speed=5e-324)),
-        None,
-        m.DeadLetterReason.INVALID,
-        "profile.speed: Input should be greater than or equal to 0.001",
-    ),
-    (
         "deadline before created",
         _raw("LoadEvent", _load_event(deadline_ms=1)),
         None,
