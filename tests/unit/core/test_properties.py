@@ -128,6 +128,8 @@ steps = st.one_of(
     st.tuples(st.just("tick"), st.sampled_from([520, 900])),
     st.tuples(st.just("tick"), st.sampled_from([520, 900])),
     st.tuples(st.just("repeat"), st.integers(0, 1000)),
+    # an event of another content under a key seen before (a producer's mistake)
+    st.tuples(st.just("reuse"), st.integers(0, 1000)),
 )  # fmt: skip
 scripts = st.lists(steps, min_size=20, max_size=60)
 
@@ -263,6 +265,22 @@ def _events(step: tuple[Any, ...], m: Model, now: int, n: int,  # noqa: PLR0911,
         return [TaskReported(key, now, offer.decision_id, most, offer.agent, outcome, True)]
     if kind == "tick":
         return [Tick(now)]
+    if kind == "reuse":
+        keyed = [e for e in history if isinstance(e, (LoadArrived, LoadCancelled, TaskReported))]
+        if not keyed:
+            return [Tick(now)]
+        match keyed[step[1] % len(keyed)]:
+            case LoadArrived() as e:  # a cancel under its arrival's key
+                return [LoadCancelled(e.key, now, e.load.load_id)]
+            case LoadCancelled() as e:
+                return [LoadCancelled(e.key, now, e.load_id + "-other")]
+            case TaskReported() as e:
+                other = (
+                    TaskOutcome.SUCCESS
+                    if e.outcome is not TaskOutcome.SUCCESS
+                    else TaskOutcome.FAILED
+                )
+                return [replace(e, time_ms=now, outcome=other)]
     return [history[step[1] % len(history)]] if history else [Tick(now)]
 
 
@@ -336,13 +354,22 @@ def _apply(state: PoolState, m: Model, e: Event, history: list[Event]) -> list[D
     """Applies one event, checks what it did, and teaches the model."""
     before = _fingerprint(state)
     keyed = isinstance(e, (LoadArrived, LoadCancelled, TaskReported))
-    repeat = keyed and e in history  # (a tick again is a tick now: not a repeat)
+    # The first event under its key (a tick again is a tick now: no repeat). Keys are kept
+    # an hour: never pruned here.
+    first = next((x for x in history if _key_of(x) == _key_of(e)), None) if keyed else None
+    repeat = first is not None and _says(first) == _says(e)
+    reused = first is not None and not repeat
     ignored = isinstance(e, (AgentRegistered, AgentStatusChanged)) and (
         e.seq <= m.seq.get(e.agent_id, -1)
         or (isinstance(e, AgentStatusChanged) and e.agent_id not in m.profiles)
     )
     out = state.apply(e)
     history.append(e)
+    if reused:  # refused, as it came (so, like a repeat, without moving the clock)
+        m.reached["key reused, refused"] += 1
+        assert [(d.outcome, d.reason) for d in out] == [(Outcome.REJECTED, "KEY_REUSED")], out
+        assert _fingerprint(state) == before, f"a reused key's event changed the state: {out}"
+        return out
     if not repeat:  # (the pool's clock is the newest time of any event but a duplicate's)
         m.now = max(m.now, e.time_ms)
     if repeat or ignored:
@@ -376,6 +403,23 @@ def _apply(state: PoolState, m: Model, e: Event, history: list[Event]) -> list[D
         _decided(m, d, e, waiting_before)
     _agrees(state, m, e)
     return out
+
+
+def _key_of(e: Event) -> tuple[str, str] | None:
+    """An event's key in its key space (load events share one, results have theirs)."""
+    if isinstance(e, (LoadArrived, LoadCancelled)):
+        return ("load", e.key)
+    return ("result", e.key) if isinstance(e, TaskReported) else None
+
+
+def _says(e: Event) -> Event:
+    """What an event with a key says, as its repeats must say it too: all but its time (a
+    producer's retry may stamp it anew) and a result's retryable flag."""
+    return (
+        replace(e, time_ms=0, retryable=False)
+        if isinstance(e, TaskReported)
+        else replace(e, time_ms=0)
+    )
 
 
 def _learn(m: Model, e: Event) -> tuple[Outcome | str, str] | None:
