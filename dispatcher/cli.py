@@ -418,8 +418,10 @@ def _published_policy(path: Path) -> Policy | None:
     """
     import yaml  # noqa: PLC0415
 
+    from dispatcher.yamlfile import load_yaml  # noqa: PLC0415
+
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = load_yaml(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
     return _policy_of(path) if isinstance(doc, dict) and "document" in doc else None

@@ -29,6 +29,7 @@ from dispatcher.errors import ConfigError, Where, validation_problems
 from dispatcher.reading import partitions, read_partition
 from dispatcher.sdk.producer import DispatcherProducer, now_ms
 from dispatcher.topics import TopicNames
+from dispatcher.yamlfile import load_yaml
 
 __all__ = ["current_version", "load_policy_file", "problems", "publish", "signed"]
 
@@ -40,7 +41,7 @@ def load_policy_file(path: Path, *, effective_from_ms: int | None = None) -> m.P
         ConfigError: unreadable file, not YAML, or not a valid policy.
     """
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = load_yaml(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read the policy: {exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("document"), dict):

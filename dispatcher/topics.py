@@ -33,6 +33,7 @@ from pydantic import (
 from dispatcher.errors import BrokerError, TopicsFileError, field_at, validation_problems
 from dispatcher.reading import closing
 from dispatcher.settings import PROJECT_ROOT
+from dispatcher.yamlfile import load_yaml
 
 __all__ = [
     "DEFAULT_TOPICS_FILE",
@@ -149,21 +150,6 @@ class TopicNames:
         return cls(**{f: prefix + getattr(base, f) for f in cls.__dataclass_fields__})
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A SafeLoader that refuses duplicate mapping keys instead of keeping the last."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 def _describe(loc: tuple[int | str, ...]) -> str:
     """Turns a pydantic error location into 'topic X, field Y' words."""
     if len(loc) >= 2 and loc[0] == "topics":
@@ -250,7 +236,7 @@ def load_topics(path: Path | str = DEFAULT_TOPICS_FILE) -> TopicsFile:
     """
     path = Path(path)
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise TopicsFileError(str(path), [f"cannot read: {exc.strerror}"]) from exc
     except UnicodeDecodeError as exc:  # (before: a traceback)

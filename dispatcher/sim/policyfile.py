@@ -25,6 +25,7 @@ from pydantic import TypeAdapter, ValidationError
 from dispatcher.core import Policy
 from dispatcher.core.policy import policy_problems
 from dispatcher.errors import ConfigError
+from dispatcher.yamlfile import load_yaml
 
 __all__ = ["load_policy"]
 
@@ -40,7 +41,7 @@ def load_policy(path: Path, base: Policy) -> Policy:
             policy no dispatcher should run (every problem named).
     """
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        doc = load_yaml(path.read_text(encoding="utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read the policy: {exc}") from exc
     if not isinstance(doc, dict):

@@ -104,6 +104,25 @@ def test_schema_problems_are_named_one_a_line(tmp_path: Path) -> None:
     ]  # (the version's problem shows once the document has none)
 
 
+@pytest.mark.parametrize(
+    ("once", "twice", "key"),
+    [
+        ("ack: 30000,", "ack: 30000, ack: 5,", "ack"),
+        ("version: 2", "version: 2\nversion: 9", "version"),
+    ],
+)
+def test_a_key_written_twice_is_refused_not_the_last_kept(
+    tmp_path: Path, once: str, twice: str, key: str
+) -> None:
+    """(The last was kept: `ack: 30000, ack: 5` was valid, with an ack timeout of 5 ms.)"""
+    text = EXAMPLE.read_text()
+    assert text.count(once) == 1
+    path = tmp_path / "p.yaml"
+    path.write_text(text.replace(once, twice))
+    with pytest.raises(ConfigError, match=f"duplicate key '{key}'"):
+        load_policy_file(path)
+
+
 def recorded_run(
     policy: m.PolicyUpdate, steps: int = 60, *, deadlines: bool = False
 ) -> list[tuple[int, bytes]]:

@@ -134,6 +134,9 @@ def test_a_policy_file_changes_fields_and_refuses_unknown_ones(tmp_path: Path) -
     bad.write_text("versoin: 2\n")
     with pytest.raises(ConfigError, match="unknown policy field"):
         load_policy(bad, SIM_POLICY)
+    bad.write_text("version: 2\nversion: 3\n")  # (the last was kept)
+    with pytest.raises(ConfigError, match="duplicate key 'version'"):
+        load_policy(bad, SIM_POLICY)
 
 
 def test_an_unknown_field_is_refused_naming_the_fields_there_are(tmp_path: Path) -> None:
