@@ -949,8 +949,8 @@ def _whatif_lines(report: WhatIf) -> list[str]:
     return [
         f"loads {a['loads']:,}; changed {report.changed:,} "
         f"({report.decisions_changed:,} decisions differ)"
-        + (f"; {dropped:,} agents' answers never reached the what-if run (about attempts it "
-           "did not make)" if dropped else ""),
+        + (f"; {dropped:,} agent answer{'s' if dropped != 1 else ''} never reached the what-if "
+           "run (about attempts it did not make)" if dropped else ""),
         f"{'':<{label_w}} {'recorded':>{w}} {'what-if':>{w}}",
         *(f"{label:<{label_w}} {x:>{w}} {y:>{w}}" for label, x, y in rows),
         *(_example_line(ex) for ex in report.examples),
