@@ -116,7 +116,9 @@ async def closing(stop: Awaitable[None]) -> None:
     await stop
     task = asyncio.current_task()
     if task is not None and task.cancelling():
-        raise asyncio.CancelledError
+        # (from None: a Ctrl-C through nested clients printed each's cancellation in turn,
+        # "during handling of the above", some 80 lines for the README's SDK example)
+        raise asyncio.CancelledError from None
 
 
 def replay_consumer(bootstrap: str) -> AIOKafkaConsumer:
