@@ -281,7 +281,7 @@ class PoolState:
         self.heavy_policy: Policy | None = None
         # (tenant, class) -> its pending loads, in arrival order
         self.tenant_pending: dict[tuple[str, Priority], dict[str, LoadState]] = {}
-        # event key -> event time and what its event said (``_said``), one int: a repeat
+        # event key -> event time and what its event said (``_keyed``), one int: a repeat
         # changes nothing, another event with the key is refused; and the keys oldest first,
         # to prune from (a plain dict and a deque: 34 bytes a key besides the key and its
         # int of 36, where an ordered dict took 72; a finished load has about three keys)
@@ -317,8 +317,7 @@ class PoolState:
         """Applies one event; returns the decisions it caused, in order."""
         key = None
         if isinstance(event, _KEYED):
-            key = _KEY_SPACE[type(event)] + event.key
-            said, load_id = _said(event)
+            key, said, load_id = _keyed(event)
             if (before := self.seen.get(key)) is not None:
                 if before & _KEY_SAID == said:
                     return []  # a repeat
@@ -349,8 +348,9 @@ class PoolState:
         then changes nothing."""
         if not isinstance(event, _KEYED):
             return False
-        before = self.seen.get(_KEY_SPACE[type(event)] + event.key)
-        return before is not None and before & _KEY_SAID == _said(event)[0]
+        key, said, _ = _keyed(event)
+        before = self.seen.get(key)
+        return before is not None and before & _KEY_SAID == said
 
     def _handle(self, event: Event, out: list[Decision]) -> None:
         match event:
@@ -1533,11 +1533,11 @@ class PoolState:
         )  # fmt: skip
 
 
-def _said(event: LoadArrived | LoadCancelled | TaskReported) -> tuple[int, str]:
-    """What an event with a key says, as far as its repeats must say it too, as a CRC-32
-    (deterministic, unlike ``hash``, for snapshots): its kind and load, and a result's
-    decision, agent and outcome; not its time, which a producer's retry may stamp anew.
-    And the load."""
+def _keyed(event: LoadArrived | LoadCancelled | TaskReported) -> tuple[str, int, str]:
+    """An event's key in its key space; what it says, as far as its repeats must say it
+    too, as a CRC-32 (deterministic, unlike ``hash``, for snapshots): its kind and load,
+    and a result's decision, agent and outcome, not its time, which a producer's retry may
+    stamp anew; and its load."""
     match event:
         case LoadArrived():
             load_id = event.load.load_id
@@ -1550,7 +1550,7 @@ def _said(event: LoadArrived | LoadCancelled | TaskReported) -> tuple[int, str]:
             said = (
                 f"result\0{load_id}\0{event.decision_id}\0{event.agent_id}\0{event.outcome.value}"
             )
-    return zlib.crc32(said.encode()), load_id
+    return _KEY_SPACE[type(event)] + event.key, zlib.crc32(said.encode()), load_id
 
 
 def _named_weights(named: Mapping[str, float], tenants: Collection[str]) -> list[float]:
