@@ -1036,8 +1036,11 @@ def _explain_lines(found: Mapping[str, Any]) -> list[str]:
     # the chosen one, not one to say "why not" of.
     assigned = [d["agent_id"] for d in found["decisions"] if d["outcome"] == "ASSIGNED"]
     chosen = assigned[-1] if assigned else None
+    pool = found["decisions"][-1]["pool"] if found["decisions"] else "?"
     for v in found["verdicts"]:
-        if v["failed"]:
+        if v["failed"] == ["unknown_agent"]:  # (it said "fails unknown_agent")
+            why = f"no agent of pool {pool} has that id (a typo, or of another pool?)"
+        elif v["failed"]:
             why = f"fails {', '.join(v['failed'])}"
         elif v["agent_id"] == chosen:
             why = f"it was chosen (score {v['score']:.3f})"

@@ -439,6 +439,10 @@ def test_explain_says_the_agent_asked_about_is_the_chosen_one() -> None:
     # Taken back and assigned again: the verdicts stand at the last assignment.
     lines = _explain_lines({"decisions": [assigned, again], "verdicts": verdicts})
     assert lines[-2] == "why not agent-1: scores 0.875, 0.000 below the chosen one"
+    ghost = verdict | {"agent_id": "agnet-2", "failed": ["unknown_agent"], "score": None}
+    lines = _explain_lines({"decisions": [assigned], "verdicts": [ghost]})
+    assert lines[-1] == (f"why not agnet-2: no agent of pool {assigned['pool']} has that id "
+                         "(a typo, or of another pool?)")  # fmt: skip
 
 
 # -- simulate and codec ---------------------------------------------------------------------
