@@ -31,7 +31,7 @@ from dispatcher.codecs import models as m
 from dispatcher.codecs.adapt import to_event
 from dispatcher.codecs.codec import Codec, CodecError
 from dispatcher.reading import PROGRESS_EVERY
-from dispatcher.worker.fold import INPUTS, PartitionFold
+from dispatcher.worker.fold import PartitionFold
 
 __all__ = ["Outcomes", "Replay", "WhatIf", "compare"]
 
@@ -191,13 +191,9 @@ class Replay:
         if self.progress is not None and self.replayed % PROGRESS_EVERY == 0:
             self.progress(self.replayed)
         try:
-            record = self.codec.decode(value or b"", trusted=True)
+            record = self.recorded.taken(value, offset)
         except CodecError:
-            return
-        if not isinstance(record, INPUTS):  # (written there by something else than a worker)
-            return
-        if isinstance(record, m.PolicyUpdate) and self.recorded.conflict(record) is not None:
-            return  # (as the worker: dead-lettered)
+            return  # (the worker dead-lettered it)
         event = to_event(record, (self.topic, self.partition, offset))
         if not isinstance(record, m.PolicyUpdate) and (
             (state := self.recorded.pools.get(record.pool)) is not None and state.repeats(event)

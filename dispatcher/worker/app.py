@@ -478,7 +478,7 @@ class Dispatcher:
             try:
                 out = fold.apply(ev.value, offset)
             except CodecError as exc:  # validated on the way in: a policy whose version was
-                # taken (``PartitionFold.conflict``), or a codec change
+                # taken (``PartitionFold.taken``), or a codec change
                 log.error("record of the input sequence refused: %s", exc)
                 value = self.dead_letter_bytes(exc, ev.key, ev.message.timestamp)
                 await send(t.dead_letter, t.input_sequence.encode(), value)

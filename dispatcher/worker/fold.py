@@ -23,6 +23,7 @@ __all__ = ["INPUTS", "PartitionFold"]
 
 _POOLED = (m.AgentEvent, m.LoadEvent, m.TaskResult, m.Tick)  # inputs that name their pool
 INPUTS = (*_POOLED, m.PolicyUpdate)  # what an input sequence holds
+Input = m.AgentEvent | m.LoadEvent | m.TaskResult | m.Tick | m.PolicyUpdate  # (one of INPUTS)
 
 
 class PartitionFold:
@@ -54,21 +55,31 @@ class PartitionFold:
         Raises:
             CodecError: the bytes do not decode, or there are none (a record with no
                 value), or a policy's version came before with another document
-                (``conflict``); the caller dead-letters them; the same records fail the
+                (``_conflict``); the caller dead-letters them; the same records fail the
                 same way on every replay, so skipping them is deterministic.
         """
         value = value or b""  # a tombstone fails as empty bytes do (no frame), not as a TypeError
         self.next_offset, self.last = offset + 1, value
+        record = self.taken(value, offset)
+        return self.apply_event(record, to_event(record, (self.topic, self.partition, offset)))
+
+    def taken(self, value: bytes | None, offset: int) -> Input:
+        """The record at ``offset`` as this fold takes it (``whatif`` replays the same ones).
+
+        Raises:
+            CodecError: as ``apply``.
+        """
+        value = value or b""
         where = {"topic": self.topic, "partition": self.partition, "offset": offset}
         record = self.codec.decode(value, trusted=True, **where)  # type: ignore[arg-type]
         if not isinstance(record, INPUTS):  # (written there by something else than a worker)
             detail = f"a {type(record).__name__} is no input of the core"
             raise CodecError(m.DeadLetterReason.WRONG_SCHEMA, detail, value, **where)  # type: ignore[arg-type]
-        if isinstance(record, m.PolicyUpdate) and (problem := self.conflict(record)) is not None:
+        if isinstance(record, m.PolicyUpdate) and (problem := self._conflict(record)) is not None:
             raise CodecError(m.DeadLetterReason.INVALID, problem, value, **where)  # type: ignore[arg-type]
-        return self.apply_event(record, to_event(record, (self.topic, self.partition, offset)))
+        return record
 
-    def conflict(self, update: m.PolicyUpdate) -> str | None:
+    def _conflict(self, update: m.PolicyUpdate) -> str | None:
         """Why ``update`` is refused, if it is: its version came before with another
         document. (Such a policy was ignored, or, were the first one scheduled for later,
         applied in its place: neither said.)"""
