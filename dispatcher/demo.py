@@ -27,6 +27,7 @@ from dispatcher.codecs.codec import Codec, CodecError
 from dispatcher.codecs.signing import content_hash
 from dispatcher.core import DEFAULT_POLICY, FINAL_OUTCOMES
 from dispatcher.errors import BrokerError
+from dispatcher.patience import patient
 from dispatcher.policytool import signed
 from dispatcher.reading import closing, partitions
 from dispatcher.sdk.producer import DispatcherProducer, now_ms
@@ -417,7 +418,7 @@ async def reader_at_end(bootstrap: str, topic: str) -> AIOKafkaConsumer:
     Raises:
         BrokerError: the broker cannot be reached, or has no such topic.
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = patient(AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False))
     try:
         await consumer.start()
         tps = await partitions(bootstrap, topic)

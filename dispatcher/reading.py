@@ -17,6 +17,7 @@ from aiokafka.errors import (
 )
 
 from dispatcher.errors import BrokerError, ConfigError
+from dispatcher.patience import patient
 
 __all__ = [
     "PROGRESS_EVERY",
@@ -128,9 +129,9 @@ def replay_consumer(bootstrap: str) -> AIOKafkaConsumer:
     the first fetch after a seek waited that long (most of the time of reading
     25k records). A fetch brings up to 4 MB.
     """
-    return AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                            fetch_max_wait_ms=5, max_partition_fetch_bytes=4 << 20,
-                            fetch_max_bytes=4 << 20)  # fmt: skip
+    return patient(AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                    fetch_max_wait_ms=5, max_partition_fetch_bytes=4 << 20,
+                                    fetch_max_bytes=4 << 20))  # fmt: skip
 
 
 async def read_partition(bootstrap: str, tp: TopicPartition) -> list[Any]:

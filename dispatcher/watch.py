@@ -16,6 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from dispatcher.errors import BrokerError
+from dispatcher.patience import patient
 from dispatcher.reading import closing
 
 __all__ = ["topic_totals", "watch_topics"]
@@ -49,7 +50,9 @@ async def watch_topics(
     Raises:
         BrokerError: the broker cannot be reached.
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    consumer = patient(
+        AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    )
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     try:
         await admin.start()

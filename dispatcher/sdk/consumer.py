@@ -15,6 +15,7 @@ from aiokafka.structs import OffsetAndMetadata
 from dispatcher.codecs import Codec, CodecError, dead_letter
 from dispatcher.codecs.models import Record
 from dispatcher.errors import BrokerError
+from dispatcher.patience import patient
 from dispatcher.reading import closing, committed_offsets
 from dispatcher.sdk._lifecycle import CommittingIterator
 
@@ -90,16 +91,16 @@ class DecodingConsumer(CommittingIterator):
         self._buffer: deque[Any] = deque()
         self._pending_dead: list[Any] = []
         self._max_records = max_records
-        self._consumer = AIOKafkaConsumer(
+        self._consumer = patient(AIOKafkaConsumer(
             bootstrap_servers=bootstrap_servers,
             group_id=group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-        )
+        ))  # fmt: skip
         self._own_producer = producer is None
-        self._producer = producer or AIOKafkaProducer(
+        self._producer = producer or patient(AIOKafkaProducer(
             bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True
-        )
+        ))  # fmt: skip
         self._bootstrap = bootstrap_servers
 
     async def start(self) -> None:

@@ -22,6 +22,7 @@ from dispatcher.codecs.models import (
     TaskResult,
 )
 from dispatcher.errors import BrokerError
+from dispatcher.patience import patient
 from dispatcher.reading import closing
 from dispatcher.topics import TopicNames
 
@@ -73,7 +74,7 @@ class DispatcherProducer:
         self.codec = codec or Codec()
         self._bootstrap = bootstrap_servers
         config = {"acks": "all", "enable_idempotence": True, "linger_ms": 5} | producer_config
-        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, **config)
+        self._producer = patient(AIOKafkaProducer(bootstrap_servers=bootstrap_servers, **config))
         # The delivery futures of send(), until they are done (-> topic, key). aiokafka
         # reports a refused record only there: its flush() never raises.
         self._unacked: dict[asyncio.Future[Any], tuple[str, str]] = {}

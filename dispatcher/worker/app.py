@@ -54,6 +54,7 @@ from dispatcher.codecs import models as m
 from dispatcher.codecs import signing
 from dispatcher.codecs.adapt import encode_decision, policy_problems
 from dispatcher.codecs.codec import Codec, CodecError, dead_letter
+from dispatcher.patience import patient
 from dispatcher.reading import replay_consumer
 from dispatcher.topics import TopicNames
 from dispatcher.worker.fold import PartitionFold
@@ -129,7 +130,7 @@ FETCH_MAX_WAIT_MS = 5
 
 class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
-        consumer = super()._create_worker_consumer(transport)
+        consumer = patient(super()._create_worker_consumer(transport))
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts
         return consumer
 
@@ -219,6 +220,9 @@ class _Producer(faust_kafka.Producer):
         self._sent: list[asyncio.Future[Any]] = []
         self._sweep_at = _SWEEP_AT
         self.failed: BaseException | None = None
+
+    def _new_producer(self, transactional_id: str | None = None) -> AIOKafkaProducer:
+        return patient(super()._new_producer(transactional_id))
 
     async def send(self, *args: Any, **kwargs: Any) -> Any:
         future = await super().send(*args, **kwargs)
