@@ -276,8 +276,11 @@ _format = click.option(
 @_format
 def codec_encode(name: str, framing: str, fmt: str) -> None:
     """JSON lines on stdin -> one framed Avro record per line on stdout."""
+    from pydantic import ValidationError  # noqa: PLC0415
+
     from dispatcher.codecs import Codec  # noqa: PLC0415
     from dispatcher.codecs.codec import MODELS  # noqa: PLC0415
+    from dispatcher.errors import validation_problems  # noqa: PLC0415
 
     if name not in MODELS:
         raise click.BadParameter(f"unknown schema {name!r}; one of {', '.join(MODELS)}",
@@ -288,9 +291,10 @@ def codec_encode(name: str, framing: str, fmt: str) -> None:
             continue
         try:
             record = MODELS[name].model_validate_json(line)
-        except ValueError as exc:
+        except ValidationError as exc:  # (one line per problem, not pydantic's three)
             failed += 1
-            click.echo(f"line {n}: not a valid {name}: {exc}", err=True)
+            click.echo(f"line {n}: not a valid {name}: {'; '.join(validation_problems(exc))}",
+                       err=True)  # fmt: skip
             continue
         data = c.encode(record, framing=framing)  # type: ignore[arg-type]
         click.echo(base64.b64encode(data).decode() if fmt == "base64" else data.hex())
