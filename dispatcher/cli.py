@@ -33,7 +33,6 @@ from dispatcher import __version__
 from dispatcher.demo import run_demo
 from dispatcher.errors import (
     BrokerError,
-    ConfigError,
     DispatcherError,
     StackError,
     TopicsFileError,
@@ -438,12 +437,10 @@ def _policy_of(path: Path) -> Policy:
         ConfigError: the file is not a valid policy, or a worker would refuse it.
     """
     from dispatcher.codecs.adapt import policy_from  # noqa: PLC0415
-    from dispatcher.policytool import load_policy_file, problems  # noqa: PLC0415
+    from dispatcher.policytool import checked_policy_file  # noqa: PLC0415
 
-    update = load_policy_file(path)
-    if found := problems(update):  # (what every worker would refuse is no policy to try)
-        raise ConfigError(f"{path}: {'; '.join(found)}")
-    return policy_from(update)
+    # (what every worker would refuse is no policy to try)
+    return policy_from(checked_policy_file(path))
 
 
 # -- run -------------------------------------------------------------------------
@@ -1064,14 +1061,9 @@ def policy() -> None:
 @click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
 def policy_validate(path: Path) -> None:
     """Check a policy file: schema, then semantics. Exits 1 with the problems."""
-    from dispatcher.policytool import load_policy_file, problems  # noqa: PLC0415
+    from dispatcher.policytool import checked_policy_file  # noqa: PLC0415
 
-    update = load_policy_file(path)
-    found = problems(update)
-    for p in found:
-        click.echo(f"{path}: {p}", err=True)
-    if found:
-        sys.exit(1)
+    update = checked_policy_file(path)
     click.echo(f"{path}: {update.policy_id} version {update.version} is valid")
 
 
@@ -1089,10 +1081,10 @@ def policy_publish(path: Path, key_id: str | None, when: int | None, topic_prefi
     keys apply only signed policies). Each pool applies it from the first
     input stamped at or after its time.
     """
-    from dispatcher.policytool import load_policy_file, publish, signed  # noqa: PLC0415
+    from dispatcher.policytool import checked_policy_file, publish, signed  # noqa: PLC0415
 
     keys = _settings().policy_keys
-    update = signed(load_policy_file(path, effective_from_ms=when), keys, key_id)
+    update = signed(checked_policy_file(path, effective_from_ms=when), keys, key_id)
     partition, offset = asyncio.run(publish(_bootstrap(), TopicNames.prefixed(topic_prefix),
                                             update, keys))  # fmt: skip
     how = f"signed with key {update.signature_key_id!r}" if update.signature else "unsigned"
@@ -1200,5 +1192,5 @@ def main() -> None:
     try:
         cli(standalone_mode=True)
     except DispatcherError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"Error: {exc}", err=True)  # (as click says its own)
         sys.exit(1)

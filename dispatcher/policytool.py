@@ -31,7 +31,14 @@ from dispatcher.sdk.producer import DispatcherProducer, now_ms
 from dispatcher.topics import TopicNames
 from dispatcher.yamlfile import load_yaml
 
-__all__ = ["current_version", "load_policy_file", "problems", "publish", "signed"]
+__all__ = [
+    "checked_policy_file",
+    "current_version",
+    "load_policy_file",
+    "problems",
+    "publish",
+    "signed",
+]
 
 
 def load_policy_file(path: Path, *, effective_from_ms: int | None = None) -> m.PolicyUpdate:
@@ -61,6 +68,20 @@ def load_policy_file(path: Path, *, effective_from_ms: int | None = None) -> m.P
         where: Where = ("document",) if document is None else ()
         found = "\n  ".join(validation_problems(exc, under=where))
         raise ConfigError(f"{path}: not a valid policy:\n  {found}") from exc
+
+
+def checked_policy_file(path: Path, *, effective_from_ms: int | None = None) -> m.PolicyUpdate:
+    """``load_policy_file``, and refused if it has a semantic problem (``problems``: every
+    worker would refuse it).
+
+    Raises:
+        ConfigError: as ``load_policy_file``, or its semantic problems (named as the
+            schema's are, one line each).
+    """
+    update = load_policy_file(path, effective_from_ms=effective_from_ms)
+    if found := problems(update):
+        raise ConfigError(f"{path}: not a valid policy:\n  " + "\n  ".join(found))
+    return update
 
 
 def _json(path: Path, value: Any) -> str:
@@ -132,7 +153,7 @@ async def publish(
     if refused is not None:
         found.append(f"workers would refuse it: {refused}")
     if found:
-        raise ConfigError("refusing an invalid policy: " + "; ".join(found))
+        raise ConfigError("refusing an invalid policy:\n  " + "\n  ".join(found))
     current = await current_version(bootstrap, topics)
     if current is not None and update.version <= current:
         raise ConfigError(

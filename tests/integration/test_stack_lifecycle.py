@@ -109,7 +109,7 @@ def test_up_refuses_a_port_held_by_another_program(private_env: dict[str, str]) 
         result = dispatcher(private_env, "stack", "up", "--no-redis")
     assert result.returncode == 1
     assert (
-        f"error: port 127.0.0.1:{private_env['DISPATCHER_KAFKA_PORT']} is in use" in result.stderr
+        f"Error: port 127.0.0.1:{private_env['DISPATCHER_KAFKA_PORT']} is in use" in result.stderr
     )
     assert "Traceback" not in result.stderr
 

@@ -40,7 +40,7 @@ def test_topics_check_refuses_a_broken_file_with_one_clear_line(tmp_path: Path) 
     result = dispatcher("topics", "check", "--file", str(bad))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert result.stderr.startswith(f"error: {bad}: topic 'policy-update', field 'partitions'")
+    assert result.stderr.startswith(f"Error: {bad}: topic 'policy-update', field 'partitions'")
 
 
 def test_topics_apply_without_a_broker_fails_clearly(tmp_path: Path) -> None:
@@ -53,7 +53,7 @@ def test_topics_apply_without_a_broker_fails_clearly(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert "error: connecting to Kafka at 127.0.0.1:1 failed" in result.stderr
+    assert "Error: connecting to Kafka at 127.0.0.1:1 failed" in result.stderr
 
 
 def _pipe(args: list[str], text: str) -> subprocess.CompletedProcess[str]:
@@ -206,7 +206,7 @@ def test_simulate_names_the_policy_field_of_the_wrong_kind(
                         "--duration", "1", "--agents", "5")  # fmt: skip
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert result.stderr.startswith(f"error: {policy}: {says}")
+    assert result.stderr.startswith(f"Error: {policy}: {says}")
 
 
 def test_simulate_prints_a_dash_for_what_an_empty_run_cannot_measure() -> None:
@@ -278,7 +278,7 @@ def test_replays_without_a_broker_fail_clearly(tmp_path: Path, args: list[str]) 
         assert "'²': an offset or an ISO 8601 time" in result.stderr
     else:
         assert result.returncode == 1
-        assert "error: reading the partitions of" in result.stderr
+        assert "Error: reading the partitions of" in result.stderr
         assert "127.0.0.1:1" in result.stderr
         assert "Unclosed" not in result.stderr
 
@@ -307,6 +307,27 @@ def test_policy_files_a_worker_would_refuse_or_cannot_read_are_refused(
     assert says in result.stderr
 
 
+@pytest.mark.parametrize(
+    "verb",
+    [("policy", "validate"), ("policy", "publish"), ("whatif", "--policy"),
+     ("simulate", "--scenario", "steady", "--duration", "1", "--policy")],
+)  # fmt: skip
+def test_every_command_says_a_policys_problems_alike(tmp_path: Path, verb: tuple[str]) -> None:
+    """Semantic problems, as the schema's: one line each under the file's name (validate
+    printed them bare; publish on one line, without the file)."""
+    path = tmp_path / "p.yaml"
+    text = EXAMPLE_POLICY.read_bytes().replace(b"tenant_quotas: {}", b"tenant_quotas: {acme: 0}")
+    path.write_bytes(text.replace(b"  constraints: {}", b"  constraints: {bogus: true}"))
+    result = dispatcher(*verb, str(path))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"Error: {path}: not a valid policy:",
+        "  constraints.bogus: unknown (capability, capacity, clearance, hard_affinity, region, "
+        "risk, status, tenant_deny, tried)",
+        "  tenant_quotas.acme: 0, so none of its loads can ever run",
+    ]
+
+
 def test_a_worker_refuses_a_web_port_in_use_before_it_starts() -> None:
     """Before, Faust started, then failed to bind with an ERROR and a traceback."""
     with socket.socket() as busy:
@@ -331,7 +352,7 @@ def test_demo_without_a_broker_fails_clearly(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "Unclosed" not in result.stderr
-    assert "error: reading 'decision-log' at 127.0.0.1:1: KafkaConnectionError" in result.stderr
+    assert "Error: reading 'decision-log' at 127.0.0.1:1: KafkaConnectionError" in result.stderr
 
 
 # -- topics under a prefix ---------------------------------------------------------------
@@ -345,7 +366,7 @@ def test_topics_check_and_apply_take_a_topic_prefix() -> None:
     for verb in ("check", "apply"):  # (apply: refused before it connects)
         bad = dispatcher("topics", verb, "--topic-prefix", "fix cli/")
         assert bad.returncode == 1
-        assert bad.stderr.startswith(f"error: {DEFAULT_TOPICS_FILE}: --topic-prefix 'fix cli/' "
+        assert bad.stderr.startswith(f"Error: {DEFAULT_TOPICS_FILE}: --topic-prefix 'fix cli/' "
                                      "makes 'fix cli/")  # fmt: skip
 
 
@@ -481,7 +502,8 @@ def test_simulate_takes_a_policy_file_as_policy_publish_does(tmp_path: Path) -> 
     refused.write_bytes(EXAMPLE_POLICY.read_bytes().replace(b"embedding:", b"embeding:"))
     bad = dispatcher(*args, "--policy", str(refused))
     assert bad.returncode == 1
-    assert bad.stderr.startswith(f"error: {refused}: weights.embeding: not a score term")
+    assert bad.stderr.startswith(f"Error: {refused}: not a valid policy:\n"
+                                 "  weights.embeding: not a score term")  # fmt: skip
 
 
 # -- SIGTERM stops the demo as Ctrl-C does ---------------------------------------------------
@@ -560,7 +582,7 @@ def test_a_worker_without_a_broker_fails_in_one_line(tmp_path: Path) -> None:
                                "--web-port", str(_free_port()))  # fmt: skip
     assert result.returncode == 1
     (line,) = result.stderr.splitlines()
-    assert line.startswith("error: connecting to Kafka at 127.0.0.1:1 failed: ")
+    assert line.startswith("Error: connecting to Kafka at 127.0.0.1:1 failed: ")
 
 
 _X_TOPICS = [getattr(TopicNames.prefixed("x-"), f)
@@ -634,7 +656,7 @@ def test_a_file_that_is_not_utf8_is_refused_in_one_line(tmp_path: Path, args: li
     result = _without_a_broker(tmp_path, *[str(path) if a == "F" else a for a in args])
     assert result.returncode == 1
     (line,) = result.stderr.splitlines()
-    assert line.startswith(f"error: {path}: cannot read")
+    assert line.startswith(f"Error: {path}: cannot read")
     assert "'utf-8' codec can't decode byte 0xff" in line
 
 
