@@ -37,6 +37,7 @@ from dispatcher.errors import (
     StackError,
     TopicsFileError,
 )
+from dispatcher.patience import Repeats
 from dispatcher.settings import Settings
 from dispatcher.stack import ServiceStatus, Stack
 from dispatcher.topics import (
@@ -1189,6 +1190,8 @@ def _check_port_free(port: int, option: str) -> None:
 
 def main() -> None:
     """Entry point: our own errors become one clear line and exit status 1."""
+    if logging.lastResort is not None:  # (what prints the warnings of commands but the worker)
+        logging.lastResort.addFilter(Repeats())
     try:
         cli(standalone_mode=True)
     except DispatcherError as exc:

@@ -1,9 +1,11 @@
 """A patient Kafka client pauses after each failed metadata update, longer the more fail in a
-row, and not after one that succeeds; every client the project makes is patient."""
+row, and not after one that succeeds; every client the project makes is patient; aiokafka's
+repeated messages are let through once every 10 s, with a count of those held back."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.client import AIOKafkaClient
 
-from dispatcher.patience import MAX_PAUSE_S, patient
+from dispatcher.patience import MAX_PAUSE_S, Repeats, patient
 from dispatcher.reading import replay_consumer
 from dispatcher.sdk.consumer import DecodingConsumer
 from dispatcher.sdk.producer import DispatcherProducer
@@ -114,3 +116,31 @@ def test_the_project_makes_patient_clients() -> None:
 
     clients = asyncio.run(run())
     assert [type(c).__name__ for c in clients] == ["_PatientClient"] * len(clients)
+
+
+def test_aiokafka_repeats_are_let_through_every_10_s_with_a_count() -> None:
+    now = [100.0]
+    repeats = Repeats(clock=lambda: now[0])
+
+    def say(name: str, msg: str, *args: object) -> str | None:
+        record = logging.LogRecord(name, logging.ERROR, __file__, 1, msg, args, None)
+        return record.getMessage() if repeats.filter(record) else None
+
+    unable = "Unable connect to node with id %s: %s"
+    said = [say("aiokafka.client", unable, 1, "refused")]
+    for t in (0.5, 3.0, 9.9):  # held back, as repeats of the first
+        now[0] = 100.0 + t
+        said.append(say("aiokafka.client", unable, 1, "refused again"))
+    said.append(say("aiokafka.consumer.fetcher", "Failed fetch messages from %s", 1))  # another
+    said.append(say("dispatcher.worker", unable, 1, "ours"))  # not aiokafka's: as it is
+    now[0] = 111.0
+    said.append(say("aiokafka.client", unable, 1, "refused"))
+    said.append(say("aiokafka.client", unable, 1, "refused"))
+    assert said == [
+        "Unable connect to node with id 1: refused",
+        None, None, None,
+        "Failed fetch messages from 1",
+        "Unable connect to node with id 1: ours",
+        "Unable connect to node with id 1: refused [3 more like it in the last 11 s]",
+        None,
+    ]  # fmt: skip
