@@ -62,8 +62,9 @@ def patient(kafka: _Kafka) -> _Kafka:
 
 
 class Repeats(logging.Filter):
-    """Lets each of aiokafka's messages through once per ``every_s`` (per logger and message
-    text before its arguments), and says how many like it it held back since.
+    """Lets each of aiokafka's warnings and errors through once per ``every_s`` (per logger
+    and message text before its arguments), and says how many like it it held back since
+    (when one comes again after that: a last burst's count may go unsaid).
 
     Paused, the clients still try every broker now and then, and each try logs
     its failure: with a few clients, about 50 lines a second at the demo's
@@ -79,8 +80,10 @@ class Repeats(logging.Filter):
         self._seen: dict[tuple[str, str], tuple[float, int]] = {}  # -> (let through, held)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name != "aiokafka" and not record.name.startswith("aiokafka."):
-            return True
+        if record.levelno < logging.WARNING or (
+            record.name != "aiokafka" and not record.name.startswith("aiokafka.")
+        ):
+            return True  # (info comes a line per step: a rebalance's joins, each said)
         key, now = (record.name, str(record.msg)), self.clock()
         let, held = self._seen.get(key, (-float("inf"), 0))
         if now - let < self.every_s:

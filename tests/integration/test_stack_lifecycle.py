@@ -207,6 +207,12 @@ def _alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
+def _cpu_s(pid: int) -> float:
+    """The CPU time (user and system) process ``pid`` used so far, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _completed(lines: list[str]) -> int:
     """The completed count of the last progress line in ``lines`` (0 before the first)."""
     for line in reversed(lines):
@@ -238,10 +244,13 @@ def test_a_run_waits_out_a_broker_restart_quietly(private_env: dict[str, str]) -
     try:
         wait_for(lambda: _completed(out) > 0, "load completed")
         (log,) = (Path(private_env["DISPATCHER_STATE_DIR"]) / "demo-runs").glob("*worker.log")
+        (worker,) = [int(m.group(1)) for line in out if (m := re.match(r"worker: pid (\d+)", line))]
         printed, logged, done = len(out), len(log.read_text().splitlines()), _completed(out)
+        cpu = _cpu_s(worker) + _cpu_s(proc.pid)
         assert kafka.down()
         time.sleep(10)
         printed, logged = len(out) - printed, len(log.read_text().splitlines()) - logged
+        cpu = _cpu_s(worker) + _cpu_s(proc.pid) - cpu
         assert kafka.up()
         wait_for(lambda: _completed(out) > done + 20, "load completed after the restart")
         proc.send_signal(signal.SIGINT)
@@ -251,6 +260,10 @@ def test_a_run_waits_out_a_broker_restart_quietly(private_env: dict[str, str]) -
             proc.kill()
         reader.join(timeout=10)
         proc.stdout.close()
+    # The worker and the run (the demo's clients) waited: about 1 s of CPU in all here,
+    # where asking for metadata again and again took 13.5-17.5 s of the 20 two cores have
+    # in 10 s (patience.patient).
+    assert cpu < 4, cpu
     # About 10 progress lines and a few of aiokafka's (held back: patience.Repeats); before,
     # over 80,000 in the run's output and as many in the worker's log.
     assert printed < 200, "".join(out[-50:])

@@ -133,6 +133,9 @@ def test_aiokafka_repeats_are_let_through_every_10_s_with_a_count() -> None:
         said.append(say("aiokafka.client", unable, 1, "refused again"))
     said.append(say("aiokafka.consumer.fetcher", "Failed fetch messages from %s", 1))  # another
     said.append(say("dispatcher.worker", unable, 1, "ours"))  # not aiokafka's: as it is
+    joined = logging.LogRecord("aiokafka.consumer.group_coordinator", logging.INFO, __file__,
+                               1, "Joined group %s (generation %s)", ("g", 2), None)  # fmt: skip
+    assert [repeats.filter(joined) for _ in range(3)] == [True] * 3  # (info: each is said)
     now[0] = 111.0
     said.append(say("aiokafka.client", unable, 1, "refused"))
     said.append(say("aiokafka.client", unable, 1, "refused"))
