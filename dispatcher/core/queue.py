@@ -186,6 +186,11 @@ class ServiceQueue:
             lane.tag = None
             self._spare.append(lane)
 
+    def next_due(self) -> float:
+        """When ``escalate`` may next move a load up (infinity: none waits for that; an
+        entry of a load gone since may make it early)."""
+        return self._due[0][0] if self._due else math.inf
+
     def holds(self) -> bool:
         """Whether loads wait in lanes other than the main one (a lane goes with its last)."""
         return len(self._lanes) > 1

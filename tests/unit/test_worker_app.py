@@ -204,7 +204,7 @@ def test_a_policy_with_a_semantic_problem_is_refused_even_if_published_around_th
 def test_the_timer_ticks_the_pools_a_tick_can_change_only() -> None:
     """Not the empty pools any record makes (those holding nothing are not even kept), nor
     a pool whose agents all left (before, it was ticked for ever), nor one whose agent
-    never became available."""
+    never became available, nor one whose agents were heard of lately."""
     d = Dispatcher(CFG)
     fold = d.folds[0] = PartitionFold(CFG.topics.input_sequence, 0, CODEC)
     profile = agent_profile(np.random.default_rng(1), capacity=1)
@@ -225,9 +225,16 @@ def test_the_timer_ticks_the_pools_a_tick_can_change_only() -> None:
     for offset, record in enumerate(records):
         fold.apply(CODEC.encode(record), offset)
     assert sorted(fold.pools) == ["busy", "left", "waiting"]  # (not the junk: kept for ever)
-    assert d.ticking(2) == ["busy"]
+    # Nor a pool of agents heard of within the heartbeat timeout (before, every pool with
+    # an agent available was ticked five times a second): once one may have gone silent.
+    heartbeat = fold.pools["busy"].policy.heartbeat_timeout_ms
+    assert d.ticking(2) == []
+    assert d.ticking(2 + heartbeat) == ["busy"]
     fold.apply(CODEC.encode(load_event(np.random.default_rng(2), "left", "L1")), len(records))
-    assert d.ticking(2) == ["busy", "left"]  # a load waits there now
+    # A load waits there now, for an agent: only an event can bring one (before, it was
+    # ticked five times a second all the same).
+    assert fold.pools["left"].pending
+    assert d.ticking(2) == []
     # A stray cancel leaves only its key: ticked once the dedupe window has passed, to
     # forget it, not five times a second until then.
     cancel = m.LoadEvent(idempotency_key="c1", kind=m.LoadEventKind.CANCEL, load_id="nope",
