@@ -2,7 +2,13 @@
 
 Open loop: the same arrivals, agent events and ticks, in the recorded order.
 The recorded policy updates are left out of the alternative run (the policy
-under test holds throughout). Agents' answers refer to the recorded run's
+under test holds throughout). A worker ticks only the pools a tick can change
+(``PoolState.wants_tick``), so the recorded ticks are those the recorded
+policy's pools wanted: the alternative run's pools get, besides, the ticks a
+worker's timer would have given them (every ``TICK_MS`` of event time, when one
+can change them), so a policy that times out, expires or batches sooner is
+not held back to the recorded ticks (but none where the recorded run's pool
+wanted one as early: that tick is in the log). Agents' answers refer to the recorded run's
 assignments; in the alternative run an answer about a load's current
 assignment there is given to whoever holds the same attempt of the load, so a
 load still completes when its agent reports it done. One about an attempt
@@ -20,6 +26,7 @@ Loads are told apart by pool and load id (two pools may use the same id).
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -33,7 +40,9 @@ from dispatcher.codecs.codec import Codec, CodecError
 from dispatcher.reading import PROGRESS_EVERY
 from dispatcher.worker.fold import PartitionFold
 
-__all__ = ["Outcomes", "Replay", "WhatIf", "compare"]
+__all__ = ["TICK_MS", "Outcomes", "Replay", "WhatIf", "compare"]
+
+TICK_MS = 200  # how often a worker's timer ticks the pools (``WorkerConfig.tick_ms``)
 
 
 @dataclass
@@ -183,6 +192,11 @@ class Replay:
         self.holder: dict[_Key, tuple[int, str, str | None]] = {}  # attempt, decision, agent
         self.dropped += self._waiting()  # (the replay of a partition ends at its last input)
         self.later, self.due = {}, []
+        # The alternative run's own ticks: (time, pool) by time, the one planned per pool,
+        # and the time of the last it was given.
+        self.ticks: list[tuple[int, str]] = []
+        self.tick_at: dict[str, int] = {}
+        self.ticked: dict[str, int] = {}
 
     def feed(self, offset: int, value: bytes | None) -> None:
         """Replays the partition's record at ``offset`` in both runs (one with no value, as
@@ -209,7 +223,7 @@ class Replay:
         if alt_event is None:
             return
         if not isinstance(alt_event, core.PolicyChanged):
-            self._give_due(alt_event.time_ms)
+            self._catch_up(alt_event.time_ms)
         self._alt(record, alt_event)
 
     def _alt(self, record: m.Record, event: core.Event) -> None:
@@ -229,12 +243,46 @@ class Replay:
                 self._order += 1
                 heapq.heappush(self.due, (d.time_ms + after, self._order, rec, mine))
         self.alt_out.observe(event, out)
+        self._plan_tick(record.pool)  # type: ignore[attr-defined]  # (every input names its pool)
 
-    def _give_due(self, now_ms: int) -> None:
-        """Gives the alternative run the answers due by ``now_ms``, each at its time."""
-        while self.due and self.due[0][0] <= now_ms:
-            at, _, rec, e = heapq.heappop(self.due)
-            self._alt(rec, replace(e, time_ms=at))
+    def _catch_up(self, now_ms: int) -> None:
+        """Gives the alternative run the answers and its own ticks due by ``now_ms``, each at
+        its time, in time order (an answer before a tick at the same time)."""
+        while True:
+            while self.ticks and self.tick_at.get(self.ticks[0][1]) != self.ticks[0][0]:
+                heapq.heappop(self.ticks)  # (replanned since, or its pool went)
+            tick_at = self.ticks[0][0] if self.ticks else math.inf
+            answer_at = self.due[0][0] if self.due else math.inf
+            if min(tick_at, answer_at) > now_ms:
+                return
+            if answer_at <= tick_at:
+                at, _, rec, e = heapq.heappop(self.due)
+                self._alt(rec, replace(e, time_ms=at))
+                continue
+            at, pool = heapq.heappop(self.ticks)
+            del self.tick_at[pool]
+            self.ticked[pool] = at
+            self._alt(
+                m.Tick(pool=pool, event_time_ms=at), core.Tick(at, (self.topic, self.partition, -1))
+            )
+
+    def _plan_tick(self, pool: str) -> None:
+        """Plans the alternative run's next tick of ``pool`` as a worker's timer gives it: at
+        the first multiple of ``TICK_MS`` at or after the time one can change the pool
+        (``PoolState.next_tick_ms``), one ``TICK_MS`` after the last at the soonest; unless
+        the recorded run's pool wanted one by then (that tick is in the log: under the
+        recorded policy, the two runs get the same ticks)."""
+        state, recorded = self.alt.pools.get(pool), self.recorded.pools.get(pool)
+        due = state.next_tick_ms() if state is not None else math.inf
+        if due == math.inf or (recorded is not None and recorded.next_tick_ms() <= due):
+            self.tick_at.pop(pool, None)  # (none wanted; or the recorded run's comes first)
+            return
+        assert state is not None  # noqa: S101 - (a pool gone wants none)
+        due = max(due, state.now_ms, self.ticked.get(pool, -TICK_MS) + TICK_MS)
+        at = -(-int(due) // TICK_MS) * TICK_MS
+        if self.tick_at.get(pool) != at:
+            self.tick_at[pool] = at
+            heapq.heappush(self.ticks, (at, pool))
 
     def _waiting(self) -> int:
         return sum(map(len, self.later.values())) + len(self.due)

@@ -640,53 +640,83 @@ class PoolState:
         self.arrivals, self.orphans, self.now_ms = carried
 
     def wants_tick(self, now_ms: int) -> bool:
-        """Whether a tick at ``now_ms`` can change anything here: loads waiting whose time
-        came (``_waiting_due``), an assignment not acknowledged in time, an agent silent
-        for longer than the heartbeat timeout, a policy whose time has come, event keys,
-        sessions or finished loads the dedupe window has passed, or departed agents to
-        forget; what ``_on_tick`` looks at. (A pool whose only state is a key of one stray
-        record was ticked five times a second for the whole window, an hour by default;
-        and so was every pool with an agent available, a load in flight or a load waiting
-        for an agent to qualify, each tick a record of the input sequence: a demo of 300
-        pools at 20 loads/s made 1,500 ticks a second.)
+        """Whether a tick at ``now_ms`` can change anything here (``next_tick_ms``)."""
+        return self.next_tick_ms() <= now_ms
 
-        Ticks are inputs: a tick not given changes the decisions after it only through
-        the pool's clock (an event stamped before the tick it would have had is decided
-        at its own time) and, in batched mode, the batches' times (a batch with no load
-        waiting moves them too).
+    def next_tick_ms(self) -> float:
+        """When a tick first can change anything here, as the pool stands (-inf: one can
+        now; inf: none can before an input comes): what ``_on_tick`` looks at. Loads
+        waiting whose time comes (deadline, backoff or affinity wait, escalation, a batch),
+        or an open agent and loads in the queue (an event's drain stops after
+        ``drain_limit`` tries), or what the last event left to a drain (loads a batch
+        passed over, kinds or loads to wake, deferred ones to let in); an assignment not
+        acknowledged in time; an agent silent for longer than the heartbeat timeout; a
+        policy whose time comes; event keys, sessions or finished loads the dedupe window
+        passes; departed agents to forget. Not loads that only wait for an agent to free
+        up or to qualify: an input changes that.
+
+        (A pool whose only state is a key of one stray record was ticked five times a
+        second for the whole window, an hour by default; and so was every pool with an
+        agent available, a load in flight or a load waiting for an agent to qualify, each
+        tick a record of the input sequence: a demo of 300 pools at 20 loads/s made 1,500
+        ticks a second.) Ticks are inputs: one not given changes the decisions after it
+        only through the pool's clock (an event stamped before the tick it would have
+        had, or a policy stamped at or before it, applies at its own time), and in
+        batched mode through the batches' times (a batch with no load waiting moves them
+        too).
         """
-        t, before = self.agents, now_ms - self.policy.dedupe_window_ms
-        return bool(
-            (self.pending and self._waiting_due(now_ms))
-            or (self.ack_due and self.ack_due[0][0] < now_ms)
-            or (t.n and self._silent(now_ms).any())
-            or (self.scheduled and self.scheduled[0].time_ms <= now_ms)
-            or (self.seen_order and self.seen[self.seen_order[0]] >> _KEY_BITS < before)
-            or (self.sessions and next(iter(self.sessions.values()))[1] < before)
-            or (self.done_order and self.done[self.done_order[0]][0] < before)
-            or self._departed(now_ms) is not None
-        )  # fmt: skip
+        p, t, q = self.policy, self.agents, self.queue
+        window = p.dedupe_window_ms
+        times: list[float] = [math.inf]
+        if self.pending:
+            expire = p.expire_after_deadline_ms
+            readmit = self.deferred and len(self.pending) - self.deferred < max(p.low_watermark, 1)
+            if ((t.open_count and len(q)) or self.aside or self.woken is None or self.woken
+                    or (self.unqualified and self.unqualified_profiles != self.profiles)
+                    or readmit):  # fmt: skip
+                return -math.inf
+            if p.mode == "batched":
+                times.append(self.last_batch_ms + p.batch_window_ms)
+            times.append(q.next_due())
+            if self.backing_off:
+                times.append(self.backing_off[0][0])
+            if expire is not None and self.deadlines:
+                times.append(self.deadlines[0][0] + expire + 1)  # (shed once passed by more)
+        if self.ack_due:
+            times.append(self.ack_due[0][0] + 1)  # (requeued once passed)
+        if t.n:
+            status = t.status[: t.n]
+            alive = (status == AgentStatus.AVAILABLE) | (status == AgentStatus.DRAINING)
+            if alive.any():  # (lost once silent for longer than the timeout: ``_silent``)
+                times.append(int(t.last_seen[: t.n][alive].min()) + p.heartbeat_timeout_ms + 1)
+        if self.scheduled:
+            times.append(self.scheduled[0].time_ms)
+        if self.seen_order:  # (each forgotten once older than the window: ``_prune``)
+            times.append((self.seen[self.seen_order[0]] >> _KEY_BITS) + window + 1)
+        if self.sessions:
+            times.append(next(iter(self.sessions.values()))[1] + window + 1)
+        if self.done_order:
+            times.append(self.done[self.done_order[0]][0] + window + 1)
+        times.append(self._departs_at())
+        return min(times)
 
-    def _waiting_due(self, now_ms: int) -> bool:
-        """Whether a tick at ``now_ms`` can change anything for the loads waiting: an open
-        agent and loads in the queue (an event's drain stops after ``drain_limit`` tries),
-        a load whose latest start came (it moves up a class), one whose backoff or
-        affinity wait ended, one whose deadline passed long enough ago to shed it, or what
-        the last event left to a drain (loads a batch passed over, kinds or loads to wake,
-        deferred ones to let in), or a batch. Not loads that only wait for an agent to free
-        up or to qualify: an event changes that."""
-        p, q = self.policy, self.queue
-        expire = p.expire_after_deadline_ms
-        return bool(
-            (p.mode == "batched" and now_ms - self.last_batch_ms >= p.batch_window_ms)
-            or (self.agents.open_count and len(q))
-            or q.next_due() <= now_ms
-            or (self.backing_off and self.backing_off[0][0] <= now_ms)
-            or (expire is not None and self.deadlines and self.deadlines[0][0] < now_ms - expire)
-            or self.aside or self.woken is None or self.woken
-            or (self.unqualified and self.unqualified_profiles != self.profiles)
-            or (self.deferred and len(self.pending) - self.deferred < max(p.low_watermark, 1))
-        )  # fmt: skip
+    def _departs_at(self) -> float:
+        """When ``_departed`` first names agents to forget, as the pool stands."""
+        t = self.agents
+        n = t.n
+        if n < _FORGET_AT_LEAST:
+            return math.inf
+        status = t.status[:n]
+        idle = (
+            (status != AgentStatus.AVAILABLE)
+            & (status != AgentStatus.DRAINING)
+            & (t.active[:n] == 0)
+        )
+        seen = t.last_seen[:n][idle]
+        k = max(_FORGET_AT_LEAST, n // 8)  # (that many, heard of longest ago)
+        if len(seen) < k:
+            return math.inf
+        return int(np.partition(seen, k - 1)[k - 1]) + self.policy.forget_departed_ms + 1
 
     def _on_policy_changed(self, e: PolicyChanged, out: list[Decision]) -> None:
         """Applies a newer policy from its time on: now, or at the first event at or after

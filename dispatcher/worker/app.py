@@ -363,9 +363,12 @@ class Dispatcher:
         """The pools the timer ticks at ``now_ms``: those a tick can change
         (``PoolState.wants_tick``). Any record naming a new pool makes one, and thousands
         of empty ones would cost a core in ticks; a pool whose agents all left would be
-        ticked for ever."""
+        ticked for ever. A pool whose clock is ahead of this worker's (inputs may be
+        stamped up to ``max_ahead_ms`` ahead) is asked at its own: that is when the tick
+        applies."""
         return [pool for fold in list(self.folds.values())
-                for pool, s in sorted(fold.pools.items()) if s.wants_tick(now_ms)]  # fmt: skip
+                for pool, s in sorted(fold.pools.items())
+                if s.wants_tick(max(now_ms, s.now_ms))]  # fmt: skip
 
     def decode_input(self, value: bytes, msg: Any) -> m.Record:
         """``_decode_input``, whose every failure is a CodecError: one bad record must not

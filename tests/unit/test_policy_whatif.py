@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -400,9 +402,10 @@ def test_whatif_sla_counts_loads_whose_deadline_passed_unfinished() -> None:
 
 
 def test_whatif_gives_an_answer_to_an_assignment_its_run_makes_later() -> None:
-    """Recorded in greedy mode, agents answering within 200 ms; replayed in batched mode,
-    each load is assigned at the next tick, after the recorded answers: they wait for it
-    and come as long after it (before, they were dropped: no load completed)."""
+    """Recorded in greedy mode, agents answering within 100 ms; replayed in batched mode,
+    each load is assigned at the next tick a worker's timer gives (a multiple of 200 ms,
+    150 ms after the load came), after the recorded answers: they wait for it and come as
+    long after it (before, they were dropped: no load completed)."""
     rng = np.random.default_rng(5)
     fold = PartitionFold("input-sequence", 0, CODEC)
     records: list[tuple[int, bytes]] = []
@@ -420,13 +423,13 @@ def test_whatif_gives_an_answer_to_an_assignment_its_run_makes_later() -> None:
                              seq=seq, event_time_ms=1_000,
                              profile=profile if seq == 1 else None))  # fmt: skip
     for step in range(10):
-        t = 2_000 + step * 1_000
+        t = 2_050 + step * 1_000
         ev = load_event(rng, "p", f"L{step}", tenant="acme", deadline=False)
         ev = ev.model_copy(update={"event_time_ms": t, "load": ev.load.model_copy(update={  # type: ignore[union-attr]
             "created_at_ms": t, "deadline_ms": None, "required_capabilities": [],
             "sensitivity": m.Sensitivity.PUBLIC, "region": "eu", "risk_score": 0.0})})  # fmt: skip
         (d,) = [x for x in add(ev) if x.outcome is core.Outcome.ASSIGNED]
-        for outcome, after in ((m.TaskOutcome.ACCEPTED, 10), (m.TaskOutcome.SUCCESS, 200)):
+        for outcome, after in ((m.TaskOutcome.ACCEPTED, 10), (m.TaskOutcome.SUCCESS, 100)):
             add(m.TaskResult(event_id=f"{d.decision_id}:{outcome.value}",
                              decision_id=d.decision_id, load_id=d.load_id,
                              agent_id=d.agent_id or "", pool="p", outcome=outcome,
@@ -441,4 +444,74 @@ def test_whatif_gives_an_answer_to_an_assignment_its_run_makes_later() -> None:
     assert report.alternative["finals"] == {"COMPLETED": 10}
     assert report.answers_dropped == 0
     waits = report.alternative["tenants"]["acme"]
-    assert waits["wait_p50_ms"] == 500  # assigned at the tick after it came
+    assert waits["wait_p50_ms"] == 150  # assigned at the timer's tick after it came
+
+
+def _recorded_as_a_worker_ticks(ack_ms: int) -> list[tuple[int, bytes]]:
+    """A greedy pool of 2 agents heartbeating each second, a load every second answered in
+    200 ms, ticked as a worker's timer ticks: every 200 ms, when the pool wants one."""
+    rng = np.random.default_rng(5)
+    fold = PartitionFold("input-sequence", 0, CODEC)
+    records: list[tuple[int, bytes]] = []
+    order = itertools.count()
+    due: list[tuple[int, int, m.Record | None]] = []  # (time, order, record; None: timer)
+
+    def add(record: m.Record) -> list[core.Decision]:
+        records.append((len(records), CODEC.encode(record)))
+        return fold.apply(records[-1][1], records[-1][0])
+
+    def at(t: int, record: m.Record | None) -> None:
+        heapq.heappush(due, (t, next(order), record))
+
+    add(policy_update(1, heartbeat_ms=5_000, ack_ms=ack_ms, effective_from_ms=0))
+    for i in range(2):
+        profile = agent_profile(rng, capacity=1).model_copy(update={"regions": ["eu"]})
+        for seq, kind in ((1, m.AgentEventKind.REGISTERED), (2, m.AgentEventKind.AVAILABLE)):
+            add(m.AgentEvent(event_id=f"a{i}:{seq}", kind=kind, agent_id=f"a{i}", pool="p",
+                             seq=seq, event_time_ms=1_000,
+                             profile=profile if seq == 1 else None))  # fmt: skip
+    for t in range(1_000, 23_000, 200):
+        at(t, None)
+        if t % 1_000 == 400:  # heartbeats, one a second
+            for i in range(2):
+                at(t, m.AgentEvent(event_id=f"a{i}:{t}", kind=m.AgentEventKind.HEARTBEAT,
+                                   agent_id=f"a{i}", pool="p", seq=t, event_time_ms=t))  # fmt: skip
+    for step in range(20):
+        t = 2_007 + step * 1_000
+        ev = load_event(rng, "p", f"L{step}", tenant="acme", deadline=False)
+        load = ev.load.model_copy(update={  # type: ignore[union-attr]
+            "created_at_ms": t, "deadline_ms": None, "required_capabilities": [],
+            "sensitivity": m.Sensitivity.PUBLIC, "region": "eu", "risk_score": 0.0})  # fmt: skip
+        at(t, ev.model_copy(update={"event_time_ms": t, "load": load}))
+    while due:
+        t, _, record = heapq.heappop(due)
+        if record is None:  # the timer
+            if fold.pools["p"].wants_tick(t):
+                add(m.Tick(pool="p", event_time_ms=t))
+            continue
+        for d in add(record):
+            if d.outcome is core.Outcome.ASSIGNED:
+                for outcome, after in ((m.TaskOutcome.ACCEPTED, 10), (m.TaskOutcome.SUCCESS, 200)):
+                    at(t + after, m.TaskResult(
+                        event_id=f"{d.decision_id}:{outcome.value}", decision_id=d.decision_id,
+                        load_id=d.load_id, agent_id=d.agent_id or "", pool="p",
+                        outcome=outcome, retryable=False, event_time_ms=t + after))  # fmt: skip
+    return records
+
+
+@pytest.mark.parametrize("ack_ms", [2_000, 60_000])
+def test_whatif_ticks_the_alternative_runs_pools_as_a_worker_would(ack_ms: int) -> None:
+    """A worker ticks only the pools a tick can change, so the recorded ticks are those the
+    recorded greedy pool wanted (a few for the 2 s ack timeouts, none with 60 s). Replayed in
+    batched mode, the loads are batched at the timer's next tick all the same (before, the
+    what-if run got the recorded ticks only: waits of 2 s, or no load assigned at all)."""
+    records = _recorded_as_a_worker_ticks(ack_ms)
+    ticks = sum(CODEC.decode(v).__class__ is m.Tick for _, v in records)
+    assert ticks < 25  # (a tick every 200 ms would be 110)
+    batched = policy_update(2, heartbeat_ms=5_000, ack_ms=ack_ms)
+    batched = batched.model_copy(update={"document": batched.document.model_copy(
+        update={"matching_mode": m.MatchingMode.BATCHED})})  # fmt: skip
+    report = compare([(0, records)], policy_from(batched))
+    assert report.recorded["finals"] == report.alternative["finals"] == {"COMPLETED": 20}
+    assert report.alternative["tenants"]["acme"]["wait_p99_ms"] == 193  # (the tick at 2,200)
+    assert report.answers_dropped == 0

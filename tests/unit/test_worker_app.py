@@ -246,6 +246,12 @@ def test_the_timer_ticks_the_pools_a_tick_can_change_only() -> None:
     fold.apply(CODEC.encode(m.Tick(pool="stray", event_time_ms=2 + window)), len(records) + 2)
     assert "stray" not in fold.pools  # (its key forgotten, nothing was left in it)
     assert "stray" not in d.ticking(3 + window)
+    # A pool whose clock is ahead of the worker's (an input stamped ahead) is asked at its
+    # own: its agent's heartbeat is overdue there, though not by the worker's clock.
+    ahead = load_event(np.random.default_rng(3), "busy", "L2")
+    fold.apply(CODEC.encode(ahead.model_copy(update={"event_time_ms": 2 * heartbeat})),
+               len(records) + 3)  # fmt: skip
+    assert "busy" in d.ticking(2)
 
 
 def test_a_pool_dropped_and_made_anew_gives_no_decision_an_id_given_before(
