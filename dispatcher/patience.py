@@ -9,8 +9,8 @@ terminal. A patient client answers a failed update only after a pause, from the
 client's retry backoff (100 ms by default) doubling with each failure in a row
 up to ``MAX_PAUSE_S``, as Java's client backs off its reconnects
 (reconnect.backoff.ms up to reconnect.backoff.max.ms); the first update that
-succeeds ends it. ``Repeats`` keeps what aiokafka logs meanwhile to a line per
-kind of message every 10 s (the worker's and the commands' handlers hold it).
+succeeds ends it. ``Repeats`` keeps aiokafka's warnings and errors meanwhile to
+a line per kind every 10 s (the worker's and the commands' handlers hold it).
 """
 
 from __future__ import annotations

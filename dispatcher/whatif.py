@@ -8,8 +8,8 @@ policy's pools wanted: the alternative run's pools get, besides, the ticks a
 worker's timer would have given them (every ``TICK_MS`` of event time, when one
 can change them), so a policy that times out, expires or batches sooner is
 not held back to the recorded ticks (but none where the recorded run's pool
-wanted one as early: that tick is in the log). Agents' answers refer to the recorded run's
-assignments; in the alternative run an answer about a load's current
+wanted one as early: that tick is in the log). Agents' answers refer to the
+recorded run's assignments; in the alternative run an answer about a load's current
 assignment there is given to whoever holds the same attempt of the load, so a
 load still completes when its agent reports it done. One about an attempt
 the alternative run has not made yet (a batched policy, say, assigns later)

@@ -577,13 +577,20 @@ class PoolState:
             self._batch(e.source, out)
         self._drain(e.source, out)
 
+    def _alive(self) -> npt.NDArray[np.bool_]:
+        """Which agents are available or draining: those a silence makes lost (``_silent``),
+        and the others those ``_departed`` may forget."""
+        status = self.agents.status[: self.agents.n]
+        alive: npt.NDArray[np.bool_] = (status == AgentStatus.AVAILABLE) | (
+            status == AgentStatus.DRAINING
+        )
+        return alive
+
     def _silent(self, now_ms: int) -> npt.NDArray[np.bool_]:
-        """Which agents are lost at ``now_ms``: available or draining, and not heard of for
-        longer than the policy's heartbeat timeout."""
+        """Which agents are lost at ``now_ms``: alive, and not heard of for longer than the
+        policy's heartbeat timeout."""
         t = self.agents
-        status = t.status[: t.n]
-        alive = (status == AgentStatus.AVAILABLE) | (status == AgentStatus.DRAINING)
-        silent: npt.NDArray[np.bool_] = alive & (
+        silent: npt.NDArray[np.bool_] = self._alive() & (
             t.last_seen[: t.n] + self.policy.heartbeat_timeout_ms < now_ms
         )
         return silent
@@ -684,11 +691,8 @@ class PoolState:
                 times.append(self.deadlines[0][0] + expire + 1)  # (shed once passed by more)
         if self.ack_due:
             times.append(self.ack_due[0][0] + 1)  # (requeued once passed)
-        if t.n:
-            status = t.status[: t.n]
-            alive = (status == AgentStatus.AVAILABLE) | (status == AgentStatus.DRAINING)
-            if alive.any():  # (lost once silent for longer than the timeout: ``_silent``)
-                times.append(int(t.last_seen[: t.n][alive].min()) + p.heartbeat_timeout_ms + 1)
+        if t.n and (alive := self._alive()).any():  # (lost once silent longer: ``_silent``)
+            times.append(int(t.last_seen[: t.n][alive].min()) + p.heartbeat_timeout_ms + 1)
         if self.scheduled:
             times.append(self.scheduled[0].time_ms)
         if self.seen_order:  # (each forgotten once older than the window: ``_prune``)
@@ -706,13 +710,7 @@ class PoolState:
         n = t.n
         if n < _FORGET_AT_LEAST:
             return math.inf
-        status = t.status[:n]
-        idle = (
-            (status != AgentStatus.AVAILABLE)
-            & (status != AgentStatus.DRAINING)
-            & (t.active[:n] == 0)
-        )
-        seen = t.last_seen[:n][idle]
+        seen = t.last_seen[:n][self._idle()]
         k = max(_FORGET_AT_LEAST, n // 8)  # (that many, heard of longest ago)
         if len(seen) < k:
             return math.inf
@@ -773,13 +771,16 @@ class PoolState:
         n = t.n
         if n < _FORGET_AT_LEAST:  # (as few gone as that: none forgotten; a cheap look)
             return None
-        status = t.status[:n]
-        gone = ((status != AgentStatus.AVAILABLE) & (status != AgentStatus.DRAINING)
-                & (t.active[:n] == 0)
-                & (t.last_seen[:n] < now_ms - self.policy.forget_departed_ms))  # fmt: skip
+        gone = self._idle() & (t.last_seen[:n] < now_ms - self.policy.forget_departed_ms)
         if np.count_nonzero(gone) < max(_FORGET_AT_LEAST, n // 8):
             return None
         return np.flatnonzero(gone)
+
+    def _idle(self) -> npt.NDArray[np.bool_]:
+        """Which agents ``_departed`` may forget once not heard of for long: not alive (only
+        registered, offline or lost) and holding no load."""
+        idle: npt.NDArray[np.bool_] = ~self._alive() & (self.agents.active[: self.agents.n] == 0)
+        return idle
 
     def _forget_departed(self, now_ms: int) -> None:
         """Forgets the agents ``_departed`` names. A pool whose agents come and go, a new

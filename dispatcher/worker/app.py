@@ -98,8 +98,8 @@ class Worker(faust.Worker):
     To spin on every log line, Faust sets the root logger to DEBUG, so every
     debug call of aiokafka, mode and Faust builds a record that the handlers
     then drop: 4-5% of a busy worker's CPU. The root logger keeps the
-    configured level instead. Its handlers let each of aiokafka's messages through once
-    every 10 s (``patience.Repeats``: a broker away for a while is tried again and again).
+    configured level instead. Its handlers let each of aiokafka's warnings and errors
+    through once every 10 s (``patience.Repeats``: a broker away is tried again and again).
 
     Python's full garbage collections walk every tracked object; about 110k
     exist once the modules are imported and the app is built, and each full
