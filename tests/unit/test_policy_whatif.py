@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -401,6 +402,25 @@ def test_whatif_sla_counts_loads_whose_deadline_passed_unfinished() -> None:
     assert summary["tenants"]["acme"]["never_assigned"] == 4
 
 
+def _two_agents(add: Callable[[m.Record], object], rng: np.random.Generator) -> None:
+    """Agents a0 and a1 of pool p (one slot each, region eu), available from 1,000 ms."""
+    for i in range(2):
+        profile = agent_profile(rng, capacity=1).model_copy(update={"regions": ["eu"]})
+        for seq, kind in ((1, m.AgentEventKind.REGISTERED), (2, m.AgentEventKind.AVAILABLE)):
+            add(m.AgentEvent(event_id=f"a{i}:{seq}", kind=kind, agent_id=f"a{i}", pool="p",
+                             seq=seq, event_time_ms=1_000,
+                             profile=profile if seq == 1 else None))  # fmt: skip
+
+
+def _plain_load(rng: np.random.Generator, step: int, t: int) -> m.LoadEvent:
+    """Load L<step> of tenant acme in pool p at ``t``: any agent takes it, no deadline."""
+    ev = load_event(rng, "p", f"L{step}", tenant="acme", deadline=False)
+    load = ev.load.model_copy(update={  # type: ignore[union-attr]
+        "created_at_ms": t, "deadline_ms": None, "required_capabilities": [],
+        "sensitivity": m.Sensitivity.PUBLIC, "region": "eu", "risk_score": 0.0})  # fmt: skip
+    return ev.model_copy(update={"event_time_ms": t, "load": load})
+
+
 def test_whatif_gives_an_answer_to_an_assignment_its_run_makes_later() -> None:
     """Recorded in greedy mode, agents answering within 100 ms; replayed in batched mode,
     each load is assigned at the next tick a worker's timer gives (a multiple of 200 ms,
@@ -416,19 +436,10 @@ def test_whatif_gives_an_answer_to_an_assignment_its_run_makes_later() -> None:
 
     hour = 3_600_000  # (the agents send no heartbeats)
     add(policy_update(1, heartbeat_ms=hour, effective_from_ms=0))
-    for i in range(2):
-        profile = agent_profile(rng, capacity=1).model_copy(update={"regions": ["eu"]})
-        for seq, kind in ((1, m.AgentEventKind.REGISTERED), (2, m.AgentEventKind.AVAILABLE)):
-            add(m.AgentEvent(event_id=f"a{i}:{seq}", kind=kind, agent_id=f"a{i}", pool="p",
-                             seq=seq, event_time_ms=1_000,
-                             profile=profile if seq == 1 else None))  # fmt: skip
+    _two_agents(add, rng)
     for step in range(10):
         t = 2_050 + step * 1_000
-        ev = load_event(rng, "p", f"L{step}", tenant="acme", deadline=False)
-        ev = ev.model_copy(update={"event_time_ms": t, "load": ev.load.model_copy(update={  # type: ignore[union-attr]
-            "created_at_ms": t, "deadline_ms": None, "required_capabilities": [],
-            "sensitivity": m.Sensitivity.PUBLIC, "region": "eu", "risk_score": 0.0})})  # fmt: skip
-        (d,) = [x for x in add(ev) if x.outcome is core.Outcome.ASSIGNED]
+        (d,) = [x for x in add(_plain_load(rng, step, t)) if x.outcome is core.Outcome.ASSIGNED]
         for outcome, after in ((m.TaskOutcome.ACCEPTED, 10), (m.TaskOutcome.SUCCESS, 100)):
             add(m.TaskResult(event_id=f"{d.decision_id}:{outcome.value}",
                              decision_id=d.decision_id, load_id=d.load_id,
@@ -464,12 +475,7 @@ def _recorded_as_a_worker_ticks(ack_ms: int) -> list[tuple[int, bytes]]:
         heapq.heappush(due, (t, next(order), record))
 
     add(policy_update(1, heartbeat_ms=5_000, ack_ms=ack_ms, effective_from_ms=0))
-    for i in range(2):
-        profile = agent_profile(rng, capacity=1).model_copy(update={"regions": ["eu"]})
-        for seq, kind in ((1, m.AgentEventKind.REGISTERED), (2, m.AgentEventKind.AVAILABLE)):
-            add(m.AgentEvent(event_id=f"a{i}:{seq}", kind=kind, agent_id=f"a{i}", pool="p",
-                             seq=seq, event_time_ms=1_000,
-                             profile=profile if seq == 1 else None))  # fmt: skip
+    _two_agents(add, rng)
     for t in range(1_000, 23_000, 200):
         at(t, None)
         if t % 1_000 == 400:  # heartbeats, one a second
@@ -478,11 +484,7 @@ def _recorded_as_a_worker_ticks(ack_ms: int) -> list[tuple[int, bytes]]:
                                    agent_id=f"a{i}", pool="p", seq=t, event_time_ms=t))  # fmt: skip
     for step in range(20):
         t = 2_007 + step * 1_000
-        ev = load_event(rng, "p", f"L{step}", tenant="acme", deadline=False)
-        load = ev.load.model_copy(update={  # type: ignore[union-attr]
-            "created_at_ms": t, "deadline_ms": None, "required_capabilities": [],
-            "sensitivity": m.Sensitivity.PUBLIC, "region": "eu", "risk_score": 0.0})  # fmt: skip
-        at(t, ev.model_copy(update={"event_time_ms": t, "load": load}))
+        at(t, _plain_load(rng, step, t))
     while due:
         t, _, record = heapq.heappop(due)
         if record is None:  # the timer
