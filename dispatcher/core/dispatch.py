@@ -691,8 +691,12 @@ class PoolState:
                 times.append(self.deadlines[0][0] + expire + 1)  # (shed once passed by more)
         if self.ack_due:
             times.append(self.ack_due[0][0] + 1)  # (requeued once passed)
-        if t.n and (alive := self._alive()).any():  # (lost once silent longer: ``_silent``)
-            times.append(int(t.last_seen[: t.n][alive].min()) + p.heartbeat_timeout_ms + 1)
+        if t.n:  # (an alive agent is lost once silent for longer: ``_silent``)
+            # (all available, the common case: one pass, not three)
+            alive = None if t.available_count == t.n else self._alive()
+            seen = t.last_seen[: t.n] if alive is None else t.last_seen[: t.n][alive]
+            if seen.size:
+                times.append(int(seen.min()) + p.heartbeat_timeout_ms + 1)
         if self.scheduled:
             times.append(self.scheduled[0].time_ms)
         if self.seen_order:  # (each forgotten once older than the window: ``_prune``)
@@ -708,10 +712,10 @@ class PoolState:
         """When ``_departed`` first names agents to forget, as the pool stands."""
         t = self.agents
         n = t.n
-        if n < _FORGET_AT_LEAST:
+        k = max(_FORGET_AT_LEAST, n // 8)  # (that many, heard of longest ago)
+        if n - t.available_count < k:  # (an idle agent is no available one: too few)
             return math.inf
         seen = t.last_seen[:n][self._idle()]
-        k = max(_FORGET_AT_LEAST, n // 8)  # (that many, heard of longest ago)
         if len(seen) < k:
             return math.inf
         return int(np.partition(seen, k - 1)[k - 1]) + self.policy.forget_departed_ms + 1
