@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from dispatcher.codecs import Codec, CodecError, dead_letter
@@ -277,6 +277,12 @@ class DecodingConsumer(CommittingIterator):
         try:
             if offsets:
                 await self._consumer.commit(offsets)
+        except CommitFailedError as exc:
+            # The group moved on without this member (a rebalance it joined late, a slow
+            # machine): whoever holds those partitions now reads the records since their
+            # last commit again (at least once; consumers deduplicate by id). Before, the
+            # consumer raised and its reader stopped.
+            log.warning("%s: offsets not committed, the group rebalanced: %s", self.topic, exc)
         except KafkaError as exc:
             raise BrokerError(f"committing offsets of {self.topic}: {exc!r}") from exc
         self._uncommitted.clear()

@@ -478,7 +478,10 @@ def test_a_dead_letter_the_broker_refuses_sends_the_consumer_back_to_its_last_co
 
 
 def test_two_members_of_a_group_rebalance_and_lose_nothing(
-    kafka_bootstrap: str, topics: TopicNames, unique: Callable[[str], str]
+    kafka_bootstrap: str,
+    topics: TopicNames,
+    unique: Callable[[str], str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     group, total = unique("rebalance"), 200
 
@@ -545,12 +548,15 @@ def test_two_members_of_a_group_rebalance_and_lose_nothing(
             again = [d.record.load_id for d in await _more_within(c, 3)]  # type: ignore[attr-defined]
         assert set(again) <= set(seen_a) | set(seen_b)
         assert len(again) <= 2 * 50  # two members' buffers at most
-        # On the rebalance, a committed what it had handled: b read again at most the one
-        # record a had in hand (before, every one a handled since its last commit).
-        assert len(set(seen_a) & set(seen_b)) <= 1
         return seen_a, seen_b
 
     seen_a, seen_b = asyncio.run(scenario())
+    # On the rebalance, a committed what it had handled: b read again at most the one
+    # record a had in hand (before, every one a handled since its last commit); unless the
+    # group moved on before a could commit (a slow machine: the commit is refused, and b
+    # reads again what a handled since its last one, at most a's buffer).
+    refused = any("the group rebalanced" in r.getMessage() for r in caplog.records)
+    assert len(set(seen_a) & set(seen_b)) <= (50 if refused else 1)
     assert set(seen_a) | set(seen_b) == {f"load-{i}" for i in range(total)}
     assert seen_b, "the second member never got a partition"
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaTimeoutError
+from aiokafka.errors import CommitFailedError, KafkaTimeoutError
 
 from dispatcher.codecs import Codec
 from dispatcher.errors import BrokerError
@@ -98,3 +98,44 @@ def test_a_failed_dead_letter_goes_back_to_where_a_resumed_partition_started(
         return offsets
 
     assert asyncio.run(scenario()) == [8, 9, 8, 9]  # (before: 8, 9, then 0, 1 again)
+
+
+class _Rebalanced(_Consumer):
+    """Five good records; its first commit comes after the group moved on without it."""
+
+    commits = 0
+
+    async def commit(self, offsets: object) -> None:
+        self.commits += 1
+        if self.commits == 1:
+            raise CommitFailedError("the group has already rebalanced")
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Any]]:
+        await asyncio.sleep(timeout_ms / 1000)  # (nothing more comes)
+        records = [types.SimpleNamespace(topic=TP.topic, partition=0, offset=o, value=GOOD,
+                                         key=b"agent-1", timestamp=1)
+                   for o in range(self.position, 5)]  # fmt: skip
+        self.position = 5
+        return {TP: records} if records else {}
+
+
+def test_a_commit_the_group_refuses_after_a_rebalance_does_not_stop_the_reader(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before, it raised BrokerError and the reader stopped (a CI run on a loaded machine,
+    tests/integration/test_sdk.py's rebalance test); the records since the last commit come
+    again to whoever holds the partition now, and this reader reads on."""
+    monkeypatch.setattr(consumer, "AIOKafkaConsumer", _Rebalanced)
+
+    async def scenario() -> tuple[list[int], int]:
+        dc = consumer.DecodingConsumer("b:1", TP.topic, "Assignment", group_id="g",
+                                       partitions=[0], producer=_Producer())  # fmt: skip
+        async with dc:
+            offsets = [(await anext(dc)).offset for _ in range(5)]
+            with pytest.raises(TimeoutError):  # (it reads on: nothing more comes)
+                await asyncio.wait_for(anext(dc), 1.0)
+            return offsets, dc._consumer.commits
+
+    offsets, commits = asyncio.run(scenario())
+    assert offsets == [0, 1, 2, 3, 4]
+    assert commits == 1  # (refused; what it held is not committed again later)
