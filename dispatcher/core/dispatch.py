@@ -677,10 +677,9 @@ class PoolState:
         times: list[float] = [math.inf]
         if self.pending:
             expire = p.expire_after_deadline_ms
-            readmit = self.deferred and len(self.pending) - self.deferred < max(p.low_watermark, 1)
             if ((t.open_count and len(q)) or self.aside or self.woken is None or self.woken
                     or (self.unqualified and self.unqualified_profiles != self.profiles)
-                    or readmit):  # fmt: skip
+                    or self._readmits()):  # fmt: skip
                 return -math.inf
             if p.mode == "batched":
                 times.append(self.last_batch_ms + p.batch_window_ms)
@@ -1009,12 +1008,17 @@ class PoolState:
             weights = mine + waiting.total(len(backlog) - (tenant in backlog) - waiting.count)
         return (self.backlog.get(tenant, 0) + 1) * weights >= (len(self.pending) + 1) * mine
 
+    def _readmits(self) -> bool:
+        """Whether the deferred loads are let in again: the others waiting are below the low
+        watermark, or none waits (with a watermark of 0 they would never leave)."""
+        others = len(self.pending) - self.deferred
+        return bool(self.deferred) and others < max(self.policy.low_watermark, 1)
+
     def _drain(self, source: Source, out: list[Decision]) -> None:
         """Serves waiting loads, in order of service, while agents have room; first readmits
         the deferred ones if the others waiting are below the low watermark, or none waits
         (counting the deferred ones, or with a watermark of 0, they never left)."""
-        others = len(self.pending) - self.deferred
-        if self.deferred and others < max(self.policy.low_watermark, 1):
+        if self._readmits():
             for ls in [x for x in self.pending.values() if x.status is LoadStatus.DEFERRED]:
                 ls.status = LoadStatus.PENDING
                 self.deferred -= 1
